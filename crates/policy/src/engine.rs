@@ -1,0 +1,878 @@
+//! The compiled form of a policy over an inventory: for every node, which
+//! rules admit traffic to it and from which addresses; kept up to date
+//! incrementally when one node changes.
+//!
+//! Each rule's source side is resolved once into an [`IpSet`] shared by every
+//! node the rule reaches; each node keeps the list of `(rule, destination)`
+//! hits that select it. A node change recomputes only the rules whose sources
+//! it matches and that node's own hits, and reports which other nodes' filters
+//! or peer sets changed.
+
+use crate::inventory::{InventoryError, Node, check_nodes};
+use crate::ipset::{IpSet, IpSetBuilder};
+use crate::model::{Policy, RuleId, Target};
+use crate::ports::{PortRange, ProtoSet, normalise, proto};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Index of a node slot inside an [`Engine`].
+pub type NodeId = u32;
+
+/// Why the engine refused its input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The inventory breaks a structural rule.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    /// A node carries a tag the policy does not declare in `tagOwners`.
+    #[error("node {node:?} has tag {tag:?}, which the policy does not declare in tagOwners")]
+    UndeclaredTag {
+        /// The node.
+        node: String,
+        /// The tag.
+        tag: String,
+    },
+    /// A node name that is not in the inventory.
+    #[error("no node named {0:?}")]
+    UnknownNode(String),
+    /// A query or test names something that resolves to no address.
+    #[error("{0}")]
+    Unresolved(String),
+}
+
+/// One selected destination: the rule, which of its `dst` entries, and which
+/// of the node's addresses (bit i = `addresses[i]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Hit {
+    rule: u32,
+    dst: u32,
+    mask: u8,
+}
+
+#[derive(Debug, Clone, Default)]
+struct RuleState {
+    /// Nodes the rule's sources select (by identity or address), sorted.
+    src_nodes: Vec<NodeId>,
+    /// Addresses the rule's sources select.
+    src: Arc<IpSet>,
+    /// Nodes with at least one hit from this rule.
+    dst_nodes: BTreeSet<NodeId>,
+    /// Whether some destination is `autogroup:self`.
+    has_self: bool,
+}
+
+/// How the rules relate to one (source address, destination address,
+/// protocol, port): each list is in policy order without duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PairRules {
+    /// Rules that accept the packet.
+    pub admitting: Vec<RuleId>,
+    /// Rules that accept this source to this address on other ports or protocols.
+    pub other_ports: Vec<RuleId>,
+    /// Rules that open this port on this address, but not to this source.
+    pub other_sources: Vec<RuleId>,
+}
+
+impl PairRules {
+    fn record(&mut self, id: RuleId, src_ok: bool, port_ok: bool) {
+        let list = match (src_ok, port_ok) {
+            (true, true) => &mut self.admitting,
+            (true, false) => &mut self.other_ports,
+            (false, true) => &mut self.other_sources,
+            (false, false) => return,
+        };
+        if !list.contains(&id) {
+            list.push(id);
+        }
+    }
+}
+
+/// Which nodes a change touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// Nodes whose compiled inbound filter may differ.
+    pub filters: BTreeSet<String>,
+    /// Nodes whose peer set may differ.
+    pub peers: BTreeSet<String>,
+}
+
+/// A policy compiled against a set of nodes.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    policy: Arc<Policy>,
+    nodes: Vec<Option<Node>>,
+    free: Vec<NodeId>,
+    by_name: HashMap<String, NodeId>,
+    by_ip: BTreeMap<IpAddr, NodeId>,
+    user_nodes: BTreeMap<String, BTreeSet<NodeId>>,
+    tag_nodes: BTreeMap<String, BTreeSet<NodeId>>,
+    untagged: BTreeSet<NodeId>,
+    tagged: BTreeSet<NodeId>,
+    rules: Vec<RuleState>,
+    inbound: Vec<Vec<Hit>>,
+}
+
+/// One rule of a node's inbound filter: packets from `src` to one of
+/// `dst_ports` with a protocol in `protos` are accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterRule {
+    /// The policy rule this comes from.
+    pub origin: RuleId,
+    /// Source addresses (`*` = any).
+    #[serde(rename = "srcIPs")]
+    pub src_ips: Arc<IpSet>,
+    /// Destination address and port ranges on this node.
+    pub dst_ports: Vec<NetPortRange>,
+    /// IP protocols.
+    #[serde(rename = "ipProto")]
+    pub protos: ProtoSet,
+}
+
+/// A destination address with a port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct NetPortRange {
+    /// One of the node's addresses.
+    pub ip: IpAddr,
+    /// Ports (all ports for protocols without ports).
+    pub ports: PortRange,
+}
+
+/// A node's compiled inbound packet filter: deny unless a rule accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeFilter {
+    /// The node.
+    pub node: String,
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Accepting rules, in policy order.
+    pub rules: Vec<FilterRule>,
+}
+
+/// Whether `proto` carries ports that a rule's port ranges restrict.
+pub fn has_ports(p: u8) -> bool {
+    matches!(p, proto::TCP | proto::UDP | proto::SCTP)
+}
+
+impl NodeFilter {
+    /// The first rule accepting a packet, if any. Ports are ignored for
+    /// protocols that have none (ICMP).
+    pub fn allows(&self, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> Option<RuleId> {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.protos.contains(proto)
+                    && r.dst_ports
+                        .iter()
+                        .any(|d| d.ip == dst && (!has_ports(proto) || d.ports.contains(port)))
+                    && r.src_ips.contains(src)
+            })
+            .map(|r| r.origin)
+    }
+}
+
+fn full_mask(n: &Node) -> u8 {
+    // Nodes have at most two addresses (checked), so two bits suffice.
+    (1u8 << n.addresses.len().min(7)) - 1
+}
+
+impl Engine {
+    /// Compiles `policy` against `nodes`.
+    pub fn new(policy: Arc<Policy>, nodes: Vec<Node>) -> Result<Self, EngineError> {
+        check_nodes(&nodes)?;
+        let mut e = Engine {
+            rules: vec![RuleState::default(); policy.rules.len()],
+            policy,
+            nodes: Vec::with_capacity(nodes.len()),
+            free: Vec::new(),
+            by_name: HashMap::with_capacity(nodes.len()),
+            by_ip: BTreeMap::new(),
+            user_nodes: BTreeMap::new(),
+            tag_nodes: BTreeMap::new(),
+            untagged: BTreeSet::new(),
+            tagged: BTreeSet::new(),
+            inbound: Vec::with_capacity(nodes.len()),
+        };
+        for n in nodes {
+            e.check_tags(&n)?;
+            let id = NodeId::try_from(e.nodes.len())
+                .map_err(|_| EngineError::Unresolved("too many nodes".into()))?;
+            e.nodes.push(None);
+            e.inbound.push(Vec::new());
+            e.index(id, n);
+        }
+        e.compile_all();
+        Ok(e)
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// Every node, in insertion order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().flatten()
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.by_name.get(name).and_then(|id| self.get(*id))
+    }
+
+    pub(crate) fn get(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(id as usize).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn id_of(&self, name: &str) -> Option<NodeId> {
+        self.by_name.get(name).copied()
+    }
+
+    pub(crate) fn id_by_ip(&self, ip: IpAddr) -> Option<NodeId> {
+        self.by_ip.get(&ip).copied()
+    }
+
+    pub(crate) fn user_node_ids(&self, user: &str) -> impl Iterator<Item = NodeId> + '_ {
+        self.user_nodes.get(user).into_iter().flatten().copied()
+    }
+
+    pub(crate) fn tag_node_ids(&self, tag: &str) -> impl Iterator<Item = NodeId> + '_ {
+        self.tag_nodes.get(tag).into_iter().flatten().copied()
+    }
+
+    fn check_tags(&self, n: &Node) -> Result<(), EngineError> {
+        for t in &n.tags {
+            if !self.policy.tag_owners.contains_key(t) {
+                return Err(EngineError::UndeclaredTag {
+                    node: n.name.clone(),
+                    tag: t.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn index(&mut self, id: NodeId, n: Node) {
+        self.by_name.insert(n.name.clone(), id);
+        for a in &n.addresses {
+            self.by_ip.insert(*a, id);
+        }
+        if n.is_tagged() {
+            self.tagged.insert(id);
+            for t in &n.tags {
+                self.tag_nodes.entry(t.clone()).or_default().insert(id);
+            }
+        } else {
+            self.untagged.insert(id);
+            if let Some(u) = &n.user {
+                self.user_nodes.entry(u.clone()).or_default().insert(id);
+            }
+        }
+        self.nodes[id as usize] = Some(n);
+    }
+
+    fn unindex(&mut self, id: NodeId) -> Option<Node> {
+        let n = self.nodes.get_mut(id as usize)?.take()?;
+        self.by_name.remove(&n.name);
+        for a in &n.addresses {
+            self.by_ip.remove(a);
+        }
+        self.tagged.remove(&id);
+        self.untagged.remove(&id);
+        for t in &n.tags {
+            if let Some(s) = self.tag_nodes.get_mut(t) {
+                s.remove(&id);
+                if s.is_empty() {
+                    self.tag_nodes.remove(t);
+                }
+            }
+        }
+        if let Some(u) = &n.user {
+            if let Some(s) = self.user_nodes.get_mut(u) {
+                s.remove(&id);
+                if s.is_empty() {
+                    self.user_nodes.remove(u);
+                }
+            }
+        }
+        Some(n)
+    }
+
+    fn live_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.is_some())
+            .map(|(i, _)| i as NodeId)
+    }
+
+    /// Nodes (ids) whose addresses fall in `net`, with the mask of those addresses.
+    fn nodes_in(&self, net: &ipnet::IpNet) -> Vec<(NodeId, u8)> {
+        let mut out: BTreeMap<NodeId, u8> = BTreeMap::new();
+        for (ip, id) in self.by_ip.range(net.network()..=net.broadcast()) {
+            if let Some(n) = self.get(*id)
+                && let Some(i) = n.addresses.iter().position(|a| a == ip)
+            {
+                *out.entry(*id).or_default() |= 1 << i;
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Users whose devices `autogroup:self` reaches for rule `r`: the users
+    /// its sources name (all users for `autogroup:member`).
+    fn self_users(&self, r: usize) -> Vec<String> {
+        let src = &self.policy.rules[r].src;
+        if src.contains(&Target::Member) {
+            return self.user_nodes.keys().cloned().collect();
+        }
+        let mut users = BTreeSet::new();
+        for t in src {
+            match t {
+                Target::User(u) => {
+                    users.insert(u.clone());
+                }
+                Target::Group(g) => {
+                    users.extend(self.policy.groups.get(g).into_iter().flatten().cloned());
+                }
+                _ => {}
+            }
+        }
+        users.into_iter().collect()
+    }
+
+    fn self_admits(&self, r: usize, user: &str) -> bool {
+        self.policy.rules[r].src.iter().any(|t| match t {
+            Target::Member => true,
+            Target::User(u) => u == user,
+            Target::Group(g) => self
+                .policy
+                .groups
+                .get(g)
+                .is_some_and(|m| m.iter().any(|x| x == user)),
+            _ => false,
+        })
+    }
+
+    fn resolve_src(&self, r: usize) -> (Vec<NodeId>, IpSet) {
+        let mut ids: Vec<NodeId> = Vec::new();
+        let mut ips = IpSetBuilder::default();
+        for t in &self.policy.rules[r].src {
+            match t {
+                Target::All => {
+                    return (self.live_ids().collect(), IpSet::all());
+                }
+                Target::User(u) => ids.extend(self.user_node_ids(u)),
+                Target::Group(g) => {
+                    for u in self.policy.groups.get(g).into_iter().flatten() {
+                        ids.extend(self.user_node_ids(u));
+                    }
+                }
+                Target::Tag(tag) => ids.extend(self.tag_node_ids(tag)),
+                Target::Host(_, net) | Target::Cidr(net) => {
+                    ips.add_net(*net);
+                    ids.extend(self.nodes_in(net).into_iter().map(|(id, _)| id));
+                }
+                Target::Member => ids.extend(self.untagged.iter().copied()),
+                Target::Tagged => ids.extend(self.tagged.iter().copied()),
+                Target::SelfDevices | Target::Internet => {}
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        for id in &ids {
+            if let Some(n) = self.get(*id) {
+                for a in &n.addresses {
+                    ips.add_ip(*a);
+                }
+            }
+        }
+        (ids, ips.build())
+    }
+
+    /// Which of `n`'s addresses a destination target selects in rule `r`.
+    fn dst_mask(&self, r: usize, t: &Target, n: &Node) -> u8 {
+        let all = full_mask(n);
+        let identity = match t {
+            Target::All => true,
+            Target::User(u) => n.identity_user() == Some(u),
+            Target::Group(g) => n.identity_user().is_some_and(|u| {
+                self.policy
+                    .groups
+                    .get(g)
+                    .is_some_and(|m| m.iter().any(|x| x == u))
+            }),
+            Target::Tag(tag) => n.tags.contains(tag),
+            Target::Member => !n.is_tagged(),
+            Target::Tagged => n.is_tagged(),
+            Target::SelfDevices => n.identity_user().is_some_and(|u| self.self_admits(r, u)),
+            Target::Internet => false,
+            Target::Host(_, net) | Target::Cidr(net) => {
+                let mut m = 0;
+                for (i, a) in n.addresses.iter().enumerate() {
+                    if net.contains(a) {
+                        m |= 1 << i;
+                    }
+                }
+                return m;
+            }
+        };
+        if identity { all } else { 0 }
+    }
+
+    /// Whether rule `r`'s sources select node `n` (identity or address).
+    fn src_selects(&self, r: usize, n: &Node) -> bool {
+        self.policy.rules[r].src.iter().any(|t| match t {
+            Target::All => true,
+            Target::User(u) => n.identity_user() == Some(u),
+            Target::Group(g) => n.identity_user().is_some_and(|u| {
+                self.policy
+                    .groups
+                    .get(g)
+                    .is_some_and(|m| m.iter().any(|x| x == u))
+            }),
+            Target::Tag(tag) => n.tags.contains(tag),
+            Target::Host(_, net) | Target::Cidr(net) => n.addresses.iter().any(|a| net.contains(a)),
+            Target::Member => !n.is_tagged(),
+            Target::Tagged => n.is_tagged(),
+            Target::SelfDevices | Target::Internet => false,
+        })
+    }
+
+    fn compile_all(&mut self) {
+        for hits in &mut self.inbound {
+            hits.clear();
+        }
+        for r in 0..self.policy.rules.len() {
+            let (src_nodes, src) = self.resolve_src(r);
+            let mut dst_nodes = BTreeSet::new();
+            let policy = Arc::clone(&self.policy);
+            let rule = &policy.rules[r];
+            let has_self = rule.dst.iter().any(|d| d.target == Target::SelfDevices);
+            for (di, d) in rule.dst.iter().enumerate() {
+                let selected: Vec<(NodeId, u8)> = match &d.target {
+                    Target::All => self
+                        .live_ids()
+                        .filter_map(|id| self.get(id).map(|n| (id, full_mask(n))))
+                        .collect(),
+                    Target::Host(_, net) | Target::Cidr(net) => self.nodes_in(net),
+                    Target::Internet => Vec::new(),
+                    Target::SelfDevices => {
+                        let users = self.self_users(r);
+                        users
+                            .iter()
+                            .flat_map(|u| self.user_node_ids(u))
+                            .filter_map(|id| self.get(id).map(|n| (id, full_mask(n))))
+                            .collect()
+                    }
+                    t => self.identity_nodes(t),
+                };
+                for (id, mask) in selected {
+                    if mask != 0 {
+                        self.inbound[id as usize].push(Hit {
+                            rule: r as u32,
+                            dst: di as u32,
+                            mask,
+                        });
+                        dst_nodes.insert(id);
+                    }
+                }
+            }
+            self.rules[r] = RuleState {
+                src_nodes,
+                src: Arc::new(src),
+                dst_nodes,
+                has_self,
+            };
+        }
+    }
+
+    /// Nodes an identity target (user, group, tag, member, tagged) selects.
+    fn identity_nodes(&self, t: &Target) -> Vec<(NodeId, u8)> {
+        let ids: Vec<NodeId> = match t {
+            Target::User(u) => self.user_node_ids(u).collect(),
+            Target::Group(g) => {
+                let mut v: Vec<NodeId> = self
+                    .policy
+                    .groups
+                    .get(g)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|u| self.user_node_ids(u))
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+            Target::Tag(tag) => self.tag_node_ids(tag).collect(),
+            Target::Member => self.untagged.iter().copied().collect(),
+            Target::Tagged => self.tagged.iter().copied().collect(),
+            _ => Vec::new(),
+        };
+        ids.into_iter()
+            .filter_map(|id| self.get(id).map(|n| (id, full_mask(n))))
+            .collect()
+    }
+
+    /// Recomputes the hits of one node from scratch.
+    fn node_hits(&self, n: &Node) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        for (r, rule) in self.policy.rules.iter().enumerate() {
+            for (di, d) in rule.dst.iter().enumerate() {
+                let mask = self.dst_mask(r, &d.target, n);
+                if mask != 0 {
+                    hits.push(Hit {
+                        rule: r as u32,
+                        dst: di as u32,
+                        mask,
+                    });
+                }
+            }
+        }
+        hits
+    }
+
+    /// Adds a node, or replaces the node of the same name, recompiling only
+    /// what it touches.
+    pub fn upsert_node(&mut self, node: Node) -> Result<ChangeSet, EngineError> {
+        self.check_tags(&node)?;
+        let existing = self.by_name.get(&node.name).copied();
+        // Check structure against the others (names, addresses).
+        {
+            let others: Vec<Node> = node
+                .addresses
+                .iter()
+                .filter_map(|a| self.by_ip.get(a))
+                .filter(|id| Some(**id) != existing)
+                .filter_map(|id| self.get(*id).cloned())
+                .collect();
+            let mut probe = others;
+            probe.push(node.clone());
+            check_nodes(&probe)?;
+        }
+        let (id, old) = match existing {
+            Some(id) => (id, self.unindex(id)),
+            None => match self.free.pop() {
+                Some(id) => (id, None),
+                None => {
+                    let id = NodeId::try_from(self.nodes.len())
+                        .map_err(|_| EngineError::Unresolved("too many nodes".into()))?;
+                    self.nodes.push(None);
+                    self.inbound.push(Vec::new());
+                    (id, None)
+                }
+            },
+        };
+        let new = node.clone();
+        self.index(id, node);
+        Ok(self.recompile_node(id, old.as_ref(), Some(&new)))
+    }
+
+    /// Removes a node by name.
+    pub fn remove_node(&mut self, name: &str) -> Result<ChangeSet, EngineError> {
+        let id = self
+            .id_of(name)
+            .ok_or_else(|| EngineError::UnknownNode(name.into()))?;
+        let old = self.unindex(id);
+        let cs = self.recompile_node(id, old.as_ref(), None);
+        self.free.push(id);
+        Ok(cs)
+    }
+
+    fn recompile_node(&mut self, id: NodeId, old: Option<&Node>, new: Option<&Node>) -> ChangeSet {
+        let mut filters: BTreeSet<NodeId> = BTreeSet::new();
+        let mut peers: BTreeSet<NodeId> = BTreeSet::new();
+        let users: Vec<&str> = [old, new]
+            .into_iter()
+            .flatten()
+            .filter_map(Node::identity_user)
+            .collect();
+        // Rules whose sources select the node before or after.
+        for r in 0..self.policy.rules.len() {
+            let touched = [old, new]
+                .into_iter()
+                .flatten()
+                .any(|n| self.src_selects(r, n));
+            if touched {
+                let (src_nodes, src) = self.resolve_src(r);
+                let state = &mut self.rules[r];
+                state.src_nodes = src_nodes;
+                state.src = Arc::new(src);
+                filters.extend(state.dst_nodes.iter().copied());
+            }
+            // autogroup:self sources of the node's user changed.
+            if self.rules[r].has_self && !users.is_empty() {
+                for u in &users {
+                    if self.self_admits(r, u) {
+                        filters.extend(self.user_node_ids(u));
+                    }
+                }
+            }
+        }
+        // The node's own hits, and rule → destination membership.
+        let old_hits = std::mem::take(&mut self.inbound[id as usize]);
+        for h in &old_hits {
+            self.rules[h.rule as usize].dst_nodes.remove(&id);
+            peers.extend(self.rules[h.rule as usize].src_nodes.iter().copied());
+        }
+        if let Some(n) = new {
+            let hits = self.node_hits(n);
+            for h in &hits {
+                let state = &mut self.rules[h.rule as usize];
+                state.dst_nodes.insert(id);
+                peers.extend(state.src_nodes.iter().copied());
+            }
+            self.inbound[id as usize] = hits;
+            filters.insert(id);
+        }
+        peers.extend(filters.iter().copied());
+        if new.is_some() {
+            peers.insert(id);
+        }
+        let names = |set: BTreeSet<NodeId>| -> BTreeSet<String> {
+            set.into_iter()
+                .filter_map(|i| self.get(i).map(|n| n.name.clone()))
+                .collect()
+        };
+        let mut cs = ChangeSet {
+            filters: names(filters),
+            peers: names(peers),
+        };
+        if new.is_none()
+            && let Some(o) = old
+        {
+            cs.peers.remove(&o.name);
+        }
+        cs
+    }
+
+    /// `autogroup:self` sources for a device of `user`: the user's untagged devices.
+    fn user_set(&self, user: &str) -> Arc<IpSet> {
+        let mut b = IpSetBuilder::default();
+        for id in self.user_node_ids(user) {
+            if let Some(n) = self.get(id) {
+                for a in &n.addresses {
+                    b.add_ip(*a);
+                }
+            }
+        }
+        Arc::new(b.build())
+    }
+
+    /// Source set of a hit on node `n`.
+    fn hit_src(&self, h: &Hit, n: &Node) -> Arc<IpSet> {
+        let d = &self.policy.rules[h.rule as usize].dst[h.dst as usize];
+        if d.target == Target::SelfDevices {
+            self.user_set(n.identity_user().unwrap_or_default())
+        } else {
+            Arc::clone(&self.rules[h.rule as usize].src)
+        }
+    }
+
+    /// The compiled inbound filter of a node.
+    pub fn filter(&self, name: &str) -> Result<NodeFilter, EngineError> {
+        let id = self
+            .id_of(name)
+            .ok_or_else(|| EngineError::UnknownNode(name.into()))?;
+        Ok(self.filter_of(id))
+    }
+
+    pub(crate) fn filter_of(&self, id: NodeId) -> NodeFilter {
+        let Some(n) = self.get(id) else {
+            return NodeFilter {
+                node: String::new(),
+                addresses: Vec::new(),
+                rules: Vec::new(),
+            };
+        };
+        // Group hits by (rule, protocols, source set): one filter rule each.
+        let mut groups: Vec<(u32, ProtoSet, bool, Vec<NetPortRange>)> = Vec::new();
+        for h in &self.inbound[id as usize] {
+            let d = &self.policy.rules[h.rule as usize].dst[h.dst as usize];
+            let is_self = d.target == Target::SelfDevices;
+            let key = (h.rule, d.protos, is_self);
+            let idx = match groups.iter().position(|g| (g.0, g.1, g.2) == key) {
+                Some(i) => i,
+                None => {
+                    groups.push((key.0, key.1, key.2, Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            for (i, a) in n.addresses.iter().enumerate() {
+                if h.mask & (1 << i) != 0 {
+                    for p in normalise(&d.ports) {
+                        groups[idx].3.push(NetPortRange { ip: *a, ports: p });
+                    }
+                }
+            }
+        }
+        let rules = groups
+            .into_iter()
+            .map(|(rule, protos, is_self, mut dst_ports)| {
+                dst_ports.sort();
+                dst_ports.dedup();
+                let src_ips = if is_self {
+                    self.user_set(n.identity_user().unwrap_or_default())
+                } else {
+                    Arc::clone(&self.rules[rule as usize].src)
+                };
+                FilterRule {
+                    origin: self.policy.rules[rule as usize].id,
+                    src_ips,
+                    dst_ports,
+                    protos,
+                }
+            })
+            .filter(|r| !r.src_ips.is_empty())
+            .collect();
+        NodeFilter {
+            node: n.name.clone(),
+            addresses: n.addresses.clone(),
+            rules,
+        }
+    }
+
+    /// Every node's filter, in node order.
+    pub fn all_filters(&self) -> Vec<NodeFilter> {
+        self.live_ids().map(|id| self.filter_of(id)).collect()
+    }
+
+    /// How the rules relate to a packet from `src` to node `dst`'s address
+    /// `dst_ip`: which admit it, which reach the address but on other ports
+    /// or protocols, which reach it but not from `src`.
+    pub(crate) fn explain_pair(
+        &self,
+        src: IpAddr,
+        dst: NodeId,
+        dst_ip: IpAddr,
+        proto: u8,
+        port: u16,
+    ) -> PairRules {
+        let mut out = PairRules::default();
+        let Some(n) = self.get(dst) else {
+            return out;
+        };
+        let Some(ai) = n.addresses.iter().position(|a| *a == dst_ip) else {
+            return out;
+        };
+        for h in &self.inbound[dst as usize] {
+            if h.mask & (1 << ai) == 0 {
+                continue;
+            }
+            let rule = &self.policy.rules[h.rule as usize];
+            let d = &rule.dst[h.dst as usize];
+            let port_ok = d.protos.contains(proto)
+                && (!has_ports(proto) || d.ports.iter().any(|p| p.contains(port)));
+            let src_ok = self.hit_src(h, n).contains(src);
+            out.record(rule.id, src_ok, port_ok);
+        }
+        out
+    }
+
+    /// [`Self::explain_pair`] for an address that is not a node's (a host
+    /// alias, a subnet, the internet).
+    pub(crate) fn explain_external(
+        &self,
+        src: IpAddr,
+        dst_ip: IpAddr,
+        proto: u8,
+        port: u16,
+    ) -> PairRules {
+        let mut out = PairRules::default();
+        for (r, rule) in self.policy.rules.iter().enumerate() {
+            for d in &rule.dst {
+                let covers = match &d.target {
+                    Target::All => true,
+                    Target::Host(_, net) | Target::Cidr(net) => net.contains(&dst_ip),
+                    Target::Internet => is_internet(dst_ip),
+                    _ => false,
+                };
+                if covers {
+                    let port_ok = d.protos.contains(proto)
+                        && (!has_ports(proto) || d.ports.iter().any(|p| p.contains(port)));
+                    out.record(rule.id, self.rules[r].src.contains(src), port_ok);
+                }
+            }
+        }
+        out
+    }
+
+    /// Nodes this node may reach or be reached by (its netmap peers).
+    pub fn peers(&self, name: &str) -> Result<BTreeSet<String>, EngineError> {
+        let id = self
+            .id_of(name)
+            .ok_or_else(|| EngineError::UnknownNode(name.into()))?;
+        let Some(me) = self.get(id) else {
+            return Err(EngineError::UnknownNode(name.into()));
+        };
+        let mut out: BTreeSet<NodeId> = BTreeSet::new();
+        // Inbound: whoever a hit on this node admits.
+        for h in &self.inbound[id as usize] {
+            let d = &self.policy.rules[h.rule as usize].dst[h.dst as usize];
+            if d.target == Target::SelfDevices {
+                if let Some(u) = me.identity_user() {
+                    out.extend(self.user_node_ids(u));
+                }
+            } else {
+                out.extend(self.rules[h.rule as usize].src_nodes.iter().copied());
+            }
+        }
+        // Outbound: destinations of rules whose sources select this node.
+        for (r, state) in self.rules.iter().enumerate() {
+            if state.src_nodes.binary_search(&id).is_err() {
+                continue;
+            }
+            for &d in &state.dst_nodes {
+                if out.contains(&d) {
+                    continue;
+                }
+                let Some(dn) = self.get(d) else { continue };
+                let admits = self.inbound[d as usize].iter().any(|h| {
+                    h.rule as usize == r && {
+                        let t = &self.policy.rules[r].dst[h.dst as usize].target;
+                        *t != Target::SelfDevices
+                            || (me.identity_user().is_some()
+                                && me.identity_user() == dn.identity_user())
+                    }
+                });
+                if admits {
+                    out.insert(d);
+                }
+            }
+        }
+        out.remove(&id);
+        Ok(out
+            .into_iter()
+            .filter_map(|i| self.get(i).map(|n| n.name.clone()))
+            .collect())
+    }
+}
+
+/// Whether an address is on the public internet (what `autogroup:internet`
+/// reaches through an exit node): not mesh, private, loopback, link-local
+/// or multicast space.
+pub fn is_internet(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            let cgnat = o[0] == 100 && (o[1] & 0xC0) == 64;
+            !(a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.is_unspecified()
+                || cgnat
+                || o[0] == 0
+                || o[0] >= 240)
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let ula = (s[0] & 0xfe00) == 0xfc00;
+            let link_local = (s[0] & 0xffc0) == 0xfe80;
+            !(a.is_loopback() || a.is_multicast() || a.is_unspecified() || ula || link_local)
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! Port specifications (`*`, `22`, `80,443`, `8000-8100`) and IP protocol
+//! sets, as written in policy `dst` entries, grant `ip` entries and `proto`.
+
+use serde::Serialize;
+use std::fmt;
+
+/// An inclusive range of ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port (inclusive).
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Every port.
+    pub const ALL: PortRange = PortRange {
+        first: 0,
+        last: u16::MAX,
+    };
+
+    /// One port.
+    pub fn single(port: u16) -> Self {
+        PortRange {
+            first: port,
+            last: port,
+        }
+    }
+
+    /// Whether `port` is inside.
+    pub fn contains(&self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == PortRange::ALL {
+            f.write_str("*")
+        } else if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// Formats a list of port ranges the way the policy file writes them.
+pub fn format_ports(ports: &[PortRange]) -> String {
+    ports
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Why a port specification was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// The specification is empty, or a comma list has an empty item.
+    #[error("empty port in {0:?}")]
+    Empty(String),
+    /// A name such as `http` or `ssh` where a number was expected.
+    #[error("named port {0:?} is not supported; write a number, a range N-M, a list, or *")]
+    Named(String),
+    /// Not a number in 0..=65535.
+    #[error("invalid port {0:?}: ports are numbers from 0 to 65535")]
+    Invalid(String),
+    /// A range whose first port is above its last.
+    #[error("invalid port range {0:?}: the first port is greater than the last")]
+    Reversed(String),
+}
+
+fn parse_port(s: &str) -> Result<u16, PortError> {
+    if s.is_empty() {
+        return Err(PortError::Empty(s.into()));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        // Leading zeros and overflow are both refused.
+        if s.len() > 1 && s.starts_with('0') {
+            return Err(PortError::Invalid(s.into()));
+        }
+        return s.parse::<u16>().map_err(|_| PortError::Invalid(s.into()));
+    }
+    if s.bytes()
+        .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')
+        && s.bytes().any(|b| b.is_ascii_alphabetic())
+    {
+        return Err(PortError::Named(s.into()));
+    }
+    Err(PortError::Invalid(s.into()))
+}
+
+/// Parses `*`, `22`, `80,443`, `8000-8100` or a comma list mixing ports and
+/// ranges. The result keeps the order written.
+pub fn parse_ports(spec: &str) -> Result<Vec<PortRange>, PortError> {
+    if spec == "*" {
+        return Ok(vec![PortRange::ALL]);
+    }
+    if spec.is_empty() {
+        return Err(PortError::Empty(spec.into()));
+    }
+    let mut out = Vec::new();
+    for item in spec.split(',') {
+        if item.is_empty() {
+            return Err(PortError::Empty(spec.into()));
+        }
+        if item == "*" {
+            out.push(PortRange::ALL);
+            continue;
+        }
+        // A named port may itself contain '-' ("https-alt"), so only treat
+        // '-' as a range when both sides are numeric.
+        let range = item.split_once('-').filter(|(a, b)| {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        });
+        match range {
+            Some((a, b)) => {
+                let (first, last) = (parse_port(a)?, parse_port(b)?);
+                if first > last {
+                    return Err(PortError::Reversed(item.into()));
+                }
+                out.push(PortRange { first, last });
+            }
+            None => out.push(PortRange::single(parse_port(item)?)),
+        }
+    }
+    Ok(out)
+}
+
+/// Sorts and merges overlapping or adjacent ranges.
+pub fn normalise(ports: &[PortRange]) -> Vec<PortRange> {
+    let mut v = ports.to_vec();
+    v.sort();
+    let mut out: Vec<PortRange> = Vec::with_capacity(v.len());
+    for r in v {
+        match out.last_mut() {
+            Some(last) if u32::from(r.first) <= u32::from(last.last) + 1 => {
+                last.last = last.last.max(r.last);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// IANA protocol numbers the policy file knows by name.
+pub mod proto {
+    /// ICMP (IPv4).
+    pub const ICMP: u8 = 1;
+    /// IGMP.
+    pub const IGMP: u8 = 2;
+    /// IPv4-in-IP encapsulation.
+    pub const IPV4: u8 = 4;
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// EGP.
+    pub const EGP: u8 = 8;
+    /// IGP.
+    pub const IGP: u8 = 9;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// GRE.
+    pub const GRE: u8 = 47;
+    /// ESP.
+    pub const ESP: u8 = 50;
+    /// AH.
+    pub const AH: u8 = 51;
+    /// ICMPv6.
+    pub const ICMPV6: u8 = 58;
+    /// SCTP.
+    pub const SCTP: u8 = 132;
+}
+
+/// A set of IP protocols (by IANA number).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProtoSet([u64; 4]);
+
+impl fmt::Debug for ProtoSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl ProtoSet {
+    /// No protocol.
+    pub const EMPTY: ProtoSet = ProtoSet([0; 4]);
+
+    /// The protocols meant when none is written: TCP, UDP, ICMP and ICMPv6.
+    pub fn default_set() -> Self {
+        Self::of(&[proto::TCP, proto::UDP, proto::ICMP, proto::ICMPV6])
+    }
+
+    /// Every protocol.
+    pub fn all() -> Self {
+        ProtoSet([u64::MAX; 4])
+    }
+
+    /// A set of the given protocol numbers.
+    pub fn of(protos: &[u8]) -> Self {
+        let mut s = Self::EMPTY;
+        for &p in protos {
+            s.insert(p);
+        }
+        s
+    }
+
+    /// Adds a protocol.
+    pub fn insert(&mut self, p: u8) {
+        self.0[usize::from(p / 64)] |= 1 << (p % 64);
+    }
+
+    /// Whether the protocol is in the set.
+    pub fn contains(&self, p: u8) -> bool {
+        self.0[usize::from(p / 64)] & (1 << (p % 64)) != 0
+    }
+
+    /// The union of two sets.
+    pub fn union(self, other: Self) -> Self {
+        ProtoSet([
+            self.0[0] | other.0[0],
+            self.0[1] | other.0[1],
+            self.0[2] | other.0[2],
+            self.0[3] | other.0[3],
+        ])
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 4]
+    }
+
+    /// Whether the set has any protocol that carries ports (TCP, UDP, SCTP).
+    pub fn has_ports(&self) -> bool {
+        self.contains(proto::TCP) || self.contains(proto::UDP) || self.contains(proto::SCTP)
+    }
+
+    /// Whether every protocol in the set carries ports.
+    pub fn only_ported(&self) -> bool {
+        !self.is_empty()
+            && self
+                .iter()
+                .all(|p| matches!(p, proto::TCP | proto::UDP | proto::SCTP))
+    }
+
+    /// The protocol numbers in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..=255u8).filter(|p| self.contains(*p))
+    }
+
+    /// Names (or numbers) of the protocols, ascending.
+    pub fn names(&self) -> Vec<String> {
+        if *self == Self::all() {
+            return vec!["*".into()];
+        }
+        self.iter().map(proto_name).collect()
+    }
+}
+
+impl Serialize for ProtoSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
+/// The policy-file name of a protocol number, or the number itself.
+pub fn proto_name(p: u8) -> String {
+    match p {
+        proto::ICMP => "icmp".into(),
+        proto::IGMP => "igmp".into(),
+        proto::IPV4 => "ipv4".into(),
+        proto::TCP => "tcp".into(),
+        proto::EGP => "egp".into(),
+        proto::IGP => "igp".into(),
+        proto::UDP => "udp".into(),
+        proto::GRE => "gre".into(),
+        proto::ESP => "esp".into(),
+        proto::AH => "ah".into(),
+        proto::ICMPV6 => "ipv6-icmp".into(),
+        proto::SCTP => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Parses one protocol as written in `proto` or a grant's `ip` prefix: a
+/// name, or an IANA number 1–255.
+pub fn parse_proto(s: &str) -> Option<u8> {
+    let p = match s {
+        "icmp" => proto::ICMP,
+        "igmp" => proto::IGMP,
+        "ipv4" | "ip-in-ip" => proto::IPV4,
+        "tcp" => proto::TCP,
+        "egp" => proto::EGP,
+        "igp" => proto::IGP,
+        "udp" => proto::UDP,
+        "gre" => proto::GRE,
+        "esp" => proto::ESP,
+        "ah" => proto::AH,
+        "ipv6-icmp" | "icmpv6" => proto::ICMPV6,
+        "sctp" => proto::SCTP,
+        n if !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+            && !(n.len() > 1 && n.starts_with('0')) =>
+        {
+            match n.parse::<u8>() {
+                Ok(0) | Err(_) => return None,
+                Ok(v) => v,
+            }
+        }
+        _ => return None,
+    };
+    Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn r(first: u16, last: u16) -> PortRange {
+        PortRange { first, last }
+    }
+
+    #[test]
+    fn parses_forms() {
+        assert_eq!(parse_ports("*").unwrap(), vec![PortRange::ALL]);
+        assert_eq!(parse_ports("22").unwrap(), vec![r(22, 22)]);
+        assert_eq!(parse_ports("80,443").unwrap(), vec![r(80, 80), r(443, 443)]);
+        assert_eq!(parse_ports("8000-8100").unwrap(), vec![r(8000, 8100)]);
+        assert_eq!(
+            parse_ports("22,8000-8100,9").unwrap(),
+            vec![r(22, 22), r(8000, 8100), r(9, 9)]
+        );
+        assert_eq!(parse_ports("65535").unwrap(), vec![r(65535, 65535)]);
+    }
+
+    #[test]
+    fn refuses_bad_forms() {
+        assert!(matches!(parse_ports("http"), Err(PortError::Named(_))));
+        assert!(matches!(parse_ports("22,ssh"), Err(PortError::Named(_))));
+        assert!(matches!(parse_ports("https-alt"), Err(PortError::Named(_))));
+        assert!(matches!(parse_ports("65536"), Err(PortError::Invalid(_))));
+        assert!(matches!(parse_ports("-1"), Err(PortError::Invalid(_))));
+        assert!(matches!(parse_ports("100-10"), Err(PortError::Reversed(_))));
+        assert!(matches!(parse_ports(""), Err(PortError::Empty(_))));
+        assert!(matches!(parse_ports("80,"), Err(PortError::Empty(_))));
+        assert!(matches!(parse_ports("1-2-3"), Err(PortError::Invalid(_))));
+        assert!(matches!(parse_ports(" 80"), Err(PortError::Invalid(_))));
+        assert!(matches!(parse_ports("080"), Err(PortError::Invalid(_))));
+    }
+
+    #[test]
+    fn protocols() {
+        assert_eq!(parse_proto("tcp"), Some(6));
+        assert_eq!(parse_proto("ipv6-icmp"), Some(58));
+        assert_eq!(parse_proto("47"), Some(47));
+        assert_eq!(parse_proto("0"), None);
+        assert_eq!(parse_proto("256"), None);
+        assert_eq!(parse_proto("TCP"), None);
+        let d = ProtoSet::default_set();
+        assert_eq!(d.names(), vec!["icmp", "tcp", "udp", "ipv6-icmp"]);
+        assert!(d.has_ports() && !d.only_ported());
+        assert!(ProtoSet::of(&[6, 17]).only_ported());
+        assert!(ProtoSet::all().contains(255));
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrips(ranges in prop::collection::vec((any::<u16>(), any::<u16>()), 1..8)) {
+            let ranges: Vec<PortRange> = ranges
+                .into_iter()
+                .map(|(a, b)| r(a.min(b), a.max(b)))
+                .filter(|x| *x != PortRange::ALL)
+                .collect();
+            prop_assume!(!ranges.is_empty());
+            let text = format_ports(&ranges);
+            prop_assert_eq!(parse_ports(&text).unwrap(), ranges);
+        }
+
+        #[test]
+        fn never_panics(s in "[0-9a-z,*\\- ]{0,24}") {
+            let _ = parse_ports(&s);
+        }
+
+        #[test]
+        fn normalise_keeps_membership(
+            ranges in prop::collection::vec((any::<u16>(), any::<u16>()), 0..8),
+            probe in any::<u16>(),
+        ) {
+            let ranges: Vec<PortRange> =
+                ranges.into_iter().map(|(a, b)| r(a.min(b), a.max(b))).collect();
+            let n = normalise(&ranges);
+            prop_assert_eq!(
+                ranges.iter().any(|x| x.contains(probe)),
+                n.iter().any(|x| x.contains(probe))
+            );
+            for w in n.windows(2) {
+                prop_assert!(u32::from(w[0].last) + 1 < u32::from(w[1].first));
+            }
+        }
+    }
+}
