@@ -358,6 +358,7 @@ impl Engine {
 
     fn resolve_src(&self, r: usize) -> (Vec<NodeId>, IpSet) {
         let mut ids: Vec<NodeId> = Vec::new();
+        let mut by_addr: Vec<NodeId> = Vec::new();
         let mut ips = IpSetBuilder::default();
         for t in &self.policy.rules[r].src {
             match t {
@@ -372,8 +373,9 @@ impl Engine {
                 }
                 Target::Tag(tag) => ids.extend(self.tag_node_ids(tag)),
                 Target::Host(_, net) | Target::Cidr(net) => {
+                    // Only the addresses inside the prefix: the prefix covers them.
                     ips.add_net(*net);
-                    ids.extend(self.nodes_in(net).into_iter().map(|(id, _)| id));
+                    by_addr.extend(self.nodes_in(net).into_iter().map(|(id, _)| id));
                 }
                 Target::Member => ids.extend(self.untagged.iter().copied()),
                 Target::Tagged => ids.extend(self.tagged.iter().copied()),
@@ -389,6 +391,9 @@ impl Engine {
                 }
             }
         }
+        ids.extend(by_addr);
+        ids.sort_unstable();
+        ids.dedup();
         (ids, ips.build())
     }
 

@@ -736,10 +736,10 @@ impl Cx {
         let mut dst_targets = Vec::new();
         for (p, item, s) in &list {
             let t = self.target(s, item, p, Side::Dst).map_err(|e| {
-                if s.contains(':')
-                    && self.split_host_port(s, item, p).is_ok()
-                    && parse_net(s).is_err()
-                {
+                let with_ports = self
+                    .split_host_port(s, item, p)
+                    .is_ok_and(|(host, _)| self.target(host, item, p, Side::Dst).is_ok());
+                if with_ports {
                     err(
                         item,
                         p,
