@@ -205,10 +205,7 @@ fn query(a: &QueryArgs) -> Result<()> {
                 p.src, p.src_ip, p.dst, p.dst_ip
             );
             if p.rules.is_empty() {
-                println!(
-                    "  deny   {head}: {}",
-                    p.why_not.as_deref().unwrap_or("no rule")
-                );
+                println!("  deny   {head}: {}", engine.why_not(p));
             } else {
                 println!("  accept {head}");
                 for r in &p.rules {

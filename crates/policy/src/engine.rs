@@ -57,10 +57,14 @@ struct RuleState {
     src_nodes: Vec<NodeId>,
     /// Addresses the rule's sources select.
     src: Arc<IpSet>,
-    /// Nodes with at least one hit from this rule.
+    /// Nodes with at least one hit from this rule, other than through
+    /// `autogroup:self` (whose sources are per user, not the rule's).
     dst_nodes: BTreeSet<NodeId>,
     /// Whether some destination is `autogroup:self`.
     has_self: bool,
+    /// Whether some source is a prefix or `*`: then the source set is more
+    /// than its nodes' addresses and is recomputed whole on a change.
+    by_prefix: bool,
 }
 
 /// How the rules relate to one (source address, destination address,
@@ -456,6 +460,10 @@ impl Engine {
             let policy = Arc::clone(&self.policy);
             let rule = &policy.rules[r];
             let has_self = rule.dst.iter().any(|d| d.target == Target::SelfDevices);
+            let by_prefix = rule
+                .src
+                .iter()
+                .any(|t| matches!(t, Target::All | Target::Host(..) | Target::Cidr(_)));
             for (di, d) in rule.dst.iter().enumerate() {
                 let selected: Vec<(NodeId, u8)> = match &d.target {
                     Target::All => self
@@ -474,6 +482,7 @@ impl Engine {
                     }
                     t => self.identity_nodes(t),
                 };
+                let is_self = d.target == Target::SelfDevices;
                 for (id, mask) in selected {
                     if mask != 0 {
                         self.inbound[id as usize].push(Hit {
@@ -481,7 +490,9 @@ impl Engine {
                             dst: di as u32,
                             mask,
                         });
-                        dst_nodes.insert(id);
+                        if !is_self {
+                            dst_nodes.insert(id);
+                        }
                     }
                 }
             }
@@ -490,6 +501,7 @@ impl Engine {
                 src: Arc::new(src),
                 dst_nodes,
                 has_self,
+                by_prefix,
             };
         }
     }
@@ -596,19 +608,35 @@ impl Engine {
             .collect();
         // Rules whose sources select the node before or after.
         for r in 0..self.policy.rules.len() {
-            let touched = [old, new]
-                .into_iter()
-                .flatten()
-                .any(|n| self.src_selects(r, n));
-            if touched {
-                let (src_nodes, src) = self.resolve_src(r);
-                let state = &mut self.rules[r];
-                state.src_nodes = src_nodes;
-                state.src = Arc::new(src);
-                filters.extend(state.dst_nodes.iter().copied());
+            let was = old.is_some_and(|n| self.src_selects(r, n));
+            let is = new.is_some_and(|n| self.src_selects(r, n));
+            if was || is {
+                if self.rules[r].by_prefix {
+                    let (src_nodes, src) = self.resolve_src(r);
+                    self.rules[r].src_nodes = src_nodes;
+                    self.rules[r].src = Arc::new(src);
+                } else {
+                    // Identity sources only: the set is exactly the selected
+                    // nodes' addresses, so update it in place.
+                    let state = &mut self.rules[r];
+                    let set = Arc::make_mut(&mut state.src);
+                    if let (true, Some(o)) = (was, old) {
+                        o.addresses.iter().for_each(|a| set.remove(*a));
+                        if let Ok(k) = state.src_nodes.binary_search(&id) {
+                            state.src_nodes.remove(k);
+                        }
+                    }
+                    if let (true, Some(n)) = (is, new) {
+                        n.addresses.iter().for_each(|a| set.insert(*a));
+                        if let Err(k) = state.src_nodes.binary_search(&id) {
+                            state.src_nodes.insert(k, id);
+                        }
+                    }
+                }
+                filters.extend(self.rules[r].dst_nodes.iter().copied());
             }
             // autogroup:self sources of the node's user changed.
-            if self.rules[r].has_self && !users.is_empty() {
+            if self.rules[r].has_self {
                 for u in &users {
                     if self.self_admits(r, u) {
                         filters.extend(self.user_node_ids(u));
@@ -619,15 +647,28 @@ impl Engine {
         // The node's own hits, and rule → destination membership.
         let old_hits = std::mem::take(&mut self.inbound[id as usize]);
         for h in &old_hits {
-            self.rules[h.rule as usize].dst_nodes.remove(&id);
-            peers.extend(self.rules[h.rule as usize].src_nodes.iter().copied());
+            let (rule, is_self) = self.hit_rule(h);
+            if is_self {
+                if let Some(u) = old.and_then(Node::identity_user) {
+                    peers.extend(self.user_node_ids(u));
+                }
+            } else {
+                self.rules[rule].dst_nodes.remove(&id);
+                peers.extend(self.rules[rule].src_nodes.iter().copied());
+            }
         }
         if let Some(n) = new {
             let hits = self.node_hits(n);
             for h in &hits {
-                let state = &mut self.rules[h.rule as usize];
-                state.dst_nodes.insert(id);
-                peers.extend(state.src_nodes.iter().copied());
+                let (rule, is_self) = self.hit_rule(h);
+                if is_self {
+                    if let Some(u) = n.identity_user() {
+                        peers.extend(self.user_node_ids(u));
+                    }
+                } else {
+                    self.rules[rule].dst_nodes.insert(id);
+                    peers.extend(self.rules[rule].src_nodes.iter().copied());
+                }
             }
             self.inbound[id as usize] = hits;
             filters.insert(id);
@@ -651,6 +692,15 @@ impl Engine {
             cs.peers.remove(&o.name);
         }
         cs
+    }
+
+    /// The rule index of a hit, and whether it is through `autogroup:self`.
+    fn hit_rule(&self, h: &Hit) -> (usize, bool) {
+        let r = h.rule as usize;
+        (
+            r,
+            self.policy.rules[r].dst[h.dst as usize].target == Target::SelfDevices,
+        )
     }
 
     /// `autogroup:self` sources for a device of `user`: the user's untagged devices.
@@ -809,9 +859,9 @@ impl Engine {
         let id = self
             .id_of(name)
             .ok_or_else(|| EngineError::UnknownNode(name.into()))?;
-        let Some(me) = self.get(id) else {
-            return Err(EngineError::UnknownNode(name.into()));
-        };
+        let me = self
+            .get(id)
+            .ok_or_else(|| EngineError::UnknownNode(name.into()))?;
         let mut out: BTreeSet<NodeId> = BTreeSet::new();
         // Inbound: whoever a hit on this node admits.
         for h in &self.inbound[id as usize] {
@@ -824,27 +874,11 @@ impl Engine {
                 out.extend(self.rules[h.rule as usize].src_nodes.iter().copied());
             }
         }
-        // Outbound: destinations of rules whose sources select this node.
-        for (r, state) in self.rules.iter().enumerate() {
-            if state.src_nodes.binary_search(&id).is_err() {
-                continue;
-            }
-            for &d in &state.dst_nodes {
-                if out.contains(&d) {
-                    continue;
-                }
-                let Some(dn) = self.get(d) else { continue };
-                let admits = self.inbound[d as usize].iter().any(|h| {
-                    h.rule as usize == r && {
-                        let t = &self.policy.rules[r].dst[h.dst as usize].target;
-                        *t != Target::SelfDevices
-                            || (me.identity_user().is_some()
-                                && me.identity_user() == dn.identity_user())
-                    }
-                });
-                if admits {
-                    out.insert(d);
-                }
+        // Outbound: destinations of rules whose sources select this node
+        // (the self-device case is symmetric and covered above).
+        for state in &self.rules {
+            if state.src_nodes.binary_search(&id).is_ok() {
+                out.extend(state.dst_nodes.iter().copied());
             }
         }
         out.remove(&id);

@@ -64,9 +64,12 @@ pub struct PairVerdict {
     pub dst_ip: IpAddr,
     /// Rules that accept it (empty: denied).
     pub rules: Vec<RuleId>,
-    /// When denied, why: the rules that nearly match.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub why_not: Option<String>,
+    /// Rules that open this port on this address, but to other sources.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_sources: Vec<RuleId>,
+    /// Rules that let this source reach this address on other ports or protocols.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_ports: Vec<RuleId>,
 }
 
 /// The answer to a query.
@@ -274,7 +277,8 @@ impl Engine {
         }
     }
 
-    fn why_not(&self, rules: &PairRules) -> String {
+    /// Why a pair is denied, naming the rules that nearly admit it.
+    pub fn why_not(&self, rules: &PairVerdict) -> String {
         let show = |ids: &[RuleId]| -> String {
             ids.iter()
                 .map(|id| self.rule_label(*id))
@@ -347,13 +351,18 @@ impl Engine {
                         rules.other_ports.dedup();
                         rules.other_sources.dedup();
                         let accepted = !rules.admitting.is_empty();
+                        if accepted {
+                            rules.other_ports.clear();
+                            rules.other_sources.clear();
+                        }
                         let v = PairVerdict {
                             src: s.label.clone(),
                             src_ip: *a,
                             dst: d.label.clone(),
                             dst_ip: *b,
-                            why_not: (!accepted).then(|| self.why_not(&rules)),
                             rules: rules.admitting,
+                            other_sources: rules.other_sources,
+                            other_ports: rules.other_ports,
                         };
                         let better = best
                             .as_ref()
@@ -412,7 +421,7 @@ impl Engine {
                             p.dst,
                             p.dst_ip,
                             d.port,
-                            p.why_not.as_deref().unwrap_or("denied")
+                            self.why_not(p)
                         )),
                         (Expect::Deny, false) => reasons.push(format!(
                             "{} ({}) can reach {} ({}) port {} over {proto_text}, allowed by {}",

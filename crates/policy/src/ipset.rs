@@ -63,6 +63,60 @@ impl One for u128 {
     }
 }
 
+fn insert_point<T: Copy + Ord + One + Dec>(ranges: &mut Vec<(T, T)>, x: T) {
+    let i = ranges.partition_point(|r| r.1 < x);
+    if ranges.get(i).is_some_and(|r| r.0 <= x) {
+        return;
+    }
+    let joins_prev = i > 0 && ranges[i - 1].1 != T::MAX && ranges[i - 1].1.inc() == x;
+    let joins_next = ranges.get(i).is_some_and(|r| x != T::MAX && x.inc() == r.0);
+    match (joins_prev, joins_next) {
+        (true, true) => {
+            ranges[i - 1].1 = ranges[i].1;
+            ranges.remove(i);
+        }
+        (true, false) => ranges[i - 1].1 = x,
+        (false, true) => ranges[i].0 = x,
+        (false, false) => ranges.insert(i, (x, x)),
+    }
+}
+
+fn remove_point<T: Copy + Ord + One + Dec>(ranges: &mut Vec<(T, T)>, x: T) {
+    let i = ranges.partition_point(|r| r.1 < x);
+    let Some(&(a, b)) = ranges.get(i) else { return };
+    if x < a {
+        return;
+    }
+    match (a == x, b == x) {
+        (true, true) => {
+            ranges.remove(i);
+        }
+        (true, false) => ranges[i].0 = x.inc(),
+        (false, true) => ranges[i].1 = x.dec(),
+        (false, false) => {
+            ranges[i].1 = x.dec();
+            ranges.insert(i + 1, (x.inc(), b));
+        }
+    }
+}
+
+/// Decrement for the address integer widths.
+trait Dec {
+    fn dec(self) -> Self;
+}
+
+impl Dec for u32 {
+    fn dec(self) -> Self {
+        self.saturating_sub(1)
+    }
+}
+
+impl Dec for u128 {
+    fn dec(self) -> Self {
+        self.saturating_sub(1)
+    }
+}
+
 fn contains<T: Copy + Ord>(ranges: &[(T, T)], x: T) -> bool {
     let i = ranges.partition_point(|r| r.1 < x);
     ranges.get(i).is_some_and(|r| r.0 <= x)
@@ -122,6 +176,22 @@ impl IpSet {
         match net {
             IpNet::V4(n) => intersects(&self.v4, v4_bounds(n)),
             IpNet::V6(n) => intersects(&self.v6, v6_bounds(n)),
+        }
+    }
+
+    /// Adds one address.
+    pub fn insert(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => insert_point(&mut self.v4, u32::from(a)),
+            IpAddr::V6(a) => insert_point(&mut self.v6, u128::from(a)),
+        }
+    }
+
+    /// Removes one address (splitting the range that held it).
+    pub fn remove(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(a) => remove_point(&mut self.v4, u32::from(a)),
+            IpAddr::V6(a) => remove_point(&mut self.v6, u128::from(a)),
         }
     }
 
@@ -314,6 +384,27 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn point_updates_match_rebuild(
+            start in prop::collection::vec(0u32..64, 0..32),
+            ops in prop::collection::vec((any::<bool>(), 0u32..64), 0..32),
+        ) {
+            let ip = |x: u32| IpAddr::V4(Ipv4Addr::from(u32::MAX - 63 + x));
+            let mut model: std::collections::BTreeSet<u32> = start.iter().copied().collect();
+            let mut set = IpSet::from_nets(model.iter().map(|x| IpNet::from(ip(*x))));
+            for (add, x) in ops {
+                if add {
+                    model.insert(x);
+                    set.insert(ip(x));
+                } else {
+                    model.remove(&x);
+                    set.remove(ip(x));
+                }
+                let rebuilt = IpSet::from_nets(model.iter().map(|x| IpNet::from(ip(*x))));
+                prop_assert_eq!(&set, &rebuilt);
+            }
+        }
+
         #[test]
         fn cidrs_cover_exactly(a in any::<u32>(), len in 0u32..4096) {
             let b = a.saturating_add(len);
