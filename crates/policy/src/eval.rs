@@ -541,3 +541,29 @@ pub fn query_identity(policy: &Policy, src: &str) -> Option<Target> {
         None
     }
 }
+
+/// Why a policy was refused by [`check_policy`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyRefused {
+    /// The file is invalid.
+    #[error(transparent)]
+    Invalid(#[from] crate::parse::PolicyError),
+    /// The policy does not fit the inventory (an undeclared tag on a node).
+    #[error(transparent)]
+    Inventory(#[from] EngineError),
+    /// Some of the policy's own tests fail.
+    #[error("{} of {} policy test assertions failed", .0.failures.len(), .0.assertions)]
+    TestsFailed(TestReport),
+}
+
+/// Parses a policy, checks it against the inventory and runs its tests: the
+/// policy is accepted only if all of that succeeds, as a control server must
+/// before replacing its policy.
+pub fn check_policy(text: &str, nodes: &[Node]) -> Result<Arc<Policy>, PolicyRefused> {
+    let policy = Arc::new(crate::parse::parse_policy(text)?);
+    let report = run_tests(&policy, nodes)?;
+    if !report.passed() {
+        return Err(PolicyRefused::TestsFailed(report));
+    }
+    Ok(policy)
+}

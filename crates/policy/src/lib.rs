@@ -40,8 +40,8 @@ pub use engine::{
     ChangeSet, Engine, EngineError, FilterRule, NetPortRange, NodeFilter, NodeId, is_internet,
 };
 pub use eval::{
-    Expect, PairVerdict, QueryOutcome, QueryProto, TestFailure, TestReport, query_identity,
-    run_tests,
+    Expect, PairVerdict, PolicyRefused, QueryOutcome, QueryProto, TestFailure, TestReport,
+    check_policy, query_identity, run_tests,
 };
 pub use inventory::{InventoryError, Node, check_nodes, parse_inventory};
 pub use ipset::IpSet;

@@ -435,3 +435,34 @@ fn tests_to_hosts_and_users() {
     let expected_line = text.lines().count() as u32;
     assert_eq!(r.failures[0].line, expected_line);
 }
+
+#[test]
+fn check_policy_refuses_whole() {
+    use gatehouse_policy::{PolicyRefused, check_policy};
+    let nodes = parse_inventory(NODES).unwrap();
+    let good = format!(
+        r#"{{ {PREAMBLE} "acls": [{{"action": "accept", "src": ["group:eng"], "dst": ["tag:web:443"]}}],
+             "tests": [{{"src": "bob@example.com", "accept": ["tag:web:443"]}}] }}"#
+    );
+    assert_eq!(check_policy(&good, &nodes).unwrap().rules.len(), 1);
+    let failing = good.replace(
+        "\"accept\": [\"tag:web:443\"]",
+        "\"accept\": [\"tag:web:22\"]",
+    );
+    assert!(
+        matches!(check_policy(&failing, &nodes), Err(PolicyRefused::TestsFailed(r)) if r.failures.len() == 1)
+    );
+    let invalid = good.replace("accept\", \"src\"", "deny\", \"src\"");
+    assert!(matches!(
+        check_policy(&invalid, &nodes),
+        Err(PolicyRefused::Invalid(_))
+    ));
+    let undeclared = format!(r#"{{ {PREAMBLE} }}"#).replace(
+        "\"tag:server\": [\"alice@example.com\"]",
+        "\"tag:other\": []",
+    );
+    assert!(matches!(
+        check_policy(&undeclared, &nodes),
+        Err(PolicyRefused::Inventory(_))
+    ));
+}
