@@ -12,7 +12,7 @@ use crate::inventory::{InventoryError, Node, check_nodes};
 use crate::ipset::{IpSet, IpSetBuilder};
 use crate::model::{Policy, RuleId, Target};
 use crate::ports::{PortRange, ProtoSet, normalise, proto};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -120,7 +120,7 @@ pub struct Engine {
 
 /// One rule of a node's inbound filter: packets from `src` to one of
 /// `dst_ports` with a protocol in `protos` are accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FilterRule {
     /// The policy rule this comes from.
@@ -136,7 +136,7 @@ pub struct FilterRule {
 }
 
 /// A destination address with a port range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NetPortRange {
     /// One of the node's addresses.
     pub ip: IpAddr,
@@ -145,7 +145,7 @@ pub struct NetPortRange {
 }
 
 /// A node's compiled inbound packet filter: deny unless a rule accepts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeFilter {
     /// The node.
     pub node: String,

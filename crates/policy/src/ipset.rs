@@ -268,6 +268,24 @@ impl Serialize for IpSet {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for IpSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items = Vec::<String>::deserialize(d)?;
+        let mut b = IpSetBuilder::default();
+        for item in items {
+            if item == "*" {
+                return Ok(IpSet::all());
+            }
+            let net = match item.parse::<IpAddr>() {
+                Ok(ip) => IpNet::from(ip),
+                Err(_) => item.parse::<IpNet>().map_err(serde::de::Error::custom)?,
+            };
+            b.add_net(net);
+        }
+        Ok(b.build())
+    }
+}
+
 /// Splits the inclusive range `[a, b]` of a `bits`-wide address space into
 /// the fewest aligned prefixes.
 fn range_to_cidrs(mut a: u128, b: u128, bits: u8, emit: &mut dyn FnMut(u128, u8)) {

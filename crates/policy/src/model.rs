@@ -123,6 +123,30 @@ impl Serialize for RuleId {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for RuleId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parse = |prefix: &str| {
+            s.strip_prefix(prefix)
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|n| n.parse::<usize>().ok())
+        };
+        if let Some(index) = parse("acls[") {
+            Ok(RuleId {
+                kind: RuleKind::Acl,
+                index,
+            })
+        } else if let Some(index) = parse("grants[") {
+            Ok(RuleId {
+                kind: RuleKind::Grant,
+                index,
+            })
+        } else {
+            Err(serde::de::Error::custom(format!("invalid rule id {s:?}")))
+        }
+    }
+}
+
 /// One destination of a rule, with the ports and protocols it opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dst {

@@ -1,11 +1,11 @@
 //! Port specifications (`*`, `22`, `80,443`, `8000-8100`) and IP protocol
 //! sets, as written in policy `dst` entries, grant `ip` entries and `proto`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// An inclusive range of ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PortRange {
     /// First port.
     pub first: u16,
@@ -264,6 +264,21 @@ impl ProtoSet {
 impl Serialize for ProtoSet {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.names())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProtoSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut set = ProtoSet::EMPTY;
+        for name in Vec::<String>::deserialize(d)? {
+            if name == "*" {
+                return Ok(ProtoSet::all());
+            }
+            let p = parse_proto(&name)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown protocol {name:?}")))?;
+            set.insert(p);
+        }
+        Ok(set)
     }
 }
 

@@ -466,3 +466,20 @@ fn check_policy_refuses_whole() {
         Err(PolicyRefused::Inventory(_))
     ));
 }
+
+#[test]
+fn filters_round_trip_through_json() {
+    let e = engine(
+        r#""acls": [{"action": "accept", "src": ["*"], "dst": ["tag:web:80"], "proto": "tcp"},
+                    {"action": "accept", "src": ["group:eng"], "dst": ["tag:web:*"]}],
+           "grants": [{"src": ["lan"], "dst": ["tag:web"], "ip": ["*"]}]"#,
+    );
+    let f = e.filter("web").unwrap();
+    let text = serde_json::to_string(&f).unwrap();
+    let back: gatehouse_policy::NodeFilter = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, f);
+    assert!(
+        serde_json::from_str::<gatehouse_policy::NodeFilter>(&text.replace("acls[1]", "rules[1]"))
+            .is_err()
+    );
+}

@@ -1,0 +1,391 @@
+//! The control protocol (`docs/protocol/control.md`): registration, the map
+//! stream, and the admin API's request and response bodies.
+
+use gatehouse_policy::NodeFilter;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+
+/// Body of `POST /machine/v1/register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// The pre-auth key.
+    pub auth_key: String,
+    /// Requested host name (reduced to a DNS label by control).
+    pub hostname: String,
+    /// The node's WireGuard public key, base64.
+    pub wireguard_key: String,
+    /// PEM CSR for the machine (client) certificate.
+    pub machine_csr: String,
+    /// PEM CSR for the serving certificate of the node's DNS name.
+    pub serving_csr: String,
+}
+
+/// Response to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The node's id.
+    pub node_id: String,
+    /// Its host name (unique in the network).
+    pub name: String,
+    /// Its fully-qualified DNS name.
+    pub fqdn: String,
+    /// Its mesh addresses.
+    pub addresses: Vec<IpAddr>,
+    /// PEM machine certificate: the node's credential towards control.
+    pub machine_cert: String,
+    /// PEM serving certificate for `fqdn`.
+    pub serving_cert: String,
+    /// PEM mesh CA certificate.
+    pub ca_cert: String,
+    /// When the node key expires (unix seconds).
+    pub key_expiry: i64,
+}
+
+/// Body of `POST /machine/v1/endpoints`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointsRequest {
+    /// Addresses where the node can be reached directly.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Body of `POST /machine/v1/renew`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// PEM CSR for a new serving certificate.
+    pub serving_csr: String,
+}
+
+/// Response to a renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    /// PEM serving certificate.
+    pub serving_cert: String,
+}
+
+/// A node as its peers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Node id.
+    pub id: String,
+    /// Host name.
+    pub name: String,
+    /// Fully-qualified DNS name.
+    pub fqdn: String,
+    /// WireGuard public key, base64.
+    pub wireguard_key: String,
+    /// Mesh addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Known direct endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
+    /// Relays through which it can be reached.
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// Owning user (untagged nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Tags (tagged nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// When its key expires (unix seconds).
+    pub key_expiry: i64,
+}
+
+/// The receiving node's own information.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfNode {
+    /// The node as peers see it.
+    #[serde(flatten)]
+    pub node: Peer,
+    /// Its current PEM serving certificate.
+    pub serving_cert: String,
+}
+
+/// DNS configuration for the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    /// The network's domain: `<network>.<suffix>`.
+    pub domain: String,
+    /// The resolver nodes run for mesh names.
+    pub nameserver: IpAddr,
+    /// Search domains.
+    pub search: Vec<String>,
+}
+
+/// A message of the map stream (newline-delimited JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum MapMessage {
+    /// The whole map; always the first message of a stream.
+    Full(FullMap),
+    /// Changes since the previous message.
+    Delta(MapDelta),
+    /// Nothing changed; the stream is alive.
+    Keepalive,
+}
+
+/// The whole map of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FullMap {
+    /// The node itself.
+    #[serde(rename = "self")]
+    pub self_node: SelfNode,
+    /// Every node it may reach or be reached by, sorted by id.
+    pub peers: Vec<Peer>,
+    /// Its compiled inbound packet filter.
+    pub filter: NodeFilter,
+    /// DNS configuration.
+    pub dns: DnsConfig,
+}
+
+/// Changes to a node's map. Absent fields are unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MapDelta {
+    /// New self information.
+    #[serde(default, rename = "self", skip_serializing_if = "Option::is_none")]
+    pub self_node: Option<SelfNode>,
+    /// Peers added or changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers_upsert: Vec<Peer>,
+    /// Ids of peers removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers_removed: Vec<String>,
+    /// A new packet filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<NodeFilter>,
+    /// New DNS configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsConfig>,
+}
+
+impl MapDelta {
+    /// Whether the delta changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.self_node.is_none()
+            && self.peers_upsert.is_empty()
+            && self.peers_removed.is_empty()
+            && self.filter.is_none()
+            && self.dns.is_none()
+    }
+}
+
+/// A node's view of its map, kept up to date by applying messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapState {
+    /// The node itself.
+    pub self_node: SelfNode,
+    /// Peers by id.
+    pub peers: std::collections::BTreeMap<String, Peer>,
+    /// The inbound filter.
+    pub filter: NodeFilter,
+    /// DNS configuration.
+    pub dns: DnsConfig,
+}
+
+impl MapState {
+    /// Starts from a full map.
+    pub fn from_full(m: FullMap) -> Self {
+        MapState {
+            self_node: m.self_node,
+            peers: m.peers.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            filter: m.filter,
+            dns: m.dns,
+        }
+    }
+
+    /// Applies a message: a full map replaces, a delta patches.
+    pub fn apply(&mut self, msg: MapMessage) {
+        match msg {
+            MapMessage::Full(m) => *self = MapState::from_full(m),
+            MapMessage::Delta(d) => {
+                if let Some(s) = d.self_node {
+                    self.self_node = s;
+                }
+                for id in d.peers_removed {
+                    self.peers.remove(&id);
+                }
+                for p in d.peers_upsert {
+                    self.peers.insert(p.id.clone(), p);
+                }
+                if let Some(f) = d.filter {
+                    self.filter = f;
+                }
+                if let Some(dns) = d.dns {
+                    self.dns = dns;
+                }
+            }
+            MapMessage::Keepalive => {}
+        }
+    }
+}
+
+/// Admin API: a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Login.
+    pub login: String,
+    /// Creation time (unix seconds).
+    pub created_at: i64,
+}
+
+/// Admin API: create a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateUser {
+    /// Login (`name@domain`).
+    pub login: String,
+}
+
+/// Admin API: a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node as peers see it.
+    #[serde(flatten)]
+    pub node: Peer,
+    /// Registration time (unix seconds).
+    pub created_at: i64,
+    /// Last time it talked to control (unix seconds).
+    pub last_seen: Option<i64>,
+    /// Whether it has a map stream open now.
+    pub online: bool,
+    /// Whether it is removed when it goes offline.
+    pub ephemeral: bool,
+}
+
+/// Admin API: create a pre-auth key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateKey {
+    /// User the registered nodes belong to (required for untagged nodes).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Tags applied to registered nodes.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Usable many times.
+    #[serde(default)]
+    pub reusable: bool,
+    /// Nodes registered with it are removed when they go offline.
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// Lifetime in seconds (default one day, at most 90 days).
+    #[serde(default)]
+    pub expiry_seconds: Option<i64>,
+}
+
+/// Admin API: a pre-auth key (never its secret, except once at creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Key id (the public part of the key).
+    pub id: String,
+    /// The whole key; present only in the creation response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// User of registered nodes.
+    pub user: Option<String>,
+    /// Tags of registered nodes.
+    pub tags: Vec<String>,
+    /// Usable many times.
+    pub reusable: bool,
+    /// Ephemeral nodes.
+    pub ephemeral: bool,
+    /// Who minted it (`admin` or `oauth:<client id>`).
+    pub created_by: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Expiry.
+    pub expires_at: i64,
+    /// Number of registrations made with it.
+    pub uses: i64,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// Admin API: create an OAuth client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateOAuthClient {
+    /// Scopes it may be granted.
+    pub scopes: Vec<String>,
+    /// Its tags (which decide, with `tagOwners`, the tags it may apply).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Free-form description.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Admin API: an OAuth client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthClientInfo {
+    /// Client id.
+    pub id: String,
+    /// The client secret; present only in the creation response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Description.
+    pub description: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// OAuth token response (RFC 6749 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    /// The access token.
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Lifetime in seconds.
+    pub expires_in: i64,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+}
+
+/// Admin API: an audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Sequence number.
+    pub id: i64,
+    /// Time (unix seconds).
+    pub at: i64,
+    /// Who acted (`admin`, `oauth:<id>`, `node:<id>`, `key:<id>`, `anonymous`).
+    pub actor: String,
+    /// What was attempted, e.g. `node.register`.
+    pub action: String,
+    /// What it applied to.
+    pub target: String,
+    /// `ok` or `refused`.
+    pub outcome: String,
+    /// Details, e.g. the reason of a refusal.
+    pub detail: String,
+}
+
+/// Admin API: an error body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_messages_are_tagged() {
+        let k = serde_json::to_string(&MapMessage::Keepalive).unwrap();
+        assert_eq!(k, r#"{"type":"keepalive"}"#);
+        let d = serde_json::to_string(&MapMessage::Delta(MapDelta {
+            peers_removed: vec!["n1".into()],
+            ..MapDelta::default()
+        }))
+        .unwrap();
+        assert_eq!(d, r#"{"type":"delta","peers_removed":["n1"]}"#);
+        let back: MapMessage = serde_json::from_str(&d).unwrap();
+        assert!(matches!(back, MapMessage::Delta(x) if x.peers_removed == ["n1"]));
+    }
+}
