@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 /// Body of `POST /machine/v1/register`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     /// The pre-auth key.
     pub auth_key: String,
@@ -22,6 +23,7 @@ pub struct RegisterRequest {
 
 /// Response to a registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     /// The node's id.
     pub node_id: String,
@@ -30,6 +32,7 @@ pub struct RegisterResponse {
     /// Its fully-qualified DNS name.
     pub fqdn: String,
     /// Its mesh addresses.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub addresses: Vec<IpAddr>,
     /// PEM machine certificate: the node's credential towards control.
     pub machine_cert: String,
@@ -43,13 +46,16 @@ pub struct RegisterResponse {
 
 /// Body of `POST /machine/v1/endpoints`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointsRequest {
     /// Addresses where the node can be reached directly.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub endpoints: Vec<SocketAddr>,
 }
 
 /// Body of `POST /machine/v1/renew`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewRequest {
     /// PEM CSR for a new serving certificate.
     pub serving_csr: String,
@@ -57,6 +63,7 @@ pub struct RenewRequest {
 
 /// Response to a renewal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewResponse {
     /// PEM serving certificate.
     pub serving_cert: String,
@@ -64,6 +71,7 @@ pub struct RenewResponse {
 
 /// A node as its peers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Peer {
     /// Node id.
     pub id: String,
@@ -74,9 +82,11 @@ pub struct Peer {
     /// WireGuard public key, base64.
     pub wireguard_key: String,
     /// Mesh addresses.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub addresses: Vec<IpAddr>,
     /// Known direct endpoints.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub endpoints: Vec<SocketAddr>,
     /// Relays through which it can be reached.
     #[serde(default)]
@@ -221,6 +231,7 @@ impl MapState {
 
 /// Admin API: a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     /// Login.
     pub login: String,
@@ -230,6 +241,7 @@ pub struct User {
 
 /// Admin API: create a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateUser {
     /// Login (`name@domain`).
     pub login: String,
@@ -237,6 +249,7 @@ pub struct CreateUser {
 
 /// Admin API: a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeInfo {
     /// The node as peers see it.
     #[serde(flatten)]
@@ -253,6 +266,7 @@ pub struct NodeInfo {
 
 /// Admin API: create a pre-auth key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateKey {
     /// User the registered nodes belong to (required for untagged nodes).
     #[serde(default)]
@@ -273,6 +287,7 @@ pub struct CreateKey {
 
 /// Admin API: a pre-auth key (never its secret, except once at creation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyInfo {
     /// Key id (the public part of the key).
     pub id: String,
@@ -301,6 +316,7 @@ pub struct KeyInfo {
 
 /// Admin API: create an OAuth client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateOAuthClient {
     /// Scopes it may be granted.
     pub scopes: Vec<String>,
@@ -314,6 +330,7 @@ pub struct CreateOAuthClient {
 
 /// Admin API: an OAuth client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OAuthClientInfo {
     /// Client id.
     pub id: String,
@@ -334,6 +351,7 @@ pub struct OAuthClientInfo {
 
 /// OAuth token response (RFC 6749 §5.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     /// The access token.
     pub access_token: String,
@@ -347,6 +365,7 @@ pub struct TokenResponse {
 
 /// Admin API: an audit log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// Sequence number.
     pub id: i64,
@@ -366,6 +385,7 @@ pub struct AuditEntry {
 
 /// Admin API: an error body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// What went wrong.
     pub error: String,

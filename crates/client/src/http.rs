@@ -1,0 +1,557 @@
+//! HTTPS calls to control: one connection per call (and one long-lived
+//! connection per map stream), HTTP/1.1 over rustls.
+
+use crate::identity::Identity;
+use crate::join::Join;
+use crate::tls;
+use bytes::Bytes;
+use gatehouse_proto::control::{
+    ApiError, AuditEntry, CreateKey, CreateOAuthClient, CreateUser, EndpointsRequest, KeyInfo,
+    MapMessage, NodeInfo, OAuthClientInfo, RegisterRequest, RegisterResponse, RenewRequest,
+    RenewResponse, TokenResponse, User,
+};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Why a call to control failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting failed.
+    #[error("connecting to {addr}: {message}")]
+    Connect {
+        /// Where.
+        addr: String,
+        /// What happened.
+        message: String,
+    },
+    /// TLS setup or handshake failed (including a pin mismatch).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The HTTP exchange failed.
+    #[error("HTTP: {0}")]
+    Http(String),
+    /// Control answered with an error.
+    #[error("control refused ({status}): {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Control's message.
+        message: String,
+    },
+    /// An answer did not parse.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn connect_tls(
+    join: &Join,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<TlsStream<TcpStream>, ClientError> {
+    let addr = join.authority();
+    let fail = |message: String| ClientError::Connect {
+        addr: addr.clone(),
+        message,
+    };
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((join.host.as_str(), join.port)),
+    )
+    .await
+    .map_err(|_| fail("timed out".into()))?
+    .map_err(|e| fail(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let name =
+        ServerName::try_from(join.host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+    tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(cfg).connect(name, tcp))
+        .await
+        .map_err(|_| ClientError::Tls("handshake timed out".into()))?
+        .map_err(|e| ClientError::Tls(e.to_string()))
+}
+
+async fn open(
+    join: &Join,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+    let tls = connect_tls(join, cfg).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn send(
+    sender: &mut SendRequest<Full<Bytes>>,
+    join: &Join,
+    method: Method,
+    path: &str,
+    headers: &[(header::HeaderName, String)],
+    body: Option<(&'static str, Vec<u8>)>,
+) -> Result<http::Response<Incoming>, ClientError> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, join.authority());
+    for (k, v) in headers {
+        b = b.header(k, v);
+    }
+    let req = match body {
+        Some((ct, bytes)) => b
+            .header(header::CONTENT_TYPE, ct)
+            .body(Full::new(Bytes::from(bytes))),
+        None => b.body(Full::new(Bytes::new())),
+    }
+    .map_err(|e| ClientError::Http(e.to_string()))?;
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))
+}
+
+async fn body_bytes(resp: http::Response<Incoming>) -> Result<(StatusCode, Bytes), ClientError> {
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?
+        .to_bytes();
+    Ok((status, bytes))
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ApiError>(bytes)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned());
+    ClientError::Api {
+        status: status.as_u16(),
+        message,
+    }
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+/// One call: connect, send, read the whole answer; non-2xx is an error.
+async fn call(
+    join: &Join,
+    cfg: &Arc<rustls::ClientConfig>,
+    method: Method,
+    path: &str,
+    headers: &[(header::HeaderName, String)],
+    body: Option<(&'static str, Vec<u8>)>,
+) -> Result<Bytes, ClientError> {
+    let mut sender = open(join, Arc::clone(cfg)).await?;
+    let resp = send(&mut sender, join, method, path, headers, body).await?;
+    let (status, bytes) = body_bytes(resp).await?;
+    if !status.is_success() {
+        return Err(api_error(status, &bytes));
+    }
+    Ok(bytes)
+}
+
+fn json_body<B: Serialize>(b: &B) -> Result<Option<(&'static str, Vec<u8>)>, ClientError> {
+    Ok(Some((
+        "application/json",
+        serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string()))?,
+    )))
+}
+
+/// Registers a node (trusting only `ca_pem`).
+pub async fn register(
+    join: &Join,
+    ca_pem: &str,
+    req: &RegisterRequest,
+) -> Result<RegisterResponse, ClientError> {
+    let cfg = tls::config(ca_pem, None)?;
+    let bytes = call(
+        join,
+        &cfg,
+        Method::POST,
+        "/machine/v1/register",
+        &[],
+        json_body(req)?,
+    )
+    .await?;
+    decode(&bytes)
+}
+
+/// A registered node talking to control with its machine certificate.
+#[derive(Debug, Clone)]
+pub struct NodeClient {
+    join: Join,
+    cfg: Arc<rustls::ClientConfig>,
+}
+
+/// An open map stream.
+#[derive(Debug)]
+pub struct MapStream {
+    body: Incoming,
+    buf: Vec<u8>,
+    _sender: SendRequest<Full<Bytes>>,
+}
+
+/// Longest map message accepted (a full map of a very large mesh).
+const MAX_LINE: usize = 256 << 20;
+
+impl MapStream {
+    /// The next message; `None` when control closed the stream.
+    pub async fn next(&mut self) -> Result<Option<MapMessage>, ClientError> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let msg = serde_json::from_slice(&line[..i])
+                    .map_err(|e| ClientError::Decode(e.to_string()))?;
+                return Ok(Some(msg));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(ClientError::Http(e.to_string())),
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        self.buf.extend_from_slice(&data);
+                        if self.buf.len() > MAX_LINE {
+                            return Err(ClientError::Decode("map message too large".into()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Registers a node and returns its identity (keys made locally).
+pub(crate) async fn join_mesh(
+    join: &Join,
+    ca_pem: &str,
+    auth_key: &str,
+    hostname: &str,
+) -> Result<Identity, crate::IdentityOrClientError> {
+    let pending = crate::PendingIdentity::generate()?;
+    let req = RegisterRequest {
+        auth_key: auth_key.to_string(),
+        hostname: hostname.to_string(),
+        wireguard_key: pending.wireguard_public(),
+        machine_csr: pending.machine_csr()?,
+        serving_csr: pending.serving_csr()?,
+    };
+    let resp = register(join, ca_pem, &req).await?;
+    Ok(pending.complete(&join.url(), resp))
+}
+
+impl NodeClient {
+    /// A client for a registered node.
+    pub fn new(id: &Identity) -> Result<Self, ClientError> {
+        let join = Join::parse(&id.control).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let cfg = tls::config(&id.ca_cert, Some((&id.machine_cert, &id.machine_key)))?;
+        Ok(NodeClient { join, cfg })
+    }
+
+    /// Registers with a pre-auth key: generates keys, sends only public
+    /// parts, and returns the identity (to be saved by the caller).
+    pub async fn register(
+        join: &Join,
+        ca_pem: &str,
+        auth_key: &str,
+        hostname: &str,
+    ) -> Result<Identity, crate::IdentityOrClientError> {
+        join_mesh(join, ca_pem, auth_key, hostname).await
+    }
+
+    /// Opens the map stream.
+    pub async fn map(&self) -> Result<MapStream, ClientError> {
+        let mut sender = open(&self.join, Arc::clone(&self.cfg)).await?;
+        let resp = send(
+            &mut sender,
+            &self.join,
+            Method::GET,
+            "/machine/v1/map",
+            &[],
+            None,
+        )
+        .await?;
+        if !resp.status().is_success() {
+            let (status, bytes) = body_bytes(resp).await?;
+            return Err(api_error(status, &bytes));
+        }
+        Ok(MapStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            _sender: sender,
+        })
+    }
+
+    /// Announces the node's direct endpoints.
+    pub async fn set_endpoints(&self, endpoints: &[SocketAddr]) -> Result<(), ClientError> {
+        let body = EndpointsRequest {
+            endpoints: endpoints.to_vec(),
+        };
+        call(
+            &self.join,
+            &self.cfg,
+            Method::POST,
+            "/machine/v1/endpoints",
+            &[],
+            json_body(&body)?,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Asks for a new serving certificate.
+    pub async fn renew(&self, serving_csr: &str) -> Result<String, ClientError> {
+        let body = RenewRequest {
+            serving_csr: serving_csr.to_string(),
+        };
+        let bytes = call(
+            &self.join,
+            &self.cfg,
+            Method::POST,
+            "/machine/v1/renew",
+            &[],
+            json_body(&body)?,
+        )
+        .await?;
+        Ok(decode::<RenewResponse>(&bytes)?.serving_cert)
+    }
+}
+
+/// The admin API, with a bearer token.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    join: Join,
+    cfg: Arc<rustls::ClientConfig>,
+    token: String,
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+impl AdminClient {
+    /// A client for control at `join` (its CA in `ca_pem`).
+    pub fn new(join: Join, ca_pem: &str, token: &str) -> Result<Self, ClientError> {
+        Ok(AdminClient {
+            cfg: tls::config(ca_pem, None)?,
+            join,
+            token: token.trim().to_string(),
+        })
+    }
+
+    fn auth(&self) -> Vec<(header::HeaderName, String)> {
+        vec![(header::AUTHORIZATION, format!("Bearer {}", self.token))]
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        decode(&call(&self.join, &self.cfg, Method::GET, path, &self.auth(), None).await?)
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        decode(
+            &call(
+                &self.join,
+                &self.cfg,
+                Method::POST,
+                path,
+                &self.auth(),
+                json_body(body)?,
+            )
+            .await?,
+        )
+    }
+
+    async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        call(
+            &self.join,
+            &self.cfg,
+            Method::DELETE,
+            path,
+            &self.auth(),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Users.
+    pub async fn users(&self) -> Result<Vec<User>, ClientError> {
+        self.get("/api/v1/users").await
+    }
+
+    /// Creates a user.
+    pub async fn create_user(&self, login: &str) -> Result<User, ClientError> {
+        self.post(
+            "/api/v1/users",
+            &CreateUser {
+                login: login.into(),
+            },
+        )
+        .await
+    }
+
+    /// Deletes a user.
+    pub async fn delete_user(&self, login: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/users/{}", enc(login))).await
+    }
+
+    /// Nodes.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
+        self.get("/api/v1/nodes").await
+    }
+
+    /// Deletes a node (id or name).
+    pub async fn delete_node(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/nodes/{}", enc(id))).await
+    }
+
+    /// Expires a node's key now (id or name).
+    pub async fn expire_node(&self, id: &str) -> Result<(), ClientError> {
+        call(
+            &self.join,
+            &self.cfg,
+            Method::POST,
+            &format!("/api/v1/nodes/{}/expire", enc(id)),
+            &self.auth(),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Pre-auth keys.
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>, ClientError> {
+        self.get("/api/v1/keys").await
+    }
+
+    /// Mints a pre-auth key (its text is in `key`, shown once).
+    pub async fn create_key(&self, req: &CreateKey) -> Result<KeyInfo, ClientError> {
+        self.post("/api/v1/keys", req).await
+    }
+
+    /// Revokes a key.
+    pub async fn revoke_key(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/keys/{}", enc(id))).await
+    }
+
+    /// OAuth clients.
+    pub async fn oauth_clients(&self) -> Result<Vec<OAuthClientInfo>, ClientError> {
+        self.get("/api/v1/oauth/clients").await
+    }
+
+    /// Creates an OAuth client (its secret is in `secret`, shown once).
+    pub async fn create_oauth(
+        &self,
+        req: &CreateOAuthClient,
+    ) -> Result<OAuthClientInfo, ClientError> {
+        self.post("/api/v1/oauth/clients", req).await
+    }
+
+    /// Revokes an OAuth client and its tokens.
+    pub async fn revoke_oauth(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/api/v1/oauth/clients/{}", enc(id)))
+            .await
+    }
+
+    /// Exchanges OAuth client credentials for an access token.
+    pub async fn oauth_token(
+        join: &Join,
+        ca_pem: &str,
+        client_secret: &str,
+        scopes: Option<&str>,
+    ) -> Result<TokenResponse, ClientError> {
+        let cfg = tls::config(ca_pem, None)?;
+        let mut form = format!(
+            "grant_type=client_credentials&client_secret={}",
+            enc(client_secret)
+        );
+        if let Some(s) = scopes {
+            form.push_str(&format!("&scope={}", enc(s)));
+        }
+        let bytes = call(
+            join,
+            &cfg,
+            Method::POST,
+            "/api/v1/oauth/token",
+            &[],
+            Some(("application/x-www-form-urlencoded", form.into_bytes())),
+        )
+        .await?;
+        decode(&bytes)
+    }
+
+    /// The policy file.
+    pub async fn policy(&self) -> Result<String, ClientError> {
+        let b = call(
+            &self.join,
+            &self.cfg,
+            Method::GET,
+            "/api/v1/policy",
+            &self.auth(),
+            None,
+        )
+        .await?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Replaces the policy; returns its version. Refused whole if invalid.
+    pub async fn set_policy(&self, text: &str) -> Result<i64, ClientError> {
+        let b = call(
+            &self.join,
+            &self.cfg,
+            Method::PUT,
+            "/api/v1/policy",
+            &self.auth(),
+            Some(("application/hujson", text.as_bytes().to_vec())),
+        )
+        .await?;
+        let v: serde_json::Value = decode(&b)?;
+        v["version"]
+            .as_i64()
+            .ok_or_else(|| ClientError::Decode("no version".into()))
+    }
+
+    /// The latest audit entries.
+    pub async fn audit(&self, limit: i64) -> Result<Vec<AuditEntry>, ClientError> {
+        self.get(&format!("/api/v1/audit?limit={limit}")).await
+    }
+
+    /// The mesh CA (PEM).
+    pub async fn ca(&self) -> Result<String, ClientError> {
+        let b = call(&self.join, &self.cfg, Method::GET, "/api/v1/ca", &[], None).await?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Any GET, raw (for documents such as the OpenAPI description).
+    pub async fn get_raw(&self, path: &str) -> Result<Bytes, ClientError> {
+        call(&self.join, &self.cfg, Method::GET, path, &self.auth(), None).await
+    }
+}

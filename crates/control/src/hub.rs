@@ -1,0 +1,669 @@
+//! The live mesh: every node in memory, the policy compiled over them, and
+//! one map stream per connected node. Changes mark only the streams they
+//! touch (using the policy engine's change sets); each stream then computes
+//! its own delta against what it last sent, so many changes coalesce and
+//! nothing recomputes the world.
+
+use crate::store::NodeRow;
+use gatehouse_policy::{Engine, EngineError, Node, NodeFilter, Policy};
+use gatehouse_proto::control::{DnsConfig, FullMap, MapDelta, Peer, SelfNode};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// The resolver address nodes serve mesh names on.
+pub const MESH_DNS: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 100, 100, 100));
+
+/// A node as control keeps it in memory.
+#[derive(Debug, Clone)]
+struct Entry {
+    row: NodeRow,
+    /// Bumped on every change peers can see.
+    version: u64,
+    /// Whether the node is in the compiled policy (not expired).
+    live: bool,
+}
+
+/// What a stream still has to look at.
+#[derive(Debug, Default)]
+struct Pending {
+    recheck_peers: bool,
+    changed_peers: HashSet<String>,
+    filter: bool,
+    self_node: bool,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u64,
+    notify: Arc<Notify>,
+    pending: Pending,
+}
+
+/// What a stream last sent.
+#[derive(Debug)]
+pub struct Sent {
+    peers: HashMap<String, u64>,
+    filter: NodeFilter,
+    self_version: u64,
+}
+
+/// A node's open map stream.
+#[derive(Debug)]
+pub struct StreamHandle {
+    /// The node.
+    pub node_id: String,
+    /// Woken when there is something to look at.
+    pub notify: Arc<Notify>,
+    generation: u64,
+    sent: Sent,
+}
+
+/// The stream must end: the node was deleted or expired, or another stream
+/// for it replaced this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+#[derive(Debug)]
+struct State {
+    domain: String,
+    relays: Vec<String>,
+    ula: [u16; 3],
+    policy: Arc<Policy>,
+    engine: Engine,
+    nodes: HashMap<String, Entry>,
+    by_name: HashMap<String, String>,
+    by_fingerprint: HashMap<String, String>,
+    used_v4: BTreeSet<u32>,
+    streams: HashMap<String, Slot>,
+    next_generation: u64,
+    next_version: u64,
+}
+
+/// The live mesh.
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+}
+
+fn engine_node(r: &NodeRow) -> Node {
+    let mut addresses = Vec::new();
+    if let Ok(a) = r.ipv4.parse() {
+        addresses.push(a);
+    }
+    if let Ok(a) = r.ipv6.parse() {
+        addresses.push(a);
+    }
+    Node {
+        name: r.name.clone(),
+        user: r.user.clone(),
+        tags: r.tags.clone(),
+        addresses,
+    }
+}
+
+/// Reduces a requested host name to a DNS label: lowercase letters, digits
+/// and dashes, at most 63 characters, never empty.
+pub fn dns_label(hostname: &str) -> String {
+    let mut out = String::new();
+    for c in hostname.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let mut out: String = out.trim_matches('-').chars().take(63).collect();
+    while out.ends_with('-') {
+        out.pop();
+    }
+    if out.is_empty() { "node".into() } else { out }
+}
+
+impl State {
+    fn peer_of(&self, e: &Entry) -> Peer {
+        let r = &e.row;
+        let mut addresses = Vec::new();
+        if let Ok(a) = r.ipv4.parse::<IpAddr>() {
+            addresses.push(a);
+        }
+        if let Ok(a) = r.ipv6.parse::<IpAddr>() {
+            addresses.push(a);
+        }
+        Peer {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            fqdn: format!("{}.{}", r.name, self.domain),
+            wireguard_key: r.wg_key.clone(),
+            addresses,
+            endpoints: r
+                .endpoints
+                .iter()
+                .filter_map(|s| s.parse::<SocketAddr>().ok())
+                .collect(),
+            relays: self.relays.clone(),
+            user: if r.tags.is_empty() {
+                r.user.clone()
+            } else {
+                None
+            },
+            tags: r.tags.clone(),
+            key_expiry: r.key_expiry,
+        }
+    }
+
+    fn dns(&self) -> DnsConfig {
+        DnsConfig {
+            domain: self.domain.clone(),
+            nameserver: MESH_DNS,
+            search: vec![self.domain.clone()],
+        }
+    }
+
+    fn ids_of(&self, names: impl IntoIterator<Item = String>) -> Vec<String> {
+        names
+            .into_iter()
+            .filter_map(|n| self.by_name.get(&n).cloned())
+            .collect()
+    }
+
+    fn peer_ids(&self, id: &str) -> Vec<String> {
+        let Some(e) = self.nodes.get(id) else {
+            return Vec::new();
+        };
+        if !e.live {
+            return Vec::new();
+        }
+        let names = self.engine.peers(&e.row.name).unwrap_or_default();
+        self.ids_of(names)
+    }
+
+    fn filter_of(&self, id: &str) -> NodeFilter {
+        self.nodes
+            .get(id)
+            .filter(|e| e.live)
+            .and_then(|e| self.engine.filter(&e.row.name).ok())
+            .unwrap_or_else(|| NodeFilter {
+                node: String::new(),
+                addresses: Vec::new(),
+                rules: Vec::new(),
+            })
+    }
+
+    fn mark(&mut self, id: &str, f: impl FnOnce(&mut Pending)) {
+        if let Some(slot) = self.streams.get_mut(id) {
+            f(&mut slot.pending);
+            slot.notify.notify_one();
+        }
+    }
+
+    fn apply_changes(&mut self, cs: gatehouse_policy::ChangeSet) {
+        for id in self.ids_of(cs.peers) {
+            self.mark(&id, |p| p.recheck_peers = true);
+        }
+        for id in self.ids_of(cs.filters) {
+            self.mark(&id, |p| p.filter = true);
+        }
+    }
+
+    /// Tells every peer of `id` that its entry changed.
+    fn peer_changed(&mut self, id: &str) {
+        for p in self.peer_ids(id) {
+            let id = id.to_string();
+            self.mark(&p, move |pending| {
+                pending.changed_peers.insert(id);
+            });
+        }
+    }
+
+    fn bump(&mut self, id: &str) {
+        self.next_version += 1;
+        let v = self.next_version;
+        if let Some(e) = self.nodes.get_mut(id) {
+            e.version = v;
+        }
+    }
+}
+
+impl Hub {
+    /// Builds the live mesh from stored nodes and the current policy.
+    /// Nodes whose key expired before `now` are kept but not in the mesh.
+    pub fn new(
+        domain: String,
+        relays: Vec<String>,
+        ula: [u16; 3],
+        policy: Arc<Policy>,
+        rows: Vec<NodeRow>,
+        now: i64,
+    ) -> Result<Self, EngineError> {
+        let live: Vec<Node> = rows
+            .iter()
+            .filter(|r| r.key_expiry > now)
+            .map(engine_node)
+            .collect();
+        let engine = Engine::new(Arc::clone(&policy), live)?;
+        let mut st = State {
+            domain,
+            relays,
+            ula,
+            policy,
+            engine,
+            nodes: HashMap::new(),
+            by_name: HashMap::new(),
+            by_fingerprint: HashMap::new(),
+            used_v4: BTreeSet::new(),
+            streams: HashMap::new(),
+            next_generation: 0,
+            next_version: 0,
+        };
+        for r in rows {
+            st.next_version += 1;
+            if let Ok(a) = r.ipv4.parse::<Ipv4Addr>() {
+                st.used_v4.insert(u32::from(a));
+            }
+            st.by_name.insert(r.name.clone(), r.id.clone());
+            st.by_fingerprint
+                .insert(r.cert_fingerprint.clone(), r.id.clone());
+            st.nodes.insert(
+                r.id.clone(),
+                Entry {
+                    live: r.key_expiry > now,
+                    row: r,
+                    version: st.next_version,
+                },
+            );
+        }
+        Ok(Hub {
+            state: Mutex::new(st),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-changed
+        // in a way later readers depend on; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.lock().policy)
+    }
+
+    /// The inventory the policy is evaluated against (live nodes).
+    pub fn inventory(&self) -> Vec<Node> {
+        let st = self.lock();
+        st.nodes
+            .values()
+            .filter(|e| e.live)
+            .map(|e| engine_node(&e.row))
+            .collect()
+    }
+
+    /// Chooses a unique name and free addresses for a new node.
+    pub fn allocate(&self, hostname: &str) -> (String, Ipv4Addr, Ipv6Addr) {
+        let st = self.lock();
+        let base = dns_label(hostname);
+        let mut name = base.clone();
+        let mut k = 1;
+        while st.by_name.contains_key(&name) {
+            let suffix = format!("-{k}");
+            let keep = 63usize.saturating_sub(suffix.len());
+            name = format!("{}{suffix}", &base[..base.len().min(keep)]);
+            k += 1;
+        }
+        let first = u32::from(Ipv4Addr::new(100, 64, 0, 1));
+        let last = u32::from(Ipv4Addr::new(100, 127, 255, 254));
+        let reserved = |a: u32| {
+            let ip = Ipv4Addr::from(a);
+            ip == Ipv4Addr::new(100, 100, 100, 100)
+                || (ip.octets()[0..3] == [100, 115, 92] || ip.octets()[0..3] == [100, 115, 93])
+        };
+        // Walk the used addresses in order: the first gap is the lowest free one.
+        let mut a = first;
+        for &u in st.used_v4.range(first..=last) {
+            while reserved(a) {
+                a += 1;
+            }
+            if a < u {
+                break;
+            }
+            if a == u {
+                a += 1;
+            }
+        }
+        while reserved(a) || st.used_v4.contains(&a) {
+            a += 1;
+        }
+        let v4 = Ipv4Addr::from(a);
+        let [p0, p1, p2] = st.ula;
+        let v6 = Ipv6Addr::new(p0, p1, p2, 0, 0, 0, (a >> 16) as u16, a as u16);
+        (name, v4, v6)
+    }
+
+    /// Whether a WireGuard key is already registered.
+    pub fn has_wireguard_key(&self, key: &str) -> bool {
+        self.lock().nodes.values().any(|e| e.row.wg_key == key)
+    }
+
+    /// Adds a freshly registered node.
+    pub fn add_node(&self, row: NodeRow) -> Result<(), EngineError> {
+        let mut st = self.lock();
+        let cs = st.engine.upsert_node(engine_node(&row))?;
+        if let Ok(a) = row.ipv4.parse::<Ipv4Addr>() {
+            st.used_v4.insert(u32::from(a));
+        }
+        st.next_version += 1;
+        st.by_name.insert(row.name.clone(), row.id.clone());
+        st.by_fingerprint
+            .insert(row.cert_fingerprint.clone(), row.id.clone());
+        let id = row.id.clone();
+        let version = st.next_version;
+        st.nodes.insert(
+            id,
+            Entry {
+                row,
+                version,
+                live: true,
+            },
+        );
+        st.apply_changes(cs);
+        Ok(())
+    }
+
+    /// Takes a node out of the mesh (deleted, or expired when `keep`).
+    fn take_out(st: &mut State, id: &str) {
+        let Some(e) = st.nodes.get(id) else { return };
+        if e.live {
+            let name = e.row.name.clone();
+            if let Ok(cs) = st.engine.remove_node(&name) {
+                st.apply_changes(cs);
+            }
+        }
+        if let Some(e) = st.nodes.get_mut(id) {
+            e.live = false;
+        }
+        st.mark(id, |p| p.closed = true);
+    }
+
+    /// Removes a node entirely.
+    pub fn remove_node(&self, id: &str) -> Option<NodeRow> {
+        let mut st = self.lock();
+        Self::take_out(&mut st, id);
+        let e = st.nodes.remove(id)?;
+        st.by_name.remove(&e.row.name);
+        st.by_fingerprint.remove(&e.row.cert_fingerprint);
+        if let Ok(a) = e.row.ipv4.parse::<Ipv4Addr>() {
+            st.used_v4.remove(&u32::from(a));
+        }
+        Some(e.row)
+    }
+
+    /// Marks a node's key expired at `at`: it leaves every peer's map.
+    pub fn expire_node(&self, id: &str, at: i64) -> bool {
+        let mut st = self.lock();
+        let Some(e) = st.nodes.get_mut(id) else {
+            return false;
+        };
+        e.row.key_expiry = at;
+        Self::take_out(&mut st, id);
+        true
+    }
+
+    /// Nodes whose key has expired by `now` but are still in the mesh.
+    pub fn due_for_expiry(&self, now: i64) -> Vec<String> {
+        self.lock()
+            .nodes
+            .values()
+            .filter(|e| e.live && e.row.key_expiry <= now)
+            .map(|e| e.row.id.clone())
+            .collect()
+    }
+
+    /// The earliest key expiry among live nodes.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.lock()
+            .nodes
+            .values()
+            .filter(|e| e.live)
+            .map(|e| e.row.key_expiry)
+            .min()
+    }
+
+    /// Replaces a node's endpoints; its peers get the change.
+    pub fn set_endpoints(&self, id: &str, endpoints: Vec<String>) {
+        let mut st = self.lock();
+        if let Some(e) = st.nodes.get_mut(id) {
+            e.row.endpoints = endpoints;
+        } else {
+            return;
+        }
+        st.bump(id);
+        st.peer_changed(id);
+    }
+
+    /// Replaces a node's serving certificate; its own stream gets it.
+    pub fn set_serving_cert(&self, id: &str, pem: String) {
+        let mut st = self.lock();
+        if let Some(e) = st.nodes.get_mut(id) {
+            e.row.serving_cert = pem;
+        }
+        st.bump(id);
+        st.mark(id, |p| p.self_node = true);
+    }
+
+    /// Swaps the policy (already checked against the inventory); every stream
+    /// rechecks its peers and filter.
+    pub fn set_policy(&self, policy: Arc<Policy>) -> Result<(), EngineError> {
+        let mut st = self.lock();
+        let live: Vec<Node> = st
+            .nodes
+            .values()
+            .filter(|e| e.live)
+            .map(|e| engine_node(&e.row))
+            .collect();
+        st.engine = Engine::new(Arc::clone(&policy), live)?;
+        st.policy = policy;
+        for slot in st.streams.values_mut() {
+            slot.pending.recheck_peers = true;
+            slot.pending.filter = true;
+            slot.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The node a machine certificate belongs to, if it is live.
+    pub fn node_by_fingerprint(&self, fp: &str) -> Option<NodeRow> {
+        let st = self.lock();
+        let id = st.by_fingerprint.get(fp)?;
+        st.nodes.get(id).filter(|e| e.live).map(|e| e.row.clone())
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: &str) -> Option<NodeRow> {
+        self.lock().nodes.get(id).map(|e| e.row.clone())
+    }
+
+    /// Every node with whether it has a stream open, sorted by name.
+    pub fn list(&self) -> Vec<(Peer, NodeRow, bool)> {
+        let st = self.lock();
+        let mut out: Vec<(Peer, NodeRow, bool)> = st
+            .nodes
+            .values()
+            .map(|e| {
+                (
+                    st.peer_of(e),
+                    e.row.clone(),
+                    st.streams.contains_key(&e.row.id),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        out
+    }
+
+    /// Number of open streams.
+    pub fn stream_count(&self) -> usize {
+        self.lock().streams.len()
+    }
+
+    fn self_node(st: &State, e: &Entry) -> SelfNode {
+        SelfNode {
+            node: st.peer_of(e),
+            serving_cert: e.row.serving_cert.clone(),
+        }
+    }
+
+    /// Opens the map stream of a node: its full map, and a handle for deltas.
+    /// A previous stream of the same node is closed.
+    pub fn open_stream(&self, id: &str) -> Option<(FullMap, StreamHandle)> {
+        let mut st = self.lock();
+        let e = st.nodes.get(id).filter(|e| e.live)?.clone();
+        let mut peer_ids = st.peer_ids(id);
+        peer_ids.sort();
+        let peers: Vec<Peer> = peer_ids
+            .iter()
+            .filter_map(|p| st.nodes.get(p).map(|pe| st.peer_of(pe)))
+            .collect();
+        let sent_peers = peer_ids
+            .iter()
+            .filter_map(|p| st.nodes.get(p).map(|pe| (p.clone(), pe.version)))
+            .collect();
+        let filter = st.filter_of(id);
+        let full = FullMap {
+            self_node: Self::self_node(&st, &e),
+            peers,
+            filter: filter.clone(),
+            dns: st.dns(),
+        };
+        st.next_generation += 1;
+        let generation = st.next_generation;
+        let notify = Arc::new(Notify::new());
+        if let Some(old) = st.streams.insert(
+            id.to_string(),
+            Slot {
+                generation,
+                notify: Arc::clone(&notify),
+                pending: Pending::default(),
+            },
+        ) {
+            // The replaced stream learns it is closed from the generation.
+            old.notify.notify_one();
+        }
+        Some((
+            full,
+            StreamHandle {
+                node_id: id.to_string(),
+                notify,
+                generation,
+                sent: Sent {
+                    peers: sent_peers,
+                    filter,
+                    self_version: e.version,
+                },
+            },
+        ))
+    }
+
+    /// Ends a stream (the connection went away).
+    pub fn close_stream(&self, h: &StreamHandle) {
+        let mut st = self.lock();
+        if st
+            .streams
+            .get(&h.node_id)
+            .is_some_and(|s| s.generation == h.generation)
+        {
+            st.streams.remove(&h.node_id);
+        }
+    }
+
+    /// What changed for this stream since it last sent (empty if nothing).
+    pub fn delta(&self, h: &mut StreamHandle) -> Result<MapDelta, Closed> {
+        let mut st = self.lock();
+        let pending = match st.streams.get_mut(&h.node_id) {
+            Some(slot) if slot.generation == h.generation => std::mem::take(&mut slot.pending),
+            _ => return Err(Closed),
+        };
+        if pending.closed {
+            st.streams.remove(&h.node_id);
+            return Err(Closed);
+        }
+        let Some(me) = st.nodes.get(&h.node_id).filter(|e| e.live).cloned() else {
+            st.streams.remove(&h.node_id);
+            return Err(Closed);
+        };
+        let mut d = MapDelta::default();
+        if pending.self_node || me.version != h.sent.self_version {
+            d.self_node = Some(Self::self_node(&st, &me));
+            h.sent.self_version = me.version;
+        }
+        if pending.filter {
+            let f = st.filter_of(&h.node_id);
+            if f != h.sent.filter {
+                h.sent.filter = f.clone();
+                d.filter = Some(f);
+            }
+        }
+        if pending.recheck_peers {
+            let now: HashSet<String> = st.peer_ids(&h.node_id).into_iter().collect();
+            let mut removed: Vec<String> = h
+                .sent
+                .peers
+                .keys()
+                .filter(|p| !now.contains(*p))
+                .cloned()
+                .collect();
+            removed.sort();
+            for p in &removed {
+                h.sent.peers.remove(p);
+            }
+            let mut ids: Vec<&String> = now.iter().collect();
+            ids.sort();
+            for p in ids {
+                if let Some(pe) = st.nodes.get(p)
+                    && h.sent.peers.get(p) != Some(&pe.version)
+                {
+                    h.sent.peers.insert(p.clone(), pe.version);
+                    d.peers_upsert.push(st.peer_of(pe));
+                }
+            }
+            d.peers_removed = removed;
+        } else {
+            let mut changed: Vec<String> = pending.changed_peers.into_iter().collect();
+            changed.sort();
+            for p in changed {
+                let Some(sent_version) = h.sent.peers.get(&p).copied() else {
+                    continue;
+                };
+                match st.nodes.get(&p).filter(|e| e.live) {
+                    Some(pe) if pe.version != sent_version => {
+                        h.sent.peers.insert(p.clone(), pe.version);
+                        d.peers_upsert.push(st.peer_of(pe));
+                    }
+                    Some(_) => {}
+                    None => {
+                        h.sent.peers.remove(&p);
+                        d.peers_removed.push(p);
+                    }
+                }
+            }
+        }
+        Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(dns_label("Alice's MacBook Pro"), "alice-s-macbook-pro");
+        assert_eq!(dns_label("--x--"), "x");
+        assert_eq!(dns_label("..."), "node");
+        assert_eq!(dns_label(&"a".repeat(80)).len(), 63);
+        assert_eq!(dns_label("k8s-grafana"), "k8s-grafana");
+    }
+}

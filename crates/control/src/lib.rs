@@ -1,0 +1,288 @@
+//! The Gatehouse coordination server. It owns users, nodes, pre-auth keys,
+//! OAuth clients, the policy, node names and addresses, the mesh CA, the
+//! audit log, and the map streams that tell each node its peers and packet
+//! filter. It leaves the data plane to nodes (`gatehouse node`) and policy
+//! semantics to `gatehouse-policy`; its wire format is `gatehouse-proto`.
+//!
+//! Protocol: `docs/protocol/control.md`.
+
+#![forbid(unsafe_code)]
+
+mod api;
+pub mod ca;
+pub mod hub;
+mod machine;
+mod metrics;
+mod openapi;
+pub mod secret;
+mod server;
+pub mod store;
+
+use crate::ca::MeshCa;
+use crate::hub::Hub;
+use crate::store::{Store, TokenRow};
+use gatehouse_policy::check_policy;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use api::openapi_json;
+pub use server::Running;
+
+/// Unix time in seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The policy a new network starts with: default deny, people reach their
+/// own devices and the HTTP(S) of service proxies; only admins own the
+/// operator tag, which owns the proxies' tag.
+pub const STARTER_POLICY: &str = r#"// Gatehouse policy (Tailscale policy-file syntax). Access is denied unless a
+// rule below allows it. Replace with: gatehouse admin policy set FILE
+{
+  "tagOwners": {
+    "tag:k8s-operator": [],
+    "tag:k8s": ["tag:k8s-operator"],
+  },
+  "acls": [
+    {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]},
+    {"action": "accept", "src": ["autogroup:member"], "dst": ["tag:k8s:80,443"]},
+  ],
+}
+"#;
+
+/// How control runs.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// State directory (database, CA, admin token).
+    pub state_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Network name (second label of node names).
+    pub network: String,
+    /// DNS suffix: node names are `<host>.<network>.<suffix>`.
+    pub suffix: String,
+    /// Extra DNS names and addresses control's certificate covers.
+    pub advertise: Vec<String>,
+    /// Relay URLs handed to nodes.
+    pub relays: Vec<String>,
+    /// Lifetime of node keys (machine certificates).
+    pub node_key_lifetime: Duration,
+    /// Lifetime of nodes' serving certificates.
+    pub serving_cert_lifetime: Duration,
+    /// Interval between keepalives on map streams.
+    pub keepalive: Duration,
+    /// How long an ephemeral node may stay offline before it is removed.
+    pub ephemeral_grace: Duration,
+}
+
+impl ControlConfig {
+    /// Defaults for a state dir and listen address.
+    pub fn new(state_dir: PathBuf, listen: SocketAddr) -> Self {
+        ControlConfig {
+            state_dir,
+            listen,
+            network: "gatehouse".into(),
+            suffix: "internal".into(),
+            advertise: Vec::new(),
+            relays: Vec::new(),
+            node_key_lifetime: Duration::from_secs(180 * 86_400),
+            serving_cert_lifetime: Duration::from_secs(7 * 86_400),
+            keepalive: Duration::from_secs(25),
+            ephemeral_grace: Duration::from_secs(60),
+        }
+    }
+
+    /// `<network>.<suffix>`.
+    pub fn domain(&self) -> String {
+        format!("{}.{}", self.network, self.suffix)
+    }
+}
+
+/// Why control could not start or act.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The CA.
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    /// Files and sockets.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TLS configuration.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The stored state does not fit the configuration, or is corrupt.
+    #[error("{0}")]
+    State(String),
+}
+
+/// Shared state of a running control server.
+#[derive(Debug)]
+pub(crate) struct App {
+    pub config: ControlConfig,
+    pub store: Store,
+    pub hub: Hub,
+    pub ca: MeshCa,
+    pub metrics: metrics::Metrics,
+    /// Serialises policy changes.
+    pub policy_lock: tokio::sync::Mutex<()>,
+    /// Serialises registrations (name and address allocation).
+    pub register_lock: tokio::sync::Mutex<()>,
+}
+
+/// What the first start created and how to reach control.
+#[derive(Debug, Clone)]
+pub struct StartInfo {
+    /// Control's URL.
+    pub url: String,
+    /// SHA-256 of the mesh CA certificate (hex).
+    pub ca_fingerprint: String,
+    /// The join string nodes use: `<url>#sha256:<fingerprint>`.
+    pub join: String,
+    /// The admin token, only when created by this start.
+    pub new_admin_token: Option<String>,
+    /// Where the admin token is saved.
+    pub admin_token_file: PathBuf,
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlError {
+    let what = what.into();
+    move |source| ControlError::Io { what, source }
+}
+
+fn random_ula() -> [u16; 3] {
+    use rand::RngCore;
+    let mut b = [0u8; 5];
+    rand::rng().fill_bytes(&mut b);
+    [
+        0xfd00 | u16::from(b[0]),
+        u16::from_be_bytes([b[1], b[2]]),
+        u16::from_be_bytes([b[3], b[4]]),
+    ]
+}
+
+/// Opens (or creates) control's state and starts serving.
+pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), ControlError> {
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
+    let store = Store::open_sqlite(&config.state_dir.join("control.db")).await?;
+    let domain = config.domain();
+    match store.meta("domain").await? {
+        Some(d) if d != domain => {
+            return Err(ControlError::State(format!(
+                "state in {} belongs to network domain {d:?}, not {domain:?}",
+                config.state_dir.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            store.set_meta("domain", &domain).await?;
+            let ula = random_ula();
+            store
+                .set_meta(
+                    "ula",
+                    &format!("{:04x}:{:04x}:{:04x}", ula[0], ula[1], ula[2]),
+                )
+                .await?;
+        }
+    }
+    let ula_text = store
+        .meta("ula")
+        .await?
+        .ok_or_else(|| ControlError::State("missing ULA prefix".into()))?;
+    let ula: Vec<u16> = ula_text
+        .split(':')
+        .filter_map(|p| u16::from_str_radix(p, 16).ok())
+        .collect();
+    let ula: [u16; 3] = ula
+        .try_into()
+        .map_err(|_| ControlError::State(format!("corrupt ULA prefix {ula_text:?}")))?;
+
+    let dns_names: Vec<String> = config
+        .advertise
+        .iter()
+        .filter(|a| a.parse::<IpAddr>().is_err())
+        .cloned()
+        .collect();
+    let ca = MeshCa::load_or_create(&config.state_dir, &domain, &dns_names)?;
+
+    // The admin token, created once.
+    let token_file = config.state_dir.join("admin.token");
+    let mut new_admin_token = None;
+    if !store.has_admin_token().await? {
+        let m = secret::mint(secret::Kind::Admin);
+        store
+            .insert_token(&TokenRow {
+                id: m.id.clone(),
+                secret_hash: m.hash.clone(),
+                kind: "admin".into(),
+                client_id: None,
+                scopes: vec!["*".into()],
+                expires_at: None,
+                revoked_at: None,
+            })
+            .await?;
+        ca::write_private(&token_file, &format!("{}\n", m.text))
+            .map_err(io_err(format!("writing {}", token_file.display())))?;
+        new_admin_token = Some(m.text);
+    }
+
+    let policy_text = match store.policy().await? {
+        Some((_, t)) => t,
+        None => {
+            store.set_policy(STARTER_POLICY, "control").await?;
+            STARTER_POLICY.to_string()
+        }
+    };
+    let rows = store.nodes().await?;
+    let inventory: Vec<gatehouse_policy::Node> = Vec::new();
+    let policy = check_policy(&policy_text, &inventory)
+        .map_err(|e| ControlError::State(format!("stored policy is not valid: {e}")))?;
+    let hub = Hub::new(
+        domain.clone(),
+        config.relays.clone(),
+        ula,
+        policy,
+        rows,
+        now(),
+    )
+    .map_err(|e| ControlError::State(format!("stored nodes do not fit the stored policy: {e}")))?;
+
+    let app = Arc::new(App {
+        metrics: metrics::Metrics::new(),
+        config,
+        store,
+        hub,
+        ca,
+        policy_lock: tokio::sync::Mutex::new(()),
+        register_lock: tokio::sync::Mutex::new(()),
+    });
+    let running = server::serve(Arc::clone(&app)).await?;
+    let url = running.url.clone();
+    let fp = app.ca.fingerprint();
+    let join_file = app.config.state_dir.join("join");
+    std::fs::write(&join_file, format!("{url}#sha256:{fp}\n"))
+        .map_err(io_err(format!("writing {}", join_file.display())))?;
+    Ok((
+        running,
+        StartInfo {
+            join: format!("{url}#sha256:{fp}"),
+            url,
+            ca_fingerprint: fp,
+            new_admin_token,
+            admin_token_file: token_file,
+        },
+    ))
+}

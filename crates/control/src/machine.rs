@@ -1,0 +1,388 @@
+//! The machine API (`/machine/v1`): registration with a pre-auth key, then,
+//! authenticated by the machine certificate, the map stream, endpoint
+//! updates and serving-certificate renewal.
+
+use crate::api::{ApiErr, ApiResult, Minter, audit, check_tag_ownership, key_minter_tags};
+use crate::hub::StreamHandle;
+use crate::metrics::Metrics;
+use crate::secret::{self, Kind};
+use crate::server::PeerCert;
+use crate::store::NodeRow;
+use crate::{App, now};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine as _;
+use bytes::Bytes;
+use gatehouse_proto::control::{
+    ApiError, EndpointsRequest, MapMessage, RegisterRequest, RegisterResponse, RenewRequest,
+    RenewResponse,
+};
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+type AppState = State<Arc<App>>;
+
+/// Most endpoints a node may announce.
+const MAX_ENDPOINTS: usize = 32;
+
+fn time_of(unix: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Refuses a registration: audit, count, answer.
+async fn refuse(app: &App, actor: &str, target: &str, e: ApiErr) -> ApiErr {
+    audit(app, actor, "node.register", target, false, &e.1).await;
+    Metrics::outcome(&app.metrics.registrations, false);
+    e
+}
+
+#[utoipa::path(post, path = "/machine/v1/register", tag = "machine", request_body = RegisterRequest,
+    responses((status = 200, body = RegisterResponse), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
+pub(crate) async fn register(
+    State(app): AppState,
+    Json(req): Json<RegisterRequest>,
+) -> ApiResult<Json<RegisterResponse>> {
+    let Some((key_id, key_secret)) = secret::parse(Kind::AuthKey, &req.auth_key) else {
+        return Err(refuse(
+            &app,
+            "anonymous",
+            &req.hostname,
+            ApiErr::unauthorized("invalid auth key"),
+        )
+        .await);
+    };
+    let actor = format!("key:{key_id}");
+    let key = app.store.key(key_id).await?;
+    let Some(key) = key.filter(|k| secret::verify(key_secret, &k.secret_hash)) else {
+        return Err(refuse(
+            &app,
+            &actor,
+            &req.hostname,
+            ApiErr::unauthorized("invalid auth key"),
+        )
+        .await);
+    };
+    let t = now();
+    let problem = if key.revoked_at.is_some() {
+        Some("auth key revoked")
+    } else if key.expires_at <= t {
+        Some("auth key expired")
+    } else if !key.reusable && key.uses > 0 {
+        Some("auth key already used (it is a one-off key)")
+    } else {
+        None
+    };
+    if let Some(p) = problem {
+        return Err(refuse(&app, &actor, &req.hostname, ApiErr::unauthorized(p)).await);
+    }
+    // Tags must still be owned by the key's creator under today's policy.
+    let minter_tags = match key_minter_tags(&app, &key.created_by).await {
+        Ok(t) => t,
+        Err(e) => return Err(refuse(&app, &actor, &req.hostname, e).await),
+    };
+    let minter = match &minter_tags {
+        None => Minter::Admin,
+        Some(tags) => Minter::OAuth(tags),
+    };
+    if let Err(e) = check_tag_ownership(&app.hub.policy(), &minter, &key.tags) {
+        return Err(refuse(&app, &actor, &req.hostname, ApiErr::forbidden(e)).await);
+    }
+    let wg = base64::engine::general_purpose::STANDARD.decode(&req.wireguard_key);
+    if !matches!(&wg, Ok(b) if b.len() == 32) {
+        return Err(refuse(
+            &app,
+            &actor,
+            &req.hostname,
+            ApiErr::bad("wireguard_key must be 32 bytes, base64"),
+        )
+        .await);
+    }
+    if req.hostname.trim().is_empty() || req.hostname.len() > 255 {
+        return Err(refuse(
+            &app,
+            &actor,
+            &req.hostname,
+            ApiErr::bad("hostname must be 1 to 255 characters"),
+        )
+        .await);
+    }
+    if key.tags.is_empty() && key.user.is_none() {
+        return Err(refuse(
+            &app,
+            &actor,
+            &req.hostname,
+            ApiErr::bad("the key has neither a user nor tags"),
+        )
+        .await);
+    }
+
+    let _serial = app.register_lock.lock().await;
+    if app.hub.has_wireguard_key(&req.wireguard_key) {
+        return Err(refuse(
+            &app,
+            &actor,
+            &req.hostname,
+            ApiErr::conflict("this WireGuard key is already registered"),
+        )
+        .await);
+    }
+    let (name, v4, v6) = app.hub.allocate(&req.hostname);
+    let id = format!("n{}", secret::mint(Kind::Token).id);
+    let fqdn = format!("{name}.{}", app.config.domain());
+    let key_expiry =
+        t + i64::try_from(app.config.node_key_lifetime.as_secs()).unwrap_or(i64::MAX / 2);
+    let machine_cert = match app
+        .ca
+        .sign_machine(&req.machine_csr, &id, time_of(key_expiry))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(refuse(
+                &app,
+                &actor,
+                &req.hostname,
+                ApiErr::bad(format!("machine_csr: {e}")),
+            )
+            .await);
+        }
+    };
+    let lifetime = time::Duration::seconds(
+        i64::try_from(app.config.serving_cert_lifetime.as_secs()).unwrap_or(86_400),
+    );
+    let serving_cert = match app.ca.sign_serving(&req.serving_csr, &fqdn, lifetime) {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(refuse(
+                &app,
+                &actor,
+                &req.hostname,
+                ApiErr::bad(format!("serving_csr: {e}")),
+            )
+            .await);
+        }
+    };
+    let fingerprint = crate::ca::pem_to_der(&machine_cert)
+        .map(|d| crate::ca::der_fingerprint(&d))
+        .ok_or_else(|| ApiErr::internal("issued certificate does not parse"))?;
+    let row = NodeRow {
+        id: id.clone(),
+        name: name.clone(),
+        user: key.user.clone(),
+        tags: key.tags.clone(),
+        ipv4: v4.to_string(),
+        ipv6: v6.to_string(),
+        wg_key: req.wireguard_key.clone(),
+        cert_fingerprint: fingerprint,
+        serving_cert: serving_cert.clone(),
+        endpoints: Vec::new(),
+        ephemeral: key.ephemeral,
+        auth_key_id: Some(key.id.clone()),
+        created_at: t,
+        key_expiry,
+        last_seen: Some(t),
+    };
+    if !app.store.register_node(&row, &key.id, t).await? {
+        return Err(refuse(
+            &app,
+            &actor,
+            &req.hostname,
+            ApiErr::unauthorized("auth key already used, revoked or expired"),
+        )
+        .await);
+    }
+    if let Err(e) = app.hub.add_node(row) {
+        // Cannot happen for checked tags; undo rather than keep a node the mesh lacks.
+        app.store.delete_node(&id).await?;
+        return Err(refuse(&app, &actor, &req.hostname, ApiErr::bad(e.to_string())).await);
+    }
+    Metrics::outcome(&app.metrics.registrations, true);
+    audit(
+        &app,
+        &actor,
+        "node.register",
+        &id,
+        true,
+        &format!("name={name} tags={:?} user={:?}", key.tags, key.user),
+    )
+    .await;
+    Ok(Json(RegisterResponse {
+        node_id: id,
+        name,
+        fqdn,
+        addresses: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
+        machine_cert,
+        serving_cert,
+        ca_cert: app.ca.cert_pem().to_string(),
+        key_expiry,
+    }))
+}
+
+/// The node a request's client certificate belongs to.
+fn node_of(app: &App, cert: &PeerCert) -> ApiResult<NodeRow> {
+    let fp = cert
+        .0
+        .as_deref()
+        .ok_or_else(|| ApiErr::unauthorized("a machine certificate is required"))?;
+    app.hub
+        .node_by_fingerprint(fp)
+        .ok_or_else(|| ApiErr::unauthorized("unknown, deleted or expired node"))
+}
+
+fn line(msg: &MapMessage) -> Bytes {
+    let mut v = serde_json::to_vec(msg).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// A map stream being served; closing it (the client went away) frees its slot.
+struct Streaming {
+    app: Arc<App>,
+    handle: StreamHandle,
+    first: Option<Bytes>,
+    ephemeral: bool,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.app.hub.close_stream(&self.handle);
+        self.app.metrics.streams.dec();
+        if self.ephemeral {
+            let app = Arc::clone(&self.app);
+            let id = self.handle.node_id.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    tokio::time::sleep(app.config.ephemeral_grace).await;
+                    let online = app
+                        .hub
+                        .list()
+                        .iter()
+                        .any(|(p, _, online)| p.id == id && *online);
+                    if !online && app.hub.node(&id).is_some() {
+                        let _ = app.store.delete_node(&id).await;
+                        app.hub.remove_node(&id);
+                        audit(
+                            &app,
+                            "control",
+                            "node.delete",
+                            &id,
+                            true,
+                            "ephemeral node went offline",
+                        )
+                        .await;
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn next_message(mut s: Streaming) -> Option<(Result<Bytes, Infallible>, Streaming)> {
+    if let Some(first) = s.first.take() {
+        s.app.metrics.map_messages.inc();
+        return Some((Ok(first), s));
+    }
+    let keepalive = s.app.config.keepalive;
+    loop {
+        tokio::select! {
+            () = s.handle.notify.notified() => {
+                match s.app.hub.delta(&mut s.handle) {
+                    Err(_) => return None,
+                    Ok(d) if d.is_empty() => continue,
+                    Ok(d) => {
+                        s.app.metrics.map_messages.inc();
+                        return Some((Ok(line(&MapMessage::Delta(d))), s));
+                    }
+                }
+            }
+            () = tokio::time::sleep(keepalive) => {
+                return Some((Ok(line(&MapMessage::Keepalive)), s));
+            }
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/machine/v1/map", tag = "machine",
+    responses((status = 200, description = "Newline-delimited MapMessage JSON: a full map, then deltas and keepalives", content_type = "application/x-ndjson", body = String),
+              (status = 401, body = ApiError)))]
+pub(crate) async fn map(
+    State(app): AppState,
+    Extension(cert): Extension<PeerCert>,
+) -> ApiResult<Response> {
+    let node = node_of(&app, &cert)?;
+    let (full, handle) = app
+        .hub
+        .open_stream(&node.id)
+        .ok_or_else(|| ApiErr::unauthorized("unknown, deleted or expired node"))?;
+    app.store.touch_node(&node.id, now()).await?;
+    app.metrics.streams.inc();
+    let s = Streaming {
+        app: Arc::clone(&app),
+        handle,
+        first: Some(line(&MapMessage::Full(full))),
+        ephemeral: node.ephemeral,
+    };
+    let body = Body::from_stream(futures::stream::unfold(s, next_message));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[utoipa::path(post, path = "/machine/v1/endpoints", tag = "machine", request_body = EndpointsRequest,
+    responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+pub(crate) async fn endpoints(
+    State(app): AppState,
+    Extension(cert): Extension<PeerCert>,
+    Json(req): Json<EndpointsRequest>,
+) -> ApiResult<axum::http::StatusCode> {
+    let node = node_of(&app, &cert)?;
+    if req.endpoints.len() > MAX_ENDPOINTS {
+        return Err(ApiErr::bad(format!("at most {MAX_ENDPOINTS} endpoints")));
+    }
+    let mut eps: Vec<String> = req.endpoints.iter().map(ToString::to_string).collect();
+    eps.sort();
+    eps.dedup();
+    if eps != node.endpoints {
+        app.store.set_endpoints(&node.id, &eps, now()).await?;
+        app.hub.set_endpoints(&node.id, eps);
+    }
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/machine/v1/renew", tag = "machine", request_body = RenewRequest,
+    responses((status = 200, body = RenewResponse), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+pub(crate) async fn renew(
+    State(app): AppState,
+    Extension(cert): Extension<PeerCert>,
+    Json(req): Json<RenewRequest>,
+) -> ApiResult<Json<RenewResponse>> {
+    let node = node_of(&app, &cert)?;
+    let fqdn = format!("{}.{}", node.name, app.config.domain());
+    let lifetime = time::Duration::seconds(
+        i64::try_from(app.config.serving_cert_lifetime.as_secs()).unwrap_or(86_400),
+    );
+    let pem = app
+        .ca
+        .sign_serving(&req.serving_csr, &fqdn, lifetime)
+        .map_err(|e| ApiErr::bad(format!("serving_csr: {e}")))?;
+    app.store.set_serving_cert(&node.id, &pem).await?;
+    app.hub.set_serving_cert(&node.id, pem.clone());
+    audit(
+        &app,
+        &format!("node:{}", node.id),
+        "node.renew",
+        &node.id,
+        true,
+        "",
+    )
+    .await;
+    Ok(Json(RenewResponse { serving_cert: pem }))
+}

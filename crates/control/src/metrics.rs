@@ -1,0 +1,71 @@
+//! Prometheus metrics of control.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Outcome label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    /// `ok` or `refused`.
+    pub outcome: String,
+}
+
+/// Control's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Registrations by outcome.
+    pub registrations: Family<Outcome, Counter>,
+    /// Policy changes by outcome.
+    pub policy_changes: Family<Outcome, Counter>,
+    /// Open map streams.
+    pub streams: Gauge,
+    /// Map messages sent (full, delta).
+    pub map_messages: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gatehouse_control");
+        let registrations = Family::<Outcome, Counter>::default();
+        let policy_changes = Family::<Outcome, Counter>::default();
+        let streams = Gauge::default();
+        let map_messages = Counter::default();
+        registry.register("registrations", "Node registrations", registrations.clone());
+        registry.register(
+            "policy_changes",
+            "Policy change attempts",
+            policy_changes.clone(),
+        );
+        registry.register("map_streams", "Open map streams", streams.clone());
+        registry.register("map_messages", "Map messages sent", map_messages.clone());
+        Metrics {
+            registry,
+            registrations,
+            policy_changes,
+            streams,
+            map_messages,
+        }
+    }
+
+    /// Text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts an outcome.
+    pub fn outcome(family: &Family<Outcome, Counter>, ok: bool) {
+        family
+            .get_or_create(&Outcome {
+                outcome: if ok { "ok" } else { "refused" }.into(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,178 @@
+//! The HTTPS server: TLS with optional client certificates (a node's machine
+//! certificate identifies it), HTTP/1.1 and HTTP/2, the routes, and
+//! background tasks (key expiry).
+
+use crate::{App, ControlError};
+use axum::Extension;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::server::WebPkiClientVerifier;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+/// The SHA-256 of the client certificate a connection presented, if any.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerCert(pub Option<String>);
+
+/// A running control server.
+#[derive(Debug)]
+pub struct Running {
+    /// Control's URL.
+    pub url: String,
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, closes every connection and background task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops (it stops only on shutdown).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+fn tls_config(app: &App, local: SocketAddr) -> Result<rustls::ServerConfig, ControlError> {
+    let mut dns = Vec::new();
+    let mut ips: Vec<IpAddr> = vec![
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    if !local.ip().is_unspecified() && !ips.contains(&local.ip()) {
+        ips.push(local.ip());
+    }
+    for a in &app.config.advertise {
+        match a.parse::<IpAddr>() {
+            Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+            Ok(_) => {}
+            Err(_) => dns.push(a.clone()),
+        }
+    }
+    let (cert_pem, key_pem) = app.ca.control_cert(&dns, &ips)?;
+    let bad = |what: &str| ControlError::State(format!("generated {what} does not parse"));
+    let leaf =
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| bad("certificate"))?;
+    let ca = CertificateDer::from(app.ca.cert_der().to_vec());
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| bad("key"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| ControlError::State(format!("client verifier: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        // The chain ends with the CA so joining nodes can match their pin.
+        .with_single_cert(vec![leaf, ca], key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
+    let listener = TcpListener::bind(app.config.listen)
+        .await
+        .map_err(|source| ControlError::Io {
+            what: format!("listening on {}", app.config.listen),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ControlError::Io {
+        what: "local address".into(),
+        source,
+    })?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&app, local)?));
+    let host = app
+        .config
+        .advertise
+        .first()
+        .cloned()
+        .unwrap_or_else(|| match local.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".into(),
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+    let url = format!("https://{host}:{}", local.port());
+    let router = crate::api::router(Arc::clone(&app));
+    let (tx, mut rx) = watch::channel(false);
+    let expiry_app = Arc::clone(&app);
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(expiry_loop(expiry_app));
+        loop {
+            tokio::select! {
+                _ = rx.changed() => break,
+                accepted = listener.accept() => {
+                    let Ok((tcp, peer)) = accepted else { continue };
+                    let acceptor = acceptor.clone();
+                    let router = router.clone();
+                    conns.spawn(async move {
+                        let _ = tcp.set_nodelay(true);
+                        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                            Ok(Ok(t)) => t,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let fp = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| crate::ca::der_fingerprint(c));
+                        let svc = router.layer(Extension(PeerCert(fp)));
+                        let svc = hyper_util::service::TowerToHyperService::new(svc);
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                            .await;
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        conns.shutdown().await;
+        tasks.shutdown().await;
+    });
+    Ok(Running {
+        url,
+        local_addr: local,
+        shutdown: tx,
+        task,
+    })
+}
+
+/// Takes nodes out of the mesh as their keys expire.
+async fn expiry_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = crate::now();
+        for id in app.hub.due_for_expiry(now) {
+            app.hub.expire_node(&id, now);
+            crate::api::audit(
+                &app,
+                "control",
+                "node.expire",
+                &id,
+                true,
+                "node key expired",
+            )
+            .await;
+        }
+    }
+}

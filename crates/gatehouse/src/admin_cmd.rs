@@ -1,0 +1,410 @@
+//! `gatehouse admin`: the admin API from the command line.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use gatehouse_client::{AdminClient, Join};
+use gatehouse_proto::control::{CreateKey, CreateOAuthClient};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Control's join string (URL#sha256:<CA hash>), e.g. as printed by `gatehouse control`.
+    #[arg(long, env = "GATEHOUSE_CONTROL")]
+    control: Option<String>,
+    /// Admin or OAuth access token.
+    #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Control's state directory: read the join string and admin token from it.
+    #[arg(long, env = "GATEHOUSE_STATE")]
+    state: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Users.
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Nodes.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Pre-auth keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// OAuth clients.
+    #[command(subcommand)]
+    Oauth(OauthCmd),
+    /// The policy.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Recent audit log entries.
+    Audit {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// The mesh CA.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCmd {
+    /// List users.
+    List,
+    /// Add a user (name@domain).
+    Add { login: String },
+    /// Delete a user without nodes.
+    Delete { login: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodesCmd {
+    /// List nodes.
+    List,
+    /// Delete a node (id or name): it leaves every peer's map at once.
+    Delete { node: String },
+    /// Expire a node's key now.
+    Expire { node: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// List pre-auth keys.
+    List,
+    /// Mint a pre-auth key (printed once).
+    Create {
+        /// User the nodes belong to (untagged keys).
+        #[arg(long)]
+        user: Option<String>,
+        /// Tag to apply (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Usable many times.
+        #[arg(long)]
+        reusable: bool,
+        /// Nodes are removed when they go offline.
+        #[arg(long)]
+        ephemeral: bool,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        expiry: Option<i64>,
+    },
+    /// Revoke a key.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum OauthCmd {
+    /// List OAuth clients.
+    List,
+    /// Create an OAuth client (its secret is printed once).
+    Create {
+        /// Scope (repeatable), e.g. devices:write, auth_keys:write.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Tag of the client (repeatable); decides which tags its keys may carry.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Revoke a client and its tokens.
+    Revoke { id: String },
+    /// Exchange a client secret for an access token (client-credentials grant).
+    Token {
+        /// The client secret.
+        #[arg(long, env = "GATEHOUSE_OAUTH_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Space-separated scopes (default: all of the client's).
+        #[arg(long)]
+        scope: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Print the current policy.
+    Get,
+    /// Replace the policy; refused whole if invalid or its tests fail.
+    Set { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCmd {
+    /// Print the mesh CA certificate (PEM) for clients to trust.
+    Export,
+}
+
+fn read_trim(p: &Path) -> Result<String> {
+    Ok(std::fs::read_to_string(p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .trim()
+        .to_string())
+}
+
+/// Control's join string and CA, from flags or a state directory.
+async fn connect(a: &AdminArgs) -> Result<(Join, String)> {
+    let join_text = match (&a.control, &a.state) {
+        (Some(c), _) => c.clone(),
+        (None, Some(s)) => read_trim(&s.join("join"))?,
+        (None, None) => {
+            bail!("say where control is: --control <join string> or --state <control state dir>")
+        }
+    };
+    let join = Join::parse(&join_text)?;
+    let ca = match (&a.state, &join.ca_sha256) {
+        (Some(s), _) if s.join("ca.crt").exists() && a.control.is_none() => {
+            read_trim(&s.join("ca.crt"))?
+        }
+        (_, Some(_)) => gatehouse_client::fetch_pinned_ca(&join).await?,
+        _ => bail!("the join string needs its #sha256: CA pin"),
+    };
+    if let Some(pin) = &join.ca_sha256
+        && gatehouse_client::ca_fingerprint(&ca)? != *pin
+    {
+        bail!("the CA in the state directory does not match the join string's pin");
+    }
+    Ok((join, ca))
+}
+
+fn token(a: &AdminArgs) -> Result<String> {
+    match (&a.token, &a.state) {
+        (Some(t), _) => Ok(t.clone()),
+        (None, Some(s)) => read_trim(&s.join("admin.token")),
+        (None, None) => Err(anyhow!("a token is needed: --token or --state")),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn when(t: i64) -> String {
+    let d = gatehouse_control::now() - t;
+    match d {
+        d if d < 0 => format!("in {}", human(-d)),
+        d => format!("{} ago", human(d)),
+    }
+}
+
+fn human(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+pub async fn run(a: AdminArgs) -> Result<()> {
+    let (join, ca) = connect(&a).await?;
+    if let AdminCommand::Oauth(OauthCmd::Token { secret, scope }) = &a.command {
+        let t = AdminClient::oauth_token(&join, &ca, secret, scope.as_deref()).await?;
+        if a.json {
+            return print_json(&t);
+        }
+        println!("{}", t.access_token);
+        return Ok(());
+    }
+    if let AdminCommand::Ca(CaCmd::Export) = &a.command {
+        print!("{ca}");
+        if !ca.ends_with('\n') {
+            println!();
+        }
+        return Ok(());
+    }
+    let api = AdminClient::new(join, &ca, &token(&a)?)?;
+    match a.command {
+        AdminCommand::Users(UsersCmd::List) => {
+            let users = api.users().await?;
+            if a.json {
+                return print_json(&users);
+            }
+            for u in users {
+                println!("{:<40} created {}", u.login, when(u.created_at));
+            }
+        }
+        AdminCommand::Users(UsersCmd::Add { login }) => {
+            api.create_user(&login).await?;
+            println!("user {login} created");
+        }
+        AdminCommand::Users(UsersCmd::Delete { login }) => {
+            api.delete_user(&login).await?;
+            println!("user {login} deleted");
+        }
+        AdminCommand::Nodes(NodesCmd::List) => {
+            let nodes = api.nodes().await?;
+            if a.json {
+                return print_json(&nodes);
+            }
+            println!(
+                "{:<24} {:<16} {:<28} {:<8} OWNER",
+                "NAME", "ID", "ADDRESSES", "ONLINE"
+            );
+            for n in nodes {
+                let addrs: Vec<String> = n.node.addresses.iter().map(ToString::to_string).collect();
+                let owner = if n.node.tags.is_empty() {
+                    n.node.user.clone().unwrap_or_default()
+                } else {
+                    n.node.tags.join(",")
+                };
+                println!(
+                    "{:<24} {:<16} {:<28} {:<8} {}",
+                    n.node.name,
+                    n.node.id,
+                    addrs.first().cloned().unwrap_or_default(),
+                    if n.online { "yes" } else { "no" },
+                    owner
+                );
+            }
+        }
+        AdminCommand::Nodes(NodesCmd::Delete { node }) => {
+            api.delete_node(&node).await?;
+            println!("node {node} deleted");
+        }
+        AdminCommand::Nodes(NodesCmd::Expire { node }) => {
+            api.expire_node(&node).await?;
+            println!("node {node} expired");
+        }
+        AdminCommand::Keys(KeysCmd::List) => {
+            let keys = api.keys().await?;
+            if a.json {
+                return print_json(&keys);
+            }
+            println!(
+                "{:<14} {:<24} {:<20} {:<6} {:<10} EXPIRES",
+                "ID", "OWNER", "BY", "USES", "STATE"
+            );
+            for k in keys {
+                let owner = if k.tags.is_empty() {
+                    k.user.clone().unwrap_or_default()
+                } else {
+                    k.tags.join(",")
+                };
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else if k.expires_at <= gatehouse_control::now() {
+                    "expired"
+                } else if !k.reusable && k.uses > 0 {
+                    "used"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<14} {:<24} {:<20} {:<6} {:<10} {}",
+                    k.id,
+                    owner,
+                    k.created_by,
+                    k.uses,
+                    state,
+                    when(k.expires_at)
+                );
+            }
+        }
+        AdminCommand::Keys(KeysCmd::Create {
+            user,
+            tags,
+            reusable,
+            ephemeral,
+            expiry,
+        }) => {
+            let k = api
+                .create_key(&CreateKey {
+                    user,
+                    tags,
+                    reusable,
+                    ephemeral,
+                    expiry_seconds: expiry,
+                })
+                .await?;
+            if a.json {
+                return print_json(&k);
+            }
+            println!("{}", k.key.unwrap_or_default());
+        }
+        AdminCommand::Keys(KeysCmd::Revoke { id }) => {
+            api.revoke_key(&id).await?;
+            println!("key {id} revoked");
+        }
+        AdminCommand::Oauth(OauthCmd::List) => {
+            let cs = api.oauth_clients().await?;
+            if a.json {
+                return print_json(&cs);
+            }
+            for c in cs {
+                let state = if c.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<14} {:<8} scopes={} tags={} {}",
+                    c.id,
+                    state,
+                    c.scopes.join(","),
+                    c.tags.join(","),
+                    c.description
+                );
+            }
+        }
+        AdminCommand::Oauth(OauthCmd::Create {
+            scopes,
+            tags,
+            description,
+        }) => {
+            let c = api
+                .create_oauth(&CreateOAuthClient {
+                    scopes,
+                    tags,
+                    description,
+                })
+                .await?;
+            if a.json {
+                return print_json(&c);
+            }
+            println!("client id      {}", c.id);
+            println!(
+                "client secret  {}  (shown once)",
+                c.secret.unwrap_or_default()
+            );
+        }
+        AdminCommand::Oauth(OauthCmd::Revoke { id }) => {
+            api.revoke_oauth(&id).await?;
+            println!("OAuth client {id} revoked");
+        }
+        AdminCommand::Policy(PolicyCmd::Get) => print!("{}", api.policy().await?),
+        AdminCommand::Policy(PolicyCmd::Set { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let v = api.set_policy(&text).await?;
+            println!("policy version {v} in effect");
+        }
+        AdminCommand::Audit { limit } => {
+            let entries = api.audit(limit).await?;
+            if a.json {
+                return print_json(&entries);
+            }
+            for e in entries.iter().rev() {
+                println!(
+                    "{:>6} {:<10} {:<18} {:<16} {:<18} {:<8} {}",
+                    e.id,
+                    when(e.at),
+                    e.actor,
+                    e.action,
+                    e.target,
+                    e.outcome,
+                    e.detail
+                );
+            }
+        }
+        AdminCommand::Oauth(OauthCmd::Token { .. }) | AdminCommand::Ca(CaCmd::Export) => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `gatehouse control`: run the coordination server.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use gatehouse_control::ControlConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// State directory (database, mesh CA, admin token).
+    #[arg(long, env = "GATEHOUSE_STATE", default_value = "gatehouse-control")]
+    state: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "GATEHOUSE_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Network name: nodes are named <host>.<network>.<domain>.
+    #[arg(long, env = "GATEHOUSE_NETWORK", default_value = "gatehouse")]
+    network: String,
+    /// DNS suffix of the network.
+    #[arg(long, env = "GATEHOUSE_DOMAIN", default_value = "internal")]
+    domain: String,
+    /// Extra DNS names or addresses nodes use to reach control (the first is in the join string).
+    #[arg(long)]
+    advertise: Vec<String>,
+    /// Relay URLs handed to nodes.
+    #[arg(long)]
+    relay: Vec<String>,
+    /// Node key lifetime, in days.
+    #[arg(long, default_value_t = 180)]
+    key_days: u64,
+    /// Lifetime of nodes' serving certificates, in hours.
+    #[arg(long, default_value_t = 168)]
+    cert_hours: u64,
+}
+
+pub async fn run(a: ControlArgs) -> Result<()> {
+    let mut cfg = ControlConfig::new(a.state.clone(), a.listen);
+    cfg.network = a.network;
+    cfg.suffix = a.domain;
+    cfg.advertise = a.advertise;
+    cfg.relays = a.relay;
+    cfg.node_key_lifetime = Duration::from_secs(a.key_days * 86_400);
+    cfg.serving_cert_lifetime = Duration::from_secs(a.cert_hours * 3600);
+    let domain = cfg.domain();
+    let (running, info) = gatehouse_control::start(cfg)
+        .await
+        .context("starting control")?;
+    println!(
+        "gatehouse control: serving network {domain} on {}",
+        info.url
+    );
+    println!("  mesh CA      sha256:{}", info.ca_fingerprint);
+    println!("  join string  {}", info.join);
+    match &info.new_admin_token {
+        Some(t) => {
+            println!("  admin token  {t}");
+            println!(
+                "               (shown once; saved to {})",
+                info.admin_token_file.display()
+            );
+        }
+        None => println!("  admin token  in {}", info.admin_token_file.display()),
+    }
+    println!(
+        "  admin API    {}/api/v1 (OpenAPI at /api/v1/openapi.json)",
+        info.url
+    );
+    println!(
+        "  try          gatehouse admin --state {} nodes list",
+        a.state.display()
+    );
+    crate::shutdown_signal().await;
+    println!("gatehouse control: stopping");
+    running.shutdown().await;
+    Ok(())
+}
