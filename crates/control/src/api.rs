@@ -83,6 +83,66 @@ impl From<crate::store::StoreError> for ApiErr {
 
 pub(crate) type ApiResult<T> = Result<T, ApiErr>;
 
+/// A JSON body whose rejections are API errors (400, or 415 without the
+/// JSON content type) with a JSON body, like every other error.
+#[derive(Debug)]
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiErr> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(r) => Err(ApiErr(
+                if r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    r.status()
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                r.body_text(),
+            )),
+        }
+    }
+}
+
+/// A form body (see [`JsonBody`]).
+#[derive(Debug)]
+pub(crate) struct FormBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for FormBody<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiErr> {
+        match axum::Form::<T>::from_request(req, state).await {
+            Ok(axum::Form(v)) => Ok(FormBody(v)),
+            Err(r) => Err(ApiErr(
+                if r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    r.status()
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                r.body_text(),
+            )),
+        }
+    }
+}
+
+/// Query parameters whose rejections are API errors.
+#[derive(Debug)]
+pub(crate) struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiErr> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| QueryParams(v))
+            .map_err(|r| ApiErr::bad(r.body_text()))
+    }
+}
+
 /// Writes an audit entry (failures to write are logged, not fatal).
 pub(crate) async fn audit(
     app: &App,
@@ -297,7 +357,7 @@ async fn list_users(State(app): AppState, caller: Caller) -> ApiResult<Json<Vec<
 async fn create_user(
     State(app): AppState,
     caller: Caller,
-    Json(req): Json<CreateUser>,
+    JsonBody(req): JsonBody<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     caller.require("users:write")?;
     if !valid_login(&req.login) {
@@ -471,7 +531,7 @@ async fn list_keys(State(app): AppState, caller: Caller) -> ApiResult<Json<Vec<K
 async fn create_key(
     State(app): AppState,
     caller: Caller,
-    Json(req): Json<CreateKey>,
+    JsonBody(req): JsonBody<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<KeyInfo>)> {
     caller.require("auth_keys:write")?;
     let refuse = |e: ApiErr| async {
@@ -581,7 +641,7 @@ async fn list_oauth(State(app): AppState, caller: Caller) -> ApiResult<Json<Vec<
 async fn create_oauth(
     State(app): AppState,
     caller: Caller,
-    Json(req): Json<CreateOAuthClient>,
+    JsonBody(req): JsonBody<CreateOAuthClient>,
 ) -> ApiResult<(StatusCode, Json<OAuthClientInfo>)> {
     caller.require_admin()?;
     if req.scopes.is_empty() {
@@ -667,7 +727,7 @@ pub(crate) struct TokenRequest {
     responses((status = 200, body = TokenResponse), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 async fn oauth_token(
     State(app): AppState,
-    axum::Form(req): axum::Form<TokenRequest>,
+    FormBody(req): FormBody<TokenRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     if req.grant_type != "client_credentials" {
         return Err(ApiErr::bad(
@@ -779,7 +839,7 @@ pub(crate) struct PolicyVersion {
 }
 
 #[utoipa::path(put, path = "/api/v1/policy", tag = "policy",
-    request_body(content = String, content_type = "application/hujson", description = "The new policy file"),
+    request_body(content = String, content_type = "text/plain", description = "The new policy file (HuJSON)"),
     responses((status = 200, body = PolicyVersion), (status = 400, description = "Invalid, unfit for the nodes, or its tests fail: refused whole", body = ApiError)))]
 async fn set_policy(
     State(app): AppState,
@@ -838,8 +898,10 @@ async fn set_policy(
 
 /// Audit query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     /// How many entries (default 100, at most 10000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
 }
 
@@ -848,14 +910,14 @@ pub(crate) struct AuditQuery {
 async fn audit_log(
     State(app): AppState,
     caller: Caller,
-    Query(q): Query<AuditQuery>,
+    QueryParams(q): QueryParams<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
     caller.require("audit:read")?;
-    Ok(Json(
-        app.store
-            .audit_log(q.limit.unwrap_or(100).clamp(1, 10_000))
-            .await?,
-    ))
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiErr::bad("limit must be 1..=10000"));
+    }
+    Ok(Json(app.store.audit_log(limit).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/ca", tag = "ca",

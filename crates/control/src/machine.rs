@@ -2,7 +2,9 @@
 //! authenticated by the machine certificate, the map stream, endpoint
 //! updates and serving-certificate renewal.
 
-use crate::api::{ApiErr, ApiResult, Minter, audit, check_tag_ownership, key_minter_tags};
+use crate::api::{
+    ApiErr, ApiResult, JsonBody, Minter, audit, check_tag_ownership, key_minter_tags,
+};
 use crate::hub::StreamHandle;
 use crate::metrics::Metrics;
 use crate::secret::{self, Kind};
@@ -44,7 +46,7 @@ async fn refuse(app: &App, actor: &str, target: &str, e: ApiErr) -> ApiErr {
     responses((status = 200, body = RegisterResponse), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
 pub(crate) async fn register(
     State(app): AppState,
-    Json(req): Json<RegisterRequest>,
+    JsonBody(req): JsonBody<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
     let Some((key_id, key_secret)) = secret::parse(Kind::AuthKey, &req.auth_key) else {
         return Err(refuse(
@@ -341,7 +343,7 @@ pub(crate) async fn map(
 pub(crate) async fn endpoints(
     State(app): AppState,
     Extension(cert): Extension<PeerCert>,
-    Json(req): Json<EndpointsRequest>,
+    JsonBody(req): JsonBody<EndpointsRequest>,
 ) -> ApiResult<axum::http::StatusCode> {
     let node = node_of(&app, &cert)?;
     if req.endpoints.len() > MAX_ENDPOINTS {
@@ -362,7 +364,7 @@ pub(crate) async fn endpoints(
 pub(crate) async fn renew(
     State(app): AppState,
     Extension(cert): Extension<PeerCert>,
-    Json(req): Json<RenewRequest>,
+    JsonBody(req): JsonBody<RenewRequest>,
 ) -> ApiResult<Json<RenewResponse>> {
     let node = node_of(&app, &cert)?;
     let fqdn = format!("{}.{}", node.name, app.config.domain());

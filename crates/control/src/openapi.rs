@@ -37,10 +37,18 @@ pub(crate) fn finish(doc: &mut OpenApi) {
         "/api/v1/openapi.json".into(),
         PathItem::new(HttpMethod::Get, op),
     );
+    let error = |desc: &str| {
+        ResponseBuilder::new()
+            .description(desc)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ApiError"))),
+            )
+            .build()
+    };
     for (path, item) in doc.paths.paths.iter_mut() {
-        if !PUBLIC.contains(&path.as_str()) {
-            continue;
-        }
+        let public = PUBLIC.contains(&path.as_str());
+        let has_param = path.contains('{');
         for op in [
             &mut item.get,
             &mut item.post,
@@ -50,7 +58,30 @@ pub(crate) fn finish(doc: &mut OpenApi) {
         .into_iter()
         .flatten()
         {
-            op.security = Some(vec![SecurityRequirement::default()]);
+            let responses = &mut op.responses.responses;
+            let mut add = |code: &str, desc: &str| {
+                responses
+                    .entry(code.into())
+                    .or_insert_with(|| error(desc).into());
+            };
+            if public {
+                op.security = Some(vec![SecurityRequirement::default()]);
+            } else {
+                add("401", "Missing, unknown, revoked or expired credential");
+                add(
+                    "403",
+                    "The credential lacks the scope, or does not own the tags",
+                );
+            }
+            if op.request_body.is_some() {
+                add("400", "Invalid request");
+                add("415", "Wrong content type");
+            } else if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                add("400", "Invalid parameter");
+            }
+            if has_param {
+                add("404", "No such object");
+            }
         }
     }
 }

@@ -33,9 +33,16 @@ pub struct ControlArgs {
     /// Lifetime of nodes' serving certificates, in hours.
     #[arg(long, default_value_t = 168)]
     cert_hours: u64,
+    /// Print the admin API's OpenAPI document and exit.
+    #[arg(long)]
+    openapi: bool,
 }
 
 pub async fn run(a: ControlArgs) -> Result<()> {
+    if a.openapi {
+        println!("{}", gatehouse_control::openapi_json());
+        return Ok(());
+    }
     let mut cfg = ControlConfig::new(a.state.clone(), a.listen);
     cfg.network = a.network;
     cfg.suffix = a.domain;

@@ -1,0 +1,261 @@
+//! Control's API document and certificates, checked with real external
+//! tools: `openssl verify`, `curl`, `openapi-spec-validator` and
+//! `schemathesis` (installed by `scripts/install-test-deps`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use gatehouse_testkit::{TestControl, config};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn tool(name: &str) -> Command {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "{name} is missing: run scripts/install-test-deps");
+    Command::new(name)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_certificates_verify_for_exactly_the_node_name() {
+    let c = TestControl::start().await;
+    c.admin.create_user("alice@example.com").await.unwrap();
+    let n = c
+        .node(
+            &c.key(Some("alice@example.com"), &[], false).await,
+            "alice-laptop",
+        )
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = write(tmp.path(), "ca.pem", &c.ca);
+    let cert = write(tmp.path(), "cert.pem", &n.identity.serving_cert);
+    let machine = write(tmp.path(), "machine.pem", &n.identity.machine_cert);
+    let verify = |cert: &str, args: &[&str]| {
+        let out = tool("openssl")
+            .args(["verify", "-CAfile", &ca])
+            .args(args)
+            .arg(cert)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let fqdn = n.identity.fqdn.clone();
+    assert_eq!(fqdn, "alice-laptop.test.gatehouse.internal");
+    let (ok, out) = verify(&cert, &["-purpose", "sslserver", "-verify_hostname", &fqdn]);
+    assert!(ok, "{out}");
+    for other in [
+        "bob-laptop.test.gatehouse.internal",
+        "test.gatehouse.internal",
+        "alice-laptop",
+        "example.com",
+        "*.test.gatehouse.internal",
+    ] {
+        let (ok, out) = verify(&cert, &["-verify_hostname", other]);
+        assert!(!ok, "certificate accepted for {other}: {out}");
+    }
+    // The machine certificate is a client credential, not a server one.
+    let (ok, _) = verify(&machine, &["-purpose", "sslclient"]);
+    assert!(ok);
+    let (ok, _) = verify(&machine, &["-purpose", "sslserver"]);
+    assert!(!ok, "machine certificate usable as a server certificate");
+    // The CA nodes were given is the one control exports.
+    assert_eq!(n.identity.ca_cert, c.admin.ca().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_is_valid_matches_routes_and_is_committed() {
+    let c = TestControl::start().await;
+    let doc = String::from_utf8(
+        c.admin
+            .get_raw("/api/v1/openapi.json")
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    // The committed copy has not drifted.
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api/control-openapi.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        doc.trim(),
+        committed.trim(),
+        "docs/api/control-openapi.json is stale: run `cargo run -p gatehouse -- control --openapi > docs/api/control-openapi.json`"
+    );
+    // Valid OpenAPI.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = write(tmp.path(), "openapi.json", &doc);
+    let out = tool("python3")
+        .args(["-m", "openapi_spec_validator", &file])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Every documented operation is served (not the router's fallback).
+    let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let ca = write(tmp.path(), "ca.pem", &c.ca);
+    let mut checked = 0;
+    for (path, item) in v["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "delete"] {
+            if item.get(method).is_none() || path == "/machine/v1/map" {
+                continue;
+            }
+            let url = format!(
+                "{}{}",
+                c.join.url(),
+                path.replace("{id}", "x").replace("{login}", "x")
+            );
+            let out = tool("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--cacert",
+                    &ca,
+                    "-X",
+                    &method.to_uppercase(),
+                    &url,
+                ])
+                .output()
+                .unwrap();
+            let code = String::from_utf8_lossy(&out.stdout).to_string();
+            let served = code != "405" && (code != "404" || path.contains('{'));
+            assert!(served, "{method} {path} answered {code}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "{checked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_contract_violation() {
+    let c = TestControl::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = write(tmp.path(), "ca.pem", &c.ca);
+    let token = std::fs::read_to_string(&c.info.admin_token_file).unwrap();
+    let url = format!("{}/api/v1/openapi.json", c.join.url());
+    let mut cmd = tokio::process::Command::from(tool("schemathesis"));
+    let out = cmd
+        .args([
+            "run",
+            &url,
+            "--tls-verify",
+            &ca,
+            "-H",
+            &format!("Authorization: Bearer {}", token.trim()),
+        ])
+        .args([
+            "-n",
+            "25",
+            "--generation-deterministic",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
+        .env("SCHEMATHESIS_TELEMETRY", "false")
+        .env("NO_COLOR", "1")
+        .current_dir(tmp.path())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("FAILURES"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let c = TestControl::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = write(tmp.path(), "ca.pem", &c.ca);
+    let get = |path: &str| {
+        let out = tool("curl")
+            .args(["-sf", "--cacert", &ca, &format!("{}{path}", c.join.url())])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "GET {path}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get("/healthz"), "ok");
+    assert_eq!(get("/readyz"), "ready");
+    c.admin.create_user("alice@example.com").await.unwrap();
+    let _n = c
+        .node(&c.key(Some("alice@example.com"), &[], false).await, "a")
+        .await
+        .unwrap();
+    let m = get("/metrics");
+    assert!(
+        m.contains("gatehouse_control_registrations_total{outcome=\"ok\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("gatehouse_control_map_streams 1"), "{m}");
+    assert_eq!(get("/api/v1/ca"), c.ca);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_nodes_leave_when_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.ephemeral_grace = Duration::from_millis(200);
+    let c = TestControl::start_with(cfg, Some(tmp)).await;
+    c.admin.create_user("alice@example.com").await.unwrap();
+    let k = c
+        .admin
+        .create_key(&gatehouse_proto::control::CreateKey {
+            user: Some("alice@example.com".into()),
+            tags: vec![],
+            reusable: true,
+            ephemeral: true,
+            expiry_seconds: None,
+        })
+        .await
+        .unwrap()
+        .key
+        .unwrap();
+    let mut watcher = c
+        .node(
+            &c.key(Some("alice@example.com"), &[], false).await,
+            "watcher",
+        )
+        .await
+        .unwrap();
+    let eph = c.node(&k, "ci-runner").await.unwrap();
+    watcher.wait_peers(&["ci-runner"]).await;
+    assert!(
+        c.admin
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.node.name == "ci-runner" && n.ephemeral && n.online)
+    );
+    drop(eph);
+    watcher.wait_peers(&[]).await;
+    assert!(
+        !c.admin
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.node.name == "ci-runner")
+    );
+}
