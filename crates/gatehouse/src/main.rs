@@ -4,7 +4,10 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod inputs;
 mod policy_cmd;
+mod reach_cmd;
+mod render_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,11 +25,18 @@ enum Command {
     /// Check, query and compile an access policy (Tailscale policy-file syntax).
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Who can reach what, from Kubernetes manifests and network policies.
+    #[command(subcommand)]
+    Reach(reach_cmd::ReachCommand),
+    /// Generate Ingresses, network policies, connector rules and ACLs from an exposure catalog.
+    Render(render_cmd::RenderArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Reach(cmd) => reach_cmd::run(cmd),
+        Command::Render(args) => render_cmd::run(args),
     }
 }

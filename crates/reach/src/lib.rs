@@ -65,7 +65,7 @@ pub use parse::build_cluster;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReachError {
     /// A manifest is malformed or holds an invalid value.
-    #[error("{0}")]
+    #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// An endpoint named on the command line does not exist or is ambiguous.
     #[error("{0}")]
