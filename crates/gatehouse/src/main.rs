@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod inputs;
+mod lint_cmd;
 mod policy_cmd;
 mod reach_cmd;
 mod render_cmd;
@@ -25,6 +26,8 @@ enum Command {
     /// Check, query and compile an access policy (Tailscale policy-file syntax).
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    /// Report the known traps in Kubernetes manifests (rule id, file:line, why, fix).
+    Lint(lint_cmd::LintArgs),
     /// Who can reach what, from Kubernetes manifests and network policies.
     #[command(subcommand)]
     Reach(reach_cmd::ReachCommand),
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        Command::Lint(args) => lint_cmd::run(args),
         Command::Reach(cmd) => reach_cmd::run(cmd),
         Command::Render(args) => render_cmd::run(args),
     }

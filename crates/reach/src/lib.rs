@@ -58,7 +58,7 @@ pub mod yaml;
 pub use conns::{ConnSet, IpRanges, Proto};
 pub use engine::{Connection, Endpoint, Engine, RuleRef, Section, Side, Verdict};
 pub use manifest::{Location, ManifestError, Object, read_objects};
-pub use model::{Cluster, TargetPort, Warning};
+pub use model::{Cluster, ContainerPort, Labels, Service, TargetPort, Warning, Workload};
 pub use parse::build_cluster;
 
 /// Why an analysis could not be made or a question not asked.
@@ -158,41 +158,8 @@ impl Analysis {
         port: u16,
         proto: Proto,
     ) -> Result<Vec<(usize, u16)>, ReachError> {
-        let c = self.engine.cluster();
-        let svc = c
-            .services
-            .iter()
-            .find(|s| s.namespace == ns && s.name == name)
-            .ok_or_else(|| ReachError::Endpoint(format!("no Service {ns}/{name}")))?;
-        let sp = svc
-            .ports
-            .iter()
-            .find(|p| p.port == port && p.proto == proto)
-            .ok_or_else(|| {
-                ReachError::Endpoint(format!(
-                    "Service {ns}/{name} has no port {port}/{}",
-                    proto.name()
-                ))
-            })?;
-        let Some(sel) = &svc.selector else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for (i, w) in c.workloads.iter().enumerate() {
-            if w.namespace != ns || !sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)) {
-                continue;
-            }
-            let target = match &sp.target {
-                TargetPort::Number(n) => Some(*n),
-                TargetPort::Name(n) => w
-                    .named_port(n)
-                    .find(|cp| cp.proto == proto)
-                    .map(|cp| cp.port),
-            };
-            if let Some(t) = target {
-                out.push((i, t));
-            }
-        }
-        Ok(out)
+        self.engine
+            .cluster()
+            .service_backends(ns, name, port, proto)
     }
 }

@@ -344,6 +344,56 @@ impl Cluster {
         }
     }
 
+    /// The backends of Service `ns/name` for Service port `port`: each
+    /// workload the selector picks, with the container port the Service
+    /// port leads to there (a named `targetPort` resolves per workload).
+    ///
+    /// # Errors
+    /// [`crate::ReachError::Endpoint`] when there is no such Service or port.
+    pub fn service_backends(
+        &self,
+        ns: &str,
+        name: &str,
+        port: u16,
+        proto: Proto,
+    ) -> Result<Vec<(usize, u16)>, crate::ReachError> {
+        let svc = self
+            .services
+            .iter()
+            .find(|s| s.namespace == ns && s.name == name)
+            .ok_or_else(|| crate::ReachError::Endpoint(format!("no Service {ns}/{name}")))?;
+        let sp = svc
+            .ports
+            .iter()
+            .find(|p| p.port == port && p.proto == proto)
+            .ok_or_else(|| {
+                crate::ReachError::Endpoint(format!(
+                    "Service {ns}/{name} has no port {port}/{}",
+                    proto.name()
+                ))
+            })?;
+        let Some(sel) = &svc.selector else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            if w.namespace != ns || !sel.iter().all(|(k, v)| w.labels.get(k) == Some(v)) {
+                continue;
+            }
+            let target = match &sp.target {
+                TargetPort::Number(n) => Some(*n),
+                TargetPort::Name(n) => w
+                    .named_port(n)
+                    .find(|cp| cp.proto == proto)
+                    .map(|cp| cp.port),
+            };
+            if let Some(t) = target {
+                out.push((i, t));
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether `peer` (as a selector of cluster endpoints) selects `w`.
     pub fn selects(&self, peer: &Peer, w: &Workload) -> bool {
         match peer {
