@@ -528,7 +528,13 @@ fn cilium_rule(
     for s in list(o, r.get(&f("Endpoints")), &f("Endpoints"))? {
         l3 = true;
         let sel = selector(o, s, true)?;
-        let names_ns = sel.mentions("io.kubernetes.pod.namespace");
+        // Cilium scopes a selector to the policy's namespace unless it names
+        // a namespace itself or selects by namespace labels.
+        let names_ns = sel.mentions("io.kubernetes.pod.namespace")
+            || sel
+                .reqs
+                .iter()
+                .any(|r| r.key.starts_with("io.cilium.k8s.namespace.labels."));
         peers.push(Peer::Endpoints {
             restrict_ns: if names_ns {
                 None
