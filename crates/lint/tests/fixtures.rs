@@ -145,3 +145,14 @@ fn the_rendered_seed_cluster_lints_clean() {
         );
     }
 }
+
+#[test]
+fn every_rule_is_documented() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/lint.md"))
+            .unwrap();
+    for r in RULES {
+        let heading = format!("### {} {} ({}", r.id, r.name, r.level.name());
+        assert!(doc.contains(&heading), "docs/lint.md lacks `{heading}`");
+    }
+}
