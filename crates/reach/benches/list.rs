@@ -20,7 +20,7 @@
     clippy::print_stderr
 )]
 
-use gatehouse_reach::{Analysis, Endpoint, Engine, read_objects};
+use gatehouse_reach::{Endpoint, Engine, read_objects};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::Command;
@@ -303,5 +303,4 @@ fn main() {
         "baseline checked against list on {} random pairs per size",
         rows[0]["naive_sample"]
     );
-    let _ = Analysis::load(&[]);
 }

@@ -445,3 +445,77 @@ mod tests {
         assert_eq!(docs[0].root.get_str("kind"), Some("A"));
     }
 }
+
+#[cfg(test)]
+mod props {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The tree as JSON, reading plain scalars the way YAML 1.2 core does
+    /// for the shapes generated below (integers, booleans, null).
+    fn to_json(n: &Node) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &n.value {
+            Value::Null => J::Null,
+            Value::Scalar { text, plain } => {
+                if *plain {
+                    if let Ok(i) = text.parse::<i64>() {
+                        return J::from(i);
+                    }
+                    if text == "true" || text == "false" {
+                        return J::Bool(text == "true");
+                    }
+                }
+                J::String(text.clone())
+            }
+            Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
+            Value::Map(m) => J::Object(
+                m.iter()
+                    .map(|(k, v)| (k.as_str().unwrap_or("").to_string(), to_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value as J;
+        let leaf = prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            any::<i32>().prop_map(J::from),
+            "[a-zA-Z0-9 :#'\"\\-_./\\n]{0,12}".prop_map(J::String),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..5).prop_map(J::Array),
+                proptest::collection::btree_map("[a-z][a-z0-9_.-]{0,8}", inner, 0..5)
+                    .prop_map(|m| J::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever serde_yaml_ng writes, this reader reads back to the same value,
+        /// with every document found.
+        #[test]
+        fn reads_what_serde_yaml_writes(docs in proptest::collection::vec(arb_json(), 1..4)) {
+            let texts: Vec<String> = docs.iter().map(|d| serde_yaml_ng::to_string(d).unwrap()).collect();
+            let stream = texts.join("---\n");
+            let parsed = parse_stream(&stream).unwrap();
+            let expected: Vec<&serde_json::Value> = docs.iter().filter(|d| !d.is_null()).collect();
+            prop_assert_eq!(parsed.len(), expected.len(), "{}", stream);
+            for (p, e) in parsed.iter().zip(expected) {
+                prop_assert_eq!(&to_json(&p.root), e, "{}", stream);
+            }
+        }
+
+        /// Any text: an answer, never a panic; an error names a line inside it.
+        #[test]
+        fn never_panics(s in "\\PC{0,300}") {
+            if let Err(e) = parse_stream(&s) {
+                prop_assert!(e.pos_line <= s.lines().count() + 1, "{e}");
+            }
+        }
+    }
+}
