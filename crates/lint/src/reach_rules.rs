@@ -144,21 +144,39 @@ fn connector_checks(objects: &[Object], checks: &mut Vec<Check>) {
     }
 }
 
-/// The sources to try for a check: real workloads of the namespace (with
-/// the labels, when given), else a synthetic one.
+/// The sources to try for a check: for proxies, every workload of the proxy
+/// namespace; for the connector, the workloads of its namespace labelled
+/// `app: cloudflared`, else named like it, else all of them. Empty when the
+/// namespace declares none (a synthetic stand-in is added then).
 fn sources(c: &Cluster, ch: &Check) -> Vec<usize> {
-    c.workloads
+    let in_ns: Vec<usize> = c
+        .workloads
         .iter()
         .enumerate()
-        .filter(|(_, w)| {
-            w.namespace == ch.from_ns
-                && match &ch.from_labels {
-                    Some(l) => l.iter().all(|(k, v)| w.labels.get(k) == Some(v)),
-                    None => w.kind != "Synthetic" || w.name == "proxy",
-                }
-        })
+        .filter(|(_, w)| w.namespace == ch.from_ns)
         .map(|(i, _)| i)
-        .collect()
+        .collect();
+    let Some(labels) = &ch.from_labels else {
+        return in_ns;
+    };
+    let labelled: Vec<usize> = in_ns
+        .iter()
+        .copied()
+        .filter(|&i| {
+            labels
+                .iter()
+                .all(|(k, v)| c.workloads[i].labels.get(k) == Some(v))
+        })
+        .collect();
+    if !labelled.is_empty() {
+        return labelled;
+    }
+    let named: Vec<usize> = in_ns
+        .iter()
+        .copied()
+        .filter(|&i| c.workloads[i].name.contains("cloudflared"))
+        .collect();
+    if named.is_empty() { in_ns } else { named }
 }
 
 fn describe_side(s: &Side) -> String {

@@ -156,3 +156,14 @@ fn every_rule_is_documented() {
         assert!(doc.contains(&heading), "docs/lint.md lacks `{heading}`");
     }
 }
+
+#[test]
+fn the_connector_is_found_by_name_when_its_labels_differ() {
+    let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cf, namespace: edge}\ndata:\n  config.yaml: |\n    tunnel: t\n    ingress:\n      - hostname: a.example.com\n        service: http://web.shop:80\n      - service: http_status:404\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cloudflared, namespace: edge}\nspec:\n  template:\n    metadata: {labels: {app.kubernetes.io/name: tunnel}}\n    spec: {containers: [{name: c, image: cloudflared}]}\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: out, namespace: edge}\nspec:\n  endpointSelector: {matchLabels: {app.kubernetes.io/name: tunnel}}\n  egress:\n  - toEndpoints: [{matchLabels: {k8s:io.kubernetes.pod.namespace: shop, app: web}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n";
+    assert!(lint(&[("cf.yaml", text)]).findings.is_empty());
+    // The same policy on the wrong port: GH004 on the rule's line (8).
+    let broken = text.replace("\"8080\"", "\"8081\"");
+    let r = lint(&[("cf.yaml", &broken)]);
+    let got: Vec<(&str, usize)> = r.findings.iter().map(|f| (f.rule, f.at.line)).collect();
+    assert_eq!(got, vec![("GH004", 8)], "{:#?}", r.findings);
+}
