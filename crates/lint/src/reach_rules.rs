@@ -191,24 +191,11 @@ fn describe_side(s: &Side) -> String {
     format!("is isolated by {} and no rule admits it", p.join(", "))
 }
 
-pub(crate) fn check(objects: &[Object], out: &mut Vec<Finding>) {
-    namespace_privileges(objects, out);
-    let mut checks = Vec::new();
-    ingress_checks(objects, &mut checks);
-    connector_checks(objects, &mut checks);
-    if checks.is_empty() {
-        return;
-    }
-    let mut cluster = match build_cluster(objects) {
-        Ok(c) => c,
-        Err(e) => {
-            out.push(Finding::new("GH000", e.at.clone(), e.message, None));
-            return;
-        }
-    };
-    // Stand-ins for pods the inputs do not declare.
-    for ch in &checks {
-        if sources(&cluster, ch).is_empty() {
+/// Stand-ins for pods the inputs do not declare: the check's source, and
+/// the backends of a Service that selects no declared workload.
+fn add_stand_ins(cluster: &mut Cluster, checks: &[Check]) {
+    for ch in checks {
+        if sources(cluster, ch).is_empty() {
             let labels = match &ch.from_labels {
                 Some(l) => l.clone(),
                 None => proxy_of_class(&ch.from_ns).map(|p| p.1).unwrap_or_default(),
@@ -254,6 +241,24 @@ pub(crate) fn check(objects: &[Object], out: &mut Vec<Finding>) {
                 .push(synthetic(&svc.namespace, &svc.name, sel, ports));
         }
     }
+}
+
+pub(crate) fn check(objects: &[Object], out: &mut Vec<Finding>) {
+    namespace_privileges(objects, out);
+    let mut checks = Vec::new();
+    ingress_checks(objects, &mut checks);
+    connector_checks(objects, &mut checks);
+    if checks.is_empty() {
+        return;
+    }
+    let mut cluster = match build_cluster(objects) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(Finding::new("GH000", e.at.clone(), e.message, None));
+            return;
+        }
+    };
+    add_stand_ins(&mut cluster, &checks);
     let engine = Engine::new(cluster);
     let c = engine.cluster();
     for ch in &checks {

@@ -448,7 +448,6 @@ impl Engine {
     /// Every allowed connection, netpol-analyzer style, sorted. Workload
     /// pairs include a workload with itself (its replicas talk to each other).
     pub fn list(&self) -> Vec<Connection> {
-        let n = self.cluster.workloads.len();
         let names: Vec<String> = self
             .cluster
             .workloads
@@ -456,6 +455,15 @@ impl Engine {
             .map(Workload::display)
             .collect();
         let mut out = Vec::new();
+        self.list_workload_pairs(&names, &mut out);
+        self.list_external(&names, &mut out);
+        out.sort();
+        out
+    }
+
+    /// Every allowed workload-to-workload connection.
+    fn list_workload_pairs(&self, names: &[String], out: &mut Vec<Connection>) {
+        let n = names.len();
         // Per source: cache of egress outcomes by matching-rule signature.
         let mut egress_cache: Vec<HashMap<(u64, u64), ConnSet>> = vec![HashMap::new(); n];
         let mut in_sig = vec![(0u64, 0u64); n];
@@ -496,38 +504,7 @@ impl Engine {
                 if inn.is_empty() {
                     continue;
                 }
-                let sout = &self.egress[s];
-                let out_conns = if sout.open() {
-                    ConnSet::all()
-                } else if sout.allow.len() <= 64
-                    && sout.deny.len() <= 64
-                    && sout
-                        .allow
-                        .iter()
-                        .chain(&sout.deny)
-                        .all(|&ri| self.rules[ri].named.is_empty())
-                {
-                    let mut sig = (0u64, 0u64);
-                    for (b, &ri) in sout.allow.iter().enumerate() {
-                        if self.rules[ri].pods.get(d) {
-                            sig.0 |= 1 << b;
-                        }
-                    }
-                    for (b, &ri) in sout.deny.iter().enumerate() {
-                        if self.rules[ri].pods.get(d) {
-                            sig.1 |= 1 << b;
-                        }
-                    }
-                    if !sout.isolated_by.is_empty() && sig.0 == 0 {
-                        continue;
-                    }
-                    egress_cache[s]
-                        .entry(sig)
-                        .or_insert_with(|| self.side(sout, dst, dst))
-                        .clone()
-                } else {
-                    self.side(sout, dst, dst)
-                };
+                let out_conns = self.egress_to(s, d, &mut egress_cache[s]);
                 let c = out_conns.intersect(&inn);
                 if !c.is_empty() {
                     out.push(Connection {
@@ -538,6 +515,49 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// What workload `s`'s egress allows towards workload `d`, through a
+    /// cache keyed by which of `s`'s egress rules match `d` (rules with
+    /// named ports depend on `d` itself and bypass the cache).
+    fn egress_to(&self, s: usize, d: usize, cache: &mut HashMap<(u64, u64), ConnSet>) -> ConnSet {
+        let sout = &self.egress[s];
+        let dst = Endpoint::Workload(d);
+        if sout.open() {
+            return ConnSet::all();
+        }
+        let cacheable = sout.allow.len() <= 64
+            && sout.deny.len() <= 64
+            && sout
+                .allow
+                .iter()
+                .chain(&sout.deny)
+                .all(|&ri| self.rules[ri].named.is_empty());
+        if !cacheable {
+            return self.side(sout, dst, dst);
+        }
+        let mut sig = (0u64, 0u64);
+        for (b, &ri) in sout.allow.iter().enumerate() {
+            if self.rules[ri].pods.get(d) {
+                sig.0 |= 1 << b;
+            }
+        }
+        for (b, &ri) in sout.deny.iter().enumerate() {
+            if self.rules[ri].pods.get(d) {
+                sig.1 |= 1 << b;
+            }
+        }
+        if !sout.isolated_by.is_empty() && sig.0 == 0 {
+            return ConnSet::none();
+        }
+        cache
+            .entry(sig)
+            .or_insert_with(|| self.side(sout, dst, dst))
+            .clone()
+    }
+
+    /// Every allowed connection between a workload and outside addresses.
+    fn list_external(&self, names: &[String], out: &mut Vec<Connection>) {
         let ranges = self.external_ranges();
         for (i, name) in names.iter().enumerate() {
             let w = Endpoint::Workload(i);
@@ -575,8 +595,6 @@ impl Engine {
                 });
             }
         }
-        out.sort();
-        out
     }
 
     /// The baseline for `list`: every pair evaluated from the model directly,

@@ -272,7 +272,19 @@ fn validate(c: &Catalog) -> Result<(), CatalogError> {
             format!("expected ExposureCatalog, got {:?}", c.kind),
         ));
     }
-    let s = &c.settings;
+    validate_settings(&c.settings)?;
+    if c.services.is_empty() {
+        return Err(invalid("services", "lists no service"));
+    }
+    let mut names = BTreeSet::new();
+    let mut mesh_hosts = BTreeSet::new();
+    for (i, e) in c.services.iter().enumerate() {
+        validate_exposure(i, e, &mut names, &mut mesh_hosts)?;
+    }
+    Ok(())
+}
+
+fn validate_settings(s: &Settings) -> Result<(), CatalogError> {
     for (path, v) in [
         ("settings.proxyNamespace", &s.proxy_namespace),
         ("settings.connector.namespace", &s.connector.namespace),
@@ -310,98 +322,100 @@ fn validate(c: &Catalog) -> Result<(), CatalogError> {
             }
         }
     }
-    if c.services.is_empty() {
-        return Err(invalid("services", "lists no service"));
+    Ok(())
+}
+
+fn validate_exposure(
+    i: usize,
+    e: &Exposure,
+    names: &mut BTreeSet<(String, String)>,
+    mesh_hosts: &mut BTreeSet<String>,
+) -> Result<(), CatalogError> {
+    let at = format!("services[{i}] ({})", e.name);
+    if !is_dns_label(&e.name) || e.name.len() > 50 {
+        return Err(invalid(
+            &at,
+            "name must be a DNS label of at most 50 characters",
+        ));
     }
-    let mut names = BTreeSet::new();
-    let mut mesh_hosts = BTreeSet::new();
-    for (i, e) in c.services.iter().enumerate() {
-        let at = format!("services[{i}] ({})", e.name);
-        if !is_dns_label(&e.name) || e.name.len() > 50 {
+    if !is_dns_label(&e.namespace) {
+        return Err(invalid(format!("{at}.namespace"), "not a namespace name"));
+    }
+    if !names.insert((e.namespace.clone(), e.name.clone())) {
+        return Err(invalid(&at, "duplicate name in this namespace"));
+    }
+    if let Some(n) = &e.service.name {
+        if !is_dns_label(n) {
+            return Err(invalid(format!("{at}.service.name"), "not a Service name"));
+        }
+    }
+    if e.service.port == 0 {
+        return Err(invalid(format!("{at}.service.port"), "must be 1-65535"));
+    }
+    if let Some(s) = &e.service.scheme {
+        if s != "http" && s != "https" {
             return Err(invalid(
-                &at,
-                "name must be a DNS label of at most 50 characters",
+                format!("{at}.service.scheme"),
+                "must be http or https",
             ));
         }
-        if !is_dns_label(&e.namespace) {
-            return Err(invalid(format!("{at}.namespace"), "not a namespace name"));
+    }
+    match &e.backend.port {
+        PortRef::Number(0) => {
+            return Err(invalid(format!("{at}.backend.port"), "must be 1-65535"));
         }
-        if !names.insert((e.namespace.clone(), e.name.clone())) {
-            return Err(invalid(&at, "duplicate name in this namespace"));
+        PortRef::Name(n) if !is_port_name(n) => {
+            return Err(invalid(
+                format!("{at}.backend.port"),
+                format!("{n:?} is neither a port number nor a port name"),
+            ));
         }
-        if let Some(n) = &e.service.name {
-            if !is_dns_label(n) {
-                return Err(invalid(format!("{at}.service.name"), "not a Service name"));
-            }
+        _ => {}
+    }
+    if let Some(l) = &e.backend.labels {
+        validate_labels(&format!("{at}.backend.labels"), l)?;
+    }
+    if e.private.is_none() && e.public.is_none() {
+        return Err(invalid(&at, "is neither private nor public"));
+    }
+    if let Some(p) = &e.private {
+        let h = mesh_hostname(e, p);
+        if !is_dns_label(&h) {
+            return Err(invalid(
+                format!("{at}.private.hostname"),
+                format!("{h:?} must be a single DNS label"),
+            ));
         }
-        if e.service.port == 0 {
-            return Err(invalid(format!("{at}.service.port"), "must be 1-65535"));
+        if !mesh_hosts.insert(h.clone()) {
+            return Err(invalid(
+                format!("{at}.private.hostname"),
+                format!("{h} is used twice"),
+            ));
         }
-        if let Some(s) = &e.service.scheme {
-            if s != "http" && s != "https" {
+    }
+    if let Some(p) = &e.public {
+        if !is_dns_name(&p.hostname) || !p.hostname.contains('.') {
+            return Err(invalid(
+                format!("{at}.public.hostname"),
+                format!("{:?} is not a fully qualified host name", p.hostname),
+            ));
+        }
+        if p.paths.as_ref().is_some_and(Vec::is_empty) {
+            return Err(invalid(
+                format!("{at}.public.paths"),
+                "is empty: omit it to publish every path",
+            ));
+        }
+        for (j, path) in p.paths.iter().flatten().enumerate() {
+            check_path(path).map_err(|m| invalid(format!("{at}.public.paths[{j}]"), m))?;
+        }
+        for (j, path) in p.deny_paths.iter().enumerate() {
+            check_path(path).map_err(|m| invalid(format!("{at}.public.denyPaths[{j}]"), m))?;
+            if path == "/" {
                 return Err(invalid(
-                    format!("{at}.service.scheme"),
-                    "must be http or https",
+                    format!("{at}.public.denyPaths[{j}]"),
+                    "denying / leaves nothing public",
                 ));
-            }
-        }
-        match &e.backend.port {
-            PortRef::Number(0) => {
-                return Err(invalid(format!("{at}.backend.port"), "must be 1-65535"));
-            }
-            PortRef::Name(n) if !is_port_name(n) => {
-                return Err(invalid(
-                    format!("{at}.backend.port"),
-                    format!("{n:?} is neither a port number nor a port name"),
-                ));
-            }
-            _ => {}
-        }
-        if let Some(l) = &e.backend.labels {
-            validate_labels(&format!("{at}.backend.labels"), l)?;
-        }
-        if e.private.is_none() && e.public.is_none() {
-            return Err(invalid(&at, "is neither private nor public"));
-        }
-        if let Some(p) = &e.private {
-            let h = mesh_hostname(e, p);
-            if !is_dns_label(&h) {
-                return Err(invalid(
-                    format!("{at}.private.hostname"),
-                    format!("{h:?} must be a single DNS label"),
-                ));
-            }
-            if !mesh_hosts.insert(h.clone()) {
-                return Err(invalid(
-                    format!("{at}.private.hostname"),
-                    format!("{h} is used twice"),
-                ));
-            }
-        }
-        if let Some(p) = &e.public {
-            if !is_dns_name(&p.hostname) || !p.hostname.contains('.') {
-                return Err(invalid(
-                    format!("{at}.public.hostname"),
-                    format!("{:?} is not a fully qualified host name", p.hostname),
-                ));
-            }
-            if p.paths.as_ref().is_some_and(Vec::is_empty) {
-                return Err(invalid(
-                    format!("{at}.public.paths"),
-                    "is empty: omit it to publish every path",
-                ));
-            }
-            for (j, path) in p.paths.iter().flatten().enumerate() {
-                check_path(path).map_err(|m| invalid(format!("{at}.public.paths[{j}]"), m))?;
-            }
-            for (j, path) in p.deny_paths.iter().enumerate() {
-                check_path(path).map_err(|m| invalid(format!("{at}.public.denyPaths[{j}]"), m))?;
-                if path == "/" {
-                    return Err(invalid(
-                        format!("{at}.public.denyPaths[{j}]"),
-                        "denying / leaves nothing public",
-                    ));
-                }
             }
         }
     }
