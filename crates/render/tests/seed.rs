@@ -394,3 +394,64 @@ fn rendering_is_deterministic() {
         assert_eq!(a, b);
     }
 }
+
+/// The backend policy the seed's author wrote by hand for a web application
+/// on container port 8080 (public through cloudflared, private through the
+/// Tailscale namespace), transcribed for pdf-tools.
+const HAND_WRITTEN: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: pdf-tools, namespace: pdf-tools}
+spec:
+  endpointSelector:
+    matchLabels: {app: pdf-tools}
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            k8s:io.kubernetes.pod.namespace: cloudflared
+            app: cloudflared
+      toPorts:
+        - ports:
+            - port: \"8080\"
+              protocol: TCP
+    - fromEndpoints:
+        - matchLabels:
+            k8s:io.kubernetes.pod.namespace: tailscale
+      toPorts:
+        - ports:
+            - port: \"8080\"
+              protocol: TCP
+";
+
+#[test]
+fn rendered_backend_policy_is_equivalent_to_the_hand_written_one() {
+    let c = catalog();
+    let w = workloads(Target::Tailscale);
+    let dst = "pdf-tools/pdf-tools[Deployment]";
+    let into = |a: &Analysis| -> Vec<String> {
+        a.engine
+            .list()
+            .into_iter()
+            .filter(|l| l.dst == dst)
+            .map(|l| l.to_string())
+            .collect()
+    };
+    for netpol in [NetpolKind::Cilium, NetpolKind::Kubernetes] {
+        let files = render(&c, Target::Tailscale, netpol, "seed-cluster.yaml");
+        let rendered = analysis(&files, Target::Tailscale);
+        let key = match netpol {
+            NetpolKind::Cilium => "ciliumnetworkpolicy-pdf-tools-pdf-tools-access.yaml",
+            NetpolKind::Kubernetes => "networkpolicy-pdf-tools-pdf-tools-access.yaml",
+        };
+        let mut inputs: Vec<(&str, &str)> = files
+            .iter()
+            .filter(|(n, _)| n.ends_with(".yaml") && n.as_str() != key)
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        inputs.push(("hand-written.yaml", HAND_WRITTEN));
+        inputs.push(("seed-workloads.yaml", &w));
+        let by_hand = Analysis::load(&inputs).unwrap();
+        let (r, h) = (into(&rendered), into(&by_hand));
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r, h, "{netpol:?}");
+    }
+}
