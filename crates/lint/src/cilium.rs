@@ -35,6 +35,13 @@ fn is_cilium_policy(o: &Object) -> Option<bool> {
 }
 
 pub(crate) fn check(objects: &[Object], out: &mut Vec<Finding>) {
+    for o in objects.iter().filter(|o| {
+        o.kind() == Some("NetworkPolicy")
+            && o.api_version()
+                .is_some_and(|a| a.starts_with("networking.k8s.io/"))
+    }) {
+        service_ports(o, objects, out);
+    }
     for o in objects {
         let Some(clusterwide) = is_cilium_policy(o) else {
             continue;
@@ -177,20 +184,86 @@ fn match_labels(sel: Option<&Node>) -> Option<Vec<(String, String)>> {
     Some(out)
 }
 
-/// GH002: a port in an ingress rule equals a Service port of the Services
-/// whose pods the policy selects, while those pods listen elsewhere.
+/// The ports of a policy's ingress rules: Cilium `toPorts[].ports[].port`,
+/// Kubernetes `ports[].port`.
+fn ingress_port_nodes(spec: &Node, cilium: bool) -> Vec<&Node> {
+    let mut out = Vec::new();
+    for rule in spec.get("ingress").and_then(Node::items).unwrap_or(&[]) {
+        if cilium {
+            for tp in rule.get("toPorts").and_then(Node::items).unwrap_or(&[]) {
+                for p in tp.get("ports").and_then(Node::items).unwrap_or(&[]) {
+                    out.extend(p.get("port"));
+                }
+            }
+        } else {
+            for p in rule.get("ports").and_then(Node::items).unwrap_or(&[]) {
+                out.extend(p.get("port"));
+            }
+        }
+    }
+    out
+}
+
+/// The number of container port `name` on the pods (of any workload in
+/// `ns`) that carry every label of `selector`.
+fn named_container_port(
+    objects: &[Object],
+    ns: &str,
+    selector: &[(&str, &str)],
+    name: &str,
+) -> Option<String> {
+    objects
+        .iter()
+        .filter(|o| o.namespace_or_default() == ns)
+        .filter_map(|o| match o.kind() {
+            Some("Pod") => Some(&o.root),
+            Some("Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job") => {
+                o.root.path(&["spec", "template"])
+            }
+            _ => None,
+        })
+        .filter(|pod| {
+            let labels = pod.path(&["metadata", "labels"]);
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get_str(k)) == Some(*v))
+        })
+        .flat_map(|pod| {
+            pod.path(&["spec", "containers"])
+                .and_then(Node::items)
+                .unwrap_or(&[])
+        })
+        .flat_map(|c| c.get("ports").and_then(Node::items).unwrap_or(&[]))
+        .find(|p| p.get_str("name") == Some(name))
+        .and_then(|p| p.get_str("containerPort"))
+        .map(str::to_string)
+}
+
+/// GH002: a port in an ingress rule (Cilium or Kubernetes) equals the port
+/// of a Service whose pods the policy selects, while those pods listen on
+/// another (the Service's `targetPort`, resolved when it is a name).
 fn service_ports(o: &Object, objects: &[Object], out: &mut Vec<Finding>) {
     let ns = o.namespace_or_default();
     let Some(spec) = o.root.get("spec") else {
         return;
     };
-    let Some(subject) = match_labels(spec.get("endpointSelector")) else {
+    let cilium = o.kind() != Some("NetworkPolicy");
+    let selector = if cilium {
+        spec.get("endpointSelector")
+    } else {
+        spec.get("podSelector")
+    };
+    let Some(subject) = match_labels(selector) else {
         return;
     };
     let subject: Vec<(String, String)> = subject
         .into_iter()
         .filter(|(k, _)| k != "io.kubernetes.pod.namespace")
         .collect();
+    let ports = ingress_port_nodes(spec, cilium);
+    if ports.is_empty() {
+        return;
+    }
     for svc in objects
         .iter()
         .filter(|s| s.kind() == Some("Service") && s.namespace_or_default() == ns)
@@ -220,27 +293,33 @@ fn service_ports(o: &Object, objects: &[Object], out: &mut Vec<Finding>) {
                 continue;
             };
             let target = sp.get_str("targetPort").unwrap_or(port);
+            let target = if target.parse::<u16>().is_ok() {
+                target.to_string()
+            } else {
+                match named_container_port(objects, ns, &sel, target) {
+                    Some(n) => n,
+                    None => continue,
+                }
+            };
             if target == port {
                 continue;
             }
-            for rule in spec.get("ingress").and_then(Node::items).unwrap_or(&[]) {
-                for tp in rule.get("toPorts").and_then(Node::items).unwrap_or(&[]) {
-                    for p in tp.get("ports").and_then(Node::items).unwrap_or(&[]) {
-                        if p.get_str("port") == Some(port) {
-                            let at = p.get("port").map_or_else(|| o.at(p), |n| o.at(n));
-                            out.push(Finding::new(
-                                "GH002",
-                                at,
-                                format!(
-                                    "{}: port {port} is the port of Service {ns}/{}; its pods listen on {target}",
-                                    o.describe(),
-                                    svc.name()
-                                ),
-                                Some(format!("use the container port: port: \"{target}\"")),
-                            ));
-                        }
-                    }
-                }
+            for p in ports.iter().filter(|p| p.as_str() == Some(port)) {
+                let fix = if cilium {
+                    format!("use the container port: port: \"{target}\"")
+                } else {
+                    format!("use the container port: port: {target}")
+                };
+                out.push(Finding::new(
+                    "GH002",
+                    o.at(p),
+                    format!(
+                        "{}: port {port} is the port of Service {ns}/{}; its pods listen on {target}",
+                        o.describe(),
+                        svc.name()
+                    ),
+                    Some(fix),
+                ));
             }
         }
     }
