@@ -181,16 +181,26 @@ fn list(a: &ListArgs) -> Result<()> {
     if a.json {
         let v: Vec<serde_json::Value> = conns
             .iter()
-            .map(|c| serde_json::json!({"src": c.src, "dst": c.dst, "conn": c.conns.to_string()}))
+            .map(|c| serde_json::json!({"src": &*c.src, "dst": &*c.dst, "conn": c.conns.to_string()}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let mut out = String::new();
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for c in &conns {
-            out.push_str(&c.to_string());
-            out.push('\n');
+            if let Err(e) = writeln!(out, "{c}") {
+                // A closed pipe (`| head`) is not an error of ours.
+                if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e.into());
+            }
         }
-        print!("{out}");
+        if let Err(e) = out.flush() {
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                return Err(e.into());
+            }
+        }
     }
     Ok(())
 }

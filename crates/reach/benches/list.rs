@@ -172,7 +172,7 @@ fn run_size(workloads: usize, sample: usize) -> BTreeMap<String, f64> {
     // Baseline: uncompiled evaluation of random pairs, checked against list.
     let listed: BTreeMap<(String, String), String> = lines
         .iter()
-        .map(|l| ((l.src.clone(), l.dst.clone()), l.conns.to_string()))
+        .map(|l| ((l.src.to_string(), l.dst.to_string()), l.conns.to_string()))
         .collect();
     let mut rng = Rng(42);
     let n = cluster.workloads.len();

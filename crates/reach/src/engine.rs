@@ -11,6 +11,7 @@ use crate::conns::{ConnSet, IpRanges, Proto, format_range};
 use crate::manifest::Location;
 use crate::model::{Cluster, Entity, Peer, PolicyRef, PortItem, PortVal, Rule, Workload};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// One side of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,12 +132,12 @@ pub struct Verdict {
 /// One line of `reach list`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Connection {
-    /// Source: `ns/name[Kind]` or IP ranges.
-    pub src: String,
+    /// Source: `ns/name[Kind]` or IP ranges (shared between lines).
+    pub src: Arc<str>,
     /// Destination.
-    pub dst: String,
-    /// What is allowed.
-    pub conns: ConnSet,
+    pub dst: Arc<str>,
+    /// What is allowed (shared between lines with the same outcome).
+    pub conns: Arc<ConnSet>,
 }
 
 impl std::fmt::Display for Connection {
@@ -448,11 +449,11 @@ impl Engine {
     /// Every allowed connection, netpol-analyzer style, sorted. Workload
     /// pairs include a workload with itself (its replicas talk to each other).
     pub fn list(&self) -> Vec<Connection> {
-        let names: Vec<String> = self
+        let names: Vec<Arc<str>> = self
             .cluster
             .workloads
             .iter()
-            .map(Workload::display)
+            .map(|w| Arc::from(w.display()))
             .collect();
         let mut out = Vec::new();
         self.list_workload_pairs(&names, &mut out);
@@ -462,16 +463,17 @@ impl Engine {
     }
 
     /// Every allowed workload-to-workload connection.
-    fn list_workload_pairs(&self, names: &[String], out: &mut Vec<Connection>) {
+    fn list_workload_pairs(&self, names: &[Arc<str>], out: &mut Vec<Connection>) {
         let n = names.len();
+        let all = Arc::new(ConnSet::all());
         // Per source: cache of egress outcomes by matching-rule signature.
-        let mut egress_cache: Vec<HashMap<(u64, u64), ConnSet>> = vec![HashMap::new(); n];
+        let mut egress_cache: Vec<HashMap<(u64, u64), Arc<ConnSet>>> = vec![HashMap::new(); n];
         let mut in_sig = vec![(0u64, 0u64); n];
         for d in 0..n {
             let dst = Endpoint::Workload(d);
             let din = &self.ingress[d];
             let in_fast = din.allow.len() <= 64 && din.deny.len() <= 64;
-            let mut in_cache: HashMap<(u64, u64), ConnSet> = HashMap::new();
+            let mut in_cache: HashMap<(u64, u64), Arc<ConnSet>> = HashMap::new();
             if in_fast && !din.open() {
                 in_sig.iter_mut().for_each(|s| *s = (0, 0));
                 for (b, &ri) in din.allow.iter().enumerate() {
@@ -488,7 +490,7 @@ impl Engine {
             for s in 0..n {
                 let src = Endpoint::Workload(s);
                 let inn = if din.open() {
-                    ConnSet::all()
+                    Arc::clone(&all)
                 } else if in_fast {
                     let sig = in_sig[s];
                     if !din.isolated_by.is_empty() && sig.0 == 0 {
@@ -496,20 +498,27 @@ impl Engine {
                     }
                     in_cache
                         .entry(sig)
-                        .or_insert_with(|| self.side(din, src, dst))
+                        .or_insert_with(|| Arc::new(self.side(din, src, dst)))
                         .clone()
                 } else {
-                    self.side(din, src, dst)
+                    Arc::new(self.side(din, src, dst))
                 };
                 if inn.is_empty() {
                     continue;
                 }
-                let out_conns = self.egress_to(s, d, &mut egress_cache[s]);
-                let c = out_conns.intersect(&inn);
+                let out_conns = self.egress_to(s, d, &all, &mut egress_cache[s]);
+                // Share the set when one side allows everything.
+                let c = if out_conns.is_all() {
+                    inn
+                } else if inn.is_all() {
+                    out_conns
+                } else {
+                    Arc::new(out_conns.intersect(&inn))
+                };
                 if !c.is_empty() {
                     out.push(Connection {
-                        src: names[s].clone(),
-                        dst: names[d].clone(),
+                        src: Arc::clone(&names[s]),
+                        dst: Arc::clone(&names[d]),
                         conns: c,
                     });
                 }
@@ -520,11 +529,17 @@ impl Engine {
     /// What workload `s`'s egress allows towards workload `d`, through a
     /// cache keyed by which of `s`'s egress rules match `d` (rules with
     /// named ports depend on `d` itself and bypass the cache).
-    fn egress_to(&self, s: usize, d: usize, cache: &mut HashMap<(u64, u64), ConnSet>) -> ConnSet {
+    fn egress_to(
+        &self,
+        s: usize,
+        d: usize,
+        all: &Arc<ConnSet>,
+        cache: &mut HashMap<(u64, u64), Arc<ConnSet>>,
+    ) -> Arc<ConnSet> {
         let sout = &self.egress[s];
         let dst = Endpoint::Workload(d);
         if sout.open() {
-            return ConnSet::all();
+            return Arc::clone(all);
         }
         let cacheable = sout.allow.len() <= 64
             && sout.deny.len() <= 64
@@ -534,7 +549,7 @@ impl Engine {
                 .chain(&sout.deny)
                 .all(|&ri| self.rules[ri].named.is_empty());
         if !cacheable {
-            return self.side(sout, dst, dst);
+            return Arc::new(self.side(sout, dst, dst));
         }
         let mut sig = (0u64, 0u64);
         for (b, &ri) in sout.allow.iter().enumerate() {
@@ -548,16 +563,16 @@ impl Engine {
             }
         }
         if !sout.isolated_by.is_empty() && sig.0 == 0 {
-            return ConnSet::none();
+            return Arc::new(ConnSet::none());
         }
         cache
             .entry(sig)
-            .or_insert_with(|| self.side(sout, dst, dst))
+            .or_insert_with(|| Arc::new(self.side(sout, dst, dst)))
             .clone()
     }
 
     /// Every allowed connection between a workload and outside addresses.
-    fn list_external(&self, names: &[String], out: &mut Vec<Connection>) {
+    fn list_external(&self, names: &[Arc<str>], out: &mut Vec<Connection>) {
         let ranges = self.external_ranges();
         for (i, name) in names.iter().enumerate() {
             let w = Endpoint::Workload(i);
@@ -582,16 +597,16 @@ impl Engine {
             }
             for (conns, ips) in inbound {
                 out.push(Connection {
-                    src: ips.display(),
-                    dst: name.clone(),
-                    conns,
+                    src: Arc::from(ips.display()),
+                    dst: Arc::clone(name),
+                    conns: Arc::new(conns),
                 });
             }
             for (conns, ips) in outbound {
                 out.push(Connection {
-                    src: name.clone(),
-                    dst: ips.display(),
-                    conns,
+                    src: Arc::clone(name),
+                    dst: Arc::from(ips.display()),
+                    conns: Arc::new(conns),
                 });
             }
         }

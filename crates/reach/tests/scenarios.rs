@@ -71,7 +71,7 @@ fn check_list(name: &str, a: &Analysis, wanted: &[String]) {
         .engine
         .list()
         .iter()
-        .filter(|c| dsts.contains(&c.dst))
+        .filter(|c| dsts.contains(&*c.dst))
         .map(ToString::to_string)
         .collect();
     let want: BTreeSet<String> = wanted.iter().cloned().collect();

@@ -145,9 +145,9 @@ fn reach_proves_each_backend_is_reachable_only_from_the_proxies_and_connector() 
         let lines = a.engine.list();
         let mut into: BTreeMap<&str, BTreeMap<&str, String>> = BTreeMap::new();
         for l in &lines {
-            into.entry(l.dst.as_str())
+            into.entry(&*l.dst)
                 .or_default()
-                .insert(l.src.as_str(), l.conns.to_string());
+                .insert(&*l.src, l.conns.to_string());
         }
         for e in &c.services {
             let dst = format!("{}/{}[Deployment]", e.namespace, e.name);
@@ -167,8 +167,8 @@ fn reach_proves_each_backend_is_reachable_only_from_the_proxies_and_connector() 
         // The connector dials exactly the public backends, DNS and the edge.
         let out: BTreeSet<&str> = lines
             .iter()
-            .filter(|l| l.src == connector)
-            .map(|l| l.dst.as_str())
+            .filter(|l| &*l.src == connector)
+            .map(|l| &*l.dst)
             .collect();
         let mut expected: BTreeSet<String> = c
             .services
@@ -179,8 +179,8 @@ fn reach_proves_each_backend_is_reachable_only_from_the_proxies_and_connector() 
         expected.insert("kube-system/coredns[Deployment]".into());
         let edge = lines
             .iter()
-            .filter(|l| l.src == connector && l.dst.starts_with(|c: char| c.is_ascii_digit()))
-            .map(|l| l.dst.clone())
+            .filter(|l| &*l.src == connector && l.dst.starts_with(|c: char| c.is_ascii_digit()))
+            .map(|l| l.dst.to_string())
             .collect::<Vec<_>>();
         assert_eq!(edge.len(), 1, "{target:?}/{netpol:?}: {edge:?}");
         expected.insert(edge[0].clone());
@@ -194,7 +194,7 @@ fn reach_proves_each_backend_is_reachable_only_from_the_proxies_and_connector() 
         }
         // Nothing connects to the connector.
         assert!(
-            !lines.iter().any(|l| l.dst == connector),
+            !lines.iter().any(|l| &*l.dst == connector),
             "{target:?}/{netpol:?}: something reaches the connector"
         );
     }
@@ -431,7 +431,7 @@ fn rendered_backend_policy_is_equivalent_to_the_hand_written_one() {
         a.engine
             .list()
             .into_iter()
-            .filter(|l| l.dst == dst)
+            .filter(|l| &*l.dst == dst)
             .map(|l| l.to_string())
             .collect()
     };
