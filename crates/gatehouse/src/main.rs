@@ -6,7 +6,11 @@
 
 mod admin_cmd;
 mod control_cmd;
+mod inputs;
+mod lint_cmd;
 mod policy_cmd;
+mod reach_cmd;
+mod render_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -28,6 +32,13 @@ enum Command {
     Control(control_cmd::ControlArgs),
     /// Administer a running control server (users, nodes, keys, OAuth, policy, audit, CA).
     Admin(admin_cmd::AdminArgs),
+    /// Report the known traps in Kubernetes manifests (rule id, file:line, why, fix).
+    Lint(lint_cmd::LintArgs),
+    /// Who can reach what, from Kubernetes manifests and network policies.
+    #[command(subcommand)]
+    Reach(reach_cmd::ReachCommand),
+    /// Generate Ingresses, network policies, connector rules and ACLs from an exposure catalog.
+    Render(render_cmd::RenderArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +47,9 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Control(a) => run_async(control_cmd::run(a)),
         Command::Admin(a) => run_async(admin_cmd::run(a)),
+        Command::Lint(args) => lint_cmd::run(args),
+        Command::Reach(cmd) => reach_cmd::run(cmd),
+        Command::Render(args) => render_cmd::run(args),
     }
 }
 
