@@ -3,7 +3,6 @@
 //! background tasks (key expiry).
 
 use crate::{App, ControlError};
-use axum::Extension;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
@@ -135,7 +134,13 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
                             .peer_certificates()
                             .and_then(|c| c.first())
                             .map(|c| crate::ca::der_fingerprint(c));
-                        let svc = router.layer(Extension(PeerCert(fp)));
+                        // Tag each request with the connection's client certificate
+                        // (cheaper than layering the router per connection).
+                        let peer = PeerCert(fp);
+                        let svc = tower::ServiceExt::map_request(router, move |mut req: http::Request<hyper::body::Incoming>| {
+                            req.extensions_mut().insert(peer.clone());
+                            req
+                        });
                         let svc = hyper_util::service::TowerToHyperService::new(svc);
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                             .serve_connection_with_upgrades(TokioIo::new(tls), svc)
