@@ -415,3 +415,24 @@ async fn pin_mismatch_is_refused() {
         c.info.ca_fingerprint
     );
 }
+
+#[tokio::test]
+async fn keys_expire_on_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = gatehouse_testkit::config(tmp.path());
+    cfg.node_key_lifetime = std::time::Duration::from_secs(3);
+    let c = TestControl::start_with(cfg, Some(tmp)).await;
+    let (mut alice, _g, _b) = three_nodes(&c).await;
+    alice.wait_peers(&["k8s-blog", "k8s-grafana"]).await;
+    // No admin action: the keys reach their expiry and the nodes leave.
+    alice
+        .wait_until("own stream closed at key expiry", |s| s.is_none())
+        .await;
+    let audit = c.admin.audit(50).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "node.expire" && a.actor == "control"),
+        "{audit:#?}"
+    );
+}
