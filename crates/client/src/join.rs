@@ -55,6 +55,25 @@ impl Join {
         if host.is_empty() {
             return Err(fail("missing host"));
         }
+        let valid_host = if hostport.starts_with('[') {
+            host.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            host.parse::<std::net::Ipv4Addr>().is_ok()
+                || host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                })
+        };
+        if !valid_host {
+            return Err(fail(
+                "host is not a DNS name or an IP address ([IPv6] in brackets)",
+            ));
+        }
         let ca_sha256 = match pin {
             None => None,
             Some(p) => {
