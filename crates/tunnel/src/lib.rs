@@ -1,0 +1,11 @@
+//! The Gatehouse connector (`gatehouse tunnel`): it dials one or more edges
+//! from inside the cluster (QUIC, or TLS/TCP with HTTP/2 streams when UDP is
+//! blocked), authenticates with a tunnel token, and answers each tunnel
+//! stream by proxying it to an origin chosen by cloudflared-compatible
+//! ingress rules. It also holds the stream glue the edge shares (frames to
+//! and from HTTP bodies). Path rules, TLS for the public and hostnames are
+//! the edge's.
+
+#![forbid(unsafe_code)]
+
+pub mod ingress;
