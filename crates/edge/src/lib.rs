@@ -8,4 +8,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
+pub mod certs;
+pub mod config;
 pub mod path;
+pub mod proxy;
+mod server;
+pub mod tokens;
+pub mod tunnels;
+
+pub use server::{EdgeError, run};

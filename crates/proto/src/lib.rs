@@ -446,6 +446,17 @@ fn put_headers(out: &mut BytesMut, h: &HeaderMap) -> Result<(), EncodeError> {
     Ok(())
 }
 
+/// The header of a `Data` frame of `len` bytes, for writers that send the
+/// payload without copying it into a frame buffer.
+pub fn data_header(len: usize) -> Result<[u8; HEADER_LEN], EncodeError> {
+    if len > MAX_PAYLOAD {
+        return Err(EncodeError::TooLong("data"));
+    }
+    let mut h = [T_DATA, 0, 0, 0, 0];
+    h[1..].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(h)
+}
+
 /// [`tokio_util::codec`] adapter over [`decode`] and [`encode`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FrameCodec;

@@ -8,4 +8,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod admin;
+pub mod backoff;
+pub mod connector;
 pub mod ingress;
+pub mod origin;
+mod proxy;
+mod reload;
+pub mod stream;
+pub mod tls;
+pub mod transport;
+
+pub use connector::{ConnectorConfig, ConnectorError, Transport, run};
+pub use proxy::TCP_UPGRADE;
