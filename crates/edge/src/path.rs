@@ -32,6 +32,10 @@ pub enum PathError {
     /// `..` climbing above the root.
     #[error("the path climbs above the root")]
     AboveRoot,
+    /// `%25` followed by two hex digits: an escape that a second decoding
+    /// layer would turn into another character.
+    #[error("double percent-encoding in the path")]
+    DoubleEncoding,
     /// A segment ending in `.` or a space, which some origins strip.
     #[error("a path segment ends with '.' or a space")]
     TrailingDot,
@@ -67,7 +71,8 @@ fn is_raw_ok(b: u8) -> bool {
 /// 2. every character allowed raw in an RFC 3986 segment (`pchar` without
 ///    `;`) is written raw, whether it came encoded or not; every other byte
 ///    is percent-encoded with upper-case hex;
-/// 3. control characters, `%2F`, `\` and `%5C`, and `;` are refused;
+/// 3. control characters, `%2F`, `\` and `%5C`, `;`, and double encoding
+///    (`%25` followed by two hex digits) are refused;
 /// 4. empty segments (`//`) are dropped and dot-segments resolved; `..`
 ///    above the root is refused; a trailing `/` is kept;
 /// 5. a segment ending in `.` or space is refused.
@@ -88,7 +93,14 @@ pub fn canonicalize(path: &str) -> Result<String, PathError> {
             ) else {
                 return Err(PathError::BadEscape);
             };
-            decoded.push((h * 16 + l, true));
+            let v = h * 16 + l;
+            if v == b'%'
+                && raw.get(i + 3).copied().and_then(hex).is_some()
+                && raw.get(i + 4).copied().and_then(hex).is_some()
+            {
+                return Err(PathError::DoubleEncoding);
+            }
+            decoded.push((v, true));
             i += 3;
         } else {
             decoded.push((b, false));
@@ -368,6 +380,9 @@ mod tests {
         bad("/a\\b", PathError::Separator);
         bad("/a%5cb", PathError::Separator);
         bad("/admin;x=1", PathError::Parameter);
+        bad("/%2561dmin", PathError::DoubleEncoding);
+        ok("/100%25", "/100%25");
+        ok("/100%25x", "/100%25x");
         bad("/a%3bb", PathError::Parameter);
         bad("/..", PathError::AboveRoot);
         bad("/%2e%2E/", PathError::AboveRoot);

@@ -319,6 +319,8 @@ async fn tcp_conn(
     }
     let hb = side.heartbeat;
     let Ok((sender, conn)) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .adaptive_window(true)
         .keep_alive_interval(Some(hb))
         .keep_alive_timeout(hb * 3)
         .handshake::<_, TunnelBody>(TokioIo::new(s))

@@ -461,6 +461,8 @@ async fn dial_tcp(
     let heartbeat = Duration::from_millis(u64::from(wel.heartbeat_ms.max(100)));
     let server = tokio::spawn(async move {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .adaptive_window(true)
             .keep_alive_interval(Some(heartbeat))
             .keep_alive_timeout(heartbeat * 3)
             .max_concurrent_streams(4096)

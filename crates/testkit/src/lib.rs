@@ -1,0 +1,42 @@
+//! Test harness for Gatehouse's integration tests: a throwaway PKI written to
+//! a temporary directory, real origins on loopback sockets (HTTP echo,
+//! Server-Sent Events, large bodies, WebSocket echo, gRPC over h2c, TCP
+//! echo), child processes that die with the test, and polling with a
+//! deadline. It never fakes the component under test.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
+
+pub mod grpc;
+pub mod origin;
+pub mod pki;
+pub mod process;
+
+use std::time::{Duration, Instant};
+
+/// Polls `f` until it returns `Some`, or panics after `deadline` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A free TCP+UDP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = t.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
