@@ -1,0 +1,163 @@
+//! Availability under load with wrk: one connector killed, a rolling
+//! restart with graceful shutdown, and an edge restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use common::{Stack, http_get, metric};
+use gatehouse_testkit::wait_for;
+use std::time::{Duration, Instant};
+
+const CONNS: u64 = 16;
+
+struct WrkResult {
+    requests: u64,
+    non_2xx: u64,
+    errors: u64,
+    text: String,
+}
+
+/// Runs wrk for `secs` against the edge while `during` runs.
+async fn wrk_during<F: std::future::Future<Output = ()>>(
+    port: u16,
+    secs: u32,
+    during: F,
+) -> WrkResult {
+    let url = format!("https://localhost:{port}/load");
+    let child = tokio::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{CONNS}"),
+            &format!("-d{secs}s"),
+            "--timeout",
+            "20s",
+            "--latency",
+        ])
+        .arg(url)
+        .output();
+    let (out, ()) = tokio::join!(child, during);
+    let text = String::from_utf8_lossy(&out.unwrap().stdout).into_owned();
+    let num = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.trim_end_matches(',').parse().ok())
+            .unwrap_or(0)
+    };
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|r| {
+            r.split(',')
+                .filter_map(|p| p.split_whitespace().last())
+                .filter_map(|n| n.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    WrkResult {
+        requests,
+        non_2xx: num("Non-2xx or 3xx responses:"),
+        errors,
+        text,
+    }
+}
+
+/// Waits until the origin has seen `n` more requests than now.
+async fn origin_progress(s: &Stack, n: usize) {
+    let start = s.origin.seen().len();
+    wait_for(
+        "load reaching the origin",
+        Duration::from_secs(30),
+        || async move { (s.origin.seen().len() >= start + n).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_rolling_restart_and_edge_restart() {
+    let mut s = Stack::new().await;
+    s.start_edge().await;
+    s.start_connector(0, "quic").await;
+    s.start_connector(1, "quic").await;
+    let r = tokio::time::timeout(Duration::from_secs(240), scenario(&mut s)).await;
+    if r.is_err() {
+        s.dump();
+        panic!("failover scenario timed out");
+    }
+}
+
+async fn scenario(s: &mut Stack) {
+    // 1. Kill one connector (SIGKILL) under load: at most the requests in
+    //    flight on it may fail (wrk has CONNS requests in flight in all).
+    let port = s.https.port();
+    let r = wrk_during(port, 4, async {
+        origin_progress(s, 200).await;
+        s.connectors[0].0.signal("KILL");
+    })
+    .await;
+    eprintln!("kill under load:\n{}", r.text);
+    assert!(r.requests > 200, "{}", r.text);
+    assert!(
+        r.non_2xx + r.errors <= CONNS,
+        "more failures than requests in flight:\n{}",
+        r.text
+    );
+    // 2. Rolling restart with graceful shutdown: zero failures.
+    s.start_connector(0, "quic").await;
+    let r = wrk_during(port, 6, async {
+        origin_progress(s, 200).await;
+        for i in [1, 0] {
+            s.connectors[i].0.signal("TERM");
+            let exited = tokio::task::block_in_place(|| s.connectors[i].0.wait());
+            assert!(exited, "connector {i} did not exit cleanly");
+            // Replace it before draining the other one.
+            let cmd = s.connector_cmd(&s.token.clone(), "quic", s.connectors[i].1);
+            s.connectors[i].0 =
+                gatehouse_testkit::process::Proc::start(&format!("connector{i}b"), s.path(), cmd);
+            s.wait_connections(i, 2).await;
+        }
+        origin_progress(s, 100).await;
+    })
+    .await;
+    eprintln!("rolling restart under load:\n{}", r.text);
+    assert!(r.requests > 300, "{}", r.text);
+    assert_eq!(
+        (r.non_2xx, r.errors),
+        (0, 0),
+        "failures during a rolling restart:\n{}",
+        r.text
+    );
+    // 3. Restart the edge: connectors reconnect on their own.
+    let mut edge = s.edge.take().unwrap();
+    edge.signal("TERM");
+    assert!(
+        tokio::task::block_in_place(|| edge.wait()),
+        "edge did not exit cleanly"
+    );
+    let down = Instant::now();
+    s.start_edge().await;
+    let up = Instant::now();
+    for i in 0..2 {
+        s.wait_connections(i, 2).await;
+    }
+    let reconnected = up.elapsed();
+    eprintln!(
+        "edge restart: down for {:?}, all connectors reconnected {:?} after the new edge listened",
+        up - down,
+        reconnected
+    );
+    let m = http_get(s.admin, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(&m, "gatehouse_edge_tunnel_connections"),
+        Some(4.0),
+        "{m}"
+    );
+    assert_eq!(s.get("localhost", "/after-restart", &[]).await.0, 200);
+}
