@@ -4,7 +4,7 @@
 //! string (ignoring ASCII case) and the origin receives exactly that string,
 //! so the edge and the origin cannot disagree about which path was asked for.
 //! What cannot be put in canonical form safely is refused (HTTP 400).
-//! The decisions are written down in `docs/decisions/0005-canonical-paths.md`.
+//! The decisions are written down in `docs/decisions/0006-canonical-paths.md`.
 
 use std::fmt;
 

@@ -182,7 +182,12 @@ impl std::fmt::Debug for TunnelSide {
 }
 
 impl TunnelSide {
-    fn check(&self, token: &str, peer: SocketAddr) -> Result<String, String> {
+    fn check(&self, hello: &gatehouse_proto::Hello, peer: SocketAddr) -> Result<String, String> {
+        if hello.version != gatehouse_proto::VERSION {
+            warn!(%peer, version = hello.version, "tunnel connection refused: unsupported protocol version");
+            return Err(format!("unsupported protocol version {}", hello.version));
+        }
+        let token = hello.token.as_str();
         let res = match self.tokens.read() {
             Ok(g) => g.verify(token),
             Err(p) => p.into_inner().verify(token),
@@ -235,7 +240,7 @@ async fn quic_conn(side: Arc<TunnelSide>, conn: quinn::Connection, peer: SocketA
         conn.close(quinn::VarInt::from_u32(CLOSE_PROTOCOL), b"handshake");
         return;
     };
-    let tunnel = match side.check(&hello.token, peer) {
+    let tunnel = match side.check(&hello, peer) {
         Ok(t) => t,
         Err(msg) => {
             let _ = w.send(&Frame::Refused(msg)).await;
@@ -303,7 +308,7 @@ async fn tcp_conn(
         Ok(Err(e)) => return debug!(error = e, "tunnel handshake failed"),
         Err(_) => return debug!("tunnel handshake timed out"),
     };
-    let tunnel = match side.check(&hello.token, peer) {
+    let tunnel = match side.check(&hello, peer) {
         Ok(t) => t,
         Err(msg) => {
             let _ = transport::write_raw(&mut s, &Frame::Refused(msg)).await;
