@@ -217,7 +217,15 @@ async fn serve_https(
                 let public = public.clone();
                 async move { Ok::<_, std::convert::Infallible>(public.handle(req, peer, "https").await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Slow clients may not hold a connection open without sending a head.
+            b.http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            b.http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(256);
+            let _ = b
                 .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                 .await;
         });

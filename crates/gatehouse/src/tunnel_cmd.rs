@@ -9,7 +9,6 @@ use gatehouse_tunnel::{ConnectorConfig, Transport};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
 pub enum TunnelCommand {
@@ -107,6 +106,9 @@ pub struct RunArgs {
     /// Longest delay between reconnection attempts.
     #[arg(long, default_value = "2s")]
     max_retry_delay: String,
+    /// Longest wait for a connection's handshake (then, in auto mode, TLS/TCP is tried).
+    #[arg(long, default_value = "5s")]
+    handshake_timeout: String,
 }
 
 pub fn run(cmd: TunnelCommand) -> ExitCode {
@@ -219,7 +221,8 @@ fn run_connector(a: RunArgs) -> Result<ExitCode> {
                 .map_err(|e| anyhow!("--max-retry-delay: {e}"))?,
             ..Backoff::default()
         },
-        handshake_timeout: Duration::from_secs(5),
+        handshake_timeout: parse_duration(&a.handshake_timeout)
+            .map_err(|e| anyhow!("--handshake-timeout: {e}"))?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(gatehouse_tunnel::run(

@@ -161,3 +161,48 @@ async fn scenario(s: &mut Stack) {
     );
     assert_eq!(s.get("localhost", "/after-restart", &[]).await.0, 200);
 }
+
+/// With UDP to the edge swallowed, `--transport auto` connects over TLS/TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_transport_falls_back_to_tcp_when_udp_is_blocked() {
+    let mut s = Stack::new().await;
+    s.start_edge().await;
+    // A port whose UDP side drops everything and whose TCP side forwards to
+    // the edge's tunnel port.
+    let blackhole = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let edge_tunnel = s.tunnel;
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while blackhole.recv_from(&mut buf).await.is_ok() {}
+    });
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = tcp.accept().await {
+            tokio::spawn(async move {
+                let mut b = tokio::net::TcpStream::connect(edge_tunnel).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+            });
+        }
+    });
+    s.tunnel = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], gatehouse_testkit::free_port()));
+    let mut cmd = s.connector_cmd(&s.token.clone(), "auto", metrics);
+    cmd.args(["--handshake-timeout", "1s"]);
+    let p = gatehouse_testkit::process::Proc::start("connector-auto", s.path(), cmd);
+    s.connectors.push((p, metrics));
+    s.wait_connections(0, 2).await;
+    let (code, body) = s.get("app.test", "/via-fallback", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let log = s.connectors[0].0.output();
+    assert!(
+        log.contains("\"transport\":\"tcp\""),
+        "connected over TCP: {log}"
+    );
+    assert!(
+        !log.contains("\"transport\":\"quic\""),
+        "QUIC cannot have connected: {log}"
+    );
+}
