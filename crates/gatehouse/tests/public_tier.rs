@@ -35,6 +35,7 @@ async fn public_tier_end_to_end() {
 async fn checks(s: &mut Stack) {
     routing_and_headers(s).await;
     path_rules(s).await;
+    origin_kinds(s).await;
     bypass_corpus(s).await;
     websocket(s).await;
     sse(s).await;
@@ -157,6 +158,31 @@ async fn total_connector_requests(s: &Stack) -> f64 {
         .unwrap();
     }
     n
+}
+
+/// HTTPS origins with `caPool` + `originServerName` + `httpHostHeader`, with
+/// `noTLSVerify`, and with neither (refused); an origin on a Unix socket.
+async fn origin_kinds(s: &Stack) {
+    let (code, body) = s.get("misc.test", "/secure/x", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("origin=tls\n") && body.contains("host=backend.internal\n"),
+        "{body}"
+    );
+    let (code, body) = s.get("misc.test", "/insecure", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("origin=tls\n"), "{body}");
+    assert_eq!(
+        s.get("misc.test", "/strict", &[]).await.0,
+        502,
+        "unverifiable origin certificate"
+    );
+    let (code, body) = s.get("misc.test", "/unix/y?z=1", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("origin=unix\n") && body.contains("target=/unix/y?z=1\n"),
+        "{body}"
+    );
 }
 
 async fn path_rules(s: &Stack) {

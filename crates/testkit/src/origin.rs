@@ -36,31 +36,82 @@ pub struct HttpOrigin {
 }
 
 impl HttpOrigin {
-    /// Starts an origin on 127.0.0.1.
-    pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let o = Self {
-            addr: listener.local_addr().unwrap(),
+    fn new(name: &str, addr: SocketAddr) -> Self {
+        Self {
+            addr,
             seen: Arc::default(),
             sse: Arc::new(Notify::new()),
             name: name.to_owned(),
-        };
+        }
+    }
+
+    fn serve<IO>(&self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let me = me.clone();
+                async move { Ok::<_, std::convert::Infallible>(me.answer(req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                .await;
+        });
+    }
+
+    /// Starts an origin on 127.0.0.1.
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let o = Self::new(name, listener.local_addr().unwrap());
         let me = o.clone();
         tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let me = me.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let me = me.clone();
-                        async move { Ok::<_, std::convert::Infallible>(me.answer(req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                        .await;
-                });
+            while let Ok((tcp, _)) = listener.accept().await {
+                me.serve(tcp);
+            }
+        });
+        o
+    }
+
+    /// Starts an HTTPS origin on 127.0.0.1 with the given certificate.
+    pub async fn start_tls(name: &str, leaf: &crate::pki::Leaf) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&leaf.cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let o = Self::new(name, listener.local_addr().unwrap());
+        let me = o.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    me.serve(tls);
+                }
+            }
+        });
+        o
+    }
+
+    /// Starts an origin on a Unix socket.
+    pub async fn start_unix(name: &str, path: &std::path::Path) -> Self {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let o = Self::new(name, SocketAddr::from(([127, 0, 0, 1], 0)));
+        let me = o.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                me.serve(s);
             }
         });
         o

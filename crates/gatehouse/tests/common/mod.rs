@@ -35,6 +35,8 @@ pub struct Stack {
     pub edge: Option<Proc>,
     pub connectors: Vec<(Proc, SocketAddr)>,
     pub origin: HttpOrigin,
+    pub tls_origin: HttpOrigin,
+    pub unix_socket: PathBuf,
     pub grpc: SocketAddr,
     pub tcp: SocketAddr,
     pub hosts: Vec<&'static str>,
@@ -56,6 +58,9 @@ impl Stack {
         let site = pki.leaf(HOSTS);
         let edge_leaf = pki.leaf(&["edge.test"]);
         let origin = HttpOrigin::start("app").await;
+        let tls_origin = HttpOrigin::start_tls("tls", &pki.leaf(&["origin.internal"])).await;
+        let unix_socket = dir.path().join("origin.sock");
+        HttpOrigin::start_unix("unix", &unix_socket).await;
         let grpc = gatehouse_testkit::grpc::origin().await;
         let tcp = gatehouse_testkit::origin::tcp_echo().await;
         let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -88,6 +93,8 @@ impl Stack {
             edge: None,
             connectors: Vec::new(),
             origin,
+            tls_origin,
+            unix_socket,
             grpc,
             tcp,
             hosts: HOSTS.to_vec(),
@@ -128,10 +135,23 @@ impl Stack {
 
     pub fn write_conn_cfg(&self, teapot: u16) {
         let y = format!(
-            "tunnel: t1\ningress:\n  - hostname: app.test\n    path: ^/teapot\n    service: http_status:{teapot}\n  - hostname: app.test\n    service: http://{}\n  - hostname: localhost\n    service: http://{}\n  - hostname: grpc.test\n    service: http://{}\n    originRequest:\n      http2Origin: true\n  - hostname: tcp.test\n    service: tcp://{}\n  - service: http_status:503\n",
-            self.origin.addr, self.origin.addr, self.grpc, self.tcp
+            "tunnel: t1\ningress:\n  - hostname: app.test\n    path: ^/teapot\n    service: http_status:{teapot}\n  - hostname: app.test\n    service: http://{}\n  - hostname: localhost\n    service: http://{}\n  - hostname: grpc.test\n    service: http://{}\n    originRequest:\n      http2Origin: true\n  - hostname: tcp.test\n    service: tcp://{}\n{}  - service: http_status:503\n",
+            self.origin.addr,
+            self.origin.addr,
+            self.grpc,
+            self.tcp,
+            self.misc_rules()
         );
         std::fs::write(&self.conn_cfg, y).unwrap();
+    }
+
+    fn misc_rules(&self) -> String {
+        let tls = self.tls_origin.addr;
+        format!(
+            "  - hostname: misc.test\n    path: ^/secure\n    service: https://{tls}\n    originRequest: {{caPool: {}, originServerName: origin.internal, httpHostHeader: backend.internal}}\n  - hostname: misc.test\n    path: ^/insecure\n    service: https://{tls}\n    originRequest: {{noTLSVerify: true}}\n  - hostname: misc.test\n    path: ^/strict\n    service: https://{tls}\n  - hostname: misc.test\n    path: ^/unix\n    service: unix:{}\n",
+            self.pki.ca.display(),
+            self.unix_socket.display()
+        )
     }
 
     pub async fn start_edge(&mut self) {
