@@ -4,6 +4,7 @@
 use crate::config::Route;
 use crate::path::{Action, canonicalize};
 use crate::tunnels::Registry;
+use bytes::Bytes;
 use gatehouse_proto::{Frame, RequestHead, ResponseHead};
 use gatehouse_tunnel::stream::{
     FrameReader, FrameWriter, TunnelBody, bridge, empty, full, is_upgrade, pump_body,
@@ -41,6 +42,38 @@ pub struct Public {
     pub registry: Arc<Registry>,
     /// Metrics.
     pub metrics: ProxyMetrics,
+    /// Requests whose response has not ended yet.
+    pub inflight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A response body that counts as in flight until it ends or is dropped.
+struct Tracked {
+    inner: TunnelBody,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = gatehouse_tunnel::stream::BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn page(status: StatusCode, title: &str, detail: &str, request_id: &str) -> Response<TunnelBody> {
@@ -91,6 +124,9 @@ impl Public {
         let host = request_host(&req).unwrap_or_default();
         let span = info_span!("request", id = %id, host = %host, method = %req.method(), path = %req.uri().path());
         let started = std::time::Instant::now();
+        self.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let count = self.inflight.clone();
         let resp = self
             .route(req, peer, scheme, &host, &id)
             .instrument(span.clone())
@@ -107,7 +143,7 @@ impl Public {
                 "request"
             )
         });
-        resp
+        resp.map(|inner| http_body_util::BodyExt::boxed_unsync(Tracked { inner, count }))
     }
 
     async fn route(

@@ -45,6 +45,9 @@ pub enum EdgeError {
     Rustls(#[from] rustls::Error),
 }
 
+/// How long in-flight public requests may run after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
     TcpListener::bind(addr)
         .await
@@ -68,6 +71,7 @@ pub async fn run(
         routes: RwLock::new(Arc::new(routes)),
         registry: registry.clone(),
         metrics: Default::default(),
+        inflight: Default::default(),
     });
     let http01 = Arc::new(Http01::default());
     let side = Arc::new(TunnelSide {
@@ -112,9 +116,11 @@ pub async fn run(
     let https = bind(cfg.listen.https).await?;
     let acceptor =
         tokio_rustls::TlsAcceptor::from(Arc::new(crate::certs::server_config(store.clone())?));
-    tasks.spawn(serve_https(https, acceptor, public.clone()));
+    let mut listeners = tokio::task::JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    listeners.spawn(serve_https(https, acceptor, public.clone(), stop_rx));
     if let Some(addr) = cfg.listen.http {
-        tasks.spawn(serve_http(
+        listeners.spawn(serve_http(
             bind(addr).await?,
             public.clone(),
             http01.clone(),
@@ -171,6 +177,21 @@ pub async fn run(
     info!(https = %cfg.listen.https, tunnel = %cfg.listen.tunnel, "edge ready");
 
     shutdown.await;
+    // Stop taking requests, let those in flight finish, then close tunnels.
+    listeners.abort_all();
+    let _ = stop_tx.send(true);
+    let inflight = public.inflight.clone();
+    let drained = async {
+        while inflight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        tracing::warn!(
+            inflight = public.inflight.load(std::sync::atomic::Ordering::Relaxed),
+            "grace period over with requests in flight"
+        );
+    }
     info!("edge shutting down: closing tunnel connections");
     registry.close_all();
     endpoint.close(
@@ -195,6 +216,7 @@ async fn serve_https(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     public: Arc<Public>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
@@ -203,6 +225,7 @@ async fn serve_https(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let public = public.clone();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -225,9 +248,16 @@ async fn serve_https(
             b.http2()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .max_concurrent_streams(256);
-            let _ = b
-                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                .await;
+            let conn = b.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    // Finish the requests in flight; refuse new ones.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
         });
     }
 }

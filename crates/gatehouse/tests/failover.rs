@@ -134,9 +134,34 @@ async fn scenario(s: &mut Stack) {
         "failures during a rolling restart:\n{}",
         r.text
     );
-    // 3. Restart the edge: connectors reconnect on their own.
+    // 3. Restart the edge: a response in flight finishes, new connections
+    //    are refused, then connectors reconnect to the new edge on their own.
+    let mut sse = open_sse(s).await;
     let mut edge = s.edge.take().unwrap();
     edge.signal("TERM");
+    let https = s.https;
+    wait_for(
+        "edge refusing new connections",
+        Duration::from_secs(10),
+        || async move {
+            tokio::net::TcpStream::connect(https)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    s.origin.release_sse();
+    let mut rest = String::new();
+    while let Some(f) = http_body_util::BodyExt::frame(&mut sse).await {
+        if let Some(d) = f
+            .expect("in-flight response cut by the edge shutdown")
+            .data_ref()
+        {
+            rest += &String::from_utf8_lossy(d);
+        }
+    }
+    assert_eq!(rest, "data: second\n\n");
     assert!(
         tokio::task::block_in_place(|| edge.wait()),
         "edge did not exit cleanly"
@@ -205,4 +230,35 @@ async fn auto_transport_falls_back_to_tcp_when_udp_is_blocked() {
         !log.contains("\"transport\":\"quic\""),
         "QUIC cannot have connected: {log}"
     );
+}
+
+/// Starts an SSE response through the edge and reads its first event.
+async fn open_sse(s: &Stack) -> hyper::body::Incoming {
+    let tcp = tokio::net::TcpStream::connect(s.https).await.unwrap();
+    let tls =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(s.pki.client_config(&[b"http/1.1"])))
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/sse")
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    let mut got = String::new();
+    while !got.contains("data: first\n\n") {
+        let f = http_body_util::BodyExt::frame(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
+        got += &String::from_utf8_lossy(f.data_ref().unwrap());
+    }
+    body
 }
