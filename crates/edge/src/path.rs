@@ -93,14 +93,7 @@ pub fn canonicalize(path: &str) -> Result<String, PathError> {
             ) else {
                 return Err(PathError::BadEscape);
             };
-            let v = h * 16 + l;
-            if v == b'%'
-                && raw.get(i + 3).copied().and_then(hex).is_some()
-                && raw.get(i + 4).copied().and_then(hex).is_some()
-            {
-                return Err(PathError::DoubleEncoding);
-            }
-            decoded.push((v, true));
+            decoded.push((h * 16 + l, true));
             i += 3;
         } else {
             decoded.push((b, false));
@@ -108,6 +101,13 @@ pub fn canonicalize(path: &str) -> Result<String, PathError> {
         }
     }
     let bytes: Vec<u8> = decoded.iter().map(|(b, _)| *b).collect();
+    // A `%` (necessarily from `%25`) followed by two hex digits, however
+    // they were written, is an escape a second decoding would act on.
+    for w in bytes.windows(3) {
+        if w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some() {
+            return Err(PathError::DoubleEncoding);
+        }
+    }
     if std::str::from_utf8(&bytes).is_err() {
         return Err(PathError::NotUtf8);
     }
@@ -381,6 +381,8 @@ mod tests {
         bad("/a%5cb", PathError::Separator);
         bad("/admin;x=1", PathError::Parameter);
         bad("/%2561dmin", PathError::DoubleEncoding);
+        bad("/%25%36%31dmin", PathError::DoubleEncoding);
+        bad("/ad.%251/ad.d.%251%341%251", PathError::DoubleEncoding);
         ok("/100%25", "/100%25");
         ok("/100%25x", "/100%25x");
         bad("/a%3bb", PathError::Parameter);
