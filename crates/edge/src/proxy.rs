@@ -254,7 +254,16 @@ impl Public {
                     continue;
                 }
             };
-            if let Err(e) = w.send(&Frame::RequestHead(head.clone())).await {
+            let sent = if no_body && !upgrade {
+                // Head and end of stream in one write.
+                w.queue(&Frame::RequestHead(head.clone()))
+            } else if upgrade {
+                w.send(&Frame::RequestHead(head.clone())).await
+            } else {
+                // The body pump flushes the head with the first bytes.
+                w.queue(&Frame::RequestHead(head.clone()))
+            };
+            if let Err(e) = sent {
                 last_err = e.to_string();
                 continue;
             }

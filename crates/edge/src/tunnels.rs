@@ -34,6 +34,7 @@ pub struct LiveConn {
     pub connector: String,
     kind: Kind,
     draining: AtomicBool,
+    dead: AtomicBool,
     closed: tokio::sync::Notify,
 }
 
@@ -62,15 +63,12 @@ impl LiveConn {
     }
 
     fn usable(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && match &self.kind {
-                Kind::Quic(c) => c.close_reason().is_none(),
-                Kind::H2 { sender, .. } => !sender.is_closed(),
-            }
+        !self.draining.load(Ordering::Relaxed) && !self.dead.load(Ordering::Relaxed)
     }
 
     /// Closes the connection.
     pub fn close(&self, code: u32, reason: &str) {
+        self.dead.store(true, Ordering::Relaxed);
         match &self.kind {
             Kind::Quic(c) => c.close(quinn::VarInt::from_u32(code), reason.as_bytes()),
             Kind::H2 { task, .. } => task.abort(),
@@ -103,12 +101,12 @@ impl Registry {
     pub fn pick(&self, tunnel: &str) -> Option<Arc<LiveConn>> {
         let g = self.conns.read().ok()?;
         let list = g.get(tunnel)?;
-        let usable: Vec<&Arc<LiveConn>> = list.iter().filter(|c| c.usable()).collect();
-        if usable.is_empty() {
+        let usable = list.iter().filter(|c| c.usable()).count();
+        if usable == 0 {
             return None;
         }
-        let n = self.rr.fetch_add(1, Ordering::Relaxed);
-        Some(usable[n % usable.len()].clone())
+        let n = self.rr.fetch_add(1, Ordering::Relaxed) % usable;
+        list.iter().filter(|c| c.usable()).nth(n).cloned()
     }
 
     /// Number of live connections of every tunnel.
@@ -261,6 +259,7 @@ async fn quic_conn(side: Arc<TunnelSide>, conn: quinn::Connection, peer: SocketA
         connector: hello.connector_id,
         kind: Kind::Quic(conn.clone()),
         draining: AtomicBool::new(false),
+        dead: AtomicBool::new(false),
         closed: tokio::sync::Notify::new(),
     });
     let closed = async move {
@@ -351,6 +350,7 @@ async fn tcp_conn(
             task: task.abort_handle(),
         },
         draining: AtomicBool::new(false),
+        dead: AtomicBool::new(false),
         closed: tokio::sync::Notify::new(),
     });
     let closed = async move {

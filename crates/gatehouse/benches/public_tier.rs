@@ -334,7 +334,7 @@ async fn full_run() {
         "proxy",
         "auto",
         format!(
-            " upstream o {{ server {origin}; keepalive 64; }}\n server {{ listen {proxy} ssl; http2 on; ssl_certificate {}; ssl_certificate_key {}; keepalive_requests 1000000; location / {{ proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }} }}",
+            " upstream o {{ server {origin}; keepalive 64; }}\n server {{ listen {proxy} ssl http2; ssl_certificate {}; ssl_certificate_key {}; keepalive_requests 1000000; location / {{ proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }} }}",
             site.cert.display(),
             site.key.display()
         ),

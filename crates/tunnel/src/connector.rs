@@ -370,17 +370,15 @@ async fn dial_quic(
         transport = "quic",
         "tunnel connection registered"
     );
-    let (tx, rx) = mpsc::channel(256);
+    let sink = StreamSink::new(shared.clone());
     let accept_conn = conn.clone();
+    let acceptor_sink = sink.clone();
     let acceptor = tokio::spawn(async move {
         while let Ok((send, recv)) = accept_conn.accept_bi().await {
-            let pair = (
+            acceptor_sink.spawn(
                 FrameWriter::new(Box::new(send)),
                 FrameReader::new(Box::new(recv)),
             );
-            if tx.send(pair).await.is_err() {
-                break;
-            }
         }
     });
     let close_conn = conn.clone();
@@ -388,7 +386,7 @@ async fn dial_quic(
         let c = conn.clone();
         async move { c.closed().await.to_string() }
     };
-    let ended = serve(shared, wel, w, r, rx, stop, closed, move || {
+    let ended = serve(shared, wel, w, r, &sink, stop, closed, move || {
         close_conn.close(quinn::VarInt::from_u32(CLOSE_DRAINED), b"drained");
     })
     .await;
@@ -433,10 +431,11 @@ async fn dial_tcp(
         transport = "tcp",
         "tunnel connection registered"
     );
-    let (tx, rx) = mpsc::channel(256);
+    let sink = StreamSink::new(shared.clone());
+    let svc_sink = sink.clone();
     let (ctrl_tx, ctrl_rx) = mpsc::channel(1);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let tx = tx.clone();
+        let sink = svc_sink.clone();
         let ctrl_tx = ctrl_tx.clone();
         async move {
             let path = req.uri().path().to_owned();
@@ -447,7 +446,10 @@ async fn dial_tcp(
             );
             let ok = match path.as_str() {
                 transport::H2_CONTROL_PATH => ctrl_tx.try_send(pair).is_ok(),
-                transport::H2_STREAM_PATH => tx.send(pair).await.is_ok(),
+                transport::H2_STREAM_PATH => {
+                    sink.spawn(pair.0, pair.1);
+                    true
+                }
                 _ => false,
             };
             let mut resp = Response::new(body);
@@ -490,7 +492,7 @@ async fn dial_tcp(
             Err(e) => e.to_string(),
         }
     };
-    let ended = serve(shared, wel, w, r, rx, stop, closed, move || {
+    let ended = serve(shared, wel, w, r, &sink, stop, closed, move || {
         let _ = close_tx.try_send(());
     })
     .await;
@@ -508,7 +510,7 @@ async fn serve(
     wel: gatehouse_proto::Welcome,
     mut ctrl_w: FrameWriter,
     mut ctrl_r: FrameReader,
-    mut streams: mpsc::Receiver<(FrameWriter, FrameReader)>,
+    sink: &StreamSink,
     mut stop: watch::Receiver<bool>,
     closed: impl std::future::Future<Output = String>,
     close: impl FnOnce(),
@@ -516,29 +518,17 @@ async fn serve(
     shared.live.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections.inc();
     let heartbeat = Duration::from_millis(u64::from(wel.heartbeat_ms.max(100)));
-    let inflight = Arc::new(AtomicUsize::new(0));
+    let inflight = sink.inflight.clone();
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut nonce = 0u64;
-    let mut draining: Option<(Instant, bool, Instant)> = None; // (deadline, acked, last stream)
+    let mut draining: Option<(Instant, bool)> = None; // (deadline, acked)
     let mut drain_tick = tokio::time::interval(Duration::from_millis(50));
     tokio::pin!(closed);
     let ended = loop {
         tokio::select! {
             why = &mut closed => break Ended::Lost(why),
-            s = streams.recv() => {
-                let Some((w, r)) = s else { break Ended::Lost("stream acceptor ended".into()) };
-                if let Some(d) = draining.as_mut() {
-                    d.2 = Instant::now();
-                }
-                let guard = InflightGuard::new(inflight.clone());
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    proxy::handle_stream(&shared, w, r).await;
-                });
-            }
             f = ctrl_r.next() => match f {
                 Ok(Some(Frame::Pong(_))) => last_heard = Instant::now(),
                 Ok(Some(Frame::Ping(n))) => {
@@ -568,15 +558,15 @@ async fn serve(
             }
             _ = stop.changed(), if draining.is_none() => {
                 let now = Instant::now();
-                draining = Some((now + shared.cfg.grace_period, false, now));
+                draining = Some((now + shared.cfg.grace_period, false));
                 if ctrl_w.send(&Frame::GoAway).await.is_err() {
                     break Ended::Drained;
                 }
             }
             _ = drain_tick.tick(), if draining.is_some() => {
-                if let Some((deadline, acked, last_stream)) = draining {
+                if let Some((deadline, acked)) = draining {
                     let idle = inflight.load(Ordering::Relaxed) == 0
-                        && last_stream.elapsed() > Duration::from_millis(200);
+                        && sink.quiet_for() > Duration::from_millis(200);
                     if (acked && idle) || Instant::now() > deadline {
                         if !idle {
                             warn!(inflight = inflight.load(Ordering::Relaxed), "grace period over with requests in flight");
@@ -594,6 +584,44 @@ async fn serve(
         info!("tunnel connection drained");
     }
     ended
+}
+
+/// Starts a handler task for each request stream and keeps the counts the
+/// drain needs: requests in flight and the time of the last new stream.
+#[derive(Clone)]
+struct StreamSink {
+    shared: Arc<Shared>,
+    inflight: Arc<AtomicUsize>,
+    epoch: Instant,
+    last_stream_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StreamSink {
+    fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            inflight: Arc::default(),
+            epoch: Instant::now(),
+            last_stream_ms: Arc::default(),
+        }
+    }
+
+    fn spawn(&self, w: FrameWriter, r: FrameReader) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_stream_ms.store(ms, Ordering::Relaxed);
+        let guard = InflightGuard::new(self.inflight.clone());
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            proxy::handle_stream(&shared, w, r).await;
+        });
+    }
+
+    /// Time since the last new stream.
+    fn quiet_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_stream_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
 }
 
 struct InflightGuard(Arc<AtomicUsize>);

@@ -58,12 +58,10 @@ async fn respond(w: &mut FrameWriter, status: StatusCode, body: &str) {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    let _ = w
-        .send(&Frame::ResponseHead(ResponseHead { status, headers }))
-        .await;
+    let _ = w.queue(&Frame::ResponseHead(ResponseHead { status, headers }));
     if !body.is_empty() {
         let _ = w
-            .send_data(bytes::Bytes::copy_from_slice(body.as_bytes()))
+            .queue_data(bytes::Bytes::copy_from_slice(body.as_bytes()))
             .await;
     }
     let _ = w.finish().await;
@@ -165,7 +163,7 @@ async fn http(
         status: parts.status,
         headers,
     };
-    if w.send(&Frame::ResponseHead(head)).await.is_err() {
+    if w.queue(&Frame::ResponseHead(head)).is_err() {
         return;
     }
     if let Err(e) = pump_body(body, &mut w).await {

@@ -61,7 +61,7 @@ impl FrameReader {
     /// Wraps a byte pipe.
     pub fn new(r: BoxRead) -> Self {
         Self {
-            inner: FramedRead::with_capacity(r, FrameCodec, 16 * 1024),
+            inner: FramedRead::with_capacity(r, FrameCodec, 2048),
             done: false,
         }
     }
@@ -139,7 +139,10 @@ impl Body for FrameBody {
     }
 }
 
-/// Frames out, into one direction of a stream.
+/// Frames out, into one direction of a stream. Frames are queued in a small
+/// buffer and written together on [`FrameWriter::flush`] (or by
+/// [`FrameWriter::send`], which flushes), so a small response goes out in
+/// one write; large `Data` payloads are written without copying.
 pub struct FrameWriter {
     inner: BoxWrite,
     buf: BytesMut,
@@ -151,55 +154,100 @@ impl std::fmt::Debug for FrameWriter {
     }
 }
 
+/// Payloads up to this size are copied into the queue; larger ones are
+/// written directly.
+const COALESCE: usize = 16 * 1024;
+
 impl FrameWriter {
     /// Wraps a byte pipe.
     pub fn new(w: BoxWrite) -> Self {
         Self {
             inner: w,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::new(),
         }
     }
 
-    /// Sends one frame and flushes it.
-    pub async fn send(&mut self, frame: &Frame) -> Result<(), StreamError> {
-        self.buf.clear();
+    /// Queues one frame without writing it.
+    pub fn queue(&mut self, frame: &Frame) -> Result<(), StreamError> {
         gatehouse_proto::encode(frame, &mut self.buf).map_err(gatehouse_proto::CodecError::from)?;
-        self.inner.write_all(&self.buf).await?;
-        self.inner.flush().await?;
         Ok(())
     }
 
-    /// Sends body bytes, split into frames of at most [`DATA_CHUNK`].
-    pub async fn send_data(&mut self, mut data: Bytes) -> Result<(), StreamError> {
+    /// Queues body bytes as `Data` frames of at most [`DATA_CHUNK`]; large
+    /// payloads are written at once (after what is queued).
+    pub async fn queue_data(&mut self, mut data: Bytes) -> Result<(), StreamError> {
         while !data.is_empty() {
             let chunk = data.split_to(data.len().min(DATA_CHUNK));
             let head = gatehouse_proto::data_header(chunk.len())
                 .map_err(gatehouse_proto::CodecError::from)?;
-            self.inner.write_all(&head).await?;
-            self.inner.write_all(&chunk).await?;
+            self.buf.extend_from_slice(&head);
+            if chunk.len() <= COALESCE {
+                self.buf.extend_from_slice(&chunk);
+            } else {
+                self.write_queued().await?;
+                self.inner.write_all(&chunk).await?;
+            }
         }
+        Ok(())
+    }
+
+    async fn write_queued(&mut self) -> Result<(), StreamError> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued and flushes the pipe.
+    pub async fn flush(&mut self) -> Result<(), StreamError> {
+        self.write_queued().await?;
         self.inner.flush().await?;
         Ok(())
     }
 
-    /// Ends this direction of the stream.
+    /// Sends one frame now (with anything queued before it).
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), StreamError> {
+        self.queue(frame)?;
+        self.flush().await
+    }
+
+    /// Sends body bytes now.
+    pub async fn send_data(&mut self, data: Bytes) -> Result<(), StreamError> {
+        self.queue_data(data).await?;
+        self.flush().await
+    }
+
+    /// Writes what is queued and ends this direction of the stream.
     pub async fn finish(&mut self) -> Result<(), StreamError> {
+        self.write_queued().await?;
         self.inner.shutdown().await?;
         Ok(())
     }
 }
 
 /// Sends a whole HTTP body as `Data` frames and a final `Trailers` frame
-/// when it has trailers, then ends the direction. A failing body sends
-/// `Reset` so the peer does not take a truncated body for a complete one.
+/// when it has trailers, then ends the direction. Frames are flushed as soon
+/// as the body has nothing more ready, so streams (SSE, gRPC) are never held
+/// back, while a small body leaves with its head in one write. A failing
+/// body sends `Reset` so the peer does not take a truncated body for a
+/// complete one.
 pub async fn pump_body<B>(body: B, w: &mut FrameWriter) -> Result<(), StreamError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
+    use futures::FutureExt;
     let mut body = body;
     loop {
-        match body.frame().await {
+        let next = match body.frame().now_or_never() {
+            Some(f) => f,
+            None => {
+                w.flush().await?;
+                body.frame().await
+            }
+        };
+        match next {
             None => break,
             Some(Err(e)) => {
                 let e: BoxError = e.into();
@@ -208,10 +256,10 @@ where
                 return Err(StreamError::Body(e));
             }
             Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => w.send_data(data).await?,
+                Ok(data) => w.queue_data(data).await?,
                 Err(frame) => {
                     if let Ok(t) = frame.into_trailers() {
-                        w.send(&Frame::Trailers(t)).await?;
+                        w.queue(&Frame::Trailers(t))?;
                     }
                 }
             },
