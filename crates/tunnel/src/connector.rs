@@ -2,6 +2,7 @@
 //! (hello, heartbeats, drain), hot reload of the ingress rules, and shutdown.
 
 use crate::backoff::Backoff;
+use crate::control::{Action, ControlCore};
 use crate::ingress::Ingress;
 use crate::origin::Origins;
 use crate::proxy::{self, Loaded};
@@ -502,8 +503,9 @@ async fn dial_tcp(
     Ok(ended)
 }
 
-/// Serves one registered connection: control frames, request streams, and
-/// the drain when `stop` flips.
+/// Serves one registered connection: the shell around [`ControlCore`]
+/// (control frames, heartbeats, and the drain when `stop` flips); request
+/// streams are started by the `sink`.
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: &Arc<Shared>,
@@ -518,63 +520,44 @@ async fn serve(
     shared.live.fetch_add(1, Ordering::Relaxed);
     shared.metrics.connections.inc();
     let heartbeat = Duration::from_millis(u64::from(wel.heartbeat_ms.max(100)));
-    let inflight = sink.inflight.clone();
-    let mut tick = tokio::time::interval(heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    let mut nonce = 0u64;
-    let mut draining: Option<(Instant, bool)> = None; // (deadline, acked)
-    let mut drain_tick = tokio::time::interval(Duration::from_millis(50));
+    let mut core = ControlCore::new(heartbeat, shared.cfg.grace_period, Instant::now());
     tokio::pin!(closed);
     let ended = loop {
-        tokio::select! {
+        let wake = tokio::time::Instant::from_std(core.poll_timeout(Instant::now()));
+        let action = tokio::select! {
             why = &mut closed => break Ended::Lost(why),
             f = ctrl_r.next() => match f {
-                Ok(Some(Frame::Pong(_))) => last_heard = Instant::now(),
-                Ok(Some(Frame::Ping(n))) => {
-                    last_heard = Instant::now();
-                    if ctrl_w.send(&Frame::Pong(n)).await.is_err() {
-                        break Ended::Lost("control stream write failed".into());
-                    }
-                }
-                Ok(Some(Frame::GoAwayAck)) => {
-                    last_heard = Instant::now();
-                    if let Some(d) = draining.as_mut() {
-                        d.1 = true;
-                    }
-                }
-                Ok(Some(_)) => break Ended::Lost("unexpected control frame".into()),
+                Ok(Some(frame)) => core.handle_frame(frame, Instant::now()),
                 Ok(None) => break Ended::Lost("control stream closed by the edge".into()),
                 Err(e) => break Ended::Lost(format!("control stream: {e}")),
             },
-            _ = tick.tick() => {
-                if last_heard.elapsed() > heartbeat * 3 {
-                    break Ended::Lost("heartbeat timeout".into());
-                }
-                nonce += 1;
-                if ctrl_w.send(&Frame::Ping(nonce)).await.is_err() {
-                    break Ended::Lost("control stream write failed".into());
+            _ = tokio::time::sleep_until(wake) => core.poll(
+                Instant::now(),
+                sink.inflight.load(Ordering::Relaxed),
+                sink.quiet_for(),
+            ),
+            _ = stop.changed(), if !core.draining() => core.start_drain(Instant::now()),
+        };
+        match action {
+            None => {}
+            Some(Action::Send(f)) => {
+                let failed = ctrl_w.send(&f).await.is_err();
+                match (failed, core.draining()) {
+                    (false, _) => {}
+                    (true, true) => break Ended::Drained,
+                    (true, false) => break Ended::Lost("control stream write failed".into()),
                 }
             }
-            _ = stop.changed(), if draining.is_none() => {
-                let now = Instant::now();
-                draining = Some((now + shared.cfg.grace_period, false));
-                if ctrl_w.send(&Frame::GoAway).await.is_err() {
-                    break Ended::Drained;
+            Some(Action::Lost(why)) => break Ended::Lost(why),
+            Some(Action::Drained { abandoned }) => {
+                if abandoned > 0 {
+                    warn!(
+                        inflight = abandoned,
+                        "grace period over with requests in flight"
+                    );
                 }
-            }
-            _ = drain_tick.tick(), if draining.is_some() => {
-                if let Some((deadline, acked)) = draining {
-                    let idle = inflight.load(Ordering::Relaxed) == 0
-                        && sink.quiet_for() > Duration::from_millis(200);
-                    if (acked && idle) || Instant::now() > deadline {
-                        if !idle {
-                            warn!(inflight = inflight.load(Ordering::Relaxed), "grace period over with requests in flight");
-                        }
-                        close();
-                        break Ended::Drained;
-                    }
-                }
+                close();
+                break Ended::Drained;
             }
         }
     };

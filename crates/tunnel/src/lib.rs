@@ -12,6 +12,7 @@ pub mod access;
 pub mod admin;
 pub mod backoff;
 pub mod connector;
+pub mod control;
 pub mod ingress;
 pub mod origin;
 mod proxy;
