@@ -95,7 +95,7 @@ pub async fn run(
         quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(gatehouse_proto::ALPN_QUIC)?)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut quic = quinn::ServerConfig::with_crypto(Arc::new(qsc));
-    quic.transport_config(gatehouse_tunnel::transport::quic_transport(heartbeat));
+    quic.transport_config(gatehouse_tunnel::transport::quic_transport(heartbeat, 1));
     let endpoint =
         quinn::Endpoint::server(quic, cfg.listen.tunnel).map_err(|source| EdgeError::Listen {
             addr: cfg.listen.tunnel,

@@ -233,7 +233,7 @@ impl Dialer {
         let qc = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_quic)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut quic = quinn::ClientConfig::new(Arc::new(qc));
-        quic.transport_config(transport::quic_transport(Duration::from_secs(1)));
+        quic.transport_config(transport::quic_transport(Duration::from_secs(1), 4096));
         let rustls_tcp = crate::tls::client_config(Some(roots), &[gatehouse_proto::ALPN_TCP])?;
         Ok(Self {
             endpoint,

@@ -16,14 +16,16 @@ pub const H2_CONTROL_PATH: &str = "/_gatehouse/control";
 pub const H2_STREAM_PATH: &str = "/_gatehouse/stream";
 
 /// QUIC transport settings: keep-alives every `heartbeat`, a connection is
-/// dead after three heartbeats of silence; many concurrent streams.
-pub fn quic_transport(heartbeat: Duration) -> Arc<quinn::TransportConfig> {
+/// dead after three heartbeats of silence; the peer may open
+/// `peer_streams` bidirectional streams at once (the connector lets the edge
+/// open many; the edge lets the connector open only its control stream).
+pub fn quic_transport(heartbeat: Duration, peer_streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(heartbeat));
     if let Ok(idle) = quinn::IdleTimeout::try_from(heartbeat.saturating_mul(3)) {
         t.max_idle_timeout(Some(idle));
     }
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(peer_streams));
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     t.initial_rtt(Duration::from_millis(100));
     t.stream_receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
