@@ -1,4 +1,4 @@
-//! TLS helpers both ends use: PEM loading and rustls configurations with the
+//! TLS pieces both ends use: PEM loading and rustls configurations with the
 //! ring provider.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
