@@ -262,3 +262,83 @@ async fn open_sse(s: &Stack) -> hyper::body::Incoming {
     }
     body
 }
+
+/// `--ha-connections 4` over two edge addresses: two connections to each,
+/// and both edges serve the tunnel's hostnames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ha_connections_spread_over_every_edge() {
+    let mut s = Stack::new().await;
+    s.start_edge().await;
+    // A second edge: same tunnels and hostnames, other ports.
+    let port = || std::net::SocketAddr::from(([127, 0, 0, 1], gatehouse_testkit::free_port()));
+    let (https2, tunnel2, admin2) = (port(), port(), port());
+    let text = std::fs::read_to_string(&s.edge_cfg).unwrap();
+    let first = text.lines().next().unwrap().to_owned();
+    let cfg2 = s.path().join("edge2.yaml");
+    std::fs::write(
+        &cfg2,
+        text.replace(
+            &first,
+            &format!("listen: {{https: {https2}, tunnel: {tunnel2}, admin: {admin2}}}"),
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["edge", "--config"]).arg(&cfg2);
+    let _edge2 = gatehouse_testkit::process::Proc::start("edge2", s.path(), cmd);
+    wait_for("second edge", Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(admin2).await.ok()
+    })
+    .await;
+    let metrics = port();
+    let mut cmd = s.connector_cmd(&s.token.clone(), "quic", metrics);
+    // Replace the single --edge and --ha-connections of the stack's command.
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut fixed = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--edge" => {
+                let _ = it.next();
+                fixed.extend([
+                    "--edge".to_owned(),
+                    s.tunnel.to_string(),
+                    "--edge".to_owned(),
+                    tunnel2.to_string(),
+                ]);
+            }
+            "--ha-connections" => {
+                let _ = it.next();
+                fixed.extend(["--ha-connections".to_owned(), "4".to_owned()]);
+            }
+            _ => fixed.push(a),
+        }
+    }
+    cmd = std::process::Command::new(common::BIN);
+    cmd.args(&fixed);
+    let p = gatehouse_testkit::process::Proc::start("connector-ha", s.path(), cmd);
+    s.connectors.push((p, metrics));
+    s.wait_connections(0, 4).await;
+    for admin in [s.admin, admin2] {
+        let m = http_get(admin, "/metrics").await.unwrap();
+        assert_eq!(
+            metric(&m, "gatehouse_edge_tunnel_connections"),
+            Some(2.0),
+            "{m}"
+        );
+    }
+    for https in [s.https, https2] {
+        let out = s
+            .curl()
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--resolve", &format!("app.test:{}:127.0.0.1", https.port())])
+            .arg(format!("https://app.test:{}/", https.port()))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    }
+}
