@@ -522,6 +522,18 @@ async fn reload(s: &Stack) {
     for _ in 0..4 {
         assert_eq!(s.get("app.test", "/teapot", &[]).await.0, 418);
     }
+    // The edge re-reads its config on SIGHUP: a new path rule applies.
+    s.write_edge_cfg("      - {path: /teapot/*, action: deny}\n");
+    s.edge.as_ref().unwrap().signal("HUP");
+    wait_for("edge config reloaded", Duration::from_secs(20), || async {
+        (s.get("app.test", "/teapot/x", &[]).await.0 == 403).then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.get("app.test", "/teapot", &[]).await.0,
+        418,
+        "/x/* does not cover /x"
+    );
     assert_eq!(
         unregistered(s),
         before,

@@ -99,12 +99,13 @@ impl Stack {
             tcp,
             hosts: HOSTS.to_vec(),
         };
-        s.write_edge_cfg();
+        s.write_edge_cfg("");
         s.write_conn_cfg(418);
         s
     }
 
-    fn write_edge_cfg(&self) {
+    /// Writes the edge config; `extra` is appended to app.test's rules.
+    pub fn write_edge_cfg(&self, extra: &str) {
         let tls = format!(
             "{{cert: {}, key: {}}}",
             self.site.cert.display(),
@@ -121,7 +122,7 @@ impl Stack {
             self.tokens.display()
         );
         y += &format!(
-            "  - hostname: app.test\n    tunnel: t1\n    tls: {tls}\n    default: allow\n    rules:\n      - {{path: /admin, action: deny}}\n      - {{path: /admin/*, action: deny}}\n      - {{path: /admin/health, methods: [GET], action: allow}}\n"
+            "  - hostname: app.test\n    tunnel: t1\n    tls: {tls}\n    default: allow\n    rules:\n      - {{path: /admin, action: deny}}\n      - {{path: /admin/*, action: deny}}\n      - {{path: /admin/health, methods: [GET], action: allow}}\n{extra}"
         );
         for h in ["grpc.test", "tcp.test", "misc.test", "localhost"] {
             y +=
