@@ -53,10 +53,7 @@ impl LiveConn {
         match &self.kind {
             Kind::Quic(c) => {
                 let (send, recv) = c.open_bi().await.map_err(std::io::Error::other)?;
-                Ok((
-                    FrameWriter::new(Box::new(send)),
-                    FrameReader::new(Box::new(recv)),
-                ))
+                Ok((FrameWriter::quic(send), FrameReader::new(Box::new(recv))))
             }
             Kind::H2 { sender, .. } => transport::open_h2(sender, transport::H2_STREAM_PATH),
         }
@@ -226,7 +223,7 @@ pub async fn accept_quic(side: Arc<TunnelSide>, endpoint: quinn::Endpoint) {
 async fn quic_conn(side: Arc<TunnelSide>, conn: quinn::Connection, peer: SocketAddr) {
     let hs = async {
         let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        let w = FrameWriter::new(Box::new(send));
+        let w = FrameWriter::quic(send);
         let mut r = FrameReader::new(Box::new(recv));
         let hello = match r.next().await {
             Ok(Some(Frame::Hello(h))) => h,

@@ -351,7 +351,7 @@ async fn dial_quic(
             .open_bi()
             .await
             .map_err(|e| DialError::Handshake(e.to_string()))?;
-        let mut w = FrameWriter::new(Box::new(send));
+        let mut w = FrameWriter::quic(send);
         let mut r = FrameReader::new(Box::new(recv));
         w.send(&hello(shared, index))
             .await
@@ -376,10 +376,7 @@ async fn dial_quic(
     let acceptor_sink = sink.clone();
     let acceptor = tokio::spawn(async move {
         while let Ok((send, recv)) = accept_conn.accept_bi().await {
-            acceptor_sink.spawn(
-                FrameWriter::new(Box::new(send)),
-                FrameReader::new(Box::new(recv)),
-            );
+            acceptor_sink.spawn(FrameWriter::quic(send), FrameReader::new(Box::new(recv)));
         }
     });
     let close_conn = conn.clone();
@@ -441,10 +438,7 @@ async fn dial_tcp(
         async move {
             let path = req.uri().path().to_owned();
             let (w, body) = h2pipe::writer();
-            let pair = (
-                FrameWriter::new(w),
-                FrameReader::new(h2pipe::reader(req.into_body())),
-            );
+            let pair = (w, FrameReader::new(h2pipe::reader(req.into_body())));
             let ok = match path.as_str() {
                 transport::H2_CONTROL_PATH => ctrl_tx.try_send(pair).is_ok(),
                 transport::H2_STREAM_PATH => {

@@ -144,8 +144,73 @@ impl Body for FrameBody {
 /// [`FrameWriter::send`], which flushes), so a small response goes out in
 /// one write; large `Data` payloads are written without copying.
 pub struct FrameWriter {
-    inner: BoxWrite,
+    inner: Sink,
     buf: BytesMut,
+}
+
+enum Sink {
+    /// Any byte pipe.
+    Io(BoxWrite),
+    /// A QUIC stream: large payloads are handed over without a copy.
+    Quic(quinn::SendStream),
+    /// The body of an HTTP/2 message (TLS/TCP fallback): chunks are handed
+    /// over without a copy; `None` once finished.
+    Chan(Option<tokio::sync::mpsc::Sender<Bytes>>),
+}
+
+fn closed() -> StreamError {
+    StreamError::Io(std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "stream closed",
+    ))
+}
+
+impl Sink {
+    async fn write_all(&mut self, b: &[u8]) -> Result<(), StreamError> {
+        match self {
+            Sink::Io(w) => Ok(w.write_all(b).await?),
+            Sink::Quic(w) => Ok(w.write_all(b).await.map_err(std::io::Error::from)?),
+            Sink::Chan(tx) => {
+                let tx = tx.as_ref().ok_or_else(closed)?;
+                tx.send(Bytes::copy_from_slice(b))
+                    .await
+                    .map_err(|_| closed())
+            }
+        }
+    }
+
+    async fn write_bytes(&mut self, b: Bytes) -> Result<(), StreamError> {
+        match self {
+            Sink::Io(w) => Ok(w.write_all(&b).await?),
+            Sink::Quic(w) => Ok(w.write_chunk(b).await.map_err(std::io::Error::from)?),
+            Sink::Chan(tx) => {
+                let tx = tx.as_ref().ok_or_else(closed)?;
+                tx.send(b).await.map_err(|_| closed())
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), StreamError> {
+        match self {
+            Sink::Io(w) => Ok(w.flush().await?),
+            Sink::Quic(_) | Sink::Chan(_) => Ok(()),
+        }
+    }
+
+    async fn shutdown(&mut self) -> Result<(), StreamError> {
+        match self {
+            Sink::Io(w) => Ok(w.shutdown().await?),
+            Sink::Quic(w) => {
+                // Finishing twice is not an error worth reporting.
+                let _ = w.finish();
+                Ok(())
+            }
+            Sink::Chan(tx) => {
+                tx.take();
+                Ok(())
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for FrameWriter {
@@ -162,7 +227,15 @@ impl FrameWriter {
     /// Wraps a byte pipe.
     pub fn new(w: BoxWrite) -> Self {
         Self {
-            inner: w,
+            inner: Sink::Io(w),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Wraps the send half of a QUIC stream.
+    pub fn quic(w: quinn::SendStream) -> Self {
+        Self {
+            inner: Sink::Quic(w),
             buf: BytesMut::new(),
         }
     }
@@ -185,16 +258,22 @@ impl FrameWriter {
                 self.buf.extend_from_slice(&chunk);
             } else {
                 self.write_queued().await?;
-                self.inner.write_all(&chunk).await?;
+                self.inner.write_bytes(chunk).await?;
             }
         }
         Ok(())
     }
 
     async fn write_queued(&mut self) -> Result<(), StreamError> {
-        if !self.buf.is_empty() {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Sink::Io(_) = self.inner {
             self.inner.write_all(&self.buf).await?;
             self.buf.clear();
+        } else {
+            let b = self.buf.split().freeze();
+            self.inner.write_bytes(b).await?;
         }
         Ok(())
     }
@@ -390,15 +469,18 @@ pub mod h2pipe {
         Box::new(tokio_util::io::StreamReader::new(s))
     }
 
-    /// A write half and the body that carries what is written to it.
-    pub fn writer() -> (BoxWrite, TunnelBody) {
-        let (r, w) = tokio::io::simplex(64 * 1024);
-        let s = tokio_util::io::ReaderStream::with_capacity(r, DATA_CHUNK)
-            .map_ok(BodyFrame::data)
-            .map_err(|e| Box::new(e) as BoxError);
-        (
-            Box::new(w),
-            http_body_util::StreamBody::new(s).boxed_unsync(),
-        )
+    /// A frame writer and the body that carries what is written to it.
+    pub fn writer() -> (FrameWriter, TunnelBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let s = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, BoxError>(BodyFrame::data(b)), rx))
+        });
+        let w = FrameWriter {
+            inner: Sink::Chan(Some(tx)),
+            buf: BytesMut::new(),
+        };
+        (w, http_body_util::StreamBody::new(s).boxed_unsync())
     }
 }

@@ -91,5 +91,5 @@ pub fn open_h2(
         })
         .flatten();
     let reader = tokio_util::io::StreamReader::new(Box::pin(s));
-    Ok((FrameWriter::new(w), FrameReader::new(Box::new(reader))))
+    Ok((w, FrameReader::new(Box::new(reader))))
 }
