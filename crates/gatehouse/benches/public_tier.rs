@@ -188,6 +188,17 @@ async fn wait_http(url: &str, ca: &Path) {
     .await;
 }
 
+/// nginx stopped gracefully (its master would leave its workers behind if
+/// killed outright).
+struct Nginx(Proc);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.0.signal("TERM");
+        self.0.wait();
+    }
+}
+
 struct Gatehouse {
     _edge: Proc,
     _connector: Proc,
@@ -319,7 +330,7 @@ async fn full_run() {
         .unwrap();
         let mut c = Command::new("nginx");
         c.args(["-e", "stderr", "-g", "daemon off;", "-c"]).arg(&p);
-        Proc::start(name, d, c)
+        Nginx(Proc::start(name, d, c))
     };
     let _origin = nginx_conf(
         "origin",
