@@ -141,6 +141,16 @@ impl EdgeConfig {
     /// Parses and validates the YAML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let cfg: EdgeConfig = serde_yaml_ng::from_str(text)?;
+        if cfg
+            .acme
+            .as_ref()
+            .is_some_and(|a| a.challenge == Challenge::Http01)
+            && cfg.listen.http.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "acme challenge http-01 needs listen.http (port 80)".into(),
+            ));
+        }
         cfg.routes()?;
         cfg.heartbeat()?;
         Ok(cfg)
@@ -252,6 +262,15 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("path pattern")
+        );
+        let acme = format!(
+            "{BASE}acme: {{directory: https://ca/dir, challenge: http-01, state_dir: s}}\nhostnames: []\n"
+        );
+        assert!(
+            EdgeConfig::parse(&acme)
+                .unwrap_err()
+                .to_string()
+                .contains("listen.http")
         );
         let typo = ok.replace("rules:", "rulez:");
         assert!(EdgeConfig::parse(&typo).is_err());
