@@ -75,6 +75,27 @@ async fn scenario(s: &Stack) {
     w.write_all(&[0xee; 64]).await.unwrap();
     let why = c.closed().await;
     eprintln!("garbage hello: {why}");
+    // A version the edge does not speak is refused with a reason.
+    let v2 = ep
+        .connect_with(qcfg.clone(), s.tunnel, "edge.test")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut vw, mut vr) = v2.open_bi().await.unwrap();
+    write_frame(
+        &mut vw,
+        &Frame::Hello(Hello {
+            version: gatehouse_proto::VERSION + 1,
+            token: s.token.clone(),
+            connector_id: "future".into(),
+            conn_index: 0,
+        }),
+    )
+    .await;
+    match read_frame(&mut vr).await {
+        Frame::Refused(why) => assert!(why.contains("version"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     let rogue = ep
         .connect_with(qcfg.clone(), s.tunnel, "edge.test")
         .unwrap()
