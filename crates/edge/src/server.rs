@@ -308,12 +308,10 @@ async fn watch(
             last = now;
             match TokenStore::load(&tokens_path) {
                 Ok(t) => {
-                    let active: Vec<String> = t.active().map(str::to_owned).collect();
                     match side.tokens.write() {
                         Ok(mut g) => *g = t,
                         Err(p) => *p.into_inner() = t,
                     }
-                    side.registry.close_revoked(&active);
                     info!("tunnel store reloaded");
                 }
                 Err(e) => {
@@ -321,6 +319,19 @@ async fn watch(
                 }
             }
         }
+        // Revoked or expired tunnels lose their live connections.
+        let active: Vec<String> = match side.tokens.read() {
+            Ok(g) => g
+                .active(crate::tokens::now_unix())
+                .map(str::to_owned)
+                .collect(),
+            Err(p) => p
+                .into_inner()
+                .active(crate::tokens::now_unix())
+                .map(str::to_owned)
+                .collect(),
+        };
+        side.registry.close_revoked(&active);
         if forced {
             if let Some(p) = &config_path {
                 match EdgeConfig::load(p).and_then(|c| Ok((c.routes()?, c))) {

@@ -53,6 +53,9 @@ pub enum AuthError {
     /// The tunnel was revoked.
     #[error("tunnel {0:?} is revoked")]
     Revoked(String),
+    /// The token's lifetime is over.
+    #[error("the token of tunnel {0:?} has expired")]
+    Expired(String),
 }
 
 /// One stored tunnel.
@@ -70,6 +73,15 @@ pub struct TunnelRecord {
     /// Revoked tunnels keep their record so the history stays visible.
     #[serde(default)]
     pub revoked: bool,
+    /// End of the token's lifetime, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix: Option<u64>,
+}
+
+impl TunnelRecord {
+    fn valid_at(&self, now_unix: u64) -> bool {
+        !self.revoked && self.expires_unix.is_none_or(|e| now_unix < e)
+    }
 }
 
 /// The tunnel store file.
@@ -78,6 +90,14 @@ pub struct TunnelRecord {
 pub struct TokenStore {
     /// Every tunnel ever created, in creation order.
     pub tunnels: Vec<TunnelRecord>,
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn hash(secret: &[u8]) -> String {
@@ -129,14 +149,16 @@ impl TokenStore {
         std::fs::rename(&tmp, path).map_err(io)
     }
 
-    /// Creates a tunnel; `id` and `secret` are random bytes the caller drew.
-    /// Returns the token, which is shown once and never stored.
+    /// Creates a tunnel; `id` and `secret` are random bytes the caller drew;
+    /// `lifetime_secs` bounds the token's life. Returns the token, which is
+    /// shown once and never stored.
     pub fn create(
         &mut self,
         name: &str,
         id: [u8; 8],
         secret: [u8; 32],
         now_unix: u64,
+        lifetime_secs: Option<u64>,
     ) -> Result<Token, TokenStoreError> {
         let valid = !name.is_empty()
             && name.len() <= 63
@@ -146,7 +168,11 @@ impl TokenStore {
         if !valid {
             return Err(TokenStoreError::BadName);
         }
-        if self.tunnels.iter().any(|t| t.name == name && !t.revoked) {
+        if self
+            .tunnels
+            .iter()
+            .any(|t| t.name == name && t.valid_at(now_unix))
+        {
             return Err(TokenStoreError::Exists(name.to_owned()));
         }
         let token = Token::from_random(id, secret);
@@ -156,6 +182,7 @@ impl TokenStore {
             secret_sha256: hash(&token.secret),
             created_unix: now_unix,
             revoked: false,
+            expires_unix: lifetime_secs.map(|l| now_unix.saturating_add(l)),
         });
         Ok(token)
     }
@@ -178,8 +205,8 @@ impl TokenStore {
         }
     }
 
-    /// Checks a presented token; returns the tunnel's name.
-    pub fn verify(&self, presented: &str) -> Result<String, AuthError> {
+    /// Checks a presented token at `now_unix`; returns the tunnel's name.
+    pub fn verify(&self, presented: &str, now_unix: u64) -> Result<String, AuthError> {
         let token = Token::parse(presented)?;
         let rec = self
             .tunnels
@@ -192,14 +219,17 @@ impl TokenStore {
         if rec.revoked {
             return Err(AuthError::Revoked(rec.name.clone()));
         }
+        if !rec.valid_at(now_unix) {
+            return Err(AuthError::Expired(rec.name.clone()));
+        }
         Ok(rec.name.clone())
     }
 
-    /// Names of tunnels with a valid token.
-    pub fn active(&self) -> impl Iterator<Item = &str> {
+    /// Names of tunnels with a valid token at `now_unix`.
+    pub fn active(&self, now_unix: u64) -> impl Iterator<Item = &str> {
         self.tunnels
             .iter()
-            .filter(|t| !t.revoked)
+            .filter(move |t| t.valid_at(now_unix))
             .map(|t| t.name.as_str())
     }
 }
@@ -213,7 +243,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tunnels.json");
         let mut s = TokenStore::load(&path).unwrap();
-        let t = s.create("prod", [1; 8], [2; 32], 10).unwrap();
+        let t = s.create("prod", [1; 8], [2; 32], 10, None).unwrap();
         s.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
@@ -221,30 +251,44 @@ mod tests {
             "the secret is not stored"
         );
         let s2 = TokenStore::load(&path).unwrap();
-        assert_eq!(s2.verify(&t.encode()).unwrap(), "prod");
+        assert_eq!(s2.verify(&t.encode(), 20).unwrap(), "prod");
         let wrong = Token::from_random([1; 8], [3; 32]).encode();
-        assert_eq!(s2.verify(&wrong), Err(AuthError::WrongSecret(t.id.clone())));
+        assert_eq!(
+            s2.verify(&wrong, 20),
+            Err(AuthError::WrongSecret(t.id.clone()))
+        );
         let unknown = Token::from_random([9; 8], [2; 32]).encode();
-        assert!(matches!(s2.verify(&unknown), Err(AuthError::UnknownId(_))));
         assert!(matches!(
-            s2.verify("nonsense"),
+            s2.verify(&unknown, 20),
+            Err(AuthError::UnknownId(_))
+        ));
+        assert!(matches!(
+            s2.verify("nonsense", 20),
             Err(AuthError::Malformed(_))
         ));
         assert!(matches!(
-            s.create("prod", [4; 8], [5; 32], 11),
+            s.create("prod", [4; 8], [5; 32], 11, None),
             Err(TokenStoreError::Exists(_))
         ));
         assert!(matches!(
-            s.create("Bad Name", [4; 8], [5; 32], 11),
+            s.create("Bad Name", [4; 8], [5; 32], 11, None),
             Err(TokenStoreError::BadName)
         ));
         s.revoke("prod").unwrap();
         assert_eq!(
-            s.verify(&t.encode()),
+            s.verify(&t.encode(), 20),
             Err(AuthError::Revoked("prod".into()))
         );
         assert!(matches!(s.revoke("prod"), Err(TokenStoreError::Unknown(_))));
-        let again = s.create("prod", [4; 8], [5; 32], 12).unwrap();
-        assert_eq!(s.verify(&again.encode()).unwrap(), "prod");
+        // A token with a lifetime is refused once it is over.
+        let short = s.create("short", [6; 8], [7; 32], 100, Some(50)).unwrap();
+        assert_eq!(s.verify(&short.encode(), 149).unwrap(), "short");
+        assert_eq!(
+            s.verify(&short.encode(), 150),
+            Err(AuthError::Expired("short".into()))
+        );
+        assert!(!s.active(150).any(|n| n == "short"));
+        let again = s.create("prod", [4; 8], [5; 32], 12, None).unwrap();
+        assert_eq!(s.verify(&again.encode(), 20).unwrap(), "prod");
     }
 }

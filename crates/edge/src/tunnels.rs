@@ -184,8 +184,8 @@ impl TunnelSide {
         }
         let token = hello.token.as_str();
         let res = match self.tokens.read() {
-            Ok(g) => g.verify(token),
-            Err(p) => p.into_inner().verify(token),
+            Ok(g) => g.verify(token, crate::tokens::now_unix()),
+            Err(p) => p.into_inner().verify(token, crate::tokens::now_unix()),
         };
         res.map_err(|e| {
             self.registry.metrics.auth_failures.inc();

@@ -40,6 +40,9 @@ enum TunnelAdmin {
     Create {
         /// Tunnel name (a-z, 0-9, '-').
         name: String,
+        /// Lifetime of the token (e.g. 2160h); without it the token lives until revoked.
+        #[arg(long)]
+        expires_in: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -85,14 +88,23 @@ pub fn run(args: EdgeArgs) -> ExitCode {
 
 fn admin(cmd: TunnelAdmin) -> Result<()> {
     match cmd {
-        TunnelAdmin::Create { name, store } => {
+        TunnelAdmin::Create {
+            name,
+            expires_in,
+            store,
+        } => {
             let path = store.path()?;
             let mut s = TokenStore::load(&path)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let token = s.create(&name, rand::random(), rand::random(), now)?;
+            let lifetime = match expires_in {
+                Some(d) => Some(
+                    gatehouse_tunnel::ingress::parse_duration(&d)
+                        .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?
+                        .as_secs(),
+                ),
+                None => None,
+            };
+            let now = gatehouse_edge::tokens::now_unix();
+            let token = s.create(&name, rand::random(), rand::random(), now, lifetime)?;
             s.save(&path)?;
             println!("{}", token.encode());
         }
@@ -105,9 +117,17 @@ fn admin(cmd: TunnelAdmin) -> Result<()> {
         }
         TunnelAdmin::List { store } => {
             let s = TokenStore::load(&store.path()?)?;
+            let now = gatehouse_edge::tokens::now_unix();
             for t in &s.tunnels {
-                let state = if t.revoked { "revoked" } else { "active" };
-                println!("{}\t{}\t{}", t.name, t.id, state);
+                let state = if t.revoked {
+                    "revoked"
+                } else if t.expires_unix.is_some_and(|e| now >= e) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                let expires = t.expires_unix.map_or("-".to_owned(), |e| e.to_string());
+                println!("{}\t{}\t{}\texpires={}", t.name, t.id, state, expires);
             }
         }
     }
