@@ -11,7 +11,7 @@ use gatehouse_proto::{Frame, RequestHead, ResponseHead};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 /// The running configuration: rules, their origin clients, the file text.
 #[derive(Debug)]
@@ -72,7 +72,7 @@ async fn proxy(shared: &Arc<Shared>, head: RequestHead, mut w: FrameWriter, r: F
     let loaded = shared.current();
     let path_only = head.path.split('?').next().unwrap_or("/");
     let (idx, rule) = loaded.ingress.find(&head.authority, path_only);
-    debug!(rule = idx, service = %rule.service, "matched ingress rule");
+    info!(rule = idx, service = %rule.service, "matched ingress rule");
     match &rule.service {
         Service::Status(code) => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::NOT_FOUND);

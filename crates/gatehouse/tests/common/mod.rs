@@ -198,7 +198,7 @@ impl Stack {
                 "500ms",
             ])
             .env("GATEHOUSE_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,gatehouse_tunnel=debug");
+            .env("RUST_LOG", "info");
         cmd
     }
 
