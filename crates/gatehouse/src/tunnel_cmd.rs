@@ -88,9 +88,9 @@ pub struct RunArgs {
     /// Name in the edge's tunnel certificate (default: the first edge's host).
     #[arg(long)]
     edge_name: Option<String>,
-    /// PEM file of the CA that signed the edge's tunnel certificate.
+    /// PEM file of the CA that signed the edge's tunnel certificate (default: the system's roots).
     #[arg(long, env = "GATEHOUSE_EDGE_CA")]
-    edge_ca: PathBuf,
+    edge_ca: Option<PathBuf>,
     /// Transport: QUIC with TLS/TCP fallback, or one of them only.
     #[arg(long, value_enum, default_value = "auto")]
     transport: TransportArg,
@@ -240,9 +240,7 @@ fn access_tcp(a: AccessTcpArgs) -> Result<ExitCode> {
     };
     let roots = match &a.cacert {
         Some(p) => gatehouse_tunnel::tls::load_roots(p)?,
-        None => gatehouse_tunnel::tls::load_roots(std::path::Path::new(
-            "/etc/ssl/certs/ca-certificates.crt",
-        ))?,
+        None => gatehouse_tunnel::tls::system_roots(),
     };
     let cfg = gatehouse_tunnel::access::AccessConfig {
         hostname: a.hostname,

@@ -43,8 +43,9 @@ pub struct ConnectorConfig {
     pub edges: Vec<SocketAddr>,
     /// Name the edge's tunnel certificate must carry.
     pub edge_server_name: String,
-    /// PEM roots that sign the edge's tunnel certificate.
-    pub edge_ca: PathBuf,
+    /// PEM roots that sign the edge's tunnel certificate (the system's
+    /// roots when `None`).
+    pub edge_ca: Option<PathBuf>,
     /// Transport choice.
     pub transport: Transport,
     /// Number of connections (default 4).
@@ -134,7 +135,10 @@ pub async fn run(
         return Err(ConnectorError::NoEdge);
     }
     let (ing, origins, text) = load(&cfg.config_path)?;
-    let roots = crate::tls::load_roots(&cfg.edge_ca)?;
+    let roots = match &cfg.edge_ca {
+        Some(p) => crate::tls::load_roots(p)?,
+        None => crate::tls::system_roots(),
+    };
     let metrics = Metrics::default();
     let mut registry = Registry::with_prefix("gatehouse_connector");
     registry.register(

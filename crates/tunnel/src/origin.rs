@@ -124,7 +124,7 @@ fn http_client(i: usize, o: &OriginRequest) -> Result<HttpsClient, OriginError> 
     } else if let Some(ca) = &o.ca_pool {
         Some(tls::load_roots(ca).map_err(|source| OriginError::Tls { rule: i, source })?)
     } else {
-        Some(system_roots())
+        Some(tls::system_roots())
     };
     // hyper-rustls sets ALPN itself from the enabled protocols.
     let cfg =
@@ -150,19 +150,4 @@ fn http_client(i: usize, o: &OriginRequest) -> Result<HttpsClient, OriginError> 
         .pool_max_idle_per_host(o.keep_alive_connections)
         .http2_only(o.http2_origin);
     Ok(builder.build(conn))
-}
-
-/// Roots for HTTPS origins without `caPool`: the system's bundle when one is
-/// found, else none (every certificate then fails verification).
-fn system_roots() -> rustls::RootCertStore {
-    for p in [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/cert.pem",
-    ] {
-        if let Ok(r) = tls::load_roots(std::path::Path::new(p)) {
-            return r;
-        }
-    }
-    rustls::RootCertStore::empty()
 }

@@ -73,6 +73,24 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The system's CA bundle (Debian, Red Hat or BSD location); certificates
+/// in it that do not parse are skipped. Empty when none is found, so every
+/// verification then fails.
+pub fn system_roots() -> RootCertStore {
+    for p in [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/cert.pem",
+    ] {
+        if let Ok(certs) = load_certs(Path::new(p)) {
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(certs);
+            return roots;
+        }
+    }
+    RootCertStore::empty()
+}
+
 /// A client configuration trusting `roots` (or anything, when `None`,
 /// which only `noTLSVerify` asks for).
 pub fn client_config(
