@@ -78,7 +78,7 @@ pub async fn run(a: ControlArgs) -> Result<()> {
         "  try          gatehouse admin --state {} nodes list",
         a.state.display()
     );
-    crate::shutdown_signal().await;
+    crate::logging::shutdown_signal().await;
     println!("gatehouse control: stopping");
     running.shutdown().await;
     Ok(())

@@ -6,11 +6,14 @@
 
 mod admin_cmd;
 mod control_cmd;
+mod edge_cmd;
 mod inputs;
 mod lint_cmd;
+mod logging;
 mod policy_cmd;
 mod reach_cmd;
 mod render_cmd;
+mod tunnel_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,6 +35,11 @@ enum Command {
     Control(control_cmd::ControlArgs),
     /// Administer a running control server (users, nodes, keys, OAuth, policy, audit, CA).
     Admin(admin_cmd::AdminArgs),
+    /// Run the public edge, or manage its tunnels (`gatehouse edge tunnel create NAME`).
+    Edge(edge_cmd::EdgeArgs),
+    /// The outbound-only connector and its tools (ingress rules, TCP access).
+    #[command(subcommand)]
+    Tunnel(tunnel_cmd::TunnelCommand),
     /// Report the known traps in Kubernetes manifests (rule id, file:line, why, fix).
     Lint(lint_cmd::LintArgs),
     /// Who can reach what, from Kubernetes manifests and network policies.
@@ -47,25 +55,18 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Control(a) => run_async(control_cmd::run(a)),
         Command::Admin(a) => run_async(admin_cmd::run(a)),
+        Command::Edge(args) => edge_cmd::run(args),
+        Command::Tunnel(cmd) => tunnel_cmd::run(cmd),
         Command::Lint(args) => lint_cmd::run(args),
         Command::Reach(cmd) => reach_cmd::run(cmd),
         Command::Render(args) => render_cmd::run(args),
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Runs an async command on a multi-threaded runtime; errors exit 1.
+/// Runs an async command on a multi-threaded runtime with logging; errors
+/// exit 1.
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    init_logging();
+    logging::init();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -79,27 +80,5 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
     }
 }

@@ -1,7 +1,13 @@
-//! Wire types and versioned messages shared by Gatehouse's components. Serde
-//! types only: no I/O, no behaviour beyond small helpers. Each protocol has
-//! its own module and its own page under `docs/protocol/`.
+//! Wire types and versioned messages shared by Gatehouse's components, with
+//! no I/O: the control protocol's serde types (`control`), and the tunnel
+//! protocol's frames, codec and token format (re-exported at the root). Each
+//! protocol has its own page under `docs/protocol/`.
 
 #![forbid(unsafe_code)]
 
 pub mod control;
+mod token;
+mod tunnel;
+
+pub use token::{Token, TokenError};
+pub use tunnel::*;

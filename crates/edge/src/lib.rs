@@ -1,0 +1,20 @@
+//! The Gatehouse edge (`gatehouse edge`): it owns the public side of the
+//! public tier. It terminates HTTPS for the configured hostnames
+//! (certificates from files or from ACME), answers only those hostnames,
+//! enforces per-hostname path rules on one canonical form of the path, and
+//! forwards each allowed request over a tunnel connection that a connector
+//! dialled in. It also keeps the tunnels' tokens (hashed). Ingress rules to
+//! origins are the connector's business.
+
+#![forbid(unsafe_code)]
+
+pub mod acme;
+pub mod certs;
+pub mod config;
+pub mod path;
+pub mod proxy;
+mod server;
+pub mod tokens;
+pub mod tunnels;
+
+pub use server::{EdgeError, run};

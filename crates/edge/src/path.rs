@@ -1,0 +1,477 @@
+//! The one canonical form of a request path, and path rules matched on it.
+//!
+//! The edge computes [`canonicalize`] once per request; rules match that
+//! string (ignoring ASCII case) and the origin receives exactly that string,
+//! so the edge and the origin cannot disagree about which path was asked for.
+//! What cannot be put in canonical form safely is refused (HTTP 400).
+//! The decisions are written down in `docs/decisions/0006-canonical-paths.md`.
+
+use std::fmt;
+
+/// Why a path has no safe canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path does not start with `/`.
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("invalid percent-encoding")]
+    BadEscape,
+    /// A control character, raw or encoded, or a raw non-ASCII byte.
+    #[error("control or non-ASCII character in the path")]
+    Control,
+    /// The decoded bytes are not UTF-8 (for example overlong encodings).
+    #[error("the decoded path is not valid UTF-8")]
+    NotUtf8,
+    /// An encoded slash (`%2F`) or a backslash, raw or encoded.
+    #[error("encoded slash or backslash in the path")]
+    Separator,
+    /// A `;` (path parameters, which origins disagree about).
+    #[error("';' in the path")]
+    Parameter,
+    /// `..` climbing above the root.
+    #[error("the path climbs above the root")]
+    AboveRoot,
+    /// `%25` followed by two hex digits: an escape that a second decoding
+    /// layer would turn into another character.
+    #[error("double percent-encoding in the path")]
+    DoubleEncoding,
+    /// A segment ending in `.` or a space, which some origins strip.
+    #[error("a path segment ends with '.' or a space")]
+    TrailingDot,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Characters allowed raw in a canonical segment besides unreserved ones
+/// (RFC 3986 `pchar` without `;`).
+fn is_raw_ok(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+        )
+}
+
+/// Puts a path (without query) in canonical form:
+///
+/// 1. percent-escapes are checked (two hex digits), and the decoded bytes of
+///    the whole path must be UTF-8 (so overlong encodings are refused);
+/// 2. every character allowed raw in an RFC 3986 segment (`pchar` without
+///    `;`) is written raw, whether it came encoded or not; every other byte
+///    is percent-encoded with upper-case hex;
+/// 3. control characters, `%2F`, `\` and `%5C`, `;`, and double encoding
+///    (`%25` followed by two hex digits) are refused;
+/// 4. empty segments (`//`) are dropped and dot-segments resolved; `..`
+///    above the root is refused; a trailing `/` is kept;
+/// 5. a segment ending in `.` or space is refused.
+pub fn canonicalize(path: &str) -> Result<String, PathError> {
+    let raw = path.as_bytes();
+    if raw.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // Decode to bytes, remembering which bytes stay encoded.
+    let mut decoded: Vec<(u8, bool)> = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            decoded.push((h * 16 + l, true));
+            i += 3;
+        } else {
+            decoded.push((b, false));
+            i += 1;
+        }
+    }
+    let bytes: Vec<u8> = decoded.iter().map(|(b, _)| *b).collect();
+    // A `%` (necessarily from `%25`) followed by two hex digits, however
+    // they were written, is an escape a second decoding would act on.
+    for w in bytes.windows(3) {
+        if w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some() {
+            return Err(PathError::DoubleEncoding);
+        }
+    }
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(PathError::NotUtf8);
+    }
+    for &(b, encoded) in &decoded {
+        if b < 0x20 || b == 0x7f {
+            return Err(PathError::Control);
+        }
+        if !encoded && b >= 0x80 {
+            return Err(PathError::Control);
+        }
+        if b == b'\\' || (encoded && b == b'/') {
+            return Err(PathError::Separator);
+        }
+        if b == b';' {
+            return Err(PathError::Parameter);
+        }
+    }
+    // Split on raw slashes into segments of (byte, keep-encoded).
+    let mut segments: Vec<&[(u8, bool)]> = Vec::new();
+    let trailing_slash = decoded.last().is_some_and(|&(b, e)| b == b'/' && !e);
+    for seg in decoded.split(|&(b, e)| b == b'/' && !e) {
+        segments.push(seg);
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut ends_dir = trailing_slash;
+    let n = segments.len();
+    for (idx, seg) in segments.into_iter().enumerate() {
+        let last = idx + 1 == n;
+        if seg.is_empty() {
+            continue;
+        }
+        if seg.iter().all(|&(b, _)| b == b'.') && seg.len() <= 2 {
+            if seg.len() == 2 && out.pop().is_none() {
+                return Err(PathError::AboveRoot);
+            }
+            if last {
+                ends_dir = true;
+            }
+            continue;
+        }
+        let end = seg[seg.len() - 1].0;
+        if end == b'.' || end == b' ' {
+            return Err(PathError::TrailingDot);
+        }
+        let mut s = String::with_capacity(seg.len());
+        for &(b, _) in seg {
+            if is_raw_ok(b) {
+                s.push(b as char);
+            } else {
+                push_escape(&mut s, b);
+            }
+        }
+        out.push(s);
+    }
+    let mut result = String::with_capacity(path.len());
+    for s in &out {
+        result.push('/');
+        result.push_str(s);
+    }
+    if result.is_empty() || (ends_dir && !out.is_empty()) {
+        result.push('/');
+    }
+    Ok(result)
+}
+
+fn push_escape(s: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    s.push('%');
+    s.push(HEX[usize::from(b >> 4)] as char);
+    s.push(HEX[usize::from(b & 15)] as char);
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Forward the request.
+    Allow,
+    /// Answer 403.
+    Deny,
+}
+
+/// A path pattern: exact (`/admin`) or prefix (`/admin/*`, which covers
+/// `/admin/` and everything below it but not `/admin`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// Exactly this canonical path (lower-cased).
+    Exact(String),
+    /// Everything starting with this (lower-cased, ends with `/`).
+    Prefix(String),
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Exact(p) => f.write_str(p),
+            Pattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// Why a path rule is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// The pattern is not canonical or uses `*` elsewhere than a final `/*`.
+    #[error(
+        "path pattern {0:?} must be a canonical path, optionally ending in /* (e.g. /admin or /admin/*)"
+    )]
+    Pattern(String),
+    /// A method name that is not a token.
+    #[error("invalid method {0:?}")]
+    Method(String),
+}
+
+impl Pattern {
+    /// Parses `/x`, `/x/*` or `/*`.
+    pub fn parse(s: &str) -> Result<Self, RuleError> {
+        let bad = || RuleError::Pattern(s.to_owned());
+        let (base, prefix) = match s.strip_suffix('*') {
+            Some(b) if b.ends_with('/') => (b, true),
+            Some(_) => return Err(bad()),
+            None => (s, false),
+        };
+        if base.contains('*') {
+            return Err(bad());
+        }
+        let canon = canonicalize(base).map_err(|_| bad())?;
+        if canon != base {
+            return Err(bad());
+        }
+        let lower = canon.to_ascii_lowercase();
+        Ok(if prefix {
+            Pattern::Prefix(lower)
+        } else {
+            Pattern::Exact(lower)
+        })
+    }
+
+    fn matches(&self, lower_path: &str) -> bool {
+        match self {
+            Pattern::Exact(p) => p == lower_path,
+            Pattern::Prefix(p) => lower_path.starts_with(p.as_str()),
+        }
+    }
+
+    /// Higher is more specific: exact beats any prefix, longer prefix beats shorter.
+    fn specificity(&self) -> (u8, usize) {
+        match self {
+            Pattern::Exact(p) => (1, p.len()),
+            Pattern::Prefix(p) => (0, p.len()),
+        }
+    }
+}
+
+/// One path rule as written in the edge config.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRuleSpec {
+    /// `/x` or `/x/*`.
+    pub path: String,
+    /// Methods the rule applies to; empty means every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// What to do.
+    pub action: Action,
+}
+
+#[derive(Debug, Clone)]
+struct PathRule {
+    pattern: Pattern,
+    methods: Vec<http::Method>,
+    action: Action,
+}
+
+/// The compiled path rules of one hostname.
+#[derive(Debug, Clone)]
+pub struct PathRules {
+    rules: Vec<PathRule>,
+    default: Action,
+}
+
+impl PathRules {
+    /// Compiles rules; `default` applies when none matches.
+    pub fn new(specs: &[PathRuleSpec], default: Action) -> Result<Self, RuleError> {
+        let rules = specs
+            .iter()
+            .map(|s| {
+                let methods = s
+                    .methods
+                    .iter()
+                    .map(|m| {
+                        http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                            .map_err(|_| RuleError::Method(m.clone()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(PathRule {
+                    pattern: Pattern::parse(&s.path)?,
+                    methods,
+                    action: s.action,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { rules, default })
+    }
+
+    /// The decision for a canonical path. The most specific matching pattern
+    /// wins; a rule naming methods beats one for every method at the same
+    /// pattern; on a remaining tie, deny wins.
+    pub fn decide(&self, method: &http::Method, canonical: &str) -> Action {
+        let lower = canonical.to_ascii_lowercase();
+        let mut best: Option<((u8, usize), bool, Action)> = None;
+        for r in &self.rules {
+            if !r.pattern.matches(&lower) {
+                continue;
+            }
+            let by_method = !r.methods.is_empty();
+            if by_method && !r.methods.contains(method) {
+                continue;
+            }
+            let key = (r.pattern.specificity(), by_method);
+            let better = match &best {
+                None => true,
+                Some((spec, bm, action)) => {
+                    (key.0, key.1) > (*spec, *bm)
+                        || ((key.0, key.1) == (*spec, *bm)
+                            && r.action == Action::Deny
+                            && *action == Action::Allow)
+                }
+            };
+            if better {
+                best = Some((key.0, key.1, r.action));
+            }
+        }
+        best.map_or(self.default, |(_, _, a)| a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn canonical_forms() {
+        let ok = |a: &str, b: &str| assert_eq!(canonicalize(a).as_deref(), Ok(b), "{a}");
+        ok("/", "/");
+        ok("/a/b", "/a/b");
+        ok("//a///b//", "/a/b/");
+        ok("/a/./b/../c", "/a/c");
+        ok("/a/b/..", "/a/");
+        ok("/a/.", "/a/");
+        ok("/%61dmin", "/admin");
+        ok("/a/%2e%2E/", "/");
+        ok("/a%21%7e", "/a!~");
+        ok("/a/%2e%2e/b", "/b");
+        ok("/caf%c3%a9", "/caf%C3%A9");
+        ok("/a%3fb", "/a%3Fb");
+        ok("/a%20b", "/a%20b");
+        ok("/a\"b", "/a%22b");
+        ok("/~user/x-y_z", "/~user/x-y_z");
+        let bad = |a: &str, e: PathError| assert_eq!(canonicalize(a), Err(e), "{a}");
+        bad("a", PathError::NotAbsolute);
+        bad("", PathError::NotAbsolute);
+        bad("/%zz", PathError::BadEscape);
+        bad("/%4", PathError::BadEscape);
+        bad("/a%00", PathError::Control);
+        bad("/a%0d%0a", PathError::Control);
+        bad("/%c0%ae%c0%ae/", PathError::NotUtf8);
+        bad("/a%2fb", PathError::Separator);
+        bad("/a\\b", PathError::Separator);
+        bad("/a%5cb", PathError::Separator);
+        bad("/admin;x=1", PathError::Parameter);
+        bad("/%2561dmin", PathError::DoubleEncoding);
+        bad("/%25%36%31dmin", PathError::DoubleEncoding);
+        bad("/ad.%251/ad.d.%251%341%251", PathError::DoubleEncoding);
+        ok("/100%25", "/100%25");
+        ok("/100%25x", "/100%25x");
+        bad("/a%3bb", PathError::Parameter);
+        bad("/..", PathError::AboveRoot);
+        bad("/%2e%2E/", PathError::AboveRoot);
+        bad("/a/../../b", PathError::AboveRoot);
+        bad("/admin.", PathError::TrailingDot);
+        bad("/admin%20", PathError::TrailingDot);
+        bad("/admin%2e/", PathError::TrailingDot);
+    }
+
+    fn rules() -> PathRules {
+        let spec = |p: &str, m: &[&str], a| PathRuleSpec {
+            path: p.into(),
+            methods: m.iter().map(|s| s.to_string()).collect(),
+            action: a,
+        };
+        PathRules::new(
+            &[
+                spec("/*", &[], Action::Allow),
+                spec("/admin", &[], Action::Deny),
+                spec("/admin/*", &[], Action::Deny),
+                spec("/admin/health", &["GET"], Action::Allow),
+                spec("/x/*", &[], Action::Deny),
+            ],
+            Action::Deny,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn most_specific_wins() {
+        let r = rules();
+        let get = http::Method::GET;
+        assert_eq!(r.decide(&get, "/"), Action::Allow);
+        assert_eq!(r.decide(&get, "/admin"), Action::Deny);
+        assert_eq!(
+            r.decide(&get, "/ADMIN"),
+            Action::Deny,
+            "case-insensitive match"
+        );
+        assert_eq!(r.decide(&get, "/admin/"), Action::Deny);
+        assert_eq!(r.decide(&get, "/admin/users"), Action::Deny);
+        assert_eq!(r.decide(&get, "/admin/health"), Action::Allow);
+        assert_eq!(r.decide(&http::Method::POST, "/admin/health"), Action::Deny);
+        assert_eq!(r.decide(&get, "/adminx"), Action::Allow);
+        assert_eq!(
+            r.decide(&get, "/x"),
+            Action::Allow,
+            "/x/* does not cover /x"
+        );
+        assert_eq!(r.decide(&get, "/x/y"), Action::Deny);
+        let empty = PathRules::new(&[], Action::Deny).unwrap();
+        assert_eq!(empty.decide(&get, "/"), Action::Deny, "default deny");
+    }
+
+    #[test]
+    fn patterns_must_be_canonical() {
+        for bad in [
+            "admin", "/admin*", "/a/*/b", "/a//b", "/a/../b", "/%61", "*",
+        ] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Pattern::parse("/*").unwrap(), Pattern::Prefix("/".into()));
+    }
+
+    proptest! {
+        #[test]
+        fn canonicalizing_twice_changes_nothing(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("/".to_string()), Just(".".to_string()), Just("..".to_string()),
+                    Just("%2e".to_string()), Just("%2F".to_string()), Just("%41".to_string()),
+                    Just("%c3%a9".to_string()), Just("%zz".to_string()), Just(";".to_string()),
+                    Just("\\".to_string()), Just("%20".to_string()), Just("a".to_string()),
+                    "[a-zA-Z0-9._~!$&'()*+,=:@ \"<>-]{0,4}",
+                ],
+                0..12,
+            )
+        ) {
+            let path = format!("/{}", parts.concat());
+            if let Ok(c) = canonicalize(&path) {
+                prop_assert_eq!(canonicalize(&c), Ok(c.clone()));
+            }
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic(s in "\\PC{0,40}") {
+            let _ = canonicalize(&s);
+        }
+    }
+}

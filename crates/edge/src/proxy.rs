@@ -1,0 +1,434 @@
+//! The public request path: hostname → route, canonical path, path rules,
+//! then one tunnel stream per request, streamed both ways.
+
+use crate::config::Route;
+use crate::path::{Action, canonicalize};
+use crate::tunnels::Registry;
+use bytes::Bytes;
+use gatehouse_proto::{Frame, RequestHead, ResponseHead};
+use gatehouse_tunnel::stream::{
+    FrameReader, FrameWriter, TunnelBody, bridge, empty, full, is_upgrade, pump_body,
+    strip_hop_by_hop,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// Header carrying the client's IP address to the origin (always set by the
+/// edge; a value sent by the client is replaced).
+pub const CLIENT_IP_HEADER: &str = "gatehouse-client-ip";
+/// Header carrying the request id to the origin.
+pub const REQUEST_ID_HEADER: &str = "gatehouse-request-id";
+
+/// Metrics of the public side.
+#[derive(Debug, Default, Clone)]
+pub struct ProxyMetrics {
+    /// Responses by status code.
+    pub responses: Family<Vec<(String, String)>, Counter>,
+}
+
+/// Shared state of the public listeners.
+#[derive(Debug)]
+pub struct Public {
+    /// Hostname → route.
+    pub routes: RwLock<Arc<BTreeMap<String, Route>>>,
+    /// Live tunnel connections.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: ProxyMetrics,
+    /// Requests whose response has not ended yet.
+    pub inflight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A response body that counts as in flight until it ends or is dropped.
+struct Tracked {
+    inner: TunnelBody,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = gatehouse_tunnel::stream::BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn page(status: StatusCode, title: &str, detail: &str, request_id: &str) -> Response<TunnelBody> {
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\n<body><h1>{code} {title}</h1>\n<p>{detail}</p>\n<p><small>gatehouse edge, request id {request_id}</small></p></body></html>\n",
+        code = status.as_u16()
+    );
+    let mut r = Response::new(full(html));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        r.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    r
+}
+
+/// The host a request is for: `:authority` (HTTP/2) or `Host`, lower-cased,
+/// without port.
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.host().to_owned(),
+        None => {
+            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            let auth: http::uri::Authority = h.parse().ok()?;
+            auth.host().to_owned()
+        }
+    };
+    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn request_id() -> String {
+    let b: [u8; 8] = rand::random();
+    hex::encode(b)
+}
+
+impl Public {
+    /// Answers one public request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &'static str,
+    ) -> Response<TunnelBody> {
+        let id = request_id();
+        let host = request_host(&req).unwrap_or_default();
+        let span = info_span!("request", id = %id, host = %host, method = %req.method(), path = %req.uri().path());
+        let started = std::time::Instant::now();
+        self.inflight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let count = self.inflight.clone();
+        let resp = self
+            .route(req, peer, scheme, &host, &id)
+            .instrument(span.clone())
+            .await;
+        let status = resp.status().as_u16();
+        self.metrics
+            .responses
+            .get_or_create(&vec![("code".to_owned(), status.to_string())])
+            .inc();
+        span.in_scope(|| {
+            info!(
+                status,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "request"
+            )
+        });
+        resp.map(|inner| http_body_util::BodyExt::boxed_unsync(Tracked { inner, count }))
+    }
+
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &'static str,
+        host: &str,
+        id: &str,
+    ) -> Response<TunnelBody> {
+        let routes = match self.routes.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let Some(route) = routes.get(host) else {
+            return page(
+                StatusCode::NOT_FOUND,
+                "Not Found",
+                "This hostname is not served here.",
+                id,
+            );
+        };
+        let canonical = match canonicalize(req.uri().path()) {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "refused path");
+                return page(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    "The request path is not acceptable.",
+                    id,
+                );
+            }
+        };
+        if route.rules.decide(req.method(), &canonical) == Action::Deny {
+            debug!(path = canonical, "denied by path rules");
+            return page(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "Access to this path is not allowed.",
+                id,
+            );
+        }
+        let path = match req.uri().query() {
+            Some(q) => format!("{canonical}?{q}"),
+            None => canonical,
+        };
+        self.forward(req, peer, scheme, host, &route.tunnel, path, id)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: &'static str,
+        host: &str,
+        tunnel: &str,
+        path: String,
+        id: &str,
+    ) -> Response<TunnelBody> {
+        let upgrade = is_upgrade(req.headers());
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        let client_host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                headers
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| host.to_owned());
+        strip_hop_by_hop(&mut headers, upgrade);
+        forwarded_headers(&mut headers, peer, scheme, &client_host, id);
+        let head = RequestHead {
+            request_id: id.to_owned(),
+            method: parts.method.clone(),
+            scheme: scheme.to_owned(),
+            authority: host.to_owned(),
+            path,
+            client_addr: peer.to_string(),
+            headers,
+        };
+        let no_body = upgrade || body.is_end_stream();
+        let retryable = no_body && is_idempotent(&parts.method);
+        let mut body = Some(body);
+        let attempts = if retryable { 3 } else { 1 };
+        let mut last_err = String::new();
+        for attempt in 0..attempts {
+            let Some(conn) = self.registry.pick(tunnel) else {
+                warn!(tunnel, "no live tunnel connection");
+                return page(
+                    StatusCode::BAD_GATEWAY,
+                    "Bad Gateway",
+                    "No tunnel connection is live for this hostname: its connector is not connected to this edge.",
+                    id,
+                );
+            };
+            let (mut w, mut r) = match conn.open().await {
+                Ok(x) => x,
+                Err(e) => {
+                    last_err = e.to_string();
+                    continue;
+                }
+            };
+            let sent = if no_body && !upgrade {
+                // Head and end of stream in one write.
+                w.queue(&Frame::RequestHead(head.clone()))
+            } else if upgrade {
+                w.send(&Frame::RequestHead(head.clone())).await
+            } else {
+                // The body pump flushes the head with the first bytes.
+                w.queue(&Frame::RequestHead(head.clone()))
+            };
+            if let Err(e) = sent {
+                last_err = e.to_string();
+                continue;
+            }
+            let w_keep = if upgrade {
+                Some(w)
+            } else if no_body {
+                let _ = w.finish().await;
+                None
+            } else {
+                if let Some(b) = body.take() {
+                    tokio::spawn(
+                        async move {
+                            if let Err(e) = pump_body(b, &mut w).await {
+                                debug!(error = %e, "request body ended early");
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                }
+                None
+            };
+            match r.next().await {
+                Ok(Some(Frame::ResponseHead(h))) => {
+                    return respond(h, r, w_keep, on_upgrade, id);
+                }
+                Ok(Some(Frame::Reset(msg))) => {
+                    warn!(reason = msg, "connector reset the stream");
+                    return page(
+                        StatusCode::BAD_GATEWAY,
+                        "Bad Gateway",
+                        "The connector could not serve this request.",
+                        id,
+                    );
+                }
+                Ok(Some(_)) => last_err = "unexpected frame".into(),
+                Ok(None) => last_err = "stream closed before the response".into(),
+                Err(e) => last_err = e.to_string(),
+            }
+            debug!(
+                attempt,
+                conn = conn.id,
+                error = last_err,
+                "tunnel stream failed before the response"
+            );
+        }
+        warn!(error = last_err, "tunnel stream failed");
+        page(
+            StatusCode::BAD_GATEWAY,
+            "Bad Gateway",
+            "The tunnel connection failed before the origin answered.",
+            id,
+        )
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn forwarded_headers(h: &mut HeaderMap, peer: SocketAddr, scheme: &str, host: &str, id: &str) {
+    let ip = peer.ip().to_canonical().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            h.insert(name, v);
+        }
+    };
+    set(h, "x-forwarded-for", &xff);
+    set(h, "x-forwarded-proto", scheme);
+    set(h, "x-forwarded-host", host);
+    set(h, CLIENT_IP_HEADER, &ip);
+    set(h, REQUEST_ID_HEADER, id);
+}
+
+fn respond(
+    head: ResponseHead,
+    r: FrameReader,
+    w_keep: Option<FrameWriter>,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    id: &str,
+) -> Response<TunnelBody> {
+    let mut headers = head.headers;
+    let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+    let body = match (switching, on_upgrade, w_keep) {
+        (true, Some(on_up), Some(w)) => {
+            tokio::spawn(
+                async move {
+                    match on_up.await {
+                        Ok(up) => {
+                            if let Err(e) = bridge(TokioIo::new(up), r, w).await {
+                                debug!(error = %e, "upgraded stream ended");
+                            }
+                        }
+                        Err(e) => debug!(error = %e, "client upgrade failed"),
+                    }
+                }
+                .in_current_span(),
+            );
+            strip_hop_by_hop(&mut headers, true);
+            empty()
+        }
+        (true, _, _) => {
+            return page(
+                StatusCode::BAD_GATEWAY,
+                "Bad Gateway",
+                "Unexpected protocol switch from the origin.",
+                id,
+            );
+        }
+        _ => {
+            strip_hop_by_hop(&mut headers, false);
+            r.into_body()
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = headers;
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+/// The plain-HTTP listener: ACME HTTP-01 answers, and a permanent redirect
+/// to HTTPS for configured hostnames; everything else is 404.
+pub fn http_answer(
+    public: &Public,
+    http01: &crate::acme::Http01,
+    req: &Request<Incoming>,
+) -> Response<TunnelBody> {
+    let host = request_host(req).unwrap_or_default();
+    if let Some(token) = req
+        .uri()
+        .path()
+        .strip_prefix("/.well-known/acme-challenge/")
+    {
+        if let Some(ka) = http01.answer(token) {
+            let mut r = Response::new(full(ka));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            return r;
+        }
+    }
+    let known = public.routes.read().is_ok_and(|g| g.contains_key(&host));
+    if !known {
+        return page(
+            StatusCode::NOT_FOUND,
+            "Not Found",
+            "This hostname is not served here.",
+            "-",
+        );
+    }
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r
+}

@@ -1,0 +1,355 @@
+//! The edge's shell: listeners, tasks, reloads and shutdown.
+
+use crate::acme::Http01;
+use crate::certs::{ACME_TLS_ALPN, CertStore};
+use crate::config::EdgeConfig;
+use crate::proxy::{Public, http_answer};
+use crate::tokens::TokenStore;
+use crate::tunnels::{Registry, TunnelSide};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::registry::Registry as Metrics;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tracing::{debug, error, info};
+
+/// Why the edge cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The tunnel store is unusable.
+    #[error(transparent)]
+    Tokens(#[from] crate::tokens::TokenStoreError),
+    /// A certificate is unusable.
+    #[error(transparent)]
+    Cert(#[from] crate::certs::CertError),
+    /// TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] gatehouse_tunnel::tls::TlsError),
+    /// A listener could not be opened.
+    #[error("listen {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// How long in-flight public requests may run after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| EdgeError::Listen { addr, source })
+}
+
+/// Runs the edge until `shutdown` resolves. `config_path`, when given, is
+/// re-read on SIGHUP (routes, path rules, certificate files).
+pub async fn run(
+    cfg: EdgeConfig,
+    config_path: Option<PathBuf>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), EdgeError> {
+    let heartbeat = cfg.heartbeat()?;
+    let routes = cfg.routes()?;
+    let tokens = TokenStore::load(&cfg.tokens)?;
+    let store = Arc::new(CertStore::default());
+    load_cert_files(&cfg, &store)?;
+    let registry = Arc::new(Registry::default());
+    let public = Arc::new(Public {
+        routes: RwLock::new(Arc::new(routes)),
+        registry: registry.clone(),
+        metrics: Default::default(),
+        inflight: Default::default(),
+    });
+    let http01 = Arc::new(Http01::default());
+    let side = Arc::new(TunnelSide {
+        registry: registry.clone(),
+        tokens: Arc::new(RwLock::new(tokens)),
+        heartbeat,
+    });
+
+    // Tunnel endpoint: QUIC on UDP, TLS + HTTP/2 on TCP, same port.
+    let chain = gatehouse_tunnel::tls::load_certs(&cfg.tunnel_tls.cert)?;
+    let key = gatehouse_tunnel::tls::load_key(&cfg.tunnel_tls.key)?;
+    let server_tls = |alpn: &[u8]| -> Result<rustls::ServerConfig, EdgeError> {
+        let mut c = rustls::ServerConfig::builder_with_provider(gatehouse_tunnel::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())?;
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Ok(c)
+    };
+    let qsc =
+        quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(gatehouse_proto::ALPN_QUIC)?)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut quic = quinn::ServerConfig::with_crypto(Arc::new(qsc));
+    quic.transport_config(gatehouse_tunnel::transport::quic_transport(heartbeat, 1));
+    let endpoint =
+        quinn::Endpoint::server(quic, cfg.listen.tunnel).map_err(|source| EdgeError::Listen {
+            addr: cfg.listen.tunnel,
+            source,
+        })?;
+    let tunnel_tcp = bind(cfg.listen.tunnel).await?;
+    let tunnel_acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(gatehouse_proto::ALPN_TCP)?));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::tunnels::accept_quic(side.clone(), endpoint.clone()));
+    tasks.spawn(crate::tunnels::accept_tcp(
+        side.clone(),
+        tunnel_tcp,
+        tunnel_acceptor,
+    ));
+
+    let https = bind(cfg.listen.https).await?;
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(crate::certs::server_config(store.clone())?));
+    let mut listeners = tokio::task::JoinSet::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    listeners.spawn(serve_https(https, acceptor, public.clone(), stop_rx));
+    if let Some(addr) = cfg.listen.http {
+        listeners.spawn(serve_http(
+            bind(addr).await?,
+            public.clone(),
+            http01.clone(),
+        ));
+    }
+    if let Some(addr) = cfg.listen.admin {
+        let mut metrics = Metrics::with_prefix("gatehouse_edge");
+        metrics.register(
+            "responses",
+            "Public responses by status code",
+            public.metrics.responses.clone(),
+        );
+        metrics.register(
+            "tunnel_connections",
+            "Live connector connections",
+            registry.metrics.connections.clone(),
+        );
+        metrics.register(
+            "tunnel_auth_failures",
+            "Connector connections refused for a bad token",
+            registry.metrics.auth_failures.clone(),
+        );
+        let reg = registry.clone();
+        let ready = Arc::new(move || reg.live() > 0);
+        tasks.spawn(gatehouse_tunnel::admin::serve(
+            bind(addr).await?,
+            Arc::new(metrics),
+            ready,
+        ));
+    }
+    if let Some(acme) = cfg.acme.clone() {
+        let hosts: Vec<String> = cfg
+            .hostnames
+            .iter()
+            .filter(|h| h.tls.is_none())
+            .map(|h| h.hostname.clone())
+            .collect();
+        if !hosts.is_empty() {
+            tasks.spawn(crate::acme::maintain(
+                acme,
+                hosts,
+                store.clone(),
+                http01.clone(),
+            ));
+        }
+    }
+    tasks.spawn(watch(
+        cfg.tokens.clone(),
+        config_path,
+        side.clone(),
+        public.clone(),
+        store.clone(),
+    ));
+    info!(https = %cfg.listen.https, tunnel = %cfg.listen.tunnel, "edge ready");
+
+    shutdown.await;
+    // Stop taking requests, let those in flight finish, then close tunnels.
+    listeners.abort_all();
+    let _ = stop_tx.send(true);
+    let inflight = public.inflight.clone();
+    let drained = async {
+        while inflight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        tracing::warn!(
+            inflight = public.inflight.load(std::sync::atomic::Ordering::Relaxed),
+            "grace period over with requests in flight"
+        );
+    }
+    info!("edge shutting down: closing tunnel connections");
+    registry.close_all();
+    endpoint.close(
+        quinn::VarInt::from_u32(gatehouse_proto::CLOSE_EDGE_SHUTDOWN),
+        b"edge shutting down",
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    tasks.abort_all();
+    Ok(())
+}
+
+fn load_cert_files(cfg: &EdgeConfig, store: &CertStore) -> Result<(), EdgeError> {
+    for h in &cfg.hostnames {
+        if let Some(t) = &h.tls {
+            store.load_files(&h.hostname, &t.cert, &t.key)?;
+        }
+    }
+    Ok(())
+}
+
+async fn serve_https(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    public: Arc<Public>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let public = public.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!(%peer, "TLS handshake timed out"),
+                };
+            if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+                return; // TLS-ALPN-01 validation: the handshake was the answer.
+            }
+            let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                let public = public.clone();
+                async move { Ok::<_, std::convert::Infallible>(public.handle(req, peer, "https").await) }
+            });
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Slow clients may not hold a connection open without sending a head.
+            b.http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            b.http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(256);
+            let conn = b.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    // Finish the requests in flight; refuse new ones.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+async fn serve_http(listener: TcpListener, public: Arc<Public>, http01: Arc<Http01>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let public = public.clone();
+        let http01 = http01.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                let resp = http_answer(&public, &http01, &req);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+/// Reloads the token store when its file changes or on SIGHUP (closing the
+/// connections of revoked tunnels), and the edge config on SIGHUP.
+async fn watch(
+    tokens_path: PathBuf,
+    config_path: Option<PathBuf>,
+    side: Arc<TunnelSide>,
+    public: Arc<Public>,
+    store: Arc<CertStore>,
+) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = std::fs::read(&tokens_path).ok();
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => true,
+        };
+        let now = std::fs::read(&tokens_path).ok();
+        if forced || now != last {
+            last = now;
+            match TokenStore::load(&tokens_path) {
+                Ok(t) => {
+                    match side.tokens.write() {
+                        Ok(mut g) => *g = t,
+                        Err(p) => *p.into_inner() = t,
+                    }
+                    info!("tunnel store reloaded");
+                }
+                Err(e) => {
+                    error!(error = %e, "tunnel store reload refused; keeping the running one")
+                }
+            }
+        }
+        // Revoked or expired tunnels lose their live connections.
+        let active: Vec<String> = match side.tokens.read() {
+            Ok(g) => g
+                .active(crate::tokens::now_unix())
+                .map(str::to_owned)
+                .collect(),
+            Err(p) => p
+                .into_inner()
+                .active(crate::tokens::now_unix())
+                .map(str::to_owned)
+                .collect(),
+        };
+        side.registry.close_revoked(&active);
+        if forced {
+            if let Some(p) = &config_path {
+                match EdgeConfig::load(p).and_then(|c| Ok((c.routes()?, c))) {
+                    Ok((routes, c)) => {
+                        if let Err(e) = load_cert_files(&c, &store) {
+                            error!(error = %e, "certificate reload failed; keeping the running ones");
+                        }
+                        match public.routes.write() {
+                            Ok(mut g) => *g = Arc::new(routes),
+                            Err(p) => *p.into_inner() = Arc::new(routes),
+                        }
+                        info!("edge config reloaded");
+                    }
+                    Err(e) => {
+                        error!(error = %e, "edge config reload refused; keeping the running one")
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Benchmark of the public tier against the tunnels people use today.
+//!
+//! `cargo bench -p gatehouse --bench public_tier` measures, with wrk and
+//! curl on loopback, requests/s, p99 latency and single-stream bulk
+//! throughput of:
+//! - the origin directly (nginx serving a fixed answer and a large file);
+//! - nginx as a one-hop TLS-terminating reverse proxy;
+//! - rathole (server + client, plain TCP);
+//! - gatehouse edge → connector (QUIC, and the TLS/TCP fallback) → origin,
+//!   terminating TLS, routing and enforcing path rules.
+//!
+//! It also reports the RSS of the edge and the connector, idle and under
+//! load. It needs `nginx`, `wrk` and `rathole` on the PATH.
+//!
+//! Without `--bench` (as `cargo test --benches` runs it) it only checks its
+//! own harness quickly: the gatehouse path against an in-process origin,
+//! one second of wrk with no errors, one bulk transfer of the right size.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
+use gatehouse_testkit::pki::Pki;
+use gatehouse_testkit::process::Proc;
+use gatehouse_testkit::{free_port, wait_for};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+const HOST: &str = "localhost";
+
+fn addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+#[derive(Debug, Default, Clone)]
+struct Load {
+    rps: f64,
+    p99_ms: f64,
+    errors: u64,
+    requests: u64,
+}
+
+fn parse_ms(s: &str) -> f64 {
+    let s = s.trim();
+    if let Some(v) = s.strip_suffix("us") {
+        v.parse::<f64>().unwrap_or(0.0) / 1000.0
+    } else if let Some(v) = s.strip_suffix("ms") {
+        v.parse().unwrap_or(0.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        v.parse::<f64>().unwrap_or(0.0) * 1000.0
+    } else {
+        0.0
+    }
+}
+
+async fn wrk(url: &str, secs: u32, conns: u32) -> Load {
+    let out = tokio::process::Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .await
+        .expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut l = Load::default();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("Requests/sec:") {
+            l.rps = v.trim().parse().unwrap_or(0.0);
+        } else if let Some(v) = t.strip_prefix("99%") {
+            l.p99_ms = parse_ms(v);
+        } else if let Some(v) = t.strip_prefix("Non-2xx or 3xx responses:") {
+            l.errors += v.trim().parse::<u64>().unwrap_or(0);
+        } else if let Some(v) = t.strip_prefix("Socket errors:") {
+            l.errors += v
+                .split(',')
+                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        } else if t.contains("requests in") {
+            l.requests = t
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    assert!(
+        l.requests > 0,
+        "wrk failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    l
+}
+
+/// Single-stream download with curl: (bytes, MiB/s).
+async fn bulk(url: &str, ca: &Path) -> (u64, f64) {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download} %{speed_download}",
+            "--cacert",
+        ])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut it = text.split_whitespace();
+    let size = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let speed: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (size, speed / (1024.0 * 1024.0))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs wrk while sampling the peak RSS of `pids`.
+async fn wrk_with_rss(url: &str, secs: u32, conns: u32, pids: &[u32]) -> (Load, Vec<u64>) {
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let pids2 = pids.to_vec();
+    let sampler = tokio::spawn(async move {
+        let mut peak = vec![0u64; pids2.len()];
+        loop {
+            for (i, p) in pids2.iter().enumerate() {
+                peak[i] = peak[i].max(rss_kib(*p));
+            }
+            tokio::select! {
+                _ = &mut rx => return peak,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    let load = wrk(url, secs, conns).await;
+    let _ = tx.send(());
+    (load, sampler.await.unwrap())
+}
+
+async fn wait_http(url: &str, ca: &Path) {
+    let url = url.to_owned();
+    wait_for(
+        &format!("{url} answering 200"),
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let out = tokio::process::Command::new("curl")
+                    .args([
+                        "-s",
+                        "-k",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--cacert",
+                    ])
+                    .arg(ca)
+                    .arg(&url)
+                    .output()
+                    .await
+                    .ok()?;
+                (out.stdout == b"200").then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// nginx stopped gracefully (its master would leave its workers behind if
+/// killed outright).
+struct Nginx(Proc);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.0.signal("TERM");
+        self.0.wait();
+    }
+}
+
+struct Gatehouse {
+    _edge: Proc,
+    _connector: Proc,
+    edge_pid: u32,
+    conn_pid: u32,
+    https: SocketAddr,
+}
+
+async fn start_gatehouse(dir: &Path, pki: &Pki, origin: SocketAddr, transport: &str) -> Gatehouse {
+    let site = pki.leaf(&[HOST]);
+    let tunnel_leaf = pki.leaf(&["edge.test"]);
+    let (https, tunnel) = (addr(), addr());
+    let tokens = dir.join(format!("tunnels-{transport}.json"));
+    let out = Command::new(BIN)
+        .args(["edge", "tunnel", "create", "bench", "--tokens"])
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let edge_cfg = dir.join(format!("edge-{transport}.yaml"));
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "listen: {{https: {https}, tunnel: {tunnel}}}\ntunnel_tls: {{cert: {}, key: {}}}\ntokens: {}\nhostnames:\n  - hostname: {HOST}\n    tunnel: bench\n    tls: {{cert: {}, key: {}}}\n    default: allow\n    rules:\n      - {{path: /admin, action: deny}}\n      - {{path: /admin/*, action: deny}}\n",
+            tunnel_leaf.cert.display(),
+            tunnel_leaf.key.display(),
+            tokens.display(),
+            site.cert.display(),
+            site.key.display()
+        ),
+    )
+    .unwrap();
+    let conn_cfg = dir.join(format!("tunnel-{transport}.yaml"));
+    std::fs::write(
+        &conn_cfg,
+        format!("ingress:\n  - hostname: {HOST}\n    service: http://{origin}\n  - service: http_status:404\n"),
+    )
+    .unwrap();
+    let mut e = Command::new(BIN);
+    e.args(["edge", "--config"])
+        .arg(&edge_cfg)
+        .env("RUST_LOG", "warn");
+    let edge = Proc::start(&format!("edge-{transport}"), dir, e);
+    let mut c = Command::new(BIN);
+    c.args(["tunnel", "run", "--token", &token, "--config"])
+        .arg(&conn_cfg)
+        .args([
+            "--edge",
+            &tunnel.to_string(),
+            "--edge-name",
+            "edge.test",
+            "--edge-ca",
+        ])
+        .arg(&pki.ca)
+        .args(["--transport", transport])
+        .env("RUST_LOG", "warn");
+    let connector = Proc::start(&format!("connector-{transport}"), dir, c);
+    wait_http(&format!("https://{HOST}:{}/", https.port()), &pki.ca).await;
+    Gatehouse {
+        edge_pid: edge.pid(),
+        conn_pid: connector.pid(),
+        _edge: edge,
+        _connector: connector,
+        https,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    if full {
+        full_run().await;
+    } else {
+        quick_check().await;
+    }
+}
+
+async fn quick_check() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let origin = gatehouse_testkit::origin::HttpOrigin::start("bench").await;
+    let g = start_gatehouse(dir.path(), &pki, origin.addr, "quic").await;
+    let base = format!("https://{HOST}:{}", g.https.port());
+    let l = wrk(&format!("{base}/"), 1, 4).await;
+    assert_eq!(l.errors, 0, "errors through the tunnel");
+    let n = 8 * 1024 * 1024;
+    let (size, _) = bulk(&format!("{base}/bulk/{n}"), &pki.ca).await;
+    assert_eq!(size, n);
+    let (_, rss) = wrk_with_rss(&format!("{base}/"), 1, 4, &[g.edge_pid, g.conn_pid]).await;
+    assert!(rss.iter().all(|r| *r > 0), "RSS sampling failed");
+    println!(
+        "public_tier bench harness ok ({:.0} req/s in quick mode)",
+        l.rps
+    );
+}
+
+async fn full_run() {
+    let secs: u32 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let conns: u32 = std::env::var("BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let bulk_mib: u64 = std::env::var("BENCH_BULK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The origin: nginx, one worker, a fixed 13-byte answer and a large file.
+    let bulk_file = d.join("bulk.bin");
+    let f = std::fs::File::create(&bulk_file).unwrap();
+    f.set_len(bulk_mib * 1024 * 1024).unwrap();
+    let origin = addr();
+    let site = pki.leaf(&[HOST]);
+    let nginx_conf = |name: &str, workers: &str, server: String| {
+        let p = d.join(format!("{name}.conf"));
+        std::fs::create_dir_all(d.join(name)).unwrap();
+        std::fs::write(
+            &p,
+            format!(
+                "worker_processes {workers};\nerror_log stderr error;\npid {}/{name}/nginx.pid;\nevents {{ worker_connections 4096; }}\nhttp {{\n access_log off;\n client_body_temp_path {0}/{name};\n proxy_temp_path {0}/{name};\n fastcgi_temp_path {0}/{name};\n uwsgi_temp_path {0}/{name};\n scgi_temp_path {0}/{name};\n{server}\n}}\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let mut c = Command::new("nginx");
+        c.args(["-e", "stderr", "-g", "daemon off;", "-c"]).arg(&p);
+        Nginx(Proc::start(name, d, c))
+    };
+    let _origin = nginx_conf(
+        "origin",
+        "1",
+        format!(
+            " server {{ listen {origin}; keepalive_requests 1000000; location / {{ return 200 \"hello world\\n\"; }} location = /bulk {{ alias {}; }} }}",
+            bulk_file.display()
+        ),
+    );
+    let proxy = addr();
+    let _proxy = nginx_conf(
+        "proxy",
+        "auto",
+        format!(
+            " upstream o {{ server {origin}; keepalive 64; }}\n server {{ listen {proxy} ssl http2; ssl_certificate {}; ssl_certificate_key {}; keepalive_requests 1000000; location / {{ proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }} }}",
+            site.cert.display(),
+            site.key.display()
+        ),
+    );
+    // rathole server + client, plain TCP.
+    let (rh_ctl, rh_svc) = (addr(), addr());
+    std::fs::write(
+        d.join("rh-server.toml"),
+        format!("[server]\nbind_addr = \"{rh_ctl}\"\n[server.services.web]\ntoken = \"bench\"\nbind_addr = \"{rh_svc}\"\nnodelay = true\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("rh-client.toml"),
+        format!("[client]\nremote_addr = \"{rh_ctl}\"\n[client.services.web]\ntoken = \"bench\"\nlocal_addr = \"{origin}\"\nnodelay = true\n"),
+    )
+    .unwrap();
+    let mut rs = Command::new("rathole");
+    rs.arg("--server")
+        .arg(d.join("rh-server.toml"))
+        .env("RUST_LOG", "error");
+    let rh_server = Proc::start("rathole-server", d, rs);
+    let mut rc = Command::new("rathole");
+    rc.arg("--client")
+        .arg(d.join("rh-client.toml"))
+        .env("RUST_LOG", "error");
+    let rh_client = Proc::start("rathole-client", d, rc);
+
+    let direct = format!("http://{origin}");
+    let nginx = format!("https://{HOST}:{}", proxy.port());
+    let rathole = format!("http://{rh_svc}");
+    for u in [&direct, &nginx, &rathole] {
+        wait_http(&format!("{u}/"), &pki.ca).await;
+    }
+    let quic = start_gatehouse(d, &pki, origin, "quic").await;
+    let tcp = start_gatehouse(d, &pki, origin, "tcp").await;
+    let idle = |g: &Gatehouse| (rss_kib(g.edge_pid), rss_kib(g.conn_pid));
+    let (q_idle, t_idle) = (idle(&quic), idle(&tcp));
+
+    println!("wrk -t2 -c{conns} -d{secs}s --latency URL; curl single stream of {bulk_mib} MiB\n");
+    println!("| path | req/s | p99 | bulk MiB/s | errors |");
+    println!("|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    let targets: Vec<(&str, String, Vec<u32>)> = vec![
+        ("direct to origin (nginx)", direct.clone(), vec![]),
+        ("nginx TLS reverse proxy", nginx.clone(), vec![]),
+        (
+            "rathole server+client (TCP, no TLS)",
+            rathole.clone(),
+            vec![rh_server.pid(), rh_client.pid()],
+        ),
+        (
+            "gatehouse edge→connector, QUIC",
+            format!("https://{HOST}:{}", quic.https.port()),
+            vec![quic.edge_pid, quic.conn_pid],
+        ),
+        (
+            "gatehouse edge→connector, TLS/TCP fallback",
+            format!("https://{HOST}:{}", tcp.https.port()),
+            vec![tcp.edge_pid, tcp.conn_pid],
+        ),
+    ];
+    for (name, base, pids) in &targets {
+        let (l, rss) = wrk_with_rss(&format!("{base}/"), secs, conns, pids).await;
+        let (size, mibs) = bulk(&format!("{base}/bulk"), &pki.ca).await;
+        assert_eq!(size, bulk_mib * 1024 * 1024, "{name}: short bulk transfer");
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {mibs:.0} | {} |",
+            l.rps, l.p99_ms, l.errors
+        );
+        rows.push((name.to_string(), rss));
+    }
+    println!("\n| process | RSS idle | RSS peak under load |");
+    println!("|---|---|---|");
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "| gatehouse edge (QUIC) | {:.1} MiB | {:.1} MiB |",
+        mib(q_idle.0),
+        mib(rows[3].1[0])
+    );
+    println!(
+        "| gatehouse connector (QUIC) | {:.1} MiB | {:.1} MiB |",
+        mib(q_idle.1),
+        mib(rows[3].1[1])
+    );
+    println!(
+        "| gatehouse edge (TCP) | {:.1} MiB | {:.1} MiB |",
+        mib(t_idle.0),
+        mib(rows[4].1[0])
+    );
+    println!(
+        "| gatehouse connector (TCP) | {:.1} MiB | {:.1} MiB |",
+        mib(t_idle.1),
+        mib(rows[4].1[1])
+    );
+    println!("| rathole server | | {:.1} MiB |", mib(rows[2].1[0]));
+    println!("| rathole client | | {:.1} MiB |", mib(rows[2].1[1]));
+}

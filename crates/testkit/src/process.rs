@@ -1,0 +1,85 @@
+//! Child processes that are killed when the test ends, with their output
+//! in a file the test can read.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A running child process; killed on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: Option<Child>,
+    /// File receiving stdout and stderr.
+    pub log: PathBuf,
+    name: String,
+}
+
+impl Proc {
+    /// Starts `cmd`, sending its output to `<dir>/<name>.log`.
+    pub fn start(name: &str, dir: &Path, mut cmd: Command) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            child: Some(child),
+            log,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, `HUP`) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit; returns whether it exited with success.
+    pub fn wait(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut c) => c.wait().map(|s| s.success()).unwrap_or(false),
+            None => false,
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The log so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Prints the log (for failing tests).
+    pub fn dump(&self) {
+        eprintln!("----- {} -----\n{}", self.name, self.output());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

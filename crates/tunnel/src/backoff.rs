@@ -1,0 +1,57 @@
+//! Jittered exponential backoff for reconnecting (sans-IO: the caller draws
+//! the random number and owns the clock).
+
+use std::time::Duration;
+
+/// Reconnection delays: `base * 2^attempt`, capped at `max`, with "equal
+/// jitter" (a uniformly random delay between half and all of that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay before jitter.
+    pub base: Duration,
+    /// Largest delay before jitter.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0-based); `unit` is a random
+    /// number in `[0, 1)`.
+    pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
+        let cap = exp.min(self.max);
+        let unit = unit.clamp(0.0, 1.0);
+        cap / 2 + cap.mul_f64(unit / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grows_caps_and_jitters() {
+        let b = Backoff::default();
+        assert_eq!(b.delay(0, 0.0), Duration::from_millis(50));
+        assert_eq!(b.delay(0, 1.0), Duration::from_millis(100));
+        assert_eq!(b.delay(3, 0.0), Duration::from_millis(400));
+        assert_eq!(b.delay(30, 1.0), Duration::from_secs(2));
+        assert_eq!(b.delay(u32::MAX, 0.0), Duration::from_secs(1));
+        let mut prev = Duration::ZERO;
+        for a in 0..10 {
+            let d = b.delay(a, 0.5);
+            assert!(d >= prev);
+            prev = d;
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The connector's answer to one tunnel stream: match the ingress rules and
+//! proxy to the origin, streaming both ways.
+
+use crate::connector::Shared;
+use crate::ingress::{Ingress, Service};
+use crate::origin::Origins;
+use crate::stream::{
+    FrameReader, FrameWriter, bridge, empty, is_upgrade, pump_body, strip_hop_by_hop,
+};
+use gatehouse_proto::{Frame, RequestHead, ResponseHead};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// The running configuration: rules, their origin clients, the file text.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Validated rules.
+    pub ingress: Ingress,
+    /// One client per rule.
+    pub origins: Arc<Origins>,
+    /// The file text they came from.
+    pub text: String,
+}
+
+impl Loaded {
+    pub(crate) fn new(ingress: Ingress, origins: Origins, text: String) -> Self {
+        Self {
+            ingress,
+            origins: Arc::new(origins),
+            text,
+        }
+    }
+}
+
+/// Upgrade token of raw TCP streams (`gatehouse tunnel access tcp`).
+pub const TCP_UPGRADE: &str = "gatehouse-tcp";
+
+pub(crate) async fn handle_stream(shared: &Arc<Shared>, mut w: FrameWriter, mut r: FrameReader) {
+    let head = match r.next().await {
+        Ok(Some(Frame::RequestHead(h))) => h,
+        Ok(_) | Err(_) => {
+            let _ = w
+                .send(&Frame::Reset("expected a request head".into()))
+                .await;
+            let _ = w.finish().await;
+            return;
+        }
+    };
+    let span = info_span!("request", id = %head.request_id, host = %head.authority, method = %head.method, path = %head.path);
+    proxy(shared, head, w, r).instrument(span).await;
+}
+
+async fn respond(w: &mut FrameWriter, status: StatusCode, body: &str) {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    let _ = w.queue(&Frame::ResponseHead(ResponseHead { status, headers }));
+    if !body.is_empty() {
+        let _ = w
+            .queue_data(bytes::Bytes::copy_from_slice(body.as_bytes()))
+            .await;
+    }
+    let _ = w.finish().await;
+}
+
+async fn proxy(shared: &Arc<Shared>, head: RequestHead, mut w: FrameWriter, r: FrameReader) {
+    shared.metrics.requests.inc();
+    let loaded = shared.current();
+    let path_only = head.path.split('?').next().unwrap_or("/");
+    let (idx, rule) = loaded.ingress.find(&head.authority, path_only);
+    info!(rule = idx, service = %rule.service, "matched ingress rule");
+    match &rule.service {
+        Service::Status(code) => {
+            let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::NOT_FOUND);
+            respond(&mut w, status, "").await;
+        }
+        Service::HelloWorld => {
+            respond(&mut w, StatusCode::OK, "Hello from a gatehouse tunnel\n").await
+        }
+        Service::Tcp { address } => {
+            tcp(shared, &head, address, rule.origin.connect_timeout, w, r).await
+        }
+        Service::Http { scheme, authority } => {
+            let uri = format!("{scheme}://{authority}{}", head.path);
+            let host = rule.origin.http_host_header.clone();
+            http(shared, head, uri, host, loaded.origins.clone(), idx, w, r).await;
+        }
+        Service::Unix { .. } => {
+            let uri = format!("http://localhost{}", head.path);
+            let host = rule.origin.http_host_header.clone();
+            http(shared, head, uri, host, loaded.origins.clone(), idx, w, r).await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn http(
+    shared: &Arc<Shared>,
+    head: RequestHead,
+    uri: String,
+    host_override: Option<String>,
+    origins: Arc<Origins>,
+    idx: usize,
+    mut w: FrameWriter,
+    r: FrameReader,
+) {
+    let upgrade = is_upgrade(&head.headers);
+    let (body, keep_r) = if upgrade {
+        (empty(), Some(r))
+    } else {
+        (r.into_body(), None)
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    match uri.parse() {
+        Ok(u) => *req.uri_mut() = u,
+        Err(_) => return respond(&mut w, StatusCode::BAD_REQUEST, "bad request target\n").await,
+    }
+    *req.headers_mut() = head.headers;
+    let host = host_override.unwrap_or(head.authority);
+    if let Ok(v) = HeaderValue::from_str(&host) {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    let resp = match origins.send(idx, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            shared.metrics.origin_errors.inc();
+            warn!(error = %e, "origin request failed");
+            return respond(&mut w, StatusCode::BAD_GATEWAY, "origin unreachable\n").await;
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(r) = keep_r else {
+            return respond(&mut w, StatusCode::BAD_GATEWAY, "unexpected upgrade\n").await;
+        };
+        let mut headers = resp.headers().clone();
+        strip_hop_by_hop(&mut headers, true);
+        let head = ResponseHead {
+            status: resp.status(),
+            headers,
+        };
+        if w.send(&Frame::ResponseHead(head)).await.is_err() {
+            return;
+        }
+        match hyper::upgrade::on(resp).await {
+            Ok(up) => {
+                if let Err(e) = bridge(TokioIo::new(up), r, w).await {
+                    debug!(error = %e, "upgraded stream ended");
+                }
+            }
+            Err(e) => warn!(error = %e, "origin upgrade failed"),
+        }
+        return;
+    }
+    let (parts, body) = resp.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers, false);
+    let head = ResponseHead {
+        status: parts.status,
+        headers,
+    };
+    if w.queue(&Frame::ResponseHead(head)).is_err() {
+        return;
+    }
+    if let Err(e) = pump_body(body, &mut w).await {
+        debug!(error = %e, "response body ended early");
+    }
+}
+
+async fn tcp(
+    shared: &Arc<Shared>,
+    head: &RequestHead,
+    address: &str,
+    timeout: std::time::Duration,
+    mut w: FrameWriter,
+    r: FrameReader,
+) {
+    let wants_tcp = head
+        .headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(TCP_UPGRADE));
+    if !wants_tcp {
+        return respond(
+            &mut w,
+            StatusCode::BAD_REQUEST,
+            "this hostname serves raw TCP: connect with `gatehouse tunnel access tcp`\n",
+        )
+        .await;
+    }
+    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared.metrics.origin_errors.inc();
+            warn!(error = %e, address, "TCP origin unreachable");
+            return respond(&mut w, StatusCode::BAD_GATEWAY, "origin unreachable\n").await;
+        }
+        Err(_) => {
+            shared.metrics.origin_errors.inc();
+            return respond(
+                &mut w,
+                StatusCode::GATEWAY_TIMEOUT,
+                "origin connect timed out\n",
+            )
+            .await;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(http::header::UPGRADE, HeaderValue::from_static(TCP_UPGRADE));
+    let head = ResponseHead {
+        status: StatusCode::SWITCHING_PROTOCOLS,
+        headers,
+    };
+    if w.send(&Frame::ResponseHead(head)).await.is_err() {
+        return;
+    }
+    if let Err(e) = bridge(stream, r, w).await {
+        debug!(error = %e, "TCP stream ended");
+    }
+}

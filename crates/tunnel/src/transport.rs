@@ -1,0 +1,95 @@
+//! Transport pieces both ends share: QUIC transport settings, the raw
+//! handshake frames of the TLS/TCP fallback, and HTTP/2 stream opening.
+
+use crate::stream::{BoxError, FrameReader, FrameWriter, StreamError, TunnelBody, h2pipe};
+use bytes::BytesMut;
+use futures::{StreamExt, TryStreamExt};
+use gatehouse_proto::{Frame, HEADER_LEN, MAX_PAYLOAD};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Path of the control stream on the HTTP/2 fallback.
+pub const H2_CONTROL_PATH: &str = "/_gatehouse/control";
+/// Path of request streams on the HTTP/2 fallback.
+pub const H2_STREAM_PATH: &str = "/_gatehouse/stream";
+
+/// QUIC transport settings: keep-alives every `heartbeat`, a connection is
+/// dead after three heartbeats of silence; the peer may open
+/// `peer_streams` bidirectional streams at once (the connector lets the edge
+/// open many; the edge lets the connector open only its control stream).
+pub fn quic_transport(heartbeat: Duration, peer_streams: u32) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(heartbeat));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(heartbeat.saturating_mul(3)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(peer_streams));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.initial_rtt(Duration::from_millis(100));
+    t.stream_receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
+    t.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
+    t.send_window(16 * 1024 * 1024);
+    Arc::new(t)
+}
+
+/// Writes one frame directly on a byte stream (handshake of the TCP fallback).
+pub async fn write_raw<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<(), StreamError> {
+    let mut buf = BytesMut::new();
+    gatehouse_proto::encode(f, &mut buf).map_err(gatehouse_proto::CodecError::from)?;
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads exactly one frame from a byte stream, never reading past it.
+pub async fn read_raw<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, StreamError> {
+    let mut head = [0u8; HEADER_LEN];
+    r.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_PAYLOAD.min(64 * 1024) {
+        return Err(
+            gatehouse_proto::CodecError::from(gatehouse_proto::DecodeError::TooLarge(len)).into(),
+        );
+    }
+    let mut buf = BytesMut::zeroed(HEADER_LEN + len);
+    buf[..HEADER_LEN].copy_from_slice(&head);
+    r.read_exact(&mut buf[HEADER_LEN..]).await?;
+    match gatehouse_proto::decode(&mut buf).map_err(gatehouse_proto::CodecError::from)? {
+        Some(f) => Ok(f),
+        None => Err(StreamError::Unexpected("partial")),
+    }
+}
+
+/// Opens one stream on an HTTP/2 fallback connection (the edge is the
+/// HTTP/2 client; the request body carries edge→connector frames and the
+/// response body connector→edge frames).
+pub fn open_h2(
+    sender: &hyper::client::conn::http2::SendRequest<TunnelBody>,
+    path: &str,
+) -> Result<(FrameWriter, FrameReader), StreamError> {
+    let (w, body) = h2pipe::writer();
+    let req = http::Request::post(format!("http://gatehouse.tunnel{path}"))
+        .body(body)
+        .map_err(|e| StreamError::Body(Box::new(e)))?;
+    let mut sender = sender.clone();
+    let fut = sender.send_request(req);
+    let io = |e: BoxError| std::io::Error::other(e);
+    let s = futures::stream::once(fut)
+        .map(move |res| match res {
+            Ok(resp) if resp.status().is_success() => resp
+                .into_body()
+                .into_data_stream()
+                .map_err(move |e| io(Box::new(e)))
+                .boxed(),
+            Ok(resp) => {
+                let msg = format!("stream refused with {}", resp.status());
+                futures::stream::once(async move { Err(std::io::Error::other(msg)) }).boxed()
+            }
+            Err(e) => futures::stream::once(async move { Err(std::io::Error::other(e)) }).boxed(),
+        })
+        .flatten();
+    let reader = tokio_util::io::StreamReader::new(Box::pin(s));
+    Ok((w, FrameReader::new(Box::new(reader))))
+}
