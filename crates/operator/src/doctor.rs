@@ -1,0 +1,1 @@
+//! `gatehouse doctor`: the seed's traps that apply to a cluster.
