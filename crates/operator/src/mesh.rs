@@ -116,7 +116,7 @@ impl ControlMesh {
             &self.join,
             &self.ca,
             &self.secret,
-            Some("auth_keys:write devices:write"),
+            Some("auth_keys:write devices:read devices:write"),
         )
         .await?;
         let client = AdminClient::new(self.join.clone(), &self.ca, &t.access_token)?;

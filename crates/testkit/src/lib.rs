@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod grpc;
+pub mod kube_tracker;
 pub mod origin;
 pub mod pki;
 pub mod process;
