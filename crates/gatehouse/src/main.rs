@@ -6,10 +6,12 @@
 
 mod admin_cmd;
 mod control_cmd;
+mod doctor_cmd;
 mod edge_cmd;
 mod inputs;
 mod lint_cmd;
 mod logging;
+mod operator_cmd;
 mod policy_cmd;
 mod reach_cmd;
 mod render_cmd;
@@ -47,6 +49,11 @@ enum Command {
     Reach(reach_cmd::ReachCommand),
     /// Generate Ingresses, network policies, connector rules and ACLs from an exposure catalog.
     Render(render_cmd::RenderArgs),
+    /// The Kubernetes operator: Ingress of class gatehouse to proxy, public route and network policy.
+    #[command(subcommand)]
+    Operator(operator_cmd::OperatorCommand),
+    /// Report the seed's traps that apply to a cluster (manifests, or --cluster).
+    Doctor(doctor_cmd::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +67,8 @@ fn main() -> ExitCode {
         Command::Lint(args) => lint_cmd::run(args),
         Command::Reach(cmd) => reach_cmd::run(cmd),
         Command::Render(args) => render_cmd::run(args),
+        Command::Operator(cmd) => operator_cmd::run(cmd),
+        Command::Doctor(args) => doctor_cmd::run(args),
     }
 }
 

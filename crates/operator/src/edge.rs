@@ -271,7 +271,7 @@ mod tests {
             .collect();
         assert_eq!(
             text,
-            vec!["allow /*", "allow /js/*", "deny /ghost", "deny /ghost/*"]
+            vec!["allow /*", "deny /ghost", "deny /ghost/*", "allow /js/*"]
         );
         assert_eq!(r.default, "deny");
     }

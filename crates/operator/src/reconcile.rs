@@ -875,6 +875,27 @@ async fn sync_public(
     Ok(())
 }
 
+/// Creates the connector's ConfigMap (no public route yet) when it does not
+/// exist, so that connector pods can start before the first public Ingress.
+///
+/// # Errors
+/// When the API fails.
+pub async fn ensure_connector_config(ctx: &Context) -> Result<(), Error> {
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    if cms.get_opt(&ctx.settings.connector_config_map).await?.is_none() {
+        let cm = objects::connector_config_map(
+            &ctx.settings.namespace,
+            &ctx.settings.connector_config_map,
+            &ctx.settings.tunnel,
+            &BTreeMap::new(),
+        );
+        ctx.wrote();
+        cms.patch(&ctx.settings.connector_config_map, &apply_params(), &Patch::Apply(&cm))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Writes `status.loadBalancer.ingress[].hostname` once every proxy's first
 /// node is online in control (a node holds its serving certificate from
 /// the moment it registers).
