@@ -75,7 +75,14 @@ pub fn run(a: DoctorArgs) -> ExitCode {
         }
     } else {
         for f in &findings {
-            println!("{}: {}[{}]: {}\n  fix: {}", f.at, f.level.name(), f.rule, f.message, f.fix);
+            println!(
+                "{}: {}[{}]: {}\n  fix: {}",
+                f.at,
+                f.level.name(),
+                f.rule,
+                f.message,
+                f.fix
+            );
         }
         eprintln!("{} findings", findings.len());
     }

@@ -144,11 +144,16 @@ async fn operator(a: RunArgs) -> Result<()> {
         (Some(url), Some(tf)) => {
             let ca = match &a.edge_ca {
                 Some(p) => Some(
-                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?,
                 ),
                 None => None,
             };
-            Some(Arc::new(HttpEdge::new(url, ca.as_deref(), &read_secret(tf)?)?))
+            Some(Arc::new(HttpEdge::new(
+                url,
+                ca.as_deref(),
+                &read_secret(tf)?,
+            )?))
         }
         (None, None) => None,
         _ => bail!("--edge-api and --tunnel-token-file go together"),

@@ -10,8 +10,8 @@
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +69,9 @@ pub fn ordinal(pod: &str) -> Result<u32, BootError> {
         .ok_or_else(|| BootError::Ordinal(pod.to_string()))
 }
 
+/// State files by name.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
 /// Regular files of `dir` (not recursive), by name.
 fn read_state(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, BootError> {
     let mut out = BTreeMap::new();
@@ -107,7 +110,7 @@ pub fn restore(
     secret: &Secret,
     ord: u32,
     dir: &Path,
-) -> Result<(Option<String>, BTreeMap<String, Vec<u8>>), BootError> {
+) -> Result<(Option<String>, Files), BootError> {
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let prefix = format!("s{ord}.");
     let mut restored = BTreeMap::new();
@@ -217,7 +220,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret = Secret {
             data: Some(BTreeMap::from([
-                ("authkey-1".to_string(), ByteString(b"gh-authkey-x".to_vec())),
+                (
+                    "authkey-1".to_string(),
+                    ByteString(b"gh-authkey-x".to_vec()),
+                ),
                 ("s1.node.key".to_string(), ByteString(b"k1".to_vec())),
                 ("s0.node.key".to_string(), ByteString(b"k0".to_vec())),
             ])),

@@ -76,12 +76,14 @@ pub fn check_manifests(inputs: &[(&str, &str)]) -> Vec<Finding> {
 
 /// Checks that control answers at `join` with the pinned CA.
 pub async fn check_control(join: &str) -> Option<Finding> {
-    let fail = |m: String| Finding {
+    let fail = |m: String| {
+        Finding {
         rule: CONTROL_UNREACHABLE.into(),
         level: Level::Error,
         at: join.to_string(),
         message: format!("control unreachable: {m}"),
         fix: "check the join string (gatehouse control prints it), that control runs, and that the cluster can reach its address".into(),
+    }
     };
     let j = match gatehouse_client::Join::parse(join) {
         Ok(j) => j,
@@ -93,7 +95,11 @@ pub async fn check_control(join: &str) -> Option<Finding> {
     }
 }
 
-async fn dump<K>(api: Api<K>, name: &str, out: &mut Vec<(String, String)>) -> Result<(), kube::Error>
+async fn dump<K>(
+    api: Api<K>,
+    name: &str,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
     K::DynamicType: Default,
@@ -119,21 +125,53 @@ where
 /// When the API refuses a list the checks need.
 pub async fn collect(client: &Client) -> Result<Vec<(String, String)>, kube::Error> {
     let mut out = Vec::new();
-    dump(Api::<IngressClass>::all(client.clone()), "ingressclasses", &mut out).await?;
+    dump(
+        Api::<IngressClass>::all(client.clone()),
+        "ingressclasses",
+        &mut out,
+    )
+    .await?;
     dump(Api::<Ingress>::all(client.clone()), "ingresses", &mut out).await?;
     dump(Api::<Service>::all(client.clone()), "services", &mut out).await?;
-    dump(Api::<NetworkPolicy>::all(client.clone()), "networkpolicies", &mut out).await?;
-    dump(Api::<Namespace>::all(client.clone()), "namespaces", &mut out).await?;
-    dump(Api::<Deployment>::all(client.clone()), "deployments", &mut out).await?;
-    dump(Api::<StatefulSet>::all(client.clone()), "statefulsets", &mut out).await?;
+    dump(
+        Api::<NetworkPolicy>::all(client.clone()),
+        "networkpolicies",
+        &mut out,
+    )
+    .await?;
+    dump(
+        Api::<Namespace>::all(client.clone()),
+        "namespaces",
+        &mut out,
+    )
+    .await?;
+    dump(
+        Api::<Deployment>::all(client.clone()),
+        "deployments",
+        &mut out,
+    )
+    .await?;
+    dump(
+        Api::<StatefulSet>::all(client.clone()),
+        "statefulsets",
+        &mut out,
+    )
+    .await?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
     if let Some(cm) = cms.get_opt("cilium-config").await? {
         let mut v = serde_json::to_value(&cm).unwrap_or_default();
         v["apiVersion"] = serde_json::json!("v1");
         v["kind"] = serde_json::json!("ConfigMap");
-        out.push(("cluster:kube-system/cilium-config".into(), serde_yaml_ng::to_string(&v).unwrap_or_default()));
+        out.push((
+            "cluster:kube-system/cilium-config".into(),
+            serde_yaml_ng::to_string(&v).unwrap_or_default(),
+        ));
     }
-    if client.list_api_group_resources("cilium.io/v2").await.is_ok() {
+    if client
+        .list_api_group_resources("cilium.io/v2")
+        .await
+        .is_ok()
+    {
         let ar = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk("cilium.io", "v2", "CiliumNetworkPolicy"),
             "ciliumnetworkpolicies",

@@ -105,12 +105,11 @@ impl ControlMesh {
     }
 
     async fn client(&self) -> Result<AdminClient, MeshError> {
-        if let Ok(g) = self.token.lock() {
-            if let Some((c, until)) = g.as_ref() {
-                if Instant::now() < *until {
-                    return Ok(c.clone());
-                }
-            }
+        if let Ok(g) = self.token.lock()
+            && let Some((c, until)) = g.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(c.clone());
         }
         let t = AdminClient::oauth_token(
             &self.join,

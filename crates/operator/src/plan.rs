@@ -124,10 +124,10 @@ pub fn backend_services(ing: &Ingress) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let spec = ing.spec.clone().unwrap_or_default();
     let mut push = |b: Option<&IngressServiceBackend>| {
-        if let Some(s) = b {
-            if !out.contains(&s.name) {
-                out.push(s.name.clone());
-            }
+        if let Some(s) = b
+            && !out.contains(&s.name)
+        {
+            out.push(s.name.clone());
         }
     };
     push(
@@ -186,10 +186,10 @@ fn container_port(svc_name: &str, sp: &ServicePort, obs: &Observed) -> (String, 
     let sp_name = sp.name.clone().unwrap_or_default();
     for slice in obs.slices.get(svc_name).into_iter().flatten() {
         for p in slice.ports.iter().flatten() {
-            if p.name.clone().unwrap_or_default() == sp_name {
-                if let Some(n) = p.port {
-                    return (n.to_string(), true);
-                }
+            if p.name.clone().unwrap_or_default() == sp_name
+                && let Some(n) = p.port
+            {
+                return (n.to_string(), true);
             }
         }
     }
@@ -305,14 +305,14 @@ pub fn plan(ing: &Ingress, obs: &Observed, cluster_domain: &str) -> Result<Plan,
         for h in hosts {
             let mut routes: Vec<Route> = by_host.get(&h).cloned().unwrap_or_default();
             routes.extend(by_host.get("").cloned().unwrap_or_default());
-            if let Some(d) = &default {
-                if !routes.iter().any(|r| r.path == "/" && !r.exact) {
-                    routes.push(Route {
-                        exact: false,
-                        path: "/".into(),
-                        backend: d.clone(),
-                    });
-                }
+            if let Some(d) = &default
+                && !routes.iter().any(|r| r.path == "/" && !r.exact)
+            {
+                routes.push(Route {
+                    exact: false,
+                    path: "/".into(),
+                    backend: d.clone(),
+                });
             }
             // Exact before prefix, longer before shorter, then by text.
             routes.sort_by(|a, b| {

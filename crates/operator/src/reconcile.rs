@@ -263,11 +263,11 @@ where
         .as_str()
         .unwrap_or_default()
         .to_string();
-    if let Some(cur) = api.get_opt(&name).await? {
-        if stored_hash(cur.meta()) == Some(hash.as_str()) && cur.meta().deletion_timestamp.is_none()
-        {
-            return Ok(false);
-        }
+    if let Some(cur) = api.get_opt(&name).await?
+        && stored_hash(cur.meta()) == Some(hash.as_str())
+        && cur.meta().deletion_timestamp.is_none()
+    {
+        return Ok(false);
     }
     ctx.wrote();
     api.patch(&name, &apply_params(), &Patch::Apply(&obj))
@@ -637,10 +637,10 @@ async fn ensure_dynamic(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    if let Some(cur) = api.get_opt(&name).await? {
-        if stored_hash(&cur.metadata) == Some(hash.as_str()) {
-            return Ok(false);
-        }
+    if let Some(cur) = api.get_opt(&name).await?
+        && stored_hash(&cur.metadata) == Some(hash.as_str())
+    {
+        return Ok(false);
     }
     ctx.wrote();
     api.patch(&name, &apply_params(), &Patch::Apply(&obj))
@@ -804,30 +804,30 @@ async fn sync_public(
                 e.delete(&r.hostname).await?;
             }
         }
-        if let Some(d) = desired {
-            if !have.contains(&d) {
-                ctx.wrote();
-                if let Err(err) = e.put(&d).await {
-                    if let EdgeError::Refused(why) = &err {
-                        ctx.event(
-                            ing,
-                            EventType::Warning,
-                            "PublicRouteRefused",
-                            format!("the edge refused {}: {why}", d.hostname),
-                        )
-                        .await;
-                        return Ok(());
-                    }
-                    return Err(err.into());
+        if let Some(d) = desired
+            && !have.contains(&d)
+        {
+            ctx.wrote();
+            if let Err(err) = e.put(&d).await {
+                if let EdgeError::Refused(why) = &err {
+                    ctx.event(
+                        ing,
+                        EventType::Warning,
+                        "PublicRouteRefused",
+                        format!("the edge refused {}: {why}", d.hostname),
+                    )
+                    .await;
+                    return Ok(());
                 }
-                ctx.event(
-                    ing,
-                    EventType::Normal,
-                    "PublicRouteRegistered",
-                    format!("https://{} registered with the edge", d.hostname),
-                )
-                .await;
+                return Err(err.into());
             }
+            ctx.event(
+                ing,
+                EventType::Normal,
+                "PublicRouteRegistered",
+                format!("https://{} registered with the edge", d.hostname),
+            )
+            .await;
         }
     }
     // The connector's rules.
@@ -841,10 +841,10 @@ async fn sync_public(
         .and_then(|c| c.data.clone())
         .unwrap_or_default()
     {
-        if k.starts_with("ingress.") {
-            if let Ok(list) = serde_json::from_str::<Vec<Value>>(&v) {
-                entries.insert(k, list);
-            }
+        if k.starts_with("ingress.")
+            && let Ok(list) = serde_json::from_str::<Vec<Value>>(&v)
+        {
+            entries.insert(k, list);
         }
     }
     let before = entries.clone();
@@ -882,7 +882,11 @@ async fn sync_public(
 /// When the API fails.
 pub async fn ensure_connector_config(ctx: &Context) -> Result<(), Error> {
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    if cms.get_opt(&ctx.settings.connector_config_map).await?.is_none() {
+    if cms
+        .get_opt(&ctx.settings.connector_config_map)
+        .await?
+        .is_none()
+    {
         let cm = objects::connector_config_map(
             &ctx.settings.namespace,
             &ctx.settings.connector_config_map,
@@ -890,8 +894,12 @@ pub async fn ensure_connector_config(ctx: &Context) -> Result<(), Error> {
             &BTreeMap::new(),
         );
         ctx.wrote();
-        cms.patch(&ctx.settings.connector_config_map, &apply_params(), &Patch::Apply(&cm))
-            .await?;
+        cms.patch(
+            &ctx.settings.connector_config_map,
+            &apply_params(),
+            &Patch::Apply(&cm),
+        )
+        .await?;
     }
     Ok(())
 }

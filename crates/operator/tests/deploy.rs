@@ -175,7 +175,8 @@ async fn every_object_the_operator_writes_validates_strictly() {
                 },
             },
         }));
-        env.tracker.insert(service("blog", "blog", 80, json!("http")));
+        env.tracker
+            .insert(service("blog", "blog", 80, json!("http")));
         env.tracker.insert(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "blog-1", "namespace": "blog", "labels": {"kubernetes.io/service-name": "blog"}},
@@ -187,8 +188,10 @@ async fn every_object_the_operator_writes_validates_strictly() {
             &["k8s-blog", "k8s-blog-admin"],
             json!({"gatehouse.dev/public-hostname": "blog.example.com", "gatehouse.dev/public-deny-paths": "/ghost"}),
         ));
-        env.tracker.insert(service("grafana", "grafana", 80, json!(3000)));
-        env.tracker.insert(ingress("grafana", "grafana", &["k8s-grafana"], json!({})));
+        env.tracker
+            .insert(service("grafana", "grafana", 80, json!(3000)));
+        env.tracker
+            .insert(ingress("grafana", "grafana", &["k8s-grafana"], json!({})));
         env.reconcile("blog", "blog").await;
         env.reconcile("grafana", "grafana").await;
         for (av, kind) in [

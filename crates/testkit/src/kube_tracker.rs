@@ -160,7 +160,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() + 0 && i + 2 <= b.len() - 1 {
+        if b[i] == b'%' && i + 2 < b.len() {
             if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(v);
                 i += 3;
@@ -751,21 +751,7 @@ impl Tracker {
         addr
     }
 
-    fn watch(
-        &self,
-        path: &str,
-        query: &str,
-    ) -> Response<
-        http_body_util::Either<
-            http_body_util::Full<Bytes>,
-            http_body_util::StreamBody<
-                futures::stream::BoxStream<
-                    'static,
-                    Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
-                >,
-            >,
-        >,
-    > {
+    fn watch(&self, path: &str, query: &str) -> Response<WatchBody> {
         use futures::StreamExt;
         let Some(Ok(t)) = parse_path(path) else {
             return Response::builder()
@@ -818,6 +804,17 @@ impl Tracker {
             .unwrap()
     }
 }
+
+/// A plain answer or a stream of watch events.
+type WatchBody = http_body_util::Either<
+    http_body_util::Full<Bytes>,
+    http_body_util::StreamBody<
+        futures::stream::BoxStream<
+            'static,
+            Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+        >,
+    >,
+>;
 
 fn tokio_stream_from(
     rx: broadcast::Receiver<WatchEvent>,
