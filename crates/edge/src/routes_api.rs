@@ -234,7 +234,11 @@ impl RouteApi {
                 }
                 *g = next;
                 info!(%host, tunnel, owner = %r.owner, "route registered");
-                (StatusCode::OK, serde_json::to_string(&r).unwrap_or_default(), Some(r))
+                (
+                    StatusCode::OK,
+                    serde_json::to_string(&r).unwrap_or_default(),
+                    Some(r),
+                )
             }
             (&Method::DELETE, Some(host)) => {
                 let mut g = self.registered.write().unwrap_or_else(|p| p.into_inner());
@@ -276,7 +280,9 @@ pub struct Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("api", &self.api).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("api", &self.api)
+            .finish_non_exhaustive()
     }
 }
 
@@ -337,7 +343,8 @@ pub async fn serve(
         let shared = shared.clone();
         tokio::spawn(async move {
             let Ok(Ok(tls)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
             else {
                 return;
             };
@@ -353,7 +360,11 @@ pub async fn serve(
 }
 
 /// Installs the certificate files for `host` when configured.
-pub fn install_cert(api: &RouteApi, store: &CertStore, host: &str) -> Result<(), crate::certs::CertError> {
+pub fn install_cert(
+    api: &RouteApi,
+    store: &CertStore,
+    host: &str,
+) -> Result<(), crate::certs::CertError> {
     if let Some(t) = api.tls() {
         store.load_files(host, &t.cert, &t.key)?;
     }
@@ -392,16 +403,33 @@ mod tests {
     fn scoped_registration_persists_and_refuses_what_it_must() {
         let dir = tempfile::tempdir().unwrap();
         let a = api(dir.path());
-        let put = |t: &str, h: &str, b: &str| a.answer(t, &Method::PUT, &format!("/api/v1/routes/{h}"), b.as_bytes()).0;
+        let put = |t: &str, h: &str, b: &str| {
+            a.answer(
+                t,
+                &Method::PUT,
+                &format!("/api/v1/routes/{h}"),
+                b.as_bytes(),
+            )
+            .0
+        };
         assert_eq!(put("prod", "blog.example.com", BODY), StatusCode::OK);
         assert_eq!(put("other", "blog.example.com", BODY), StatusCode::CONFLICT);
-        assert_eq!(put("nobody", "blog.example.com", BODY), StatusCode::FORBIDDEN);
+        assert_eq!(
+            put("nobody", "blog.example.com", BODY),
+            StatusCode::FORBIDDEN
+        );
         let evil = BODY.replace("blog.example.com", "blog.example.org");
-        assert_eq!(put("prod", "blog.example.org", &evil), StatusCode::FORBIDDEN);
+        assert_eq!(
+            put("prod", "blog.example.org", &evil),
+            StatusCode::FORBIDDEN
+        );
         let st = BODY.replace("blog.example.com", "static.example.com");
         assert_eq!(put("prod", "static.example.com", &st), StatusCode::CONFLICT);
         let bad = BODY.replace("/ghost/*", "/gh*st");
-        assert_eq!(put("prod", "blog.example.com", &bad), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            put("prod", "blog.example.com", &bad),
+            StatusCode::BAD_REQUEST
+        );
         let (c, out, _) = a.answer("other", &Method::GET, "/api/v1/routes", b"");
         assert_eq!((c, out.as_str()), (StatusCode::OK, "[]"));
         // Another edge process reads the same registrations.
@@ -409,11 +437,23 @@ mod tests {
         assert_eq!(b.hostnames(), vec!["blog.example.com"]);
         assert_eq!(b.routes()["blog.example.com"].tunnel, "prod");
         assert_eq!(
-            a.answer("other", &Method::DELETE, "/api/v1/routes/blog.example.com", b"").0,
+            a.answer(
+                "other",
+                &Method::DELETE,
+                "/api/v1/routes/blog.example.com",
+                b""
+            )
+            .0,
             StatusCode::FORBIDDEN
         );
         assert_eq!(
-            a.answer("prod", &Method::DELETE, "/api/v1/routes/blog.example.com", b"").0,
+            a.answer(
+                "prod",
+                &Method::DELETE,
+                "/api/v1/routes/blog.example.com",
+                b""
+            )
+            .0,
             StatusCode::NO_CONTENT
         );
         assert!(api(dir.path()).hostnames().is_empty());

@@ -175,8 +175,12 @@ pub async fn run(
     if let Some(api) = route_api.clone() {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(b"http/1.1")?));
         let listener = bind(api.listen()).await?;
-        let (public2, statics2, store2, http012) =
-            (public.clone(), statics.clone(), store.clone(), http01.clone());
+        let (public2, statics2, store2, http012) = (
+            public.clone(),
+            statics.clone(),
+            store.clone(),
+            http01.clone(),
+        );
         let acme = cfg.acme.clone();
         let api2 = api.clone();
         let changed = Arc::new(move |reg: Option<&crate::routes_api::Registered>| {
@@ -424,7 +428,9 @@ async fn watch(
                             error!(error = %e, "certificate reload failed; keeping the running ones");
                         }
                         if let Some(api) = &route_api {
-                            api.set_statics(c.hostnames.iter().map(|h| h.hostname.clone()).collect());
+                            api.set_statics(
+                                c.hostnames.iter().map(|h| h.hostname.clone()).collect(),
+                            );
                         }
                         match statics.write() {
                             Ok(mut g) => *g = routes,

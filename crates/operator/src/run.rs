@@ -100,8 +100,12 @@ pub async fn with_leader_election(
                 let _ = rx.wait_for(|s| *s).await;
             };
             let run = tokio::spawn(controller(ctx.clone(), stop));
+            let lost = async {
+                let lost = channel.wait_for(|l| !*l).await.is_ok();
+                lost
+            };
             tokio::select! {
-                _ = channel.wait_for(|l| !*l) => {
+                _ = lost => {
                     warn!("lost the lease: stopping");
                     let _ = stop_tx.send(true);
                     let _ = run.await;

@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod grpc;
+pub mod kube_realiser;
 pub mod kube_tracker;
 pub mod origin;
 pub mod pki;
