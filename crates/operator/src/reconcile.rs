@@ -20,7 +20,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{
-    Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
+    Ingress, IngressClass, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
 };
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{
@@ -287,8 +287,12 @@ where
     }
 }
 
-fn is_ours(ing: &Ingress) -> bool {
-    ing.spec
+/// Whether the Ingress is of class `gatehouse`: by `spec.ingressClassName`,
+/// the legacy annotation, or (naming no class) because the IngressClass
+/// `gatehouse` is marked the cluster's default.
+async fn is_ours(ing: &Ingress, ctx: &Context) -> Result<bool, Error> {
+    let class = ing
+        .spec
         .as_ref()
         .and_then(|s| s.ingress_class_name.as_deref())
         .or_else(|| {
@@ -297,8 +301,18 @@ fn is_ours(ing: &Ingress) -> bool {
                 .as_ref()
                 .and_then(|a| a.get("kubernetes.io/ingress.class"))
                 .map(String::as_str)
-        })
-        == Some(INGRESS_CLASS)
+        });
+    match class {
+        Some(c) => Ok(c == INGRESS_CLASS),
+        None => {
+            let classes: Api<IngressClass> = Api::all(ctx.client.clone());
+            Ok(classes.get_opt(INGRESS_CLASS).await?.is_some_and(|c| {
+                c.annotations()
+                    .get("ingressclass.kubernetes.io/is-default-class")
+                    .is_some_and(|v| v == "true")
+            }))
+        }
+    }
 }
 
 fn parent_selector(ns: &str, name: &str) -> String {
@@ -320,7 +334,7 @@ fn parent_selector(ns: &str, name: &str) -> String {
 pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.counters.reconciles.fetch_add(1, Ordering::Relaxed);
     let has_finalizer = ing.finalizers().iter().any(|f| f == FINALIZER);
-    if ing.metadata.deletion_timestamp.is_some() || !is_ours(&ing) {
+    if ing.metadata.deletion_timestamp.is_some() || !is_ours(&ing, &ctx).await? {
         if has_finalizer {
             cleanup(&ing, &ctx).await?;
             remove_finalizer(&ing, &ctx).await?;
