@@ -266,6 +266,9 @@ impl RouteApi {
     }
 }
 
+/// Called after every change of the registrations.
+pub type OnChange = Arc<dyn Fn(Option<&Registered>) + Send + Sync>;
+
 /// What the server needs besides the API state.
 #[derive(Clone)]
 pub struct Shared {
@@ -275,7 +278,7 @@ pub struct Shared {
     pub tokens: Arc<RwLock<TokenStore>>,
     /// Called after every change (rebuilds the route table, installs
     /// certificates).
-    pub changed: Arc<dyn Fn(Option<&Registered>) + Send + Sync>,
+    pub changed: OnChange,
 }
 
 impl std::fmt::Debug for Shared {

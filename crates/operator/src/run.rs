@@ -100,10 +100,7 @@ pub async fn with_leader_election(
                 let _ = rx.wait_for(|s| *s).await;
             };
             let run = tokio::spawn(controller(ctx.clone(), stop));
-            let lost = async {
-                let lost = channel.wait_for(|l| !*l).await.is_ok();
-                lost
-            };
+            let lost = async { channel.wait_for(|l| !*l).await.is_ok() };
             tokio::select! {
                 _ = lost => {
                     warn!("lost the lease: stopping");

@@ -228,10 +228,16 @@ fn doctor_finds_nothing_wrong_with_deploy() {
     for e in std::fs::read_dir(root().join("deploy")).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "yaml") {
-            inputs.push((p.display().to_string(), std::fs::read_to_string(&p).unwrap()));
+            inputs.push((
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            ));
         }
     }
-    let refs: Vec<(&str, &str)> = inputs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = inputs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let findings = gatehouse_operator::doctor::check_manifests(&refs);
     assert!(findings.is_empty(), "{findings:?}");
 }

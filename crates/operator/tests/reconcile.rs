@@ -633,10 +633,16 @@ async fn an_ingress_without_class_is_served_when_gatehouse_is_the_default_class(
     let env = Env::new().await;
     env.tracker.insert(service("blog", "blog", 80, json!(2368)));
     let mut ing = ingress("blog", "blog", &["k8s-blog"], json!({}));
-    ing["spec"].as_object_mut().unwrap().remove("ingressClassName");
+    ing["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ingressClassName");
     env.tracker.insert(ing);
     let w = env.reconcile("blog", "blog").await;
-    assert!(w.is_empty(), "not ours while gatehouse is not the default: {w:?}");
+    assert!(
+        w.is_empty(),
+        "not ours while gatehouse is not the default: {w:?}"
+    );
     env.tracker.insert(json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
         "metadata": {"name": "gatehouse", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
