@@ -276,6 +276,64 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
             "local_cluster: Ingress applied -> proxy online in control ({fqdn}) in {} ms",
             applied.elapsed().as_millis()
         );
+        // A member's laptop reaches it over the mesh (the starter policy
+        // lets members reach tag:k8s on 443), with the mesh CA.
+        control
+            .admin
+            .create_user("alice@example.com")
+            .await
+            .unwrap();
+        let key = control.key(Some("alice@example.com"), &[], false).await;
+        let socks = port();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "node",
+            "up",
+            "--control",
+            &control.info.join,
+            "--authkey",
+            &key,
+        ])
+        .args(["--hostname", "laptop", "--state"])
+        .arg(d.join("laptop"))
+        .args(["--socks5", &socks.to_string()]);
+        let _laptop = Proc::start("laptop", d, cmd);
+        let mesh_ca = d.join("mesh-ca.pem");
+        std::fs::write(&mesh_ca, &control.ca).unwrap();
+        let url = format!("https://{fqdn}/post/2");
+        let (m, u) = (mesh_ca.clone(), url.clone());
+        wait_for(
+            "private HTTPS over the mesh",
+            Duration::from_secs(30),
+            || {
+                let (m, u) = (m.clone(), u.clone());
+                async move {
+                    let out = tokio::process::Command::new("curl")
+                        .args([
+                            "-sS",
+                            "--max-time",
+                            "5",
+                            "-o",
+                            "/dev/null",
+                            "-w",
+                            "%{http_code}",
+                        ])
+                        .args(["--proxy", &format!("socks5h://{socks}"), "--cacert"])
+                        .arg(&m)
+                        .arg(&u)
+                        .output()
+                        .await
+                        .ok()?;
+                    (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+                }
+            },
+        )
+        .await;
+        assert!(origin.seen().iter().any(|p| p.contains("/post/2")));
+        eprintln!(
+            "local_cluster: Ingress applied -> private HTTPS 200 over the mesh in {} ms",
+            applied.elapsed().as_millis()
+        );
     } else {
         // This build has no `gatehouse node`: the entry point restored the
         // state from the Secret through the API and started the child,
