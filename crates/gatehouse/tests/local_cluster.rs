@@ -334,6 +334,28 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
             "local_cluster: Ingress applied -> private HTTPS 200 over the mesh in {} ms",
             applied.elapsed().as_millis()
         );
+        // The node's state went back into its Secret (a restarted pod is
+        // the same node).
+        let secret = pod
+            .split_once('/')
+            .unwrap()
+            .1
+            .rsplit_once('-')
+            .unwrap()
+            .0
+            .to_string();
+        wait_for("node state in the Secret", Duration::from_secs(10), || {
+            let (t, s) = (tracker.clone(), secret.clone());
+            async move {
+                let sec = t.get("v1", "Secret", "gatehouse", &s)?;
+                sec["data"]
+                    .as_object()?
+                    .keys()
+                    .any(|k| k.starts_with("s0."))
+                    .then_some(())
+            }
+        })
+        .await;
     } else {
         // This build has no `gatehouse node`: the entry point restored the
         // state from the Secret through the API and started the child,
