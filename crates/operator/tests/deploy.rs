@@ -241,3 +241,108 @@ fn doctor_finds_nothing_wrong_with_deploy() {
     let findings = gatehouse_operator::doctor::check_manifests(&refs);
     assert!(findings.is_empty(), "{findings:?}");
 }
+
+/// Every request the operator made in the reconcile scenarios below is
+/// allowed by `deploy/rbac.yaml` (ClusterRole anywhere, Role only in the
+/// operator's namespace), with create for an apply that created.
+#[tokio::test]
+async fn deploy_rbac_allows_every_call_the_operator_makes() {
+    let rbac = docs(&read("deploy/rbac.yaml"));
+    let rules = |kind: &str| -> Vec<Value> {
+        rbac.iter()
+            .filter(|d| d["kind"] == kind)
+            .flat_map(|d| d["rules"].as_array().unwrap().clone())
+            .collect()
+    };
+    let (cluster, ns_rules) = (rules("ClusterRole"), rules("Role"));
+    let allows = |rules: &[Value], group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            let has = |k: &str, v: &str| r[k].as_array().unwrap().iter().any(|x| x == v);
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    let env = Env::new().await;
+    env.tracker.serve_group(
+        "cilium.io/v2",
+        &[("ciliumnetworkpolicies", "CiliumNetworkPolicy", true)],
+    );
+    env.tracker.insert(json!({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "ProxyClass", "metadata": {"name": "default"}, "spec": {"replicas": 2}}));
+    env.tracker
+        .insert(service("blog", "blog", 80, json!("http")));
+    env.tracker.insert(ingress(
+        "blog",
+        "blog",
+        &["k8s-blog"],
+        json!({"gatehouse.dev/public-hostname": "blog.example.com"}),
+    ));
+    let mut calls = Vec::new();
+    env.reconcile("blog", "blog").await;
+    calls.extend(env.tracker.requests());
+    let mut ing = env
+        .get("networking.k8s.io/v1", "Ingress", "blog", "blog")
+        .unwrap();
+    ing["spec"]["tls"] = json!([{"hosts": ["k8s-www"]}]);
+    ing["metadata"]["annotations"] = json!({});
+    env.tracker.insert(ing);
+    env.reconcile("blog", "blog").await;
+    calls.extend(env.tracker.requests());
+    let mut ing = env
+        .get("networking.k8s.io/v1", "Ingress", "blog", "blog")
+        .unwrap();
+    ing["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    env.tracker.insert(ing);
+    env.reconcile("blog", "blog").await;
+    calls.extend(env.tracker.requests());
+    let mut checked = 0;
+    for c in calls {
+        let segs: Vec<&str> = c.path.trim_matches('/').split('/').collect();
+        let (group, rest) = match segs.as_slice() {
+            ["api", _, rest @ ..] => ("", rest),
+            ["apis", g, _, rest @ ..] => (*g, rest),
+            _ => continue,
+        };
+        let (ns, rest) = match rest {
+            ["namespaces", n, r @ ..] if !r.is_empty() => (Some(*n), r),
+            r => (None, r),
+        };
+        if rest.is_empty() {
+            continue; // discovery: allowed to every authenticated client
+        }
+        let resource = match rest.get(2) {
+            Some(sub) => format!("{}/{sub}", rest[0]),
+            None => rest[0].to_string(),
+        };
+        let verbs: Vec<&str> = match (c.method.as_str(), rest.len()) {
+            ("GET", 1) => vec!["list"],
+            ("GET", _) => vec!["get"],
+            ("POST", _) => vec!["create"],
+            ("PATCH", _) if c.status == 201 => vec!["patch", "create"],
+            ("PATCH", _) => vec!["patch"],
+            ("PUT", _) => vec!["update"],
+            ("DELETE", _) => vec!["delete"],
+            _ => vec!["?"],
+        };
+        for v in verbs {
+            let ok = allows(&cluster, group, &resource, v)
+                || (ns == Some(common::NS) && allows(&ns_rules, group, &resource, v));
+            assert!(
+                ok,
+                "deploy/rbac.yaml does not allow {v} {group}/{resource} in {ns:?} ({})",
+                c.line()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "{checked}");
+    // What the controller's watches and the leader lease need.
+    for (g, r) in [
+        ("networking.k8s.io", "ingresses"),
+        ("gatehouse.dev", "proxyclasses"),
+    ] {
+        assert!(allows(&cluster, g, r, "watch") && allows(&cluster, g, r, "list"));
+    }
+    assert!(allows(&ns_rules, "apps", "statefulsets", "watch"));
+    for v in ["get", "create", "patch"] {
+        assert!(allows(&ns_rules, "coordination.k8s.io", "leases", v));
+    }
+}
