@@ -76,7 +76,12 @@ pub struct ControlMesh {
     ca: String,
     secret: String,
     token: Mutex<Option<(AdminClient, Instant)>>,
+    node_cache: Mutex<Option<(Instant, Vec<NodeInfo>)>>,
 }
+
+/// How long one answer of control's node list serves the readiness checks
+/// of every Ingress.
+pub const NODE_LIST_TTL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for ControlMesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -101,6 +106,7 @@ impl ControlMesh {
             ca,
             secret: secret.trim().to_string(),
             token: Mutex::new(None),
+            node_cache: Mutex::new(None),
         })
     }
 
@@ -152,11 +158,26 @@ impl Mesh for ControlMesh {
     }
 
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, MeshError>> {
-        Box::pin(async move { Ok(self.client().await?.nodes().await?) })
+        Box::pin(async move {
+            if let Ok(g) = self.node_cache.lock()
+                && let Some((at, nodes)) = g.as_ref()
+                && at.elapsed() < NODE_LIST_TTL
+            {
+                return Ok(nodes.clone());
+            }
+            let nodes = self.client().await?.nodes().await?;
+            if let Ok(mut g) = self.node_cache.lock() {
+                *g = Some((Instant::now(), nodes.clone()));
+            }
+            Ok(nodes)
+        })
     }
 
     fn delete_node(&self, id: &str) -> BoxFuture<'_, Result<(), MeshError>> {
         let id = id.to_string();
+        if let Ok(mut g) = self.node_cache.lock() {
+            *g = None;
+        }
         Box::pin(async move {
             match self.client().await?.delete_node(&id).await {
                 Ok(()) | Err(ClientError::Api { status: 404, .. }) => Ok(()),

@@ -932,7 +932,7 @@ async fn status(ing: &Ingress, ctx: &Context, plan: &Plan) -> Result<Action, Err
         for p in &plan.proxies {
             match nodes.iter().find(|n| ready_node(n, p, now)) {
                 Some(n) => hostnames.push(n.node.fqdn.clone()),
-                None => return Ok(Action::requeue(ctx.settings.ready_poll)),
+                None => return Ok(Action::requeue(ready_poll(ing, ctx, now))),
             }
         }
     }
@@ -976,6 +976,22 @@ async fn status(ing: &Ingress, ctx: &Context, plan: &Plan) -> Result<Action, Err
         .await;
     }
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// How soon to look again at a proxy that is not online yet: every
+/// `ready_poll` during the Ingress's first minute, then every 30 seconds
+/// (a thousand pending proxies must not turn into a thousand polls a second).
+fn ready_poll(ing: &Ingress, ctx: &Context, now: i64) -> Duration {
+    let age = ing
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| now - t.0.as_second());
+    if age < 60 {
+        ctx.settings.ready_poll
+    } else {
+        Duration::from_secs(30).max(ctx.settings.ready_poll)
+    }
 }
 
 fn ready_node(n: &gatehouse_proto::control::NodeInfo, p: &ProxyPlan, now: i64) -> bool {

@@ -363,7 +363,7 @@ impl Tracker {
         m["resourceVersion"] = json!(rv.to_string());
         if m["uid"].is_null() {
             m["uid"] = json!(format!("00000000-0000-4000-8000-{rv:012}"));
-            m["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+            m["creationTimestamp"] = json!(now_rfc3339());
         }
         if m["generation"].is_null() {
             m["generation"] = json!(1);
@@ -638,7 +638,7 @@ impl Tracker {
                     .is_some_and(|f| !f.is_empty());
                 if has_finalizers {
                     if cur["metadata"]["deletionTimestamp"].is_null() {
-                        cur["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:01Z");
+                        cur["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
                         cur = self.store(s, key(n), cur, "MODIFIED");
                     }
                     (StatusCode::OK, cur)
@@ -830,6 +830,30 @@ fn tokio_stream_from(
     })
 }
 
+/// The current time as RFC 3339 (UTC, seconds), as the API server stamps it.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// A Secret's `stringData` folded into `data` (base64), as the API server does.
 fn secret_string_data(obj: &mut Value) {
     use base64::Engine;
@@ -912,6 +936,13 @@ mod tests {
         ));
         assert!(t.get("v1", "ConfigMap", "n", "a").is_none());
         assert_eq!(t.writes().len(), 4);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_now() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
     }
 
     #[test]
