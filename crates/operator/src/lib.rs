@@ -27,8 +27,10 @@ pub mod mesh;
 pub mod names;
 pub mod objects;
 pub mod plan;
+mod public;
 pub mod reconcile;
 pub mod run;
+mod writes;
 
 pub use crd::{ProxyClass, ProxyClassSpec};
 pub use reconcile::{Context, Error, Settings, error_policy, reconcile};

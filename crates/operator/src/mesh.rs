@@ -57,8 +57,13 @@ pub trait Mesh: Send + Sync + std::fmt::Debug {
     fn mint_key(&self, tags: &[String]) -> BoxFuture<'_, Result<MintedKey, MeshError>>;
     /// Revokes a key that was not used.
     fn revoke_key(&self, id: &str) -> BoxFuture<'_, Result<(), MeshError>>;
-    /// Every node.
+    /// Every node, as control lists it now.
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, MeshError>>;
+    /// Every node, possibly as listed a moment ago (readiness checks of
+    /// many Ingresses share one answer).
+    fn recent_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, MeshError>> {
+        self.nodes()
+    }
     /// Deletes a node (id or name).
     fn delete_node(&self, id: &str) -> BoxFuture<'_, Result<(), MeshError>>;
     /// The join string nodes register with.
@@ -77,6 +82,7 @@ pub struct ControlMesh {
     secret: String,
     token: Mutex<Option<(AdminClient, Instant)>>,
     node_cache: Mutex<Option<(Instant, Vec<NodeInfo>)>>,
+    node_ttl: Duration,
 }
 
 /// How long one answer of control's node list serves the readiness checks
@@ -107,7 +113,15 @@ impl ControlMesh {
             secret: secret.trim().to_string(),
             token: Mutex::new(None),
             node_cache: Mutex::new(None),
+            node_ttl: NODE_LIST_TTL,
         })
+    }
+
+    /// Sets how long one node list serves readiness checks (default
+    /// [`NODE_LIST_TTL`]; zero asks control every time).
+    pub fn with_node_list_ttl(mut self, ttl: Duration) -> Self {
+        self.node_ttl = ttl;
+        self
     }
 
     async fn client(&self) -> Result<AdminClient, MeshError> {
@@ -158,10 +172,14 @@ impl Mesh for ControlMesh {
     }
 
     fn nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, MeshError>> {
+        Box::pin(async move { Ok(self.client().await?.nodes().await?) })
+    }
+
+    fn recent_nodes(&self) -> BoxFuture<'_, Result<Vec<NodeInfo>, MeshError>> {
         Box::pin(async move {
             if let Ok(g) = self.node_cache.lock()
                 && let Some((at, nodes)) = g.as_ref()
-                && at.elapsed() < NODE_LIST_TTL
+                && at.elapsed() < self.node_ttl
             {
                 return Ok(nodes.clone());
             }

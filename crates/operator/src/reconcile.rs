@@ -10,34 +10,31 @@
 
 use crate::annotations;
 use crate::crd::{ProxyClass, ProxyClassSpec};
-use crate::edge::{self, EdgeError, EdgeRoutes};
+use crate::edge::{EdgeError, EdgeRoutes};
 use crate::mesh::{Mesh, MeshError, MintedKey};
-use crate::names::{self, FIELD_MANAGER, FINALIZER, HASH_ANNOTATION, INGRESS_CLASS};
+use crate::names::{self, FIELD_MANAGER, FINALIZER, INGRESS_CLASS};
 use crate::objects::{self, ObjectSettings};
 use crate::plan::{self, Observed, Plan, PlanError, ProxyPlan};
+pub use crate::public::ensure_connector_config;
+use crate::public::publish;
+use crate::writes::{cleanup, remove_finalizer, write_all};
 use gatehouse_render::NetpolKind;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{
     Ingress, IngressClass, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
 };
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch,
-    PatchParams, PostParams,
-};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Mutex, OnceCell};
-use tracing::{info, warn};
+use tracing::warn;
 
 /// Why a reconcile failed (and will be retried by [`error_policy`]).
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +95,7 @@ impl Settings {
         }
     }
 
-    fn objects(&self) -> ObjectSettings {
+    pub(crate) fn objects(&self) -> ObjectSettings {
         ObjectSettings {
             namespace: self.namespace.clone(),
             image: self.image.clone(),
@@ -133,7 +130,7 @@ pub struct Context {
     /// Counters.
     pub counters: Counters,
     netpol: OnceCell<NetpolKind>,
-    connector_lock: Mutex<()>,
+    pub(crate) connector_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for Context {
@@ -173,11 +170,11 @@ impl Context {
         }
     }
 
-    fn wrote(&self) {
+    pub(crate) fn wrote(&self) {
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn event(&self, ing: &Ingress, type_: EventType, reason: &str, note: String) {
+    pub(crate) async fn event(&self, ing: &Ingress, type_: EventType, reason: &str, note: String) {
         let ev = Event {
             type_,
             reason: reason.into(),
@@ -193,7 +190,7 @@ impl Context {
 
     /// Cilium when `cilium.io/v2` serves `ciliumnetworkpolicies`, else
     /// NetworkPolicy; asked once.
-    async fn netpol_kind(&self) -> Result<NetpolKind, Error> {
+    pub(crate) async fn netpol_kind(&self) -> Result<NetpolKind, Error> {
         if let Some(k) = self.settings.netpol {
             return Ok(k);
         }
@@ -215,75 +212,6 @@ impl Context {
             })
             .await?;
         Ok(*k)
-    }
-}
-
-fn apply_params() -> PatchParams {
-    PatchParams::apply(FIELD_MANAGER)
-        .force()
-        .validation_strict()
-}
-
-fn cnp_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("cilium.io", "v2", "CiliumNetworkPolicy"),
-        "ciliumnetworkpolicies",
-    )
-}
-
-fn np_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("networking.k8s.io", "v1", "NetworkPolicy"),
-        "networkpolicies",
-    )
-}
-
-fn netpol_api(client: &Client, ns: &str, kind: NetpolKind) -> Api<DynamicObject> {
-    let ar = match kind {
-        NetpolKind::Cilium => cnp_resource(),
-        NetpolKind::Kubernetes => np_resource(),
-    };
-    Api::namespaced_with(client.clone(), ns, &ar)
-}
-
-fn stored_hash(m: &ObjectMeta) -> Option<&str> {
-    m.annotations
-        .as_ref()
-        .and_then(|a| a.get(HASH_ANNOTATION))
-        .map(String::as_str)
-}
-
-/// Applies `obj` unless the stored object carries the same content hash.
-async fn ensure<K>(ctx: &Context, api: &Api<K>, obj: Value) -> Result<bool, Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let (obj, hash) = objects::seal(obj);
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    if let Some(cur) = api.get_opt(&name).await?
-        && stored_hash(cur.meta()) == Some(hash.as_str())
-        && cur.meta().deletion_timestamp.is_none()
-    {
-        return Ok(false);
-    }
-    ctx.wrote();
-    api.patch(&name, &apply_params(), &Patch::Apply(&obj))
-        .await?;
-    Ok(true)
-}
-
-async fn delete_if_present<K>(ctx: &Context, api: &Api<K>, name: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    ctx.wrote();
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -315,7 +243,7 @@ async fn is_ours(ing: &Ingress, ctx: &Context) -> Result<bool, Error> {
     }
 }
 
-fn parent_selector(ns: &str, name: &str) -> String {
+pub(crate) fn parent_selector(ns: &str, name: &str) -> String {
     format!(
         "{}={},{}={}",
         names::PARENT_NS_LABEL,
@@ -531,400 +459,13 @@ async fn observe(ing: &Ingress, ctx: &Context) -> Result<Observed, Error> {
     Ok(obs)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn write_all(
-    ing: &Ingress,
-    ctx: &Context,
-    plan: &Plan,
-    pc: &ProxyClassSpec,
-    kind: NetpolKind,
-    new_keys: &BTreeMap<String, BTreeMap<String, String>>,
-    existing: &BTreeMap<String, Secret>,
-    has_finalizer: bool,
-) -> Result<(), Error> {
-    let ns = ing.namespace().unwrap_or_default();
-    let name = ing.name_any();
-    let ons = ctx.settings.namespace.clone();
-    let os = ctx.settings.objects();
-    if !has_finalizer {
-        let ingresses: Api<Ingress> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut f = ing.finalizers().to_vec();
-        f.push(FINALIZER.into());
-        ctx.wrote();
-        ingresses
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"finalizers": f, "resourceVersion": ing.resource_version()}})),
-            )
-            .await?;
-    }
-    let join = ctx.mesh.join();
-    let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &ons);
-    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), &ons);
-    let rbs: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), &ons);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ons);
-    let stss: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ons);
-    let mut changed = Vec::new();
-    for p in &plan.proxies {
-        let labels = objects::proxy_labels(&ns, &name, &p.name);
-        ensure(ctx, &sas, objects::service_account(&os, &labels, p)).await?;
-        ensure(ctx, &roles, objects::role(&os, &labels, p)).await?;
-        ensure(ctx, &rbs, objects::role_binding(&os, &labels, p)).await?;
-        let keys = new_keys.get(&p.name).cloned().unwrap_or_default();
-        if !existing.contains_key(&p.name) {
-            let obj = objects::secret(&os, &labels, p, &keys);
-            let s: Secret = serde_json::from_value(obj)?;
-            ctx.wrote();
-            secrets.create(&PostParams::default(), &s).await?;
-        } else if !keys.is_empty() {
-            ctx.wrote();
-            secrets
-                .patch(
-                    &p.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"stringData": keys})),
-                )
-                .await?;
-        }
-        if ensure(
-            ctx,
-            &stss,
-            objects::stateful_set(&os, &labels, p, pc, &join),
-        )
-        .await?
-        {
-            changed.push(p.host.clone());
-        }
-    }
-    // Proxies of hosts the Ingress no longer names.
-    let keep: Vec<&str> = plan.proxies.iter().map(|p| p.name.as_str()).collect();
-    let sel = ListParams::default().labels(&parent_selector(&ns, &name));
-    for sts in stss.list(&sel).await?.items {
-        let n = sts.name_any();
-        if !keep.contains(&n.as_str()) {
-            remove_proxy(ctx, &n, &sts).await?;
-        }
-    }
-    // Network policies, one per backend; stale ones removed.
-    let np = netpol_api(&ctx.client, &ns, kind);
-    let mut keep_np = Vec::new();
-    for b in &plan.backends {
-        let obj = objects::backend_policy(&os, kind, &ns, &name, plan.annotations.mesh, b);
-        keep_np.push(
-            obj["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
-        if !b.resolved {
-            ctx.event(ing, EventType::Warning, "NamedPortUnresolved", format!("Service {}: no endpoint or pod tells the number of container port {:?} yet; the policy names the port", b.service, b.port)).await;
-        }
-        ensure_dynamic(ctx, &np, obj).await?;
-    }
-    for o in np.list(&sel).await?.items {
-        let n = o.name_any();
-        if !keep_np.contains(&n) {
-            delete_if_present(ctx, &np, &n).await?;
-        }
-    }
-    if !changed.is_empty() {
-        info!(ingress = %format!("{ns}/{name}"), hosts = ?changed, "proxy applied");
-        ctx.event(
-            ing,
-            EventType::Normal,
-            "ProxyApplied",
-            format!("mesh proxy for {} applied", changed.join(", ")),
-        )
-        .await;
-    }
-    Ok(())
-}
-
-async fn ensure_dynamic(
-    ctx: &Context,
-    api: &Api<DynamicObject>,
-    obj: Value,
-) -> Result<bool, Error> {
-    let (obj, hash) = objects::seal(obj);
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    if let Some(cur) = api.get_opt(&name).await?
-        && stored_hash(&cur.metadata) == Some(hash.as_str())
-    {
-        return Ok(false);
-    }
-    ctx.wrote();
-    api.patch(&name, &apply_params(), &Patch::Apply(&obj))
-        .await?;
-    Ok(true)
-}
-
-/// Deletes a proxy's objects and its nodes in control.
-async fn remove_proxy(ctx: &Context, proxy: &str, sts: &StatefulSet) -> Result<(), Error> {
-    let host = sts
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .and_then(|c| c.args.as_ref())
-        .and_then(|a| {
-            a.iter()
-                .position(|x| x == "--hostname")
-                .and_then(|i| a.get(i + 1))
-                .cloned()
-        });
-    let ons = &ctx.settings.namespace;
-    let c = &ctx.client;
-    delete_if_present(ctx, &Api::<StatefulSet>::namespaced(c.clone(), ons), proxy).await?;
-    if let Some(h) = host {
-        delete_nodes(ctx, &h).await?;
-    }
-    delete_if_present(ctx, &Api::<Secret>::namespaced(c.clone(), ons), proxy).await?;
-    delete_if_present(ctx, &Api::<RoleBinding>::namespaced(c.clone(), ons), proxy).await?;
-    delete_if_present(ctx, &Api::<Role>::namespaced(c.clone(), ons), proxy).await?;
-    delete_if_present(
-        ctx,
-        &Api::<ServiceAccount>::namespaced(c.clone(), ons),
-        proxy,
-    )
-    .await?;
-    Ok(())
-}
-
-/// Deletes the nodes a proxy registered: named `host`, or `host-N` when
-/// replicas clashed on the name.
-async fn delete_nodes(ctx: &Context, host: &str) -> Result<(), Error> {
-    for n in ctx.mesh.nodes().await? {
-        let name = &n.node.name;
-        let ours = name == host
-            || name
-                .strip_prefix(host)
-                .and_then(|r| r.strip_prefix('-'))
-                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
-        if ours && !n.node.tags.is_empty() {
-            ctx.mesh.delete_node(&n.node.id).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Everything the Ingress made: proxies, nodes, network policies, the
-/// public route and the connector rule.
-async fn cleanup(ing: &Ingress, ctx: &Context) -> Result<(), Error> {
-    let ns = ing.namespace().unwrap_or_default();
-    let name = ing.name_any();
-    let sel = ListParams::default().labels(&parent_selector(&ns, &name));
-    let stss: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    for sts in stss.list(&sel).await?.items {
-        remove_proxy(ctx, &sts.name_any(), &sts).await?;
-    }
-    // Secrets of proxies whose StatefulSet never got created.
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    for s in secrets.list(&sel).await?.items {
-        delete_if_present(ctx, &secrets, &s.name_any()).await?;
-    }
-    for kind in [NetpolKind::Cilium, NetpolKind::Kubernetes] {
-        if kind == NetpolKind::Cilium && ctx.netpol_kind().await? != NetpolKind::Cilium {
-            continue;
-        }
-        let api = netpol_api(&ctx.client, &ns, kind);
-        for o in api.list(&sel).await?.items {
-            delete_if_present(ctx, &api, &o.name_any()).await?;
-        }
-    }
-    sync_public(ing, ctx, None).await
-}
-
-async fn remove_finalizer(ing: &Ingress, ctx: &Context) -> Result<(), Error> {
-    let ns = ing.namespace().unwrap_or_default();
-    let api: Api<Ingress> = Api::namespaced(ctx.client.clone(), &ns);
-    let f: Vec<String> = ing
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    ctx.wrote();
-    match api
-        .patch(
-            &ing.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"finalizers": f, "resourceVersion": ing.resource_version()}}),
-            ),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn publish(ing: &Ingress, ctx: &Context, plan: &Plan) -> Result<(), Error> {
-    let entry = plan.public.as_ref().map(|p| {
-        let ns = ing.namespace().unwrap_or_default();
-        let e = gatehouse_render::Exposure {
-            name: ing.name_any(),
-            namespace: ns,
-            service: gatehouse_render::catalog::ServiceRef {
-                name: None,
-                port: 1,
-                scheme: None,
-            },
-            backend: gatehouse_render::catalog::Backend {
-                labels: None,
-                port: gatehouse_render::catalog::PortRef::Number(1),
-            },
-            private: None,
-            public: Some(gatehouse_render::catalog::Public {
-                hostname: p.spec.hostname.clone(),
-                paths: Some(p.spec.paths.clone()),
-                deny_paths: p.spec.deny_paths.clone(),
-            }),
-        };
-        let mut rules = gatehouse_render::ingress_rules(&[&e]);
-        rules.pop(); // the catch-all; the ConfigMap adds one for everybody
-        for r in &mut rules {
-            if r["service"] != "http_status:404" {
-                r["service"] = json!(p.origin);
-            }
-        }
-        (p.spec.clone(), rules)
-    });
-    sync_public(ing, ctx, entry).await
-}
-
-/// Makes the edge route and the connector rule match `want` (None: remove).
-async fn sync_public(
-    ing: &Ingress,
-    ctx: &Context,
-    want: Option<(annotations::PublicSpec, Vec<Value>)>,
-) -> Result<(), Error> {
-    let ns = ing.namespace().unwrap_or_default();
-    let name = ing.name_any();
-    let owner = edge::owner(&ns, &name);
-    if let Some(e) = &ctx.edge {
-        let have = e.routes().await?;
-        let desired = want
-            .as_ref()
-            .map(|(spec, _)| edge::route_for(owner.clone(), spec));
-        for r in have.iter().filter(|r| r.owner == owner) {
-            if desired.as_ref().is_none_or(|d| d.hostname != r.hostname) {
-                ctx.wrote();
-                e.delete(&r.hostname).await?;
-            }
-        }
-        if let Some(d) = desired
-            && !have.contains(&d)
-        {
-            ctx.wrote();
-            if let Err(err) = e.put(&d).await {
-                if let EdgeError::Refused(why) = &err {
-                    ctx.event(
-                        ing,
-                        EventType::Warning,
-                        "PublicRouteRefused",
-                        format!("the edge refused {}: {why}", d.hostname),
-                    )
-                    .await;
-                    return Ok(());
-                }
-                return Err(err.into());
-            }
-            ctx.event(
-                ing,
-                EventType::Normal,
-                "PublicRouteRegistered",
-                format!("https://{} registered with the edge", d.hostname),
-            )
-            .await;
-        }
-    }
-    // The connector's rules.
-    let _guard = ctx.connector_lock.lock().await;
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    let cur = cms.get_opt(&ctx.settings.connector_config_map).await?;
-    let key = objects::connector_entry_key(&ns, &name);
-    let mut entries: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for (k, v) in cur
-        .as_ref()
-        .and_then(|c| c.data.clone())
-        .unwrap_or_default()
-    {
-        if k.starts_with("ingress.")
-            && let Ok(list) = serde_json::from_str::<Vec<Value>>(&v)
-        {
-            entries.insert(k, list);
-        }
-    }
-    let before = entries.clone();
-    match want {
-        Some((_, rules)) => {
-            entries.insert(key, rules);
-        }
-        None => {
-            entries.remove(&key);
-        }
-    }
-    if entries == before && (cur.is_some() || entries.is_empty()) {
-        return Ok(());
-    }
-    let cm = objects::connector_config_map(
-        &ctx.settings.namespace,
-        &ctx.settings.connector_config_map,
-        &ctx.settings.tunnel,
-        &entries,
-    );
-    ctx.wrote();
-    cms.patch(
-        &ctx.settings.connector_config_map,
-        &apply_params(),
-        &Patch::Apply(&cm),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Creates the connector's ConfigMap (no public route yet) when it does not
-/// exist, so that connector pods can start before the first public Ingress.
-///
-/// # Errors
-/// When the API fails.
-pub async fn ensure_connector_config(ctx: &Context) -> Result<(), Error> {
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    if cms
-        .get_opt(&ctx.settings.connector_config_map)
-        .await?
-        .is_none()
-    {
-        let cm = objects::connector_config_map(
-            &ctx.settings.namespace,
-            &ctx.settings.connector_config_map,
-            &ctx.settings.tunnel,
-            &BTreeMap::new(),
-        );
-        ctx.wrote();
-        cms.patch(
-            &ctx.settings.connector_config_map,
-            &apply_params(),
-            &Patch::Apply(&cm),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
 /// Writes `status.loadBalancer.ingress[].hostname` once every proxy's first
 /// node is online in control (a node holds its serving certificate from
 /// the moment it registers).
 async fn status(ing: &Ingress, ctx: &Context, plan: &Plan) -> Result<Action, Error> {
     let mut hostnames = Vec::new();
     if !plan.proxies.is_empty() {
-        let nodes = ctx.mesh.nodes().await?;
+        let nodes = ctx.mesh.recent_nodes().await?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -101,7 +101,8 @@ impl Env {
             .unwrap();
         let mesh = ControlMesh::connect(&control.info.join, &oauth.secret.unwrap())
             .await
-            .unwrap();
+            .unwrap()
+            .with_node_list_ttl(std::time::Duration::ZERO);
         let edge = Arc::new(MemEdge::default());
         let mut settings = Settings::new(NS, "ghcr.io/gatehouse-dev/gatehouse:0.1.0");
         tweak(&mut settings);
