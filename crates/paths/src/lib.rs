@@ -1,10 +1,14 @@
-//! The one canonical form of a request path, and path rules matched on it.
+//! The one canonical form of a request path, and the public tier's path
+//! rules matched on it. Pure: no I/O; the edge applies it to requests, and
+//! the cross-layer reachability engine to its questions.
 //!
 //! The edge computes [`canonicalize`] once per request; rules match that
 //! string (ignoring ASCII case) and the origin receives exactly that string,
 //! so the edge and the origin cannot disagree about which path was asked for.
 //! What cannot be put in canonical form safely is refused (HTTP 400).
 //! The decisions are written down in `docs/decisions/0006-canonical-paths.md`.
+
+#![forbid(unsafe_code)]
 
 use std::fmt;
 
