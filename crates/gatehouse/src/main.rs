@@ -13,6 +13,7 @@ mod logging;
 mod policy_cmd;
 mod reach_cmd;
 mod render_cmd;
+mod stack_input;
 mod tunnel_cmd;
 
 use clap::{Parser, Subcommand};

@@ -321,9 +321,19 @@ impl PathRules {
     /// wins; a rule naming methods beats one for every method at the same
     /// pattern; on a remaining tie, deny wins.
     pub fn decide(&self, method: &http::Method, canonical: &str) -> Action {
+        self.decide_explained(method, canonical).0
+    }
+
+    /// [`Self::decide`], also naming the deciding rule (its index in the
+    /// specs given to [`Self::new`]; `None` when the default decided).
+    pub fn decide_explained(
+        &self,
+        method: &http::Method,
+        canonical: &str,
+    ) -> (Action, Option<usize>) {
         let lower = canonical.to_ascii_lowercase();
-        let mut best: Option<((u8, usize), bool, Action)> = None;
-        for r in &self.rules {
+        let mut best: Option<((u8, usize), bool, Action, usize)> = None;
+        for (i, r) in self.rules.iter().enumerate() {
             if !r.pattern.matches(&lower) {
                 continue;
             }
@@ -334,7 +344,7 @@ impl PathRules {
             let key = (r.pattern.specificity(), by_method);
             let better = match &best {
                 None => true,
-                Some((spec, bm, action)) => {
+                Some((spec, bm, action, _)) => {
                     (key.0, key.1) > (*spec, *bm)
                         || ((key.0, key.1) == (*spec, *bm)
                             && r.action == Action::Deny
@@ -342,10 +352,10 @@ impl PathRules {
                 }
             };
             if better {
-                best = Some((key.0, key.1, r.action));
+                best = Some((key.0, key.1, r.action, i));
             }
         }
-        best.map_or(self.default, |(_, _, a)| a)
+        best.map_or((self.default, None), |(_, _, a, i)| (a, Some(i)))
     }
 }
 
