@@ -531,3 +531,34 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod corpus {
+    /// Replays the committed fuzz corpus of `fuzz/fuzz_targets/stack_config.rs`.
+    #[test]
+    fn fuzz_corpus_replays() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/corpus/stack_config"
+        );
+        let mut accepted = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            if let Ok(text) = std::str::from_utf8(&bytes)
+                && let Ok(cfg) = super::StackConfig::parse(text)
+            {
+                accepted += 1;
+                for s in &cfg.services {
+                    if let Some(p) = &s.public {
+                        gatehouse_paths::PathRules::new(
+                            &super::edge_rules(p),
+                            gatehouse_paths::Action::Deny,
+                        )
+                        .unwrap();
+                    }
+                }
+            }
+        }
+        assert!(accepted > 0);
+    }
+}
