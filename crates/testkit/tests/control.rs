@@ -436,3 +436,19 @@ async fn keys_expire_on_their_own() {
         "{audit:#?}"
     );
 }
+
+#[tokio::test]
+async fn renewed_certificates_have_new_serial_numbers() {
+    let c = TestControl::start().await;
+    let (alice, _g, _b) = three_nodes(&c).await;
+    let csr = alice.identity.serving_csr().unwrap();
+    let a = alice.client.renew(&csr).await.unwrap();
+    let b = alice.client.renew(&csr).await.unwrap();
+    let serial = |pem: &str| {
+        let der = gatehouse_control::ca::pem_to_der(pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        cert.tbs_certificate.serial.clone()
+    };
+    assert_ne!(serial(&a), serial(&b));
+    assert_ne!(serial(&a), serial(&alice.identity.serving_cert));
+}
