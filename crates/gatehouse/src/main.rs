@@ -8,6 +8,7 @@ mod admin_cmd;
 mod control_cmd;
 mod inputs;
 mod lint_cmd;
+mod node_cmd;
 mod policy_cmd;
 mod reach_cmd;
 mod render_cmd;
@@ -39,6 +40,9 @@ enum Command {
     Reach(reach_cmd::ReachCommand),
     /// Generate Ingresses, network policies, connector rules and ACLs from an exposure catalog.
     Render(render_cmd::RenderArgs),
+    /// Run a mesh node (serve, SOCKS5, DNS) and talk to a running one.
+    #[command(subcommand)]
+    Node(node_cmd::NodeCommand),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Lint(args) => lint_cmd::run(args),
         Command::Reach(cmd) => reach_cmd::run(cmd),
         Command::Render(args) => render_cmd::run(args),
+        Command::Node(cmd) => run_async(node_cmd::run(cmd)),
     }
 }
 
