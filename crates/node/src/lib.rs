@@ -16,6 +16,7 @@ pub mod api;
 pub mod backoff;
 pub mod certs;
 pub mod dns;
+pub mod fuzz;
 pub mod metrics;
 pub mod netmap;
 mod node;
