@@ -392,10 +392,9 @@ impl Core {
                     _ => None,
                 }
             }
-            2..=4 => {
-                let receiver = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?);
-                Some(receiver >> 8)
-            }
+            // A response carries the sender's index first, then ours.
+            2 => Some(u32::from_le_bytes(data.get(8..12)?.try_into().ok()?) >> 8),
+            3 | 4 => Some(u32::from_le_bytes(data.get(4..8)?.try_into().ok()?) >> 8),
             _ => None,
         }
     }
