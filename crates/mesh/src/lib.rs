@@ -20,6 +20,8 @@
 
 mod core;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod packet;
 pub mod path;
 mod shell;

@@ -162,8 +162,9 @@ impl Mesh {
 
     /// Opens a TCP connection to a mesh address (user-space mode). Fails
     /// with `HostUnreachable` for an address of no peer, `ConnectionRefused`
-    /// when the peer resets or the attempt times out (a filter that drops
-    /// the SYN ends here, after [`crate::stack::TCP_TIMEOUT`]).
+    /// when the peer resets, `TimedOut` after
+    /// [`crate::stack::CONNECT_TIMEOUT`] without an answer (what a peer
+    /// whose filter drops the SYN looks like).
     pub async fn connect(&self, dst: SocketAddr) -> io::Result<MeshStream> {
         let Some(stack) = &self.shared.stack else {
             return Err(io::Error::new(
@@ -178,8 +179,13 @@ impl Mesh {
             ));
         }
         let stream = stack.connect(dst)?;
-        stream.established().await?;
-        Ok(stream)
+        match tokio::time::timeout(crate::stack::CONNECT_TIMEOUT, stream.established()).await {
+            Ok(r) => r.map(|()| stream),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from {dst}"),
+            )),
+        }
     }
 
     /// Local UDP endpoints to announce to control: the socket's address, or

@@ -33,8 +33,11 @@ pub const MTU: usize = 1280;
 /// Receive and send buffer of each TCP socket. Allocated zeroed, so pages an
 /// idle connection never touches cost address space only.
 pub const TCP_BUFFER: usize = 256 * 1024;
-/// A connection attempt (or a connection) with no progress for this long is reset.
-pub const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection whose peer acknowledges nothing for this long, while data
+/// waits to be sent, is reset (idle connections are not).
+pub const TCP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`crate::Mesh::connect`] waits for the handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Packets in and out of one smoltcp interface.
 #[derive(Debug, Default)]
