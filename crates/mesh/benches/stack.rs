@@ -14,21 +14,29 @@ use gatehouse_mesh::stack::bench::transfer;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (idles, bytes): (&[usize], usize) = if full {
-        (&[1, 1_000, 10_000], 256 << 20)
+    let (mut idles, bytes): (Vec<usize>, usize) = if full {
+        (vec![1, 1_000, 10_000], 256 << 20)
     } else {
-        (&[1, 50], 1 << 20)
+        (vec![1, 50], 1 << 20)
     };
+    // GATEHOUSE_BENCH_IDLE=N: only that case (to compare shard counts quickly).
+    if let Some(n) = std::env::var("GATEHOUSE_BENCH_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        idles = vec![n];
+    }
+    let sharded = gatehouse_mesh::stack::SHARDS;
     println!(
         "smoltcp 0.14, one thread, {} MiB over one connection beside N idle ones",
         bytes >> 20
     );
-    println!("| idle connections | 1 interface | 64 interfaces | sharded / unsharded |");
+    println!("| idle connections | 1 interface | {sharded} interfaces | sharded / unsharded |");
     println!("|---|---|---|---|");
-    for &idle in idles {
+    for idle in idles {
         let mut cells = Vec::new();
         let mut rates = Vec::new();
-        for shards in [1, 64] {
+        for shards in [1, sharded] {
             let d = transfer(shards, idle, bytes);
             assert!(!d.is_zero(), "the transfer did not run");
             let gbps = bytes as f64 * 8.0 / d.as_secs_f64() / 1e9;

@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// Number of smoltcp interfaces in user-space mode.
-pub const SHARDS: usize = 64;
 /// Datagrams read before the driver processes them.
 const RX_ROUNDS: usize = 8;
 /// Inbound connections waiting for [`Mesh::accept`].
@@ -97,7 +95,10 @@ impl Mesh {
             source,
         })?;
         let (stack, tun) = match &cfg.mode {
-            Mode::Userspace => (Some(Stack::new(&cfg.addresses, SHARDS, now)), None),
+            Mode::Userspace => (
+                Some(Stack::new(&cfg.addresses, crate::stack::SHARDS, now)),
+                None,
+            ),
             Mode::Tun { name } => {
                 let dev =
                     crate::tun::open(name, &cfg.addresses).map_err(|source| MeshError::Tun {
