@@ -57,7 +57,7 @@ pub enum Mode {
 }
 
 /// How to start the data plane.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MeshConfig {
     /// WireGuard static private key (from the node's state). It stays in
     /// this process.
@@ -68,6 +68,18 @@ pub struct MeshConfig {
     pub listen: SocketAddr,
     /// User-space stack or TUN device.
     pub mode: Mode,
+}
+
+impl std::fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key is never printed.
+        f.debug_struct("MeshConfig")
+            .field("public_key", &public_key(&self.private_key))
+            .field("addresses", &self.addresses)
+            .field("listen", &self.listen)
+            .field("mode", &self.mode)
+            .finish()
+    }
 }
 
 impl MeshConfig {
@@ -121,8 +133,35 @@ pub enum MeshError {
 
 /// The WireGuard public key (base64) of a private key: what control is told.
 pub fn public_key(private_key: &[u8; 32]) -> String {
+    // (A private key's public half may be logged; the key itself never is.)
     use base64::Engine as _;
     let secret = boringtun::x25519::StaticSecret::from(*private_key);
     let public = boringtun::x25519::PublicKey::from(&secret);
     base64::engine::general_purpose::STANDARD.encode(public.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_hides_the_private_key() {
+        let key = [7u8; 32];
+        let text = format!(
+            "{:?}",
+            MeshConfig::new(key, vec![IpAddr::from([100, 64, 0, 1])])
+        );
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(key);
+        assert!(!text.contains(&b64) && !text.contains("7, 7, 7"), "{text}");
+        assert!(text.contains(&public_key(&key)));
+    }
+
+    #[test]
+    fn private_key_decodes_from_identity_form() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode([9u8; 32]);
+        assert_eq!(MeshConfig::decode_private_key(&b64).unwrap(), [9u8; 32]);
+        assert!(MeshConfig::decode_private_key("short").is_err());
+    }
 }

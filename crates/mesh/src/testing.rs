@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// One node of a test mesh.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TestNode {
     /// Name (also its id).
     pub name: String,
@@ -21,6 +21,15 @@ pub struct TestNode {
     pub addresses: Vec<IpAddr>,
     /// WireGuard private key.
     pub private_key: [u8; 32],
+}
+
+impl std::fmt::Debug for TestNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNode")
+            .field("name", &self.name)
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TestNode {

@@ -178,3 +178,48 @@ async fn unknown_address_is_unreachable() {
         m.shutdown().await;
     }
 }
+
+/// A new filter applies to the next connection: granted, then revoked.
+#[tokio::test]
+async fn policy_change_applies_to_new_connections() {
+    let nodes = world();
+    let meshes = start_all(POLICY, &nodes).await.unwrap();
+    let (laptop, grafana) = (&meshes[0], &meshes[2]);
+    let dst = SocketAddr::new(nodes[2].ip(), 3000);
+    let granted = r#"{
+      "tagOwners": {"tag:blog": ["alice@example.com"], "tag:grafana": ["alice@example.com"]},
+      "acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:grafana:3000"]}],
+    }"#;
+    gatehouse_mesh::testing::apply_all(granted, &nodes, &meshes);
+    let (c, a) = tokio::join!(laptop.connect(dst), async {
+        grafana.accept().await.unwrap()
+    });
+    let mut c = c.unwrap();
+    let mut a = a.stream;
+    c.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    a.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
+    // Revoked: the next SYN is dropped, and so are the established
+    // connection's further segments.
+    gatehouse_mesh::testing::apply_all(POLICY, &nodes, &meshes);
+    let before = grafana.status().counters.filter.denied_syn;
+    {
+        let connect = laptop.connect(dst);
+        tokio::pin!(connect);
+        tokio::select! {
+            r = &mut connect => panic!("connect after revocation completed: {r:?}"),
+            () = wait_status(grafana, "a SYN dropped", |s| s.counters.filter.denied_syn > before) => {}
+        }
+    }
+    let denied = grafana.status().counters.filter.denied;
+    c.write_all(b"more").await.unwrap();
+    wait_status(grafana, "the old connection's segment dropped", |s| {
+        s.counters.filter.denied > denied
+    })
+    .await;
+    drop((c, a));
+    for m in meshes {
+        m.shutdown().await;
+    }
+}
