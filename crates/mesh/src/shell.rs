@@ -228,7 +228,7 @@ impl Mesh {
         }
     }
 
-    /// Stops the driver; open streams fail from then on.
+    /// Stops the driver; open streams are reset (reads end, writes fail).
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {
@@ -301,6 +301,9 @@ impl Driver {
                     }
                 }
             }
+        }
+        if let Some(stack) = &self.shared.stack {
+            stack.abort_all();
         }
         tracing::debug!("mesh driver stopped");
     }

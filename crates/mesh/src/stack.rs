@@ -441,6 +441,22 @@ impl Stack {
         )
     }
 
+    /// Resets every connection (the data plane is stopping): streams see
+    /// the end, writes fail.
+    pub(crate) fn abort_all(&self) {
+        for shard in &self.shards {
+            let mut s = lock(shard);
+            for (_, sock) in s.sockets.iter_mut() {
+                // Only TCP sockets are made here; other kinds exist when
+                // another crate enables them in smoltcp.
+                #[allow(irrefutable_let_patterns)]
+                if let smoltcp::socket::Socket::Tcp(t) = sock {
+                    t.abort();
+                }
+            }
+        }
+    }
+
     /// Total sockets over all shards.
     pub(crate) fn sockets(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()

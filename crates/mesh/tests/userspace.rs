@@ -223,3 +223,28 @@ async fn policy_change_applies_to_new_connections() {
         m.shutdown().await;
     }
 }
+
+/// Streams do not outlive the data plane: after shutdown they end.
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let nodes = world();
+    let mut meshes = start_all(POLICY, &nodes).await.unwrap();
+    let dst = SocketAddr::new(nodes[1].ip(), 443);
+    let (c, a) = tokio::join!(meshes[0].connect(dst), async {
+        meshes[1].accept().await.unwrap()
+    });
+    let mut c = c.unwrap();
+    let laptop = meshes.remove(0);
+    laptop.shutdown().await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(DEADLINE, c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(c.write_all(b"x").await.is_err());
+    drop(a);
+    for m in meshes {
+        m.shutdown().await;
+    }
+}
