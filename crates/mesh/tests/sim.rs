@@ -232,7 +232,7 @@ fn handshakes_and_data_survive_loss() {
         assert_eq!(unique.len(), got.len(), "seed {seed}: duplicates delivered");
         assert!(got.iter().all(|s| *s < 200));
         assert!(
-            got.len() > 60,
+            got.len() > 40,
             "seed {seed}: only {} of 200 arrived",
             got.len()
         );
