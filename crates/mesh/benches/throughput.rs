@@ -4,6 +4,7 @@
 //!
 //! Run: `cargo bench -p gatehouse-mesh --bench throughput`. Under
 //! `cargo test --benches` it moves one MiB through each and checks it.
+//! `GATEHOUSE_BENCH_BYTES=N` sets the size of the transfer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 

@@ -12,7 +12,7 @@ use gatehouse_policy::NodeFilter;
 use gatehouse_proto::control::Peer;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, watch};
@@ -432,10 +432,10 @@ async fn read_tun(dev: Option<&tun_rs::AsyncDevice>, buf: &mut [u8]) -> io::Resu
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send() {
-    fn is_send<T: Send>() {}
-    is_send::<Mesh>();
-    is_send::<MeshStream>();
-    let _ = AtomicBool::new(false);
-}
+// What 0011 promises the node: the mesh and its streams move across tasks.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn stream<T: Send + Unpin + 'static>() {}
+    send_sync::<Mesh>();
+    stream::<MeshStream>();
+};

@@ -1,4 +1,4 @@
-//! Helpers for tests and benchmarks: a small mesh configured the way
+//! Test and benchmark support: a small mesh configured the way
 //! control would configure it (peers with keys, addresses and endpoints,
 //! filters compiled by the policy engine), without running control.
 
