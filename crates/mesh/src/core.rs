@@ -492,16 +492,16 @@ impl Core {
 
     /// Sends what boringtun queued while the handshake ran.
     fn flush_queued(&mut self, idx: u32) {
+        // Queued packets are at most an IP packet plus WireGuard's overhead.
+        let mut scratch = vec![0u8; 65_536 + WG_OVERHEAD];
         loop {
             let Some(peer) = self.peers.get_mut(&idx) else {
                 return;
             };
-            let mut out = vec![0u8; 65_536];
-            let len = match peer.tunn.decapsulate(None, &[], &mut out) {
-                TunnResult::WriteToNetwork(p) => p.len(),
+            let out = match peer.tunn.decapsulate(None, &[], &mut scratch) {
+                TunnResult::WriteToNetwork(p) => p.to_vec(),
                 _ => return,
             };
-            out.truncate(len);
             let now = self.now;
             self.send(idx, out, now);
         }
