@@ -160,6 +160,7 @@ impl MeshCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
+        params.serial_number = Some(random_serial());
         params.not_after = now + Duration::days(365);
         let cert = params.signed_by(&kp, &self.issuer)?;
         Ok((cert.pem(), kp.serialize_pem()))
@@ -186,6 +187,7 @@ impl MeshCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
+        params.serial_number = Some(random_serial());
         params.not_after = not_after;
         csr.params = params;
         Ok(csr.signed_by(&self.issuer)?.pem())
@@ -209,10 +211,21 @@ impl MeshCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::minutes(5);
+        params.serial_number = Some(random_serial());
         params.not_after = now + lifetime;
         csr.params = params;
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
+}
+
+/// A random serial number (RFC 5280: unique per issuer; a renewed
+/// certificate for the same key must not repeat its predecessor's).
+fn random_serial() -> rcgen::SerialNumber {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b[0] &= 0x7f; // positive
+    rcgen::SerialNumber::from_slice(&b)
 }
 
 /// The DER of the first PEM block.

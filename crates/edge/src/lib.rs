@@ -9,10 +9,12 @@
 
 #![forbid(unsafe_code)]
 
+/// Canonical paths and path rules (re-exported from `gatehouse-paths`).
+pub use gatehouse_paths as path;
+
 pub mod acme;
 pub mod certs;
 pub mod config;
-pub mod path;
 pub mod proxy;
 pub mod routes_api;
 mod server;

@@ -11,10 +11,12 @@ mod edge_cmd;
 mod inputs;
 mod lint_cmd;
 mod logging;
+mod node_cmd;
 mod operator_cmd;
 mod policy_cmd;
 mod reach_cmd;
 mod render_cmd;
+mod stack_input;
 mod tunnel_cmd;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,9 @@ enum Command {
     Control(control_cmd::ControlArgs),
     /// Administer a running control server (users, nodes, keys, OAuth, policy, audit, CA).
     Admin(admin_cmd::AdminArgs),
+    /// Run a mesh node (serve, SOCKS5, DNS) and talk to a running one.
+    #[command(subcommand)]
+    Node(node_cmd::NodeCommand),
     /// Run the public edge, or manage its tunnels (`gatehouse edge tunnel create NAME`).
     Edge(edge_cmd::EdgeArgs),
     /// The outbound-only connector and its tools (ingress rules, TCP access).
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
         Command::Policy(cmd) => policy_cmd::run(cmd),
         Command::Control(a) => run_async(control_cmd::run(a)),
         Command::Admin(a) => run_async(admin_cmd::run(a)),
+        Command::Node(cmd) => run_async(node_cmd::run(cmd)),
         Command::Edge(args) => edge_cmd::run(args),
         Command::Tunnel(cmd) => tunnel_cmd::run(cmd),
         Command::Lint(args) => lint_cmd::run(args),

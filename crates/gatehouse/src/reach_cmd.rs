@@ -1,7 +1,8 @@
-//! `gatehouse reach query|list`.
+//! `gatehouse reach query|list|matrix|diff`.
 //!
-//! Exit codes: `query` 0 allow, 1 deny; `list` 0; 2 invalid input
-//! (a malformed manifest, an unknown endpoint, bad arguments).
+//! Exit codes: `query` 0 allow, 1 deny; `list` and `matrix` 0; `diff` 0 when
+//! nothing changes, 1 when cells change; 2 invalid input (a malformed
+//! manifest or config, an unknown endpoint, bad arguments).
 
 use crate::inputs::{borrowed, read_inputs};
 use anyhow::{Result, anyhow, bail};
@@ -16,6 +17,54 @@ pub enum ReachCommand {
     Query(QueryArgs),
     /// Every allowed connection, one `src => dst : conns` line each, sorted.
     List(ListArgs),
+    /// Who (users, groups, tags, the internet) reaches which service and
+    /// public path, through the mesh policy, the edge's path rules and the
+    /// cluster's network policies at once.
+    Matrix(MatrixArgs),
+    /// Every cell of the access matrix that differs between two configs or
+    /// two policies (exit 1 when some do).
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    /// The stack config (gatehouse.yaml); the built-in demo when absent.
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Kubernetes manifests (files or directories): adds the network layer
+    /// for services with a `kubernetes:` placement.
+    #[arg(long)]
+    manifests: Vec<PathBuf>,
+    /// Explain one cell: ROW and COLUMN labels (e.g. bob@example.com "grafana (mesh)").
+    #[arg(long, num_args = 2, value_names = ["ROW", "COLUMN"])]
+    explain: Option<Vec<String>>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Before: a stack config (.yaml) or a policy file (.hujson/.json, with --config).
+    old: PathBuf,
+    /// After: same kind as OLD.
+    new: PathBuf,
+    /// The stack config the policies apply to (when OLD and NEW are policies).
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Kubernetes manifests for the network layer.
+    #[arg(long)]
+    manifests: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +102,8 @@ pub fn run(cmd: ReachCommand) -> ExitCode {
     let result = match cmd {
         ReachCommand::Query(a) => query(&a),
         ReachCommand::List(a) => list(&a).map(|()| ExitCode::SUCCESS),
+        ReachCommand::Matrix(a) => matrix(&a).map(|()| ExitCode::SUCCESS),
+        ReachCommand::Diff(a) => diff(&a),
     };
     match result {
         Ok(code) => code,
@@ -203,4 +254,148 @@ fn list(a: &ListArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn network(paths: &[PathBuf]) -> Result<Option<Analysis>> {
+    if paths.is_empty() {
+        Ok(None)
+    } else {
+        load(paths).map(Some)
+    }
+}
+
+fn compute(
+    stack: &crate::stack_input::Stack,
+    net: Option<&Analysis>,
+) -> Result<gatehouse_reach::matrix::Matrix> {
+    Ok(gatehouse_reach::matrix::compute(
+        &stack.config,
+        std::sync::Arc::clone(&stack.policy),
+        net,
+    )?)
+}
+
+fn print_layers(layers: &[gatehouse_reach::matrix::LayerVerdict]) {
+    for l in layers {
+        let layer = match l.layer {
+            gatehouse_reach::matrix::Layer::Mesh => "mesh",
+            gatehouse_reach::matrix::Layer::Edge => "edge",
+            gatehouse_reach::matrix::Layer::Network => "network",
+        };
+        println!(
+            "  {layer:<8} {:<5} {}",
+            if l.allow { "allow" } else { "deny" },
+            l.reason
+        );
+    }
+}
+
+fn matrix(a: &MatrixArgs) -> Result<()> {
+    let stack = crate::stack_input::load_stack(a.config.as_deref())?;
+    let net = network(&a.manifests)?;
+    let m = compute(&stack, net.as_ref())?;
+    if let Some(cell) = &a.explain {
+        let (row, col) = (&cell[0], &cell[1]);
+        let c = m.cell(row, col).ok_or_else(|| {
+            anyhow!(
+                "no cell {row:?} x {col:?}; rows: {}; columns: {}",
+                m.rows.join(", "),
+                m.columns
+                    .iter()
+                    .map(|c| c.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        match a.format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(c)?),
+            _ => {
+                println!("{} {row} -> {col}", if c.allow { "allow" } else { "deny" });
+                print_layers(&c.layers);
+            }
+        }
+        return Ok(());
+    }
+    match a.format {
+        Format::Text => print!("{}", m.to_text()),
+        Format::Markdown => print!("{}", m.to_markdown()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&m)?),
+    }
+    Ok(())
+}
+
+fn is_policy(p: &std::path::Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("hujson" | "json")
+    )
+}
+
+fn diff(a: &DiffArgs) -> Result<ExitCode> {
+    let net = network(&a.manifests)?;
+    let (old, new) = if is_policy(&a.old) && is_policy(&a.new) {
+        let base = crate::stack_input::load_stack(a.config.as_deref())?;
+        let with = |p: &PathBuf| -> Result<crate::stack_input::Stack> {
+            let text =
+                std::fs::read_to_string(p).map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
+            let policy = gatehouse_policy::parse_policy(&text)
+                .map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            Ok(crate::stack_input::Stack {
+                policy: std::sync::Arc::new(policy),
+                config: base.config.clone(),
+            })
+        };
+        (with(&a.old)?, with(&a.new)?)
+    } else if !is_policy(&a.old) && !is_policy(&a.new) {
+        (
+            crate::stack_input::load_stack(Some(&a.old))?,
+            crate::stack_input::load_stack(Some(&a.new))?,
+        )
+    } else {
+        bail!("OLD and NEW must both be configs (.yaml) or both policies (.hujson/.json)");
+    };
+    let changes = gatehouse_reach::matrix::Matrix::diff(
+        &compute(&old, net.as_ref())?,
+        &compute(&new, net.as_ref())?,
+    );
+    let show = |b: Option<bool>| match b {
+        Some(true) => "allow",
+        Some(false) => "deny",
+        None => "absent",
+    };
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&changes)?),
+        Format::Markdown => {
+            println!("| identity | target | before | after |\n|---|---|---|---|");
+            for c in &changes {
+                println!(
+                    "| {} | {} | {} | {} |",
+                    c.row,
+                    c.column,
+                    show(c.before),
+                    show(c.after)
+                );
+            }
+        }
+        Format::Text => {
+            if changes.is_empty() {
+                println!("no cell changes");
+            }
+            for c in &changes {
+                println!(
+                    "{} -> {}: {} => {}",
+                    c.row,
+                    c.column,
+                    show(c.before),
+                    show(c.after)
+                );
+                print_layers(&c.layers);
+            }
+        }
+    }
+    Ok(if changes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

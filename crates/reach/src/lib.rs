@@ -51,6 +51,7 @@
 pub mod conns;
 mod engine;
 pub mod manifest;
+pub mod matrix;
 pub mod model;
 mod parse;
 pub mod yaml;

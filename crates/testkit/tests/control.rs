@@ -36,7 +36,12 @@ async fn registration_refusals_write_nothing() {
     for bad in [
         "nope",
         &good.replace("authkey", "oauth"),
-        &format!("{}0", &good[..good.len() - 1]),
+        // The same key with its last secret digit changed.
+        &format!(
+            "{}{}",
+            &good[..good.len() - 1],
+            if good.ends_with('0') { '1' } else { '0' }
+        ),
     ] {
         let e = c.node(bad, "x").await.unwrap_err();
         assert_eq!(api_status(&e), (401, "invalid auth key".into()), "{bad}");
@@ -435,4 +440,20 @@ async fn keys_expire_on_their_own() {
             .any(|a| a.action == "node.expire" && a.actor == "control"),
         "{audit:#?}"
     );
+}
+
+#[tokio::test]
+async fn renewed_certificates_have_new_serial_numbers() {
+    let c = TestControl::start().await;
+    let (alice, _g, _b) = three_nodes(&c).await;
+    let csr = alice.identity.serving_csr().unwrap();
+    let a = alice.client.renew(&csr).await.unwrap();
+    let b = alice.client.renew(&csr).await.unwrap();
+    let serial = |pem: &str| {
+        let der = gatehouse_control::ca::pem_to_der(pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        cert.tbs_certificate.serial.clone()
+    };
+    assert_ne!(serial(&a), serial(&b));
+    assert_ne!(serial(&a), serial(&alice.identity.serving_cert));
 }

@@ -1,10 +1,14 @@
-//! The one canonical form of a request path, and path rules matched on it.
+//! The one canonical form of a request path, and the public tier's path
+//! rules matched on it. Pure: no I/O; the edge applies it to requests, and
+//! the cross-layer reachability engine to its questions.
 //!
 //! The edge computes [`canonicalize`] once per request; rules match that
 //! string (ignoring ASCII case) and the origin receives exactly that string,
 //! so the edge and the origin cannot disagree about which path was asked for.
 //! What cannot be put in canonical form safely is refused (HTTP 400).
 //! The decisions are written down in `docs/decisions/0006-canonical-paths.md`.
+
+#![forbid(unsafe_code)]
 
 use std::fmt;
 
@@ -317,9 +321,19 @@ impl PathRules {
     /// wins; a rule naming methods beats one for every method at the same
     /// pattern; on a remaining tie, deny wins.
     pub fn decide(&self, method: &http::Method, canonical: &str) -> Action {
+        self.decide_explained(method, canonical).0
+    }
+
+    /// [`Self::decide`], also naming the deciding rule (its index in the
+    /// specs given to [`Self::new`]; `None` when the default decided).
+    pub fn decide_explained(
+        &self,
+        method: &http::Method,
+        canonical: &str,
+    ) -> (Action, Option<usize>) {
         let lower = canonical.to_ascii_lowercase();
-        let mut best: Option<((u8, usize), bool, Action)> = None;
-        for r in &self.rules {
+        let mut best: Option<((u8, usize), bool, Action, usize)> = None;
+        for (i, r) in self.rules.iter().enumerate() {
             if !r.pattern.matches(&lower) {
                 continue;
             }
@@ -330,7 +344,7 @@ impl PathRules {
             let key = (r.pattern.specificity(), by_method);
             let better = match &best {
                 None => true,
-                Some((spec, bm, action)) => {
+                Some((spec, bm, action, _)) => {
                     (key.0, key.1) > (*spec, *bm)
                         || ((key.0, key.1) == (*spec, *bm)
                             && r.action == Action::Deny
@@ -338,10 +352,10 @@ impl PathRules {
                 }
             };
             if better {
-                best = Some((key.0, key.1, r.action));
+                best = Some((key.0, key.1, r.action, i));
             }
         }
-        best.map_or(self.default, |(_, _, a)| a)
+        best.map_or((self.default, None), |(_, _, a, i)| (a, Some(i)))
     }
 }
 

@@ -1,0 +1,321 @@
+//! `gatehouse node`: run a mesh node (`up`) and talk to a running one over
+//! its local socket (`status`, `ping`, `down`).
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use gatehouse_node::NodeConfig;
+use gatehouse_node::api::{self, ApiRequest, ApiResponse, NodeStatus};
+use gatehouse_node::serve::route::{Route, parse_route};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Join the mesh (first time: register with --control and --authkey) and run until stopped.
+    Up(Box<UpArgs>),
+    /// Show the running node: its name, addresses, control connection, certificate and peers.
+    Status {
+        #[command(flatten)]
+        local: LocalArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Round trip to a peer through the data plane (name, DNS name or mesh address).
+    Ping {
+        #[command(flatten)]
+        local: LocalArgs,
+        /// The peer.
+        peer: String,
+        /// How many pings.
+        #[arg(short = 'c', long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Stop the running node.
+    Down {
+        #[command(flatten)]
+        local: LocalArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// The node's state directory.
+    #[arg(long, env = "GATEHOUSE_NODE_STATE", default_value = "gatehouse-node")]
+    state: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Control's join string (URL#sha256:<CA hash>); needed to register.
+    #[arg(long, env = "GATEHOUSE_CONTROL")]
+    control: Option<String>,
+    /// Pre-auth key; needed to register (a registered node ignores it).
+    #[arg(long, env = "GATEHOUSE_AUTHKEY", hide_env_values = true)]
+    authkey: Option<String>,
+    /// Host name to ask for (default: this machine's).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// State directory: keys and certificates (mode 0600) and the local socket.
+    #[arg(long, env = "GATEHOUSE_NODE_STATE", default_value = "gatehouse-node")]
+    state: PathBuf,
+    /// Serve HTTPS on the node's name: [exact:]PATH=BACKEND, BACKEND = http://host:port,
+    /// h2c://host:port or a local port (repeatable; longest prefix wins, exact first).
+    #[arg(long = "serve", value_parser = parse_route)]
+    serve: Vec<Route>,
+    /// With --serve: redirect HTTP on port 80 to HTTPS.
+    #[arg(long)]
+    redirect_http: bool,
+    /// Local SOCKS5 and HTTP CONNECT proxy into the mesh, e.g. 127.0.0.1:1080.
+    #[arg(long)]
+    socks5: Option<SocketAddr>,
+    /// Local resolver for mesh names (UDP and TCP), e.g. 127.0.0.1:5353.
+    #[arg(long)]
+    dns: Option<SocketAddr>,
+    /// Prometheus metrics, /healthz and /readyz, e.g. 127.0.0.1:9100.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Local address of the data plane (announced to control as the endpoint).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+pub async fn run(cmd: NodeCommand) -> Result<()> {
+    match cmd {
+        NodeCommand::Up(a) => up(*a).await,
+        NodeCommand::Status { local, json } => status(local, json).await,
+        NodeCommand::Ping { local, peer, count } => ping(local, peer, count).await,
+        NodeCommand::Down { local } => down(local).await,
+    }
+}
+
+fn system_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+async fn up(a: UpArgs) -> Result<()> {
+    let mut cfg = NodeConfig::new(a.state.clone(), &a.hostname.unwrap_or_else(system_hostname));
+    cfg.control = a.control;
+    cfg.authkey = a.authkey;
+    cfg.routes = a.serve;
+    cfg.redirect_http = a.redirect_http;
+    cfg.socks5 = a.socks5;
+    cfg.dns = a.dns;
+    cfg.metrics = a.metrics;
+    cfg.listen = a.listen;
+    let node = gatehouse_node::start(cfg)
+        .await
+        .context("starting the node")?;
+    let id = &node.identity;
+    let addrs: Vec<String> = id.addresses.iter().map(ToString::to_string).collect();
+    println!("gatehouse node: {} ({})", id.fqdn, addrs.join(", "));
+    for r in &node.status().serve {
+        println!("  serve        https://{}  {r}", id.fqdn);
+    }
+    if let Some(s) = node.bound.socks5 {
+        println!("  socks5       {s} (SOCKS5 and HTTP CONNECT)");
+    }
+    if let Some(d) = node.bound.dns {
+        println!("  dns          {d}");
+    }
+    if let Some(m) = node.bound.metrics {
+        println!("  metrics      http://{m}/metrics");
+    }
+    println!("  state        {}", a.state.display());
+    tokio::select! {
+        r = node.ready() => {
+            if r {
+                println!("ready");
+            }
+        }
+        () = crate::logging::shutdown_signal() => {
+            node.shutdown().await;
+            return Ok(());
+        }
+    }
+    tokio::select! {
+        () = node.stopped() => {}
+        () = crate::logging::shutdown_signal() => {}
+    }
+    println!("gatehouse node: stopping");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn call(local: &LocalArgs, req: ApiRequest) -> Result<ApiResponse> {
+    Ok(api::call(&local.state, &req).await?)
+}
+
+fn human(secs: i64) -> String {
+    let s = secs.unsigned_abs();
+    let text = if s >= 86_400 {
+        format!("{}d{}h", s / 86_400, s % 86_400 / 3600)
+    } else if s >= 3600 {
+        format!("{}h{}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    };
+    if secs < 0 {
+        format!("{text} ago")
+    } else {
+        format!("in {text}")
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn owner(user: &Option<String>, tags: &[String]) -> String {
+    match user {
+        Some(u) => u.clone(),
+        None if !tags.is_empty() => tags.join(","),
+        None => "-".into(),
+    }
+}
+
+fn print_status(st: &NodeStatus) {
+    let addrs: Vec<String> = st.addresses.iter().map(ToString::to_string).collect();
+    println!(
+        "{}  {}  {}  {}",
+        st.fqdn,
+        addrs.join(", "),
+        owner(&st.user, &st.tags),
+        if st.ready { "ready" } else { "not ready" }
+    );
+    let c = &st.control;
+    let conn = if c.connected {
+        format!("connected ({} map messages)", c.map_messages)
+    } else {
+        format!(
+            "disconnected: {}",
+            c.last_error.as_deref().unwrap_or("not yet connected")
+        )
+    };
+    println!("control       {}  {conn}", c.url);
+    if let Some(cert) = &st.certificate {
+        println!(
+            "certificate   expires {}, renews {} ({} renewals)",
+            human(cert.not_after - now()),
+            human(cert.renew_at - now()),
+            cert.renewals
+        );
+    }
+    let listen: Vec<String> = st.plane.listen.iter().map(ToString::to_string).collect();
+    println!(
+        "data plane    {} on {} ({} refused)",
+        st.plane.kind,
+        listen.join(", "),
+        st.plane.refused
+    );
+    for r in &st.serve {
+        println!("serve         {r}");
+    }
+    if let Some(s) = st.socks5 {
+        println!("socks5        {s}");
+    }
+    if let Some(d) = st.dns {
+        println!("dns           {d}");
+    }
+    if st.peers.is_empty() {
+        println!("no peers");
+        return;
+    }
+    println!();
+    let rows: Vec<[String; 7]> = st
+        .peers
+        .iter()
+        .map(|p| {
+            let path = p.path.clone().unwrap_or_default();
+            [
+                p.name.clone(),
+                p.addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                owner(&p.user, &p.tags),
+                path.endpoint.map_or("-".into(), |e| e.to_string()),
+                path.connections_in.to_string(),
+                path.connections_out.to_string(),
+                path.refused_in.to_string(),
+            ]
+        })
+        .collect();
+    let head = [
+        "PEER",
+        "ADDRESSES",
+        "OWNER",
+        "ENDPOINT",
+        "IN",
+        "OUT",
+        "REFUSED",
+    ];
+    let mut widths = head.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(head.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+async fn status(local: LocalArgs, json: bool) -> Result<()> {
+    match call(&local, ApiRequest::Status).await? {
+        ApiResponse::Status(st) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+            Ok(())
+        }
+        ApiResponse::Error { error } => bail!("{error}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+async fn ping(local: LocalArgs, peer: String, count: u32) -> Result<()> {
+    for _ in 0..count.max(1) {
+        match call(&local, ApiRequest::Ping { peer: peer.clone() }).await? {
+            ApiResponse::Pong { peer, addr, rtt_ms } => {
+                println!("pong from {peer} ({addr}) in {rtt_ms:.2} ms");
+            }
+            ApiResponse::Error { error } => bail!("{error}"),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
+async fn down(local: LocalArgs) -> Result<()> {
+    match call(&local, ApiRequest::Down).await? {
+        ApiResponse::Ok => {
+            println!("stopping the node with state {}", local.state.display());
+            Ok(())
+        }
+        ApiResponse::Error { error } => bail!("{error}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}

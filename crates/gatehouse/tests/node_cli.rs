@@ -1,0 +1,273 @@
+//! `gatehouse node` as a user runs it: two nodes as child processes of the
+//! binary (blog serving a local backend, laptop with a SOCKS5 proxy), control
+//! in-process, `status`, `ping` and `down` over the local socket, real curl
+//! through the proxy, and a restart that reuses the saved identity.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gatehouse_testkit::TestControl;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A `gatehouse node up` child, killed if the test ends early.
+struct Up {
+    child: Child,
+    lines: Vec<String>,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Starts `gatehouse node up ARGS` and reads its output up to `ready`.
+async fn up(args: &[&str]) -> Up {
+    let mut child = Command::new(BIN)
+        .args(["node", "up"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let read = async {
+        while let Some(l) = out.next_line().await.unwrap() {
+            let done = l == "ready";
+            lines.push(l);
+            if done {
+                return true;
+            }
+        }
+        false
+    };
+    let ready = tokio::time::timeout(DEADLINE, read).await;
+    assert!(
+        matches!(ready, Ok(true)),
+        "node did not report ready: {lines:?}"
+    );
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    Up { child, lines }
+}
+
+async fn cli(args: &[&str]) -> (String, String, i32) {
+    let out = Command::new(BIN).args(args).output().await.unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+async fn status_json(state: &Path) -> serde_json::Value {
+    let (out, err, code) = cli(&[
+        "node",
+        "status",
+        "--json",
+        "--state",
+        state.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// A backend answering every request with a fixed page.
+async fn backend() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                let who = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("gatehouse-user-login: "))
+                    .unwrap_or("nobody")
+                    .trim()
+                    .to_string();
+                let body = format!("hello {who}\n");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_up_status_ping_down_and_restart() {
+    let control = TestControl::start().await;
+    control
+        .admin
+        .create_user("alice@example.com")
+        .await
+        .unwrap();
+    control
+        .admin
+        .set_policy(
+            r#"{"tagOwners": {"tag:web": []},
+                "acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web:443"]}]}"#,
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let blog_state = dir.path().join("blog");
+    let laptop_state = dir.path().join("laptop");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &control.ca).unwrap();
+    let web = backend().await;
+    let blog_key = control.key(None, &["tag:web"], false).await;
+    let laptop_key = control.key(Some("alice@example.com"), &[], false).await;
+    let join = control.info.join.clone();
+    let route = format!("/=http://{web}");
+
+    let blog_args = [
+        "--control",
+        &join,
+        "--authkey",
+        &blog_key,
+        "--hostname",
+        "blog",
+        "--state",
+        blog_state.to_str().unwrap(),
+        "--serve",
+        &route,
+    ];
+    let blog = up(&blog_args).await;
+    assert!(blog.lines[0].starts_with("gatehouse node: blog.test.gatehouse.internal ("));
+    let laptop = up(&[
+        "--control",
+        &join,
+        "--authkey",
+        &laptop_key,
+        "--hostname",
+        "laptop",
+        "--state",
+        laptop_state.to_str().unwrap(),
+        "--socks5",
+        "127.0.0.1:0",
+    ])
+    .await;
+
+    // status: text and JSON; wait until laptop knows blog's endpoint.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let st = loop {
+        let st = status_json(&laptop_state).await;
+        if st["peers"][0]["endpoints"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        {
+            break st;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no endpoint: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(st["ready"], true);
+    assert_eq!(st["peers"][0]["name"], "blog");
+    let (text, _, code) = cli(&["node", "status", "--state", laptop_state.to_str().unwrap()]).await;
+    assert_eq!(code, 0);
+    assert!(text.contains("laptop.test.gatehouse.internal"), "{text}");
+    assert!(text.contains("alice@example.com"), "{text}");
+    let blog_line = text.lines().find(|l| l.starts_with("blog ")).unwrap();
+    assert!(blog_line.contains("tag:web"), "{text}");
+    assert!(
+        blog_line.contains(st["peers"][0]["addresses"][0].as_str().unwrap()),
+        "{text}"
+    );
+
+    // ping
+    let (out, err, code) = cli(&[
+        "node",
+        "ping",
+        "--state",
+        laptop_state.to_str().unwrap(),
+        "blog",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("pong from blog.test.gatehouse.internal (100.64."),
+        "{out}"
+    );
+    let (_, err, code) = cli(&[
+        "node",
+        "ping",
+        "--state",
+        laptop_state.to_str().unwrap(),
+        "nobody",
+    ])
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not a peer"), "{err}");
+
+    // curl through laptop's proxy to blog's serve.
+    let socks = format!("socks5h://{}", st["socks5"].as_str().unwrap());
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--proxy", &socks, "--cacert"])
+        .arg(&ca)
+        .arg("https://blog.test.gatehouse.internal/")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello alice@example.com\n"
+    );
+
+    // down: the process exits by itself.
+    let blog_id = status_json(&blog_state).await["node_id"].clone();
+    let (out, _, code) = cli(&["node", "down", "--state", blog_state.to_str().unwrap()]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("stopping"), "{out}");
+    let mut blog = blog;
+    let exit = tokio::time::timeout(DEADLINE, blog.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+    let (_, err, code) = cli(&["node", "status", "--state", blog_state.to_str().unwrap()]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no node running"), "{err}");
+
+    // Restart without a key: the saved identity is used, nothing registers.
+    let blog = up(&[
+        "--hostname",
+        "blog",
+        "--state",
+        blog_state.to_str().unwrap(),
+        "--serve",
+        &route,
+    ])
+    .await;
+    assert_eq!(status_json(&blog_state).await["node_id"], blog_id);
+    assert_eq!(control.admin.nodes().await.unwrap().len(), 2);
+    drop(blog);
+    drop(laptop);
+}

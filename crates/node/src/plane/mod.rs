@@ -1,0 +1,127 @@
+//! The data plane as the node sees it: something that takes the peers and
+//! inbound filter from control's map, hands over inbound connections the
+//! filter allowed, and opens connections to mesh addresses. The node's
+//! applications see only streams, never packets.
+//!
+//! The mesh data plane (`crates/mesh`, user-space WireGuard and TCP/IP)
+//! implements this trait through a thin adapter; [`loopback`] implements it
+//! over kernel TCP on one machine, for tests and for running before the mesh
+//! data plane exists.
+
+pub mod loopback;
+
+use gatehouse_policy::NodeFilter;
+use gatehouse_proto::control::Peer;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream an application can use.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+/// A stream of any kind.
+pub type BoxStream = Box<dyn Stream>;
+
+/// An inbound connection the filter allowed.
+#[derive(Debug)]
+pub struct Connection<S> {
+    /// The stream.
+    pub stream: S,
+    /// The caller's mesh address and port.
+    pub remote: SocketAddr,
+    /// The node's mesh address and the port called.
+    pub local: SocketAddr,
+}
+
+/// What the data plane says about itself (for `gatehouse node status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaneStatus {
+    /// Which data plane (`loopback`, `mesh`).
+    pub kind: String,
+    /// Local addresses it listens on.
+    pub listen: Vec<SocketAddr>,
+    /// Per peer (node id): the path in use and counters.
+    pub peers: BTreeMap<String, PeerPath>,
+    /// Inbound connections refused by the filter (or from unknown nodes).
+    pub refused: u64,
+}
+
+/// The data plane's view of one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerPath {
+    /// The endpoint used to reach it.
+    pub endpoint: Option<SocketAddr>,
+    /// Connections opened to it.
+    pub connections_out: u64,
+    /// Connections accepted from it.
+    pub connections_in: u64,
+    /// Connections from it refused by the filter.
+    pub refused_in: u64,
+    /// Last time a connection or ping to or from it succeeded (unix seconds).
+    pub last_ok: Option<i64>,
+}
+
+/// The interface between the node and its data plane.
+pub trait DataPlane: Send + Sync + 'static {
+    /// The streams it produces.
+    type Stream: Stream;
+
+    /// Peers and inbound filter from control's map; called on every map
+    /// change, idempotent. The filter is enforced inside the data plane:
+    /// a connection it refuses never reaches [`DataPlane::accept`].
+    fn apply(&self, peers: &[Peer], filter: &NodeFilter);
+
+    /// The next inbound connection the filter allowed; `None` once shut down.
+    fn accept(&self) -> impl Future<Output = Option<Connection<Self::Stream>>> + Send;
+
+    /// Opens a connection to a mesh address.
+    fn connect(
+        &self,
+        dst: SocketAddr,
+    ) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+
+    /// Round trip of a path-level probe to a peer's mesh address (not
+    /// subject to the filter: it reaches the peer's data plane, no stack).
+    fn ping(&self, dst: IpAddr) -> impl Future<Output = std::io::Result<Duration>> + Send;
+
+    /// Local endpoints to announce to control.
+    fn endpoints(&self) -> Vec<SocketAddr>;
+
+    /// Paths and counters.
+    fn status(&self) -> PlaneStatus;
+
+    /// Stops accepting and closes its sockets.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Opens streams to mesh addresses: what the local proxies need of a data
+/// plane, object-safe.
+pub trait Dial: Send + Sync + std::fmt::Debug {
+    /// Opens a stream to `dst`.
+    fn dial(
+        &self,
+        dst: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Send + '_>>;
+}
+
+/// A [`Dial`] over a data plane.
+#[derive(Debug)]
+pub struct PlaneDialer<P>(pub Arc<P>);
+
+impl<P: DataPlane + std::fmt::Debug> Dial for PlaneDialer<P> {
+    fn dial(
+        &self,
+        dst: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<BoxStream>> + Send + '_>> {
+        Box::pin(async move {
+            let s = self.0.connect(dst).await?;
+            Ok(Box::new(s) as BoxStream)
+        })
+    }
+}

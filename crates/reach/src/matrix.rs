@@ -1,0 +1,571 @@
+//! The cross-layer access matrix: who (users, groups, tags, the internet)
+//! can reach which service privately and which public path, through every
+//! layer at once — the mesh policy, the edge's path rules and, when
+//! manifests are given, the cluster's network policies — with the rule that
+//! decides at each layer.
+
+use crate::{Analysis, Proto, Side};
+use gatehouse_paths::{Action, PathRules};
+use gatehouse_policy::{Engine, Node, Policy, QueryProto, Target};
+use gatehouse_stack::{Service, StackConfig, edge_rules};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+/// The row of anyone on the internet.
+pub const INTERNET: &str = "internet";
+/// The port mesh clients use for a service (its HTTPS).
+pub const MESH_PORT: u16 = 443;
+
+/// Why a matrix could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MatrixError {
+    /// The policy does not fit the services (an undeclared tag).
+    #[error("the policy does not fit the services: {0}")]
+    Policy(String),
+    /// A workload named in `kubernetes:` is not in the manifests.
+    #[error("services[{service}].kubernetes: {message}")]
+    Placement {
+        /// The service.
+        service: String,
+        /// What is missing.
+        message: String,
+    },
+    /// A public side's rules do not compile.
+    #[error("{0}")]
+    Rules(String),
+}
+
+/// A layer of the path from a client to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// The mesh policy (at the service's proxy node).
+    Mesh,
+    /// The edge's path rules.
+    Edge,
+    /// Cluster network policy between the proxy or connector and the backend.
+    Network,
+}
+
+/// One layer's decision for a cell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayerVerdict {
+    /// The layer.
+    pub layer: Layer,
+    /// Whether it lets the request through.
+    pub allow: bool,
+    /// The rule that decides, or why nothing does.
+    pub reason: String,
+}
+
+/// What a column is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ColumnKind {
+    /// The service over the mesh.
+    Mesh {
+        /// Its mesh host name.
+        hostname: String,
+    },
+    /// A public path of the service.
+    Public {
+        /// The public host name.
+        hostname: String,
+        /// The path prefix.
+        path: String,
+    },
+}
+
+/// A column: a service privately, or one of its public paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Column {
+    /// Label: `grafana (mesh)` or `blog.example.com/ghost`.
+    pub id: String,
+    /// The service.
+    pub service: String,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: ColumnKind,
+}
+
+/// One cell: may this row reach this column?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cell {
+    /// Allowed through every layer.
+    pub allow: bool,
+    /// Each layer's decision, in path order.
+    pub layers: Vec<LayerVerdict>,
+}
+
+/// The whole matrix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Matrix {
+    /// Row labels: users, groups, tags, then `internet`.
+    pub rows: Vec<String>,
+    /// Columns.
+    pub columns: Vec<Column>,
+    /// `cells[row][column]`.
+    pub cells: Vec<Vec<Cell>>,
+}
+
+fn service_node(i: usize, s: &Service, host: String) -> Node {
+    let n = u32::try_from(i).unwrap_or(0) + 1;
+    let v4 = u32::from(Ipv4Addr::new(100, 64, 200, 0)) + n;
+    Node {
+        name: host,
+        user: None,
+        tags: s.tags.clone(),
+        addresses: vec![
+            IpAddr::V4(Ipv4Addr::from(v4)),
+            IpAddr::V6(Ipv6Addr::new(
+                0xfd7a, 0x115c, 0xa1e0, 0xc8, 0, 0, 0, n as u16,
+            )),
+        ],
+    }
+}
+
+/// Row labels: every user the policy or the config names, every group,
+/// every tag, and the internet.
+fn rows(policy: &Policy, cfg: &StackConfig) -> Vec<String> {
+    let mut users: BTreeSet<String> = cfg.users.iter().cloned().collect();
+    for members in policy.groups.values() {
+        users.extend(members.iter().cloned());
+    }
+    for r in &policy.rules {
+        for t in r.src.iter().chain(r.dst.iter().map(|d| &d.target)) {
+            if let Target::User(u) = t {
+                users.insert(u.clone());
+            }
+        }
+    }
+    let mut out: Vec<String> = users.into_iter().collect();
+    out.extend(policy.groups.keys().cloned());
+    out.extend(policy.tag_owners.keys().cloned());
+    out.push(INTERNET.into());
+    out
+}
+
+fn network_verdict(
+    a: &Analysis,
+    service: &Service,
+    from: Option<&String>,
+    via: &str,
+) -> Result<Option<LayerVerdict>, MatrixError> {
+    let Some(k) = &service.kubernetes else {
+        return Ok(None);
+    };
+    let Some(src_name) = from else {
+        return Ok(None);
+    };
+    let placement = |m: String| MatrixError::Placement {
+        service: service.name.clone(),
+        message: m,
+    };
+    let src = a
+        .endpoint(src_name)
+        .map_err(|e| placement(format!("{via} {src_name}: {e}")))?;
+    let dst = a
+        .endpoint(&k.workload)
+        .map_err(|e| placement(format!("workload {}: {e}", k.workload)))?;
+    let v = a.engine.query(src, dst, Proto::Tcp, k.port);
+    let side = |what: &str, s: &Side| -> String {
+        if let Some(r) = s.denied_by.first() {
+            format!(
+                "{what} denied by {} {}[{}] ({})",
+                r.policy,
+                r.section.name(),
+                r.index,
+                r.at
+            )
+        } else if let Some(r) = s.allowed_by.first() {
+            format!(
+                "{what} allowed by {} {}[{}] ({})",
+                r.policy,
+                r.section.name(),
+                r.index,
+                r.at
+            )
+        } else if s.isolated_by.is_empty() {
+            format!("{what} not isolated")
+        } else {
+            format!(
+                "{what} isolated by {} and no rule admits it",
+                s.isolated_by
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    };
+    Ok(Some(LayerVerdict {
+        layer: Layer::Network,
+        allow: v.allowed,
+        reason: format!(
+            "{via} {src_name} -> {} port {}/TCP: {}; {}",
+            k.workload,
+            k.port,
+            side("egress", &v.egress),
+            side("ingress", &v.ingress)
+        ),
+    }))
+}
+
+/// Computes the matrix of a stack: its policy, its services and, when
+/// given, the manifests of the cluster they run in.
+pub fn compute(
+    cfg: &StackConfig,
+    policy: Arc<Policy>,
+    network: Option<&Analysis>,
+) -> Result<Matrix, MatrixError> {
+    let rows = rows(&policy, cfg);
+    let mut nodes = Vec::new();
+    let mut columns = Vec::new();
+    for (i, s) in cfg.services.iter().enumerate() {
+        if let Some(host) = s.mesh_hostname() {
+            nodes.push(service_node(i, s, host.clone()));
+            columns.push(Column {
+                id: format!("{} (mesh)", s.name),
+                service: s.name.clone(),
+                kind: ColumnKind::Mesh { hostname: host },
+            });
+        }
+        if let Some(p) = &s.public {
+            for path in p.paths.iter().chain(&p.deny_paths) {
+                columns.push(Column {
+                    id: format!("{}{path}", p.hostname),
+                    service: s.name.clone(),
+                    kind: ColumnKind::Public {
+                        hostname: p.hostname.clone(),
+                        path: path.clone(),
+                    },
+                });
+            }
+        }
+    }
+    let identities: Vec<Target> = rows
+        .iter()
+        .filter(|r| *r != INTERNET)
+        .map(|r| {
+            if r.starts_with("group:") {
+                Target::Group(r.clone())
+            } else if r.starts_with("tag:") {
+                Target::Tag(r.clone())
+            } else {
+                Target::User(r.clone())
+            }
+        })
+        .collect();
+    let refs: Vec<&Target> = identities.iter().collect();
+    let engine = Engine::with_representatives(Arc::clone(&policy), &nodes, &refs)
+        .map_err(|e| MatrixError::Policy(e.to_string()))?;
+    let mut cells = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut line = Vec::with_capacity(columns.len());
+        for col in &columns {
+            let service = cfg
+                .services
+                .iter()
+                .find(|s| s.name == col.service)
+                .ok_or_else(|| MatrixError::Rules(format!("no service {}", col.service)))?;
+            let mut layers = Vec::new();
+            match &col.kind {
+                ColumnKind::Mesh { hostname } => {
+                    layers.push(mesh_verdict(&engine, row, hostname));
+                    if let Some(a) = network {
+                        layers.extend(network_verdict(
+                            a,
+                            service,
+                            service.kubernetes.as_ref().and_then(|k| k.proxy.as_ref()),
+                            "proxy",
+                        )?);
+                    }
+                }
+                ColumnKind::Public { hostname, path } => {
+                    let public = service
+                        .public
+                        .as_ref()
+                        .ok_or_else(|| MatrixError::Rules(format!("{hostname}: not public")))?;
+                    let specs = edge_rules(public);
+                    let rules = PathRules::new(&specs, Action::Deny)
+                        .map_err(|e| MatrixError::Rules(e.to_string()))?;
+                    let (action, by) = rules.decide_explained(&http::Method::GET, path);
+                    let reason = match by {
+                        Some(i) => format!(
+                            "GET {hostname}{path}: rule {} {}",
+                            specs[i].path,
+                            if action == Action::Allow {
+                                "allow"
+                            } else {
+                                "deny"
+                            }
+                        ),
+                        None => format!("GET {hostname}{path}: no rule matches, default deny"),
+                    };
+                    layers.push(LayerVerdict {
+                        layer: Layer::Edge,
+                        allow: action == Action::Allow,
+                        reason,
+                    });
+                    if let Some(a) = network {
+                        layers.extend(network_verdict(
+                            a,
+                            service,
+                            service
+                                .kubernetes
+                                .as_ref()
+                                .and_then(|k| k.connector.as_ref()),
+                            "connector",
+                        )?);
+                    }
+                }
+            }
+            line.push(Cell {
+                allow: layers.iter().all(|l| l.allow),
+                layers,
+            });
+        }
+        cells.push(line);
+    }
+    Ok(Matrix {
+        rows,
+        columns,
+        cells,
+    })
+}
+
+fn mesh_verdict(engine: &Engine, row: &str, hostname: &str) -> LayerVerdict {
+    if row == INTERNET {
+        return LayerVerdict {
+            layer: Layer::Mesh,
+            allow: false,
+            reason: "not a mesh identity: private services are reachable only over the mesh".into(),
+        };
+    }
+    match engine.query(row, hostname, MESH_PORT, QueryProto::Tcp) {
+        Ok(q) if q.accept => {
+            let mut rules: Vec<String> = q
+                .pairs
+                .iter()
+                .flat_map(|p| p.rules.iter().map(|r| engine.rule_label(*r)))
+                .collect();
+            rules.sort();
+            rules.dedup();
+            LayerVerdict {
+                layer: Layer::Mesh,
+                allow: true,
+                reason: format!("{row} -> {hostname}:{MESH_PORT}: {}", rules.join("; ")),
+            }
+        }
+        Ok(q) => {
+            let why = q
+                .pairs
+                .iter()
+                .find(|p| p.rules.is_empty())
+                .map(|p| format!("{} ({}): {}", p.src, p.src_ip, engine.why_not(p)))
+                .unwrap_or_else(|| "no address family in common".into());
+            LayerVerdict {
+                layer: Layer::Mesh,
+                allow: false,
+                reason: format!("{row} -> {hostname}:{MESH_PORT}: {why}"),
+            }
+        }
+        Err(e) => LayerVerdict {
+            layer: Layer::Mesh,
+            allow: false,
+            reason: format!("{row}: {e}"),
+        },
+    }
+}
+
+/// A cell that differs between two matrices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CellChange {
+    /// Row label.
+    pub row: String,
+    /// Column label.
+    pub column: String,
+    /// Before (`None`: the row or column did not exist).
+    pub before: Option<bool>,
+    /// After (`None`: gone).
+    pub after: Option<bool>,
+    /// The new decisions (or the old ones if gone).
+    pub layers: Vec<LayerVerdict>,
+}
+
+impl Matrix {
+    /// The cell at a row and column label.
+    pub fn cell(&self, row: &str, column: &str) -> Option<&Cell> {
+        let r = self.rows.iter().position(|x| x == row)?;
+        let c = self.columns.iter().position(|x| x.id == column)?;
+        self.cells.get(r)?.get(c)
+    }
+
+    /// Every cell whose verdict differs from `old` (rows and columns are
+    /// matched by label; cells that appear or disappear count as changes).
+    pub fn diff(old: &Matrix, new: &Matrix) -> Vec<CellChange> {
+        let mut rows: Vec<&String> = old.rows.iter().chain(&new.rows).collect();
+        rows.sort();
+        rows.dedup();
+        let mut cols: Vec<&String> = old
+            .columns
+            .iter()
+            .chain(&new.columns)
+            .map(|c| &c.id)
+            .collect();
+        cols.sort();
+        cols.dedup();
+        let mut out = Vec::new();
+        for r in rows {
+            for c in &cols {
+                let (a, b) = (old.cell(r, c), new.cell(r, c));
+                let (before, after) = (a.map(|x| x.allow), b.map(|x| x.allow));
+                if before != after {
+                    out.push(CellChange {
+                        row: r.clone(),
+                        column: (*c).clone(),
+                        before,
+                        after,
+                        layers: b.or(a).map(|x| x.layers.clone()).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// A text table: `✓`/`·` per cell, columns numbered with a legend.
+    pub fn to_text(&self) -> String {
+        let width = self.rows.iter().map(String::len).max().unwrap_or(0).max(8);
+        let mut s = String::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            s.push_str(&format!("[{:>2}] {}\n", i + 1, c.id));
+        }
+        s.push('\n');
+        s.push_str(&format!("{:<width$}", ""));
+        for i in 0..self.columns.len() {
+            s.push_str(&format!(" {:>3}", i + 1));
+        }
+        s.push('\n');
+        for (r, row) in self.rows.iter().enumerate() {
+            s.push_str(&format!("{row:<width$}"));
+            for cell in &self.cells[r] {
+                s.push_str(if cell.allow { "   ✓" } else { "   ·" });
+            }
+            s.push('\n');
+        }
+        s.push_str("\n✓ allowed through every layer, · denied at some layer (--explain ROW COLUMN says where)\n");
+        s
+    }
+
+    /// A Markdown table.
+    pub fn to_markdown(&self) -> String {
+        let mut s = String::from("| identity |");
+        for c in &self.columns {
+            s.push_str(&format!(" {} |", c.id));
+        }
+        s.push_str("\n|---|");
+        for _ in &self.columns {
+            s.push_str(":-:|");
+        }
+        s.push('\n');
+        for (r, row) in self.rows.iter().enumerate() {
+            s.push_str(&format!("| {row} |"));
+            for cell in &self.cells[r] {
+                s.push_str(if cell.allow { " allow |" } else { " deny |" });
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_policy::parse_policy;
+
+    fn demo() -> Matrix {
+        let cfg = StackConfig::demo();
+        let policy = Arc::new(parse_policy(gatehouse_stack::DEMO_POLICY).unwrap());
+        compute(&cfg, policy, None).unwrap()
+    }
+
+    #[test]
+    fn demo_matrix_answers_the_seed_questions() {
+        let m = demo();
+        let allow = |r: &str, c: &str| m.cell(r, c).unwrap_or_else(|| panic!("{r} {c}")).allow;
+        // Private: people reach service proxies; only admins the dashboards.
+        assert!(allow("bob@example.com", "blog (mesh)"));
+        assert!(!allow("bob@example.com", "grafana (mesh)"));
+        assert!(allow("alice@example.com", "grafana (mesh)"));
+        assert!(allow("group:admins", "dashboard (mesh)"));
+        assert!(!allow("internet", "grafana (mesh)"));
+        // Public: path rules, for everybody alike.
+        assert!(allow("internet", "blog.example.com/"));
+        assert!(!allow("internet", "blog.example.com/ghost"));
+        assert!(allow("internet", "analytics.example.com/api/event"));
+        assert!(allow("bob@example.com", "analytics.example.com/js/"));
+        assert!(!allow("internet", "links.example.com/api"));
+        // Grafana has no public column at all.
+        assert!(
+            !m.columns
+                .iter()
+                .any(|c| c.service == "grafana" && matches!(c.kind, ColumnKind::Public { .. }))
+        );
+        // Explanations name the deciding rules.
+        let c = m.cell("bob@example.com", "grafana (mesh)").unwrap();
+        assert!(c.layers[0].reason.contains("acls[1]"), "{:?}", c.layers);
+        let c = m.cell("internet", "blog.example.com/ghost").unwrap();
+        assert!(
+            c.layers[0].reason.contains("rule /ghost deny"),
+            "{:?}",
+            c.layers
+        );
+    }
+
+    #[test]
+    fn diff_lists_exactly_the_changed_cells() {
+        let m = demo();
+        let cfg = StackConfig::demo();
+        let opened = gatehouse_stack::DEMO_POLICY.replace(
+            r#"{"action": "accept", "src": ["group:admins"], "dst": ["tag:admin-ui:443"]},"#,
+            r#"{"action": "accept", "src": ["autogroup:member"], "dst": ["tag:admin-ui:443"]},"#,
+        );
+        let opened = opened.replace(
+            r#""accept": ["tag:k8s:443"], "deny": ["tag:admin-ui:443"]"#,
+            r#""accept": ["tag:k8s:443", "tag:admin-ui:443"]"#,
+        );
+        let n = compute(&cfg, Arc::new(parse_policy(&opened).unwrap()), None).unwrap();
+        let d = Matrix::diff(&m, &n);
+        assert!(!d.is_empty());
+        assert!(
+            d.iter()
+                .all(|c| c.before == Some(false) && c.after == Some(true)),
+            "{d:#?}"
+        );
+        assert!(
+            d.iter()
+                .any(|c| c.row == "bob@example.com" && c.column == "grafana (mesh)")
+        );
+        assert!(
+            d.iter()
+                .all(|c| c.column == "grafana (mesh)" || c.column == "dashboard (mesh)"),
+            "{d:#?}"
+        );
+        assert!(Matrix::diff(&m, &m).is_empty());
+    }
+
+    #[test]
+    fn undeclared_service_tag_is_an_error() {
+        let mut cfg = StackConfig::demo();
+        cfg.services[0].tags = vec!["tag:nope".into()];
+        let policy = Arc::new(parse_policy(gatehouse_stack::DEMO_POLICY).unwrap());
+        assert!(matches!(
+            compute(&cfg, policy, None),
+            Err(MatrixError::Policy(_))
+        ));
+    }
+}
