@@ -3,8 +3,8 @@
 //! control (in-process), a real edge and a real connector (processes of
 //! this binary) on loopback, and StatefulSets realised as processes of this
 //! binary by testkit's realiser. An Ingress applied to the tracker must
-//! become reachable publicly over HTTPS through the edge; when this build
-//! has `gatehouse node`, also privately over the mesh.
+//! become reachable publicly over HTTPS through the edge and privately over
+//! the mesh.
 //!
 //! What it proves and what it does not: see docs/operator.md.
 
@@ -30,13 +30,6 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn has_node_command() -> bool {
-    Command::new(BIN)
-        .args(["node", "--help"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 async fn curl(ca: &std::path::Path, resolve: &str, url: &str) -> (u16, String) {
     let out = tokio::process::Command::new("curl")
@@ -260,118 +253,113 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     })
     .await;
     let pod = &pods[0];
-    if has_node_command() {
-        let fqdn = wait_for("Ingress status", Duration::from_secs(30), || {
-            let t = tracker.clone();
+    let fqdn = wait_for("Ingress status", Duration::from_secs(30), || {
+        let t = tracker.clone();
+        async move {
+            let ing = t.get("networking.k8s.io/v1", "Ingress", "blog", "blog")?;
+            ing["status"]["loadBalancer"]["ingress"][0]["hostname"]
+                .as_str()
+                .filter(|h| h.starts_with("k8s-blog."))
+                .map(String::from)
+        }
+    })
+    .await;
+    eprintln!(
+        "local_cluster: Ingress applied -> proxy online in control ({fqdn}) in {} ms",
+        applied.elapsed().as_millis()
+    );
+    // A member's laptop reaches it over the mesh (the starter policy
+    // lets members reach tag:k8s on 443), with the mesh CA.
+    control
+        .admin
+        .create_user("alice@example.com")
+        .await
+        .unwrap();
+    let key = control.key(Some("alice@example.com"), &[], false).await;
+    let socks = port();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "node",
+        "up",
+        "--control",
+        &control.info.join,
+        "--authkey",
+        &key,
+    ])
+    .args(["--hostname", "laptop", "--state"])
+    .arg(d.join("laptop"))
+    .args(["--socks5", &socks.to_string()]);
+    let _laptop = Proc::start("laptop", d, cmd);
+    let mesh_ca = d.join("mesh-ca.pem");
+    std::fs::write(&mesh_ca, &control.ca).unwrap();
+    let url = format!("https://{fqdn}/post/2");
+    let (m, u) = (mesh_ca.clone(), url.clone());
+    wait_for(
+        "private HTTPS over the mesh",
+        Duration::from_secs(30),
+        || {
+            let (m, u) = (m.clone(), u.clone());
             async move {
-                let ing = t.get("networking.k8s.io/v1", "Ingress", "blog", "blog")?;
-                ing["status"]["loadBalancer"]["ingress"][0]["hostname"]
-                    .as_str()
-                    .filter(|h| h.starts_with("k8s-blog."))
-                    .map(String::from)
+                let out = tokio::process::Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--max-time",
+                        "5",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                    ])
+                    .args(["--proxy", &format!("socks5h://{socks}"), "--cacert"])
+                    .arg(&m)
+                    .arg(&u)
+                    .output()
+                    .await
+                    .ok()?;
+                (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
             }
-        })
-        .await;
-        eprintln!(
-            "local_cluster: Ingress applied -> proxy online in control ({fqdn}) in {} ms",
-            applied.elapsed().as_millis()
-        );
-        // A member's laptop reaches it over the mesh (the starter policy
-        // lets members reach tag:k8s on 443), with the mesh CA.
-        control
-            .admin
-            .create_user("alice@example.com")
-            .await
-            .unwrap();
-        let key = control.key(Some("alice@example.com"), &[], false).await;
-        let socks = port();
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "node",
-            "up",
-            "--control",
-            &control.info.join,
-            "--authkey",
-            &key,
-        ])
-        .args(["--hostname", "laptop", "--state"])
-        .arg(d.join("laptop"))
-        .args(["--socks5", &socks.to_string()]);
-        let _laptop = Proc::start("laptop", d, cmd);
-        let mesh_ca = d.join("mesh-ca.pem");
-        std::fs::write(&mesh_ca, &control.ca).unwrap();
-        let url = format!("https://{fqdn}/post/2");
-        let (m, u) = (mesh_ca.clone(), url.clone());
-        wait_for(
-            "private HTTPS over the mesh",
-            Duration::from_secs(30),
-            || {
-                let (m, u) = (m.clone(), u.clone());
-                async move {
-                    let out = tokio::process::Command::new("curl")
-                        .args([
-                            "-sS",
-                            "--max-time",
-                            "5",
-                            "-o",
-                            "/dev/null",
-                            "-w",
-                            "%{http_code}",
-                        ])
-                        .args(["--proxy", &format!("socks5h://{socks}"), "--cacert"])
-                        .arg(&m)
-                        .arg(&u)
-                        .output()
-                        .await
-                        .ok()?;
-                    (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
-                }
-            },
+        },
+    )
+    .await;
+    assert!(origin.seen().iter().any(|p| p.contains("/post/2")));
+    eprintln!(
+        "local_cluster: Ingress applied -> private HTTPS 200 over the mesh in {} ms",
+        applied.elapsed().as_millis()
+    );
+    // The node's state went back into its Secret (a restarted pod is
+    // the same node).
+    let secret = pod
+        .split_once('/')
+        .unwrap()
+        .1
+        .rsplit_once('-')
+        .unwrap()
+        .0
+        .to_string();
+    wait_for("node state in the Secret", Duration::from_secs(10), || {
+        let (t, s) = (tracker.clone(), secret.clone());
+        async move {
+            let sec = t.get("v1", "Secret", "gatehouse", &s)?;
+            sec["data"]
+                .as_object()?
+                .keys()
+                .any(|k| k.starts_with("s0."))
+                .then_some(())
+        }
+    })
+    .await;
+
+    // The backend's policy admits this Ingress's proxies and the connector
+    // (stored only: nothing enforces policies here).
+    let np = tracker
+        .get(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            "blog",
+            "gatehouse-blog-blog",
         )
-        .await;
-        assert!(origin.seen().iter().any(|p| p.contains("/post/2")));
-        eprintln!(
-            "local_cluster: Ingress applied -> private HTTPS 200 over the mesh in {} ms",
-            applied.elapsed().as_millis()
-        );
-        // The node's state went back into its Secret (a restarted pod is
-        // the same node).
-        let secret = pod
-            .split_once('/')
-            .unwrap()
-            .1
-            .rsplit_once('-')
-            .unwrap()
-            .0
-            .to_string();
-        wait_for("node state in the Secret", Duration::from_secs(10), || {
-            let (t, s) = (tracker.clone(), secret.clone());
-            async move {
-                let sec = t.get("v1", "Secret", "gatehouse", &s)?;
-                sec["data"]
-                    .as_object()?
-                    .keys()
-                    .any(|k| k.starts_with("s0."))
-                    .then_some(())
-            }
-        })
-        .await;
-    } else {
-        // This build has no `gatehouse node`: the entry point restored the
-        // state from the Secret through the API and started the child,
-        // which exits because the subcommand does not exist.
-        let log = wait_for("proxy entry point", Duration::from_secs(10), || {
-            let (r, p) = (realiser.clone(), pod.clone());
-            async move {
-                let l = r.log(&p);
-                l.contains("state restored").then_some(l)
-            }
-        })
-        .await;
-        eprintln!(
-            "local_cluster: no `gatehouse node` in this build; the private path stops at the proxy entry point:\n{log}"
-        );
-    }
+        .unwrap();
+    assert_eq!(np["spec"]["ingress"].as_array().unwrap().len(), 2, "{np}");
 
     // Removing the annotation removes the route and the connector rule.
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), "blog");
@@ -403,6 +391,17 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
         }
     })
     .await;
+    // The proxy's node is gone from control, and so is the policy.
+    let nodes = control.admin.nodes().await.unwrap();
+    assert!(
+        nodes.iter().all(|n| !n.node.name.starts_with("k8s-blog")),
+        "{nodes:?}"
+    );
+    assert!(
+        tracker
+            .list("networking.k8s.io/v1", "NetworkPolicy")
+            .is_empty()
+    );
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
 }
