@@ -3,12 +3,13 @@
 //! (Cilium kube-proxy replacement with L4 proxies, Talos
 //! `forwardKubeDNSToHost` without `bpf.hostLegacyRouting`, policies on the
 //! Service port, unknown CNP keys, …) and adds what only the operator
-//! knows: the IngressClass `gatehouse` is missing, or control cannot be
-//! reached.
+//! knows: the IngressClass `gatehouse` is missing, control cannot be
+//! reached, or (read from a cluster) nodes run a Talos release that forwards
+//! kube-dns to the host by default while Cilium uses eBPF host routing.
 
 use gatehouse_lint::Level;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass, NetworkPolicy};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Client, Resource};
@@ -34,6 +35,9 @@ pub struct Finding {
 pub const MISSING_CLASS: &str = "DR001";
 /// `DR002`: control unreachable.
 pub const CONTROL_UNREACHABLE: &str = "DR002";
+/// `DR003`: Talos nodes (1.8 or later: `forwardKubeDNSToHost` on by default)
+/// while `cilium-config` does not enable host legacy routing.
+pub const TALOS_DNS_FORWARDING: &str = "DR003";
 
 fn has_ingress_class(inputs: &[(&str, &str)]) -> bool {
     inputs.iter().any(|(_, text)| {
@@ -62,6 +66,7 @@ pub fn check_manifests(inputs: &[(&str, &str)]) -> Vec<Finding> {
             fix: f.fix,
         })
         .collect();
+    out.extend(talos_nodes(inputs));
     if !has_ingress_class(inputs) {
         out.push(Finding {
             rule: MISSING_CLASS.into(),
@@ -72,6 +77,64 @@ pub fn check_manifests(inputs: &[(&str, &str)]) -> Vec<Finding> {
         });
     }
     out
+}
+
+/// The version of a Talos `osImage` (`Talos (v1.9.5)` → (1, 9)).
+fn talos_version(os_image: &str) -> Option<(u32, u32)> {
+    let rest = os_image.strip_prefix("Talos (v")?;
+    let (major, rest) = rest.split_once('.')?;
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    Some((major.parse().ok()?, rest[..end].parse().ok()?))
+}
+
+/// DR003: the Talos machine config is not in the API, but the nodes say
+/// which Talos runs them; from 1.8 on, `forwardKubeDNSToHost` is on unless
+/// the machine config turns it off. With Cilium's eBPF host routing (no
+/// `enable-host-legacy-routing: "true"` in `cilium-config`) cluster DNS
+/// breaks. Node objects (`status.nodeInfo.osImage`) and the ConfigMap come
+/// from `collect`, or from files.
+fn talos_nodes(inputs: &[(&str, &str)]) -> Vec<Finding> {
+    let mut cilium: Option<bool> = None; // Some(legacy routing on)
+    let mut talos: Vec<(String, String)> = Vec::new();
+    for (_, text) in inputs {
+        for d in serde_yaml_ng::Deserializer::from_str(text) {
+            let Ok(v) = serde_json::Value::deserialize(d) else {
+                continue;
+            };
+            match v["kind"].as_str() {
+                Some("ConfigMap") if v["metadata"]["name"] == "cilium-config" => {
+                    let on = v["data"]["enable-host-legacy-routing"]
+                        .as_str()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("true"));
+                    cilium = Some(cilium.unwrap_or(false) || on);
+                }
+                Some("Node") => {
+                    let image = v["status"]["nodeInfo"]["osImage"].as_str().unwrap_or("");
+                    if talos_version(image).is_some_and(|v| v >= (1, 8)) {
+                        let name = v["metadata"]["name"].as_str().unwrap_or("?");
+                        talos.push((name.to_string(), image.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if cilium != Some(false) || talos.is_empty() {
+        return Vec::new();
+    }
+    let names: Vec<String> = talos.iter().map(|(n, i)| format!("{n} ({i})")).collect();
+    vec![Finding {
+        rule: TALOS_DNS_FORWARDING.into(),
+        level: Level::Error,
+        at: "cluster:nodes".into(),
+        message: format!(
+            "nodes {} run Talos 1.8 or later, which forwards kube-dns to the host DNS unless the machine config sets forwardKubeDNSToHost: false; Cilium (kube-system/cilium-config) uses eBPF host routing, so those packets are lost and cluster DNS fails",
+            names.join(", ")
+        ),
+        fix: "set bpf.hostLegacyRouting=true in Cilium's values (enable-host-legacy-routing: \"true\" in cilium-config), or set machine.features.hostDNS.forwardKubeDNSToHost: false on every node".into(),
+    }]
 }
 
 /// Checks that control answers at `join` with the pinned CA.
@@ -139,6 +202,7 @@ pub async fn collect(client: &Client) -> Result<Vec<(String, String)>, kube::Err
         &mut out,
     )
     .await?;
+    dump(Api::<Node>::all(client.clone()), "nodes", &mut out).await?;
     dump(
         Api::<Namespace>::all(client.clone()),
         "namespaces",
@@ -205,5 +269,42 @@ mod tests {
         let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: gatehouse}\nspec: {controller: gatehouse.dev/ingress}\n";
         let f = check_manifests(&[("c.yaml", class)]);
         assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn talos_nodes_with_cilium_host_routing() {
+        let node = |image: &str| {
+            format!(
+                "apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nstatus: {{nodeInfo: {{osImage: '{image}'}}}}\n"
+            )
+        };
+        let cilium = |legacy: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cilium-config, namespace: kube-system}}\ndata: {{enable-host-legacy-routing: '{legacy}'}}\n"
+            )
+        };
+        let rules = |n: &str, c: &str| -> Vec<String> {
+            talos_nodes(&[("n", n), ("c", c)])
+                .into_iter()
+                .map(|f| f.rule)
+                .collect()
+        };
+        assert_eq!(
+            rules(&node("Talos (v1.9.5)"), &cilium("false")),
+            vec![TALOS_DNS_FORWARDING]
+        );
+        assert_eq!(
+            rules(&node("Talos (v1.10.0)"), &cilium("false")),
+            vec![TALOS_DNS_FORWARDING]
+        );
+        // Before 1.8 forwarding was off by default; legacy routing avoids it;
+        // without Cilium there is no eBPF host routing; other systems.
+        assert!(rules(&node("Talos (v1.7.6)"), &cilium("false")).is_empty());
+        assert!(rules(&node("Talos (v1.9.5)"), &cilium("true")).is_empty());
+        assert!(rules(&node("Talos (v1.9.5)"), "").is_empty());
+        assert!(rules(&node("Debian GNU/Linux 12 (bookworm)"), &cilium("false")).is_empty());
+        assert_eq!(talos_version("Talos (v1.8.0-alpha.1)"), Some((1, 8)));
+        assert_eq!(talos_version("Talos (v2.0.0)"), Some((2, 0)));
+        assert_eq!(talos_version("Talos (vx)"), None);
     }
 }
