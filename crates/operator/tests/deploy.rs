@@ -203,6 +203,7 @@ async fn every_object_the_operator_writes_validates_strictly() {
             ("rbac.authorization.k8s.io/v1", "RoleBinding"),
             ("networking.k8s.io/v1", "NetworkPolicy"),
             ("cilium.io/v2", "CiliumNetworkPolicy"),
+            ("events.k8s.io/v1", "Event"),
         ] {
             for mut o in env.tracker.list(av, kind) {
                 // What the operator sent: no fields the server sets.
@@ -210,9 +211,11 @@ async fn every_object_the_operator_writes_validates_strictly() {
                     o["metadata"].as_object_mut().unwrap().remove(f);
                 }
                 n += 1;
+                // JSON, not YAML: a YAML loader turns an unquoted
+                // timestamp (an Event's eventTime) into a date.
                 std::fs::write(
-                    dir.path().join(format!("{n}-{}.yaml", kind.to_lowercase())),
-                    serde_yaml_ng::to_string(&o).unwrap(),
+                    dir.path().join(format!("{n}-{}.json", kind.to_lowercase())),
+                    serde_json::to_string_pretty(&o).unwrap(),
                 )
                 .unwrap();
             }
