@@ -3,11 +3,14 @@
 //! Ingresses are stored, the operator starts, and the benchmark waits until
 //! every Ingress has its StatefulSet and NetworkPolicy. Reports the time,
 //! the operator's RSS, and API writes per Ingress; then counts the writes
-//! of ten idle seconds (nothing changed: the same-run baseline, expected 0).
+//! of ten idle seconds (nothing changed, expected 0), and restarts the
+//! operator over the same objects (the same-run baseline: every Ingress
+//! reconciled again with nothing to write).
 //!
 //! Run: `cargo bench -p gatehouse --bench operator_scale` (1,000 Ingresses;
-//! `-- --ingresses N` for another size). Under `cargo test --benches` it runs
-//! 20 Ingresses and checks the counts.
+//! `-- --ingresses N` for another size, `-- --concurrency N` for the
+//! operator's reconcile limit, default 16). Under `cargo test --benches`
+//! it runs 20 Ingresses and checks the counts.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -31,7 +34,7 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
-async fn run(n: usize, idle: Duration) -> (usize, usize) {
+async fn run(n: usize, idle: Duration, concurrency: &str) -> (usize, usize) {
     let dir = tempfile::tempdir().unwrap();
     let control = TestControl::start().await;
     let oauth = control
@@ -75,20 +78,24 @@ async fn run(n: usize, idle: Duration) -> (usize, usize) {
         }));
     }
     tracker.clear_log();
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "operator",
-        "run",
-        "--image",
-        "ghcr.io/gatehouse-dev/gatehouse:0.1.0",
-    ])
-    .args(["--control", &control.info.join, "--oauth-secret-file"])
-    .arg(&secret)
-    .args(["--lease", "none", "--netpol", "kubernetes"])
-    .env("KUBECONFIG", &kubeconfig)
-    .env("RUST_LOG", "warn");
+    let operator = || {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "operator",
+            "run",
+            "--image",
+            "ghcr.io/gatehouse-dev/gatehouse:0.1.0",
+        ])
+        .args(["--control", &control.info.join, "--oauth-secret-file"])
+        .arg(&secret)
+        .args(["--lease", "none", "--netpol", "kubernetes"])
+        .args(["--concurrency", concurrency])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn");
+        cmd
+    };
     let start = Instant::now();
-    let mut op = Proc::start("operator", dir.path(), cmd);
+    let mut op = Proc::start("operator", dir.path(), operator());
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let sts = tracker.list("apps/v1", "StatefulSet").len();
@@ -109,7 +116,7 @@ async fn run(n: usize, idle: Duration) -> (usize, usize) {
     let idle_writes = tracker.writes().len();
     let idle_reads = tracker.requests().len() - idle_writes;
     println!(
-        "operator_scale: {n} Ingresses, `gatehouse operator run` against the tracker over HTTP, real control"
+        "operator_scale: {n} Ingresses, `gatehouse operator run --concurrency {concurrency}` against the tracker over HTTP, real control"
     );
     println!(
         "  all proxies and policies applied in {took:.2} s ({:.1} Ingresses/s)",
@@ -130,7 +137,35 @@ async fn run(n: usize, idle: Duration) -> (usize, usize) {
     );
     op.signal("TERM");
     let _ = op.wait();
-    (objects, idle_writes)
+
+    // Same-run baseline: a restart over the same objects. The operator
+    // lists every Ingress again and reconciles each, finding nothing to
+    // write; done when every Ingress's NetworkPolicy was read.
+    tracker.clear_log();
+    let start = Instant::now();
+    let mut op = Proc::start("operator-restart", dir.path(), operator());
+    loop {
+        let seen: std::collections::HashSet<String> = tracker
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.contains("/networkpolicies/"))
+            .map(|r| r.path)
+            .collect();
+        if seen.len() == n {
+            break;
+        }
+        assert!(Instant::now() < deadline && op.running(), "{}", op.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = start.elapsed().as_secs_f64();
+    let restart_writes = tracker.writes().len();
+    println!(
+        "  restart over the same Ingresses (nothing to write): {again:.2} s, {restart_writes} writes; first start / restart {:.1}x",
+        took / again
+    );
+    op.signal("TERM");
+    let _ = op.wait();
+    (objects, idle_writes + restart_writes)
 }
 
 fn main() {
@@ -142,13 +177,20 @@ fn main() {
         None => 20,
     };
     let idle = Duration::from_secs(if bench { 10 } else { 2 });
+    let concurrency = match args.iter().position(|a| a == "--concurrency") {
+        Some(i) => args[i + 1].clone(),
+        None => "16".into(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (objects, idle_writes) = rt.block_on(run(n, idle));
+    let (objects, idle_writes) = rt.block_on(run(n, idle, &concurrency));
     // Finalizer, ServiceAccount, Role, RoleBinding, Secret, StatefulSet,
     // NetworkPolicy, and the connector's ConfigMap once.
     assert_eq!(objects, 7 * n + 1, "object writes");
-    assert_eq!(idle_writes, 0, "writes while nothing changes");
+    assert_eq!(
+        idle_writes, 0,
+        "writes while nothing changes (idle, restart)"
+    );
 }

@@ -74,6 +74,9 @@ pub struct RunArgs {
     /// This replica's identity in the lease.
     #[arg(long, env = "POD_NAME", default_value = "gatehouse-operator")]
     identity: String,
+    /// Reconciles run at once (0: no limit).
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +165,7 @@ async fn operator(a: RunArgs) -> Result<()> {
     s.tunnel = a.tunnel;
     s.connector_config_map = a.connector_config_map;
     s.cluster_domain = a.cluster_domain;
+    s.concurrency = a.concurrency;
     s.netpol = match a.netpol {
         Netpol::Auto => None,
         Netpol::Cilium => Some(NetpolKind::Cilium),

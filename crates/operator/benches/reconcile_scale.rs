@@ -49,7 +49,8 @@ async fn pass(env: &Env, n: usize) -> (f64, usize, usize) {
 }
 
 async fn run(n: usize) -> (usize, usize) {
-    let env = Env::new().await;
+    // Control's node list cached as `gatehouse operator run` caches it.
+    let env = Env::with_node_list_ttl(gatehouse_operator::mesh::NODE_LIST_TTL).await;
     let before = rss_kib("VmRSS:");
     for i in 0..n {
         let ns = format!("app{i}");

@@ -14,7 +14,7 @@ use crate::edge::{EdgeError, EdgeRoutes};
 use crate::mesh::{Mesh, MeshError, MintedKey};
 use crate::names::{self, FIELD_MANAGER, FINALIZER, INGRESS_CLASS};
 use crate::objects::{self, ObjectSettings};
-use crate::plan::{self, Observed, Plan, PlanError, ProxyPlan};
+use crate::plan::{self, Observed, Plan, PlanError};
 pub use crate::public::ensure_connector_config;
 use crate::public::publish;
 use crate::writes::{cleanup, remove_finalizer, write_all};
@@ -74,6 +74,8 @@ pub struct Settings {
     pub resync: Duration,
     /// How often a proxy that is not ready yet is checked.
     pub ready_poll: Duration,
+    /// Reconciles run at once (0: no limit).
+    pub concurrency: u16,
 }
 
 impl Settings {
@@ -92,6 +94,7 @@ impl Settings {
             netpol: None,
             resync: Duration::from_secs(300),
             ready_poll: Duration::from_secs(2),
+            concurrency: 16,
         }
     }
 
@@ -131,7 +134,24 @@ pub struct Context {
     pub counters: Counters,
     netpol: OnceCell<NetpolKind>,
     pub(crate) connector_lock: Mutex<()>,
+    pending: std::sync::Mutex<BTreeMap<(String, String), Pending>>,
 }
+
+/// An Ingress whose proxies were applied but are not online in control
+/// yet: until its resource version changes, its StatefulSet or ProxyClass
+/// changes, or [`FULL_RECONCILE_EVERY`] passes, a readiness poll only looks
+/// at control's (shared, cached) node list, without reading the API.
+#[derive(Debug, Clone)]
+struct Pending {
+    resource_version: Option<String>,
+    proxy_class: String,
+    hosts: Vec<String>,
+    since: std::time::Instant,
+}
+
+/// How long a pending Ingress goes on with readiness-only polls before a
+/// full reconcile (which catches changes nothing watches, such as Services).
+pub const FULL_RECONCILE_EVERY: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -167,7 +187,63 @@ impl Context {
             counters: Counters::default(),
             netpol: OnceCell::new(),
             connector_lock: Mutex::new(()),
+            pending: std::sync::Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Makes the next reconcile of Ingress `ns/name` a full one (its
+    /// StatefulSet changed); the controller's watch calls it.
+    pub fn forget_pending(&self, ns: &str, name: &str) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&(ns.to_string(), name.to_string()));
+        }
+    }
+
+    /// Makes the next reconcile of every Ingress using ProxyClass `class` a
+    /// full one; the controller's ProxyClass watch calls it.
+    pub fn forget_pending_class(&self, class: &str) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.retain(|_, e| e.proxy_class != class);
+        }
+    }
+
+    fn remember_pending(&self, ing: &Ingress, plan: &Plan) {
+        let key = (ing.namespace().unwrap_or_default(), ing.name_any());
+        let e = Pending {
+            resource_version: ing.resource_version(),
+            proxy_class: plan.annotations.proxy_class.clone(),
+            hosts: plan.proxies.iter().map(|p| p.host.clone()).collect(),
+            since: std::time::Instant::now(),
+        };
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(key, e);
+        }
+    }
+
+    /// The readiness poll of a pending Ingress: `Some(requeue)` while its
+    /// proxies are still not online and nothing else may have changed;
+    /// `None` when a full reconcile is due.
+    async fn poll_pending(&self, ing: &Ingress) -> Result<Option<Action>, Error> {
+        let key = (ing.namespace().unwrap_or_default(), ing.name_any());
+        let entry = match self.pending.lock() {
+            Ok(p) => p.get(&key).cloned(),
+            Err(_) => None,
+        };
+        let Some(e) = entry else { return Ok(None) };
+        if e.resource_version != ing.resource_version() || e.since.elapsed() >= FULL_RECONCILE_EVERY
+        {
+            return Ok(None);
+        }
+        let nodes = self.mesh.recent_nodes().await?;
+        let now = unix_now();
+        let all_ready = e
+            .hosts
+            .iter()
+            .all(|h| nodes.iter().any(|n| ready_node(n, h, now)));
+        if all_ready {
+            return Ok(None);
+        }
+        Ok(Some(Action::requeue(ready_poll(ing, self, now))))
     }
 
     pub(crate) fn wrote(&self) {
@@ -261,8 +337,14 @@ pub(crate) fn parent_selector(ns: &str, name: &str) -> String {
 /// annotations, a key control will not mint) are events, not errors.
 pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.counters.reconciles.fetch_add(1, Ordering::Relaxed);
+    if ing.metadata.deletion_timestamp.is_none()
+        && let Some(action) = ctx.poll_pending(&ing).await?
+    {
+        return Ok(action);
+    }
     let has_finalizer = ing.finalizers().iter().any(|f| f == FINALIZER);
     if ing.metadata.deletion_timestamp.is_some() || !is_ours(&ing, &ctx).await? {
+        ctx.forget_pending(&ing.namespace().unwrap_or_default(), &ing.name_any());
         if has_finalizer {
             cleanup(&ing, &ctx).await?;
             remove_finalizer(&ing, &ctx).await?;
@@ -466,17 +548,18 @@ async fn status(ing: &Ingress, ctx: &Context, plan: &Plan) -> Result<Action, Err
     let mut hostnames = Vec::new();
     if !plan.proxies.is_empty() {
         let nodes = ctx.mesh.recent_nodes().await?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let now = unix_now();
         for p in &plan.proxies {
-            match nodes.iter().find(|n| ready_node(n, p, now)) {
+            match nodes.iter().find(|n| ready_node(n, &p.host, now)) {
                 Some(n) => hostnames.push(n.node.fqdn.clone()),
-                None => return Ok(Action::requeue(ready_poll(ing, ctx, now))),
+                None => {
+                    ctx.remember_pending(ing, plan);
+                    return Ok(Action::requeue(ready_poll(ing, ctx, now)));
+                }
             }
         }
     }
+    ctx.forget_pending(&ing.namespace().unwrap_or_default(), &ing.name_any());
     if let Some(p) = &plan.public {
         hostnames.push(p.spec.hostname.clone());
     }
@@ -535,8 +618,15 @@ fn ready_poll(ing: &Ingress, ctx: &Context, now: i64) -> Duration {
     }
 }
 
-fn ready_node(n: &gatehouse_proto::control::NodeInfo, p: &ProxyPlan, now: i64) -> bool {
-    n.node.name == p.host && n.online && n.node.key_expiry > now && !n.node.fqdn.is_empty()
+fn ready_node(n: &gatehouse_proto::control::NodeInfo, host: &str, now: i64) -> bool {
+    n.node.name == host && n.online && n.node.key_expiry > now && !n.node.fqdn.is_empty()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// What happens after a failed reconcile: retry with a delay, counted.

@@ -33,21 +33,29 @@ pub async fn controller(
     let ingresses: Api<Ingress> = Api::all(client.clone());
     let stss: Api<StatefulSet> = Api::namespaced(client.clone(), &ctx.settings.namespace);
     let classes: Api<ProxyClass> = Api::all(client.clone());
-    let c = Controller::new(ingresses, watcher::Config::default());
+    // Bounded reconciles: after a restart over many Ingresses, the API
+    // server and control see at most this many at once.
+    let c = Controller::new(ingresses, watcher::Config::default()).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
+    );
     let store = c.store();
+    let (c1, c2) = (ctx.clone(), ctx.clone());
     c.watches(
         stss,
         watcher::Config::default().labels(&format!(
             "app.kubernetes.io/managed-by={}",
             names::MANAGED_BY
         )),
-        |sts| {
+        move |sts| {
             let l = sts.labels();
-            Some(ObjectRef::new(l.get(PARENT_NAME_LABEL)?).within(l.get(PARENT_NS_LABEL)?))
+            let (name, ns) = (l.get(PARENT_NAME_LABEL)?, l.get(PARENT_NS_LABEL)?);
+            c1.forget_pending(ns, name);
+            Some(ObjectRef::new(name).within(ns))
         },
     )
     .watches(classes, watcher::Config::default(), move |pc| {
         let name = pc.name_any();
+        c2.forget_pending_class(&name);
         store
             .state()
             .into_iter()

@@ -172,6 +172,63 @@ async fn new_ingress_makes_proxy_policy_and_status_once_online() {
 }
 
 #[tokio::test]
+async fn pending_proxies_are_polled_in_control_only_until_something_changes() {
+    let env = Env::new().await;
+    blog(&env, json!({}));
+    env.reconcile("blog", "blog").await; // applies (the finalizer changes the Ingress)
+    env.reconcile("blog", "blog").await; // full: nothing to write, not online
+    let name = sts_name(&env);
+    for _ in 0..3 {
+        env.tracker.clear_log();
+        env.reconcile("blog", "blog").await;
+        assert!(
+            env.tracker.requests().is_empty(),
+            "{:?}",
+            env.tracker.requests()
+        );
+    }
+    // The StatefulSet was changed by someone else (its watch forgets the
+    // poll): a full reconcile applies it again.
+    let mut sts = env.get("apps/v1", "StatefulSet", NS, &name).unwrap();
+    sts["spec"]["replicas"] = json!(5);
+    sts["metadata"]["annotations"]["gatehouse.dev/applied-hash"] = json!("edited");
+    env.tracker.insert(sts);
+    env.ctx.forget_pending("blog", "blog");
+    let w = env.reconcile("blog", "blog").await;
+    assert_eq!(
+        lines(&w),
+        vec![format!(
+            "PATCH /apis/apps/v1/namespaces/{NS}/statefulsets/{name}"
+        )]
+    );
+    // The Ingress changed (new resource version): a full reconcile.
+    let mut ing = env
+        .get("networking.k8s.io/v1", "Ingress", "blog", "blog")
+        .unwrap();
+    ing["spec"]["tls"] = json!([{"hosts": ["k8s-www"]}]);
+    env.tracker.insert(ing);
+    let w = env.reconcile("blog", "blog").await;
+    assert!(w.iter().any(|r| r.line().contains("statefulsets")), "{w:?}");
+    // The node comes online: the poll sees it and the status is written.
+    let name = sts_name(&env);
+    env.reconcile("blog", "blog").await;
+    let key = authkey(&env, &name, 0);
+    let _node = env.control.node(&key, "k8s-www").await.unwrap();
+    wait_for("node online", Duration::from_secs(10), || async {
+        let n = env.control.admin.nodes().await.ok()?;
+        n.iter()
+            .any(|n| n.online && n.node.name == "k8s-www")
+            .then_some(())
+    })
+    .await;
+    let w = env.reconcile("blog", "blog").await;
+    assert_eq!(
+        lines(&w),
+        vec!["PATCH /apis/networking.k8s.io/v1/namespaces/blog/ingresses/blog/status"]
+    );
+}
+
+#[tokio::test]
 async fn hosts_and_paths_change() {
     let env = Env::new().await;
     blog(&env, json!({}));
@@ -299,6 +356,11 @@ async fn proxy_class_change_updates_the_stateful_set_and_mints_keys_for_new_repl
     }));
     env.reconcile("blog", "blog").await;
     let name = sts_name(&env);
+    // The proxy is not online: a readiness poll reads nothing from the API.
+    env.reconcile("blog", "blog").await;
+    env.tracker.clear_log();
+    let w = env.reconcile("blog", "blog").await;
+    assert!(w.is_empty() && env.tracker.requests().is_empty());
     env.tracker.insert(json!({
         "apiVersion": "gatehouse.dev/v1alpha1", "kind": "ProxyClass",
         "metadata": {"name": "fast"},
@@ -317,6 +379,9 @@ async fn proxy_class_change_updates_the_stateful_set_and_mints_keys_for_new_repl
             }},
         },
     }));
+    // What the controller's ProxyClass watch does before it triggers the
+    // reconcile of the Ingresses of that class.
+    env.ctx.forget_pending_class("fast");
     let w = env.reconcile("blog", "blog").await;
     assert_eq!(
         lines(&w),

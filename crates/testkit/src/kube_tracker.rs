@@ -714,6 +714,8 @@ impl Tracker {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                // As the API server (Go sets TCP_NODELAY on every connection).
+                let _ = tcp.set_nodelay(true);
                 let me = me.clone();
                 tokio::spawn(async move {
                     let svc =

@@ -84,6 +84,16 @@ impl Env {
     }
 
     pub async fn with(tweak: impl FnOnce(&mut Settings)) -> Env {
+        Self::build(std::time::Duration::ZERO, tweak).await
+    }
+
+    /// With control's node list cached for `ttl` across readiness checks,
+    /// as the operator runs (the tests ask control every time).
+    pub async fn with_node_list_ttl(ttl: std::time::Duration) -> Env {
+        Self::build(ttl, |_| {}).await
+    }
+
+    async fn build(ttl: std::time::Duration, tweak: impl FnOnce(&mut Settings)) -> Env {
         let tracker = Tracker::new();
         let control = TestControl::start().await;
         let oauth = control
@@ -102,7 +112,7 @@ impl Env {
         let mesh = ControlMesh::connect(&control.info.join, &oauth.secret.unwrap())
             .await
             .unwrap()
-            .with_node_list_ttl(std::time::Duration::ZERO);
+            .with_node_list_ttl(ttl);
         let edge = Arc::new(MemEdge::default());
         let mut settings = Settings::new(NS, "ghcr.io/gatehouse-dev/gatehouse:0.1.0");
         tweak(&mut settings);
