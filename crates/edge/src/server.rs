@@ -131,6 +131,11 @@ impl RunningEdge {
         self.registry.live()
     }
 
+    /// Public requests forwarded over a tunnel so far.
+    pub fn forwarded_requests(&self) -> u64 {
+        self.public.metrics.forwarded.get()
+    }
+
     /// Stops taking requests, lets those in flight finish (up to a grace
     /// period), then closes the tunnel connections.
     pub async fn shutdown(mut self) {
@@ -238,6 +243,11 @@ pub async fn start(
             "responses",
             "Public responses by status code",
             public.metrics.responses.clone(),
+        );
+        metrics.register(
+            "forwarded_requests",
+            "Public requests forwarded over a tunnel",
+            public.metrics.forwarded.clone(),
         );
         metrics.register(
             "tunnel_connections",
