@@ -396,6 +396,7 @@ fn compute_status(plan: &Plan, live: &Live, join: &str, started: Instant) -> Sta
             });
             st.proxy = Some(ProxyState {
                 node: n.node.identity.fqdn.clone(),
+                addresses: n.node.identity.addresses.clone(),
                 ready: Some(ns.ready),
                 online: Some(ns.control.connected),
             });
@@ -627,6 +628,7 @@ pub async fn status_from_control(
                         || format!("{host}.{}", plan.config.mesh_domain()),
                         |n| n.node.fqdn.clone(),
                     ),
+                    addresses: node.map(|n| n.node.addresses.clone()).unwrap_or_default(),
                     ready: None,
                     online: Some(node.is_some_and(|n| n.online)),
                 });

@@ -74,6 +74,9 @@ pub struct CertState {
 pub struct ProxyState {
     /// Its DNS name.
     pub node: String,
+    /// Its mesh addresses (when known).
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
     /// Serving: certificate in place and map received (`None`: unknown).
     pub ready: Option<bool>,
     /// Holding its map stream to control (`None`: unknown).
