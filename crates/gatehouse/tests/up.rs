@@ -68,7 +68,7 @@ async fn wait_ready(p: &Proc) -> Printed {
     wait_for("gatehouse up to be ready", DEADLINE, || async {
         let out = p.output();
         assert!(!out.contains("error:"), "gatehouse up failed:\n{out}");
-        out.contains("\nready in ").then(|| Printed { text: out })
+        out.contains("\nready in ").then_some(Printed { text: out })
     })
     .await
 }
