@@ -269,27 +269,32 @@ async fn open_sse(s: &Stack) -> hyper::body::Incoming {
 async fn ha_connections_spread_over_every_edge() {
     let mut s = Stack::new().await;
     s.start_edge().await;
-    // A second edge: same tunnels and hostnames, other ports.
+    // A second edge: same tunnels and hostnames, other ports (chosen again
+    // if a parallel test takes one before the edge binds it).
     let port = || std::net::SocketAddr::from(([127, 0, 0, 1], gatehouse_testkit::free_port()));
-    let (https2, tunnel2, admin2) = (port(), port(), port());
     let text = std::fs::read_to_string(&s.edge_cfg).unwrap();
     let first = text.lines().next().unwrap().to_owned();
     let cfg2 = s.path().join("edge2.yaml");
-    std::fs::write(
-        &cfg2,
-        text.replace(
-            &first,
-            &format!("listen: {{https: {https2}, tunnel: {tunnel2}, admin: {admin2}}}"),
-        ),
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new(common::BIN);
-    cmd.args(["edge", "--config"]).arg(&cfg2);
-    let _edge2 = gatehouse_testkit::process::Proc::start("edge2", s.path(), cmd);
-    wait_for("second edge", Duration::from_secs(20), || async move {
-        tokio::net::TcpStream::connect(admin2).await.ok()
-    })
-    .await;
+    let mut second = None;
+    for _ in 0..5 {
+        let (https2, tunnel2, admin2) = (port(), port(), port());
+        std::fs::write(
+            &cfg2,
+            text.replace(
+                &first,
+                &format!("listen: {{https: {https2}, tunnel: {tunnel2}, admin: {admin2}}}"),
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.args(["edge", "--config"]).arg(&cfg2);
+        let mut edge2 = gatehouse_testkit::process::Proc::start("edge2", s.path(), cmd);
+        if edge2.wait_listening(admin2, Duration::from_secs(20)).await {
+            second = Some((edge2, https2, tunnel2, admin2));
+            break;
+        }
+    }
+    let (_edge2, https2, tunnel2, admin2) = second.expect("the second edge never started");
     let metrics = port();
     let mut cmd = s.connector_cmd(&s.token.clone(), "quic", metrics);
     // Replace the single --edge and --ha-connections of the stack's command.

@@ -64,6 +64,31 @@ impl Proc {
         }
     }
 
+    /// Waits until something accepts TCP connections on `addr`. Returns
+    /// `false` as soon as the process exits instead (for example because a
+    /// parallel test took one of its ports between choosing and binding);
+    /// panics after `deadline`.
+    pub async fn wait_listening(
+        &mut self,
+        addr: std::net::SocketAddr,
+        deadline: std::time::Duration,
+    ) -> bool {
+        let name = self.name.clone();
+        crate::wait_for(&format!("{name} listening on {addr}"), deadline, || {
+            let alive = self.running();
+            async move {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    Some(true)
+                } else if !alive {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+        })
+        .await
+    }
+
     /// The log so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

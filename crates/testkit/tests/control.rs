@@ -36,7 +36,12 @@ async fn registration_refusals_write_nothing() {
     for bad in [
         "nope",
         &good.replace("authkey", "oauth"),
-        &format!("{}0", &good[..good.len() - 1]),
+        // The same key with its last secret digit changed.
+        &format!(
+            "{}{}",
+            &good[..good.len() - 1],
+            if good.ends_with('0') { '1' } else { '0' }
+        ),
     ] {
         let e = c.node(bad, "x").await.unwrap_err();
         assert_eq!(api_status(&e), (401, "invalid auth key".into()), "{bad}");

@@ -33,6 +33,7 @@ pub struct Stack {
     pub conn_cfg: PathBuf,
     pub token: String,
     pub edge: Option<Proc>,
+    edge_started: bool,
     pub connectors: Vec<(Proc, SocketAddr)>,
     pub origin: HttpOrigin,
     pub tls_origin: HttpOrigin,
@@ -91,6 +92,7 @@ impl Stack {
             tokens,
             token,
             edge: None,
+            edge_started: false,
             connectors: Vec::new(),
             origin,
             tls_origin,
@@ -155,20 +157,47 @@ impl Stack {
         )
     }
 
+    /// Starts the edge and waits for its admin listener. On the first start
+    /// the ports were only reserved, so a parallel test may take one before
+    /// the edge binds: then fresh ports are chosen and the edge started again.
+    /// A restart keeps its ports (connectors and tests already use them).
     pub async fn start_edge(&mut self) {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["edge", "--config"])
-            .arg(&self.edge_cfg)
-            .env("GATEHOUSE_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info");
-        self.edge = Some(Proc::start("edge", self.dir.path(), cmd));
-        let admin = self.admin;
-        wait_for(
-            "edge admin listener",
-            Duration::from_secs(20),
-            || async move { tokio::net::TcpStream::connect(admin).await.ok() },
-        )
-        .await;
+        let first = !self.edge_started;
+        for _ in 0..5 {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["edge", "--config"])
+                .arg(&self.edge_cfg)
+                .env("GATEHOUSE_LOG_FORMAT", "json")
+                .env("RUST_LOG", "info");
+            let mut edge = Proc::start("edge", self.dir.path(), cmd);
+            if edge
+                .wait_listening(self.admin, Duration::from_secs(20))
+                .await
+            {
+                self.edge = Some(edge);
+                self.edge_started = true;
+                return;
+            }
+            assert!(first, "edge exited on restart:\n{}", edge.output());
+            self.repick_edge_ports();
+        }
+        panic!("the edge never started; see {}", self.dir.path().display());
+    }
+
+    /// Chooses fresh listener ports and rewrites the edge config with them.
+    fn repick_edge_ports(&mut self) {
+        let mut text = std::fs::read_to_string(&self.edge_cfg).unwrap();
+        for addr in [
+            &mut self.https,
+            &mut self.http,
+            &mut self.tunnel,
+            &mut self.admin,
+        ] {
+            let fresh = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            text = text.replace(&addr.to_string(), &fresh.to_string());
+            *addr = fresh;
+        }
+        std::fs::write(&self.edge_cfg, text).unwrap();
     }
 
     pub fn connector_cmd(&self, token: &str, transport: &str, metrics: SocketAddr) -> Command {

@@ -1,0 +1,606 @@
+//! The sans-IO core of the data plane: peers from control's map, one
+//! WireGuard session per peer, the path to each peer, and the inbound
+//! filter. It owns no socket and reads no clock: the shell feeds it
+//! datagrams, IP packets and the time, and drains what it wants sent.
+//!
+//! Time: the core's own timers (handshake retries across paths, flow expiry,
+//! the handshake rate limiter's window) follow the `now` it is given. The
+//! WireGuard sessions' protocol timers (rekey after 120 s, passive
+//! keepalive) live inside boringtun and follow the process clock; the shell
+//! calls [`Core::handle_timeout`] often enough for them. Under a simulated
+//! clock those never fire, and the core's retry timer still recovers lost
+//! handshakes (`docs/decisions/0012-mesh-data-plane.md`).
+
+use crate::filter::{CompiledFilter, FilterCounters, FlowTable};
+use crate::packet;
+use crate::path::{Path, PathSet};
+use base64::Engine as _;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet as WgPacket, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use gatehouse_policy::NodeFilter;
+use gatehouse_proto::control::Peer;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// How often the sessions' timers are run.
+pub const TICK: Duration = Duration::from_millis(250);
+/// How long the core waits for a handshake answer before sending another
+/// initiation itself (just above WireGuard's 5 s plus jitter, so with a real
+/// clock boringtun's own retry comes first).
+pub const HANDSHAKE_RETRY: Duration = Duration::from_millis(5_500);
+/// After this long without an answer, handshake retries stop until new traffic.
+pub const HANDSHAKE_GIVE_UP: Duration = Duration::from_secs(90);
+/// Handshake initiations per second accepted before cookies are demanded.
+const HANDSHAKE_RATE: u64 = 100;
+/// WireGuard adds this much to every IP packet.
+pub const WG_OVERHEAD: usize = 32;
+/// Handshake initiation size, the smallest buffer boringtun writes into.
+const MIN_WG_BUF: usize = 148;
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub path: Path,
+    /// The WireGuard message.
+    pub payload: Vec<u8>,
+}
+
+/// Something the shell should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A decrypted IP packet the filter accepted, for the local stack.
+    Packet(Vec<u8>),
+    /// A session with a peer was established (its id), on this path.
+    SessionUp {
+        /// Peer id.
+        peer: String,
+        /// The path the handshake completed on.
+        path: Path,
+    },
+}
+
+/// Why the core could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The node has no mesh address.
+    #[error("no mesh address")]
+    NoAddress,
+}
+
+/// Counters of the core, since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreCounters {
+    /// The inbound filter.
+    pub filter: FilterCounters,
+    /// Datagrams that are not valid WireGuard for a known peer.
+    pub bad_datagrams: u64,
+    /// Outbound packets for addresses of no peer.
+    pub no_route: u64,
+    /// Outbound packets that do not parse as IP.
+    pub bad_outbound: u64,
+    /// Handshakes completed.
+    pub handshakes: u64,
+}
+
+/// One peer's state, as reported by [`Core::peers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Node id.
+    pub id: String,
+    /// Host name.
+    pub name: String,
+    /// WireGuard public key, base64.
+    pub key: String,
+    /// Mesh addresses.
+    pub addresses: Vec<IpAddr>,
+    /// The active path, if proven.
+    pub path: Option<Path>,
+    /// Paths control listed.
+    pub candidates: Vec<Path>,
+    /// When the last handshake completed (core clock).
+    pub last_handshake: Option<Instant>,
+    /// Bytes of IP packets sent to it.
+    pub tx_bytes: u64,
+    /// Bytes of IP packets received from it (before filtering).
+    pub rx_bytes: u64,
+}
+
+struct PeerState {
+    id: String,
+    name: String,
+    key: [u8; 32],
+    addresses: Vec<IpAddr>,
+    tunn: Box<Tunn>,
+    paths: PathSet,
+    /// When the core last sent a handshake initiation, while no answer came.
+    handshake_sent: Option<Instant>,
+    /// When the current run of unanswered initiations began.
+    handshake_started: Option<Instant>,
+    last_handshake: Option<Instant>,
+    tx_bytes: u64,
+    rx_bytes: u64,
+}
+
+impl std::fmt::Debug for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerState")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The data plane's state machine.
+pub struct Core {
+    private: StaticSecret,
+    public: PublicKey,
+    addresses: Vec<IpAddr>,
+    /// Peers by session index (the top 24 bits of boringtun's indices).
+    peers: HashMap<u32, PeerState>,
+    next_index: u32,
+    by_key: HashMap<[u8; 32], u32>,
+    by_ip: HashMap<IpAddr, u32>,
+    filter: CompiledFilter,
+    flows: FlowTable,
+    counters: CoreCounters,
+    limiter: RateLimiter,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    next_tick: Option<Instant>,
+    next_second: Option<Instant>,
+    now: Instant,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field(
+                "public",
+                &base64::engine::general_purpose::STANDARD.encode(self.public.as_bytes()),
+            )
+            .field("addresses", &self.addresses)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode_key(s: &str) -> Option<[u8; 32]> {
+    let v = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    v.try_into().ok()
+}
+
+impl Core {
+    /// A core for the node with this WireGuard private key and addresses.
+    pub fn new(
+        private_key: [u8; 32],
+        addresses: Vec<IpAddr>,
+        now: Instant,
+    ) -> Result<Self, CoreError> {
+        if addresses.is_empty() {
+            return Err(CoreError::NoAddress);
+        }
+        let private = StaticSecret::from(private_key);
+        let public = PublicKey::from(&private);
+        Ok(Core {
+            limiter: RateLimiter::new(&public, HANDSHAKE_RATE),
+            private,
+            public,
+            addresses,
+            peers: HashMap::new(),
+            next_index: 1,
+            by_key: HashMap::new(),
+            by_ip: HashMap::new(),
+            filter: CompiledFilter::default(),
+            flows: FlowTable::default(),
+            counters: CoreCounters::default(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            next_tick: None,
+            next_second: None,
+            now,
+        })
+    }
+
+    /// This node's WireGuard public key, base64.
+    pub fn public_key(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.public.as_bytes())
+    }
+
+    /// This node's mesh addresses.
+    pub fn addresses(&self) -> &[IpAddr] {
+        &self.addresses
+    }
+
+    /// Sets the peers from control's map: new peers get a session, changed
+    /// peers keep theirs, missing peers are dropped. Peers with an invalid
+    /// key, and this node itself, are skipped.
+    pub fn set_peers(&mut self, peers: &[Peer], now: Instant) {
+        self.now = now;
+        let mut keep: HashMap<[u8; 32], &Peer> = HashMap::new();
+        for p in peers {
+            match decode_key(&p.wireguard_key) {
+                Some(k) if k != *self.public.as_bytes() => {
+                    keep.insert(k, p);
+                }
+                Some(_) => {}
+                None => tracing::warn!(peer = %p.id, "peer has an invalid WireGuard key; skipped"),
+            }
+        }
+        let gone: Vec<u32> = self
+            .by_key
+            .iter()
+            .filter(|(k, _)| !keep.contains_key(*k))
+            .map(|(_, i)| *i)
+            .collect();
+        for i in gone {
+            if let Some(p) = self.peers.remove(&i) {
+                self.by_key.remove(&p.key);
+            }
+        }
+        for (key, p) in keep {
+            let idx = match self.by_key.get(&key) {
+                Some(i) => *i,
+                None => {
+                    let idx = self.next_index;
+                    // Indices fill 24 bits; wrapping past them after 16
+                    // million peers reuses the oldest numbers.
+                    self.next_index = (self.next_index + 1) & 0x00ff_ffff;
+                    let tunn = Tunn::new(
+                        self.private.clone(),
+                        PublicKey::from(key),
+                        None,
+                        None,
+                        idx,
+                        None,
+                    );
+                    self.peers.insert(
+                        idx,
+                        PeerState {
+                            id: String::new(),
+                            name: String::new(),
+                            key,
+                            addresses: Vec::new(),
+                            tunn: Box::new(tunn),
+                            paths: PathSet::default(),
+                            handshake_sent: None,
+                            handshake_started: None,
+                            last_handshake: None,
+                            tx_bytes: 0,
+                            rx_bytes: 0,
+                        },
+                    );
+                    self.by_key.insert(key, idx);
+                    idx
+                }
+            };
+            if let Some(st) = self.peers.get_mut(&idx) {
+                st.id.clone_from(&p.id);
+                st.name.clone_from(&p.name);
+                st.addresses.clone_from(&p.addresses);
+                st.paths
+                    .set_candidates(p.endpoints.iter().map(|e| Path::Direct(*e)).collect());
+            }
+        }
+        self.by_ip = self
+            .peers
+            .iter()
+            .flat_map(|(i, p)| p.addresses.iter().map(move |a| (*a, *i)))
+            .collect();
+        if self.next_tick.is_none() {
+            self.next_tick = Some(now + TICK);
+            self.next_second = Some(now + Duration::from_secs(1));
+        }
+    }
+
+    /// Sets the inbound filter (compiled here, off the packet path).
+    pub fn set_filter(&mut self, filter: &NodeFilter) {
+        self.filter = CompiledFilter::new(filter);
+    }
+
+    /// A datagram arrived on `from`.
+    pub fn handle_datagram(&mut self, from: Path, data: &[u8], now: Instant) {
+        self.now = now;
+        let Some(idx) = self.route_datagram(from, data) else {
+            self.counters.bad_datagrams += 1;
+            return;
+        };
+        let src_ip = match from {
+            Path::Direct(a) => Some(a.ip()),
+        };
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            self.counters.bad_datagrams += 1;
+            return;
+        };
+        let mut out = vec![0u8; data.len().max(MIN_WG_BUF)];
+        let msg_type = data.first().copied().unwrap_or(0);
+        let result = peer.tunn.decapsulate(src_ip, data, &mut out);
+        let (send_back, inbound, authenticated) = match result {
+            TunnResult::WriteToNetwork(p) => (Some(p.len()), None, msg_type != 3),
+            TunnResult::WriteToTunnelV4(p, src) => (None, Some((p.len(), IpAddr::V4(src))), true),
+            TunnResult::WriteToTunnelV6(p, src) => (None, Some((p.len(), IpAddr::V6(src))), true),
+            // A keepalive (data type) or a cookie reply.
+            TunnResult::Done => (None, None, msg_type == 4),
+            TunnResult::Err(e) => {
+                tracing::trace!(%from, error = ?e, "datagram refused");
+                self.counters.bad_datagrams += 1;
+                return;
+            }
+        };
+        if authenticated {
+            peer.paths.confirmed(from, now);
+        }
+        if let Some(len) = send_back {
+            out.truncate(len);
+            // An answer to a handshake goes back where the handshake came from.
+            self.transmits.push_back(Transmit {
+                path: from,
+                payload: out,
+            });
+            // Type 1 in: we answered as responder; type 2 in: we completed as initiator.
+            if msg_type == 1 || msg_type == 2 {
+                peer.handshake_sent = None;
+                peer.handshake_started = None;
+                peer.last_handshake = Some(now);
+                self.counters.handshakes += 1;
+                self.events.push_back(Event::SessionUp {
+                    peer: peer.id.clone(),
+                    path: from,
+                });
+                self.flush_queued(idx);
+            }
+            return;
+        }
+        if let Some((len, src)) = inbound {
+            out.truncate(len);
+            peer.rx_bytes += len as u64;
+            if !peer.addresses.contains(&src) {
+                self.counters.filter.spoofed += 1;
+                return;
+            }
+            self.inbound(out, now);
+        }
+    }
+
+    /// Which peer a datagram is for: by receiver index, or, for handshake
+    /// initiations, by the static key inside (after the MAC check).
+    fn route_datagram(&mut self, from: Path, data: &[u8]) -> Option<u32> {
+        let ty = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?);
+        match ty {
+            1 => {
+                let src = match from {
+                    Path::Direct(a) => Some(a.ip()),
+                };
+                let mut cookie = [0u8; 64];
+                match self.limiter.verify_packet(src, data, &mut cookie) {
+                    Ok(WgPacket::HandshakeInit(h)) => {
+                        let half = parse_handshake_anon(&self.private, &self.public, &h).ok()?;
+                        self.by_key.get(&half.peer_static_public).copied()
+                    }
+                    Err(TunnResult::WriteToNetwork(c)) => {
+                        let payload = c.to_vec();
+                        self.transmits.push_back(Transmit {
+                            path: from,
+                            payload,
+                        });
+                        None
+                    }
+                    _ => None,
+                }
+            }
+            // A response carries the sender's index first, then ours.
+            2 => Some(u32::from_le_bytes(data.get(8..12)?.try_into().ok()?) >> 8),
+            3 | 4 => Some(u32::from_le_bytes(data.get(4..8)?.try_into().ok()?) >> 8),
+            _ => None,
+        }
+    }
+
+    /// A decrypted packet from a peer: checked against this node's addresses
+    /// and the filter.
+    fn inbound(&mut self, packet: Vec<u8>, now: Instant) {
+        let f = &mut self.counters.filter;
+        let info = match packet::parse(&packet) {
+            Ok(i) => i,
+            Err(_) => {
+                f.malformed += 1;
+                return;
+            }
+        };
+        if !self.addresses.contains(&info.dst) {
+            f.not_local += 1;
+            return;
+        }
+        // Later fragments carry no ports: the filter cannot judge them, and
+        // the stacks do not reassemble; they are dropped as denied.
+        if !info.later_fragment
+            && self
+                .filter
+                .allows(info.src, info.dst, info.proto, info.dst_port)
+        {
+            f.accepted += 1;
+        } else if self.flows.is_reply(&info, now) {
+            f.replies += 1;
+        } else {
+            f.denied += 1;
+            if info.is_tcp_syn() {
+                f.denied_syn += 1;
+            }
+            tracing::debug!(src = %info.src, dst = %info.dst, proto = info.proto, port = info.dst_port, "filter: denied");
+            return;
+        }
+        self.events.push_back(Event::Packet(packet));
+    }
+
+    /// An IP packet from the local stack, for a peer.
+    pub fn handle_packet(&mut self, packet: &[u8], now: Instant) {
+        self.now = now;
+        let info = match packet::parse(packet) {
+            Ok(i) => i,
+            Err(_) => {
+                self.counters.bad_outbound += 1;
+                return;
+            }
+        };
+        let Some(idx) = self.by_ip.get(&info.dst).copied() else {
+            self.counters.no_route += 1;
+            return;
+        };
+        self.flows.outbound(&info, now);
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            return;
+        };
+        peer.tx_bytes += packet.len() as u64;
+        let mut out = vec![0u8; (packet.len() + WG_OVERHEAD).max(MIN_WG_BUF)];
+        let len = match peer.tunn.encapsulate(packet, &mut out) {
+            TunnResult::WriteToNetwork(p) => p.len(),
+            TunnResult::Err(e) => {
+                tracing::debug!(peer = %peer.id, error = ?e, "encapsulate failed");
+                return;
+            }
+            _ => return,
+        };
+        out.truncate(len);
+        self.send(idx, out, now);
+    }
+
+    /// Queues a WireGuard message for a peer on the right paths.
+    fn send(&mut self, idx: u32, payload: Vec<u8>, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            return;
+        };
+        if payload.first() == Some(&1) {
+            peer.handshake_sent = Some(now);
+            peer.handshake_started.get_or_insert(now);
+            let paths = peer.paths.for_handshake();
+            if paths.is_empty() {
+                tracing::debug!(peer = %peer.id, "no path to peer");
+            }
+            for path in paths {
+                self.transmits.push_back(Transmit {
+                    path,
+                    payload: payload.clone(),
+                });
+            }
+        } else if let Some(path) = peer.paths.for_data() {
+            self.transmits.push_back(Transmit { path, payload });
+        }
+    }
+
+    /// Sends what boringtun queued while the handshake ran.
+    fn flush_queued(&mut self, idx: u32) {
+        // Queued packets are at most an IP packet plus WireGuard's overhead.
+        let mut scratch = vec![0u8; 65_536 + WG_OVERHEAD];
+        loop {
+            let Some(peer) = self.peers.get_mut(&idx) else {
+                return;
+            };
+            let out = match peer.tunn.decapsulate(None, &[], &mut scratch) {
+                TunnResult::WriteToNetwork(p) => p.to_vec(),
+                _ => return,
+            };
+            let now = self.now;
+            self.send(idx, out, now);
+        }
+    }
+
+    /// Runs timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        if self.next_second.is_some_and(|t| t <= now) {
+            self.limiter.reset_count();
+            self.flows.expire(now);
+            self.next_second = Some(now + Duration::from_secs(1));
+        }
+        if self.next_tick.is_none_or(|t| t > now) {
+            return;
+        }
+        self.next_tick = Some(now + TICK);
+        let idxs: Vec<u32> = self.peers.keys().copied().collect();
+        for idx in idxs {
+            let Some(peer) = self.peers.get_mut(&idx) else {
+                continue;
+            };
+            let mut out = vec![0u8; MIN_WG_BUF];
+            let mut len = match peer.tunn.update_timers(&mut out) {
+                TunnResult::WriteToNetwork(p) => Some(p.len()),
+                _ => None,
+            };
+            // The core's own retry, on its clock.
+            if len.is_none()
+                && let (Some(sent), Some(started)) = (peer.handshake_sent, peer.handshake_started)
+            {
+                if now.saturating_duration_since(started) >= HANDSHAKE_GIVE_UP {
+                    peer.handshake_sent = None;
+                    peer.handshake_started = None;
+                } else if now.saturating_duration_since(sent) >= HANDSHAKE_RETRY
+                    && let TunnResult::WriteToNetwork(p) =
+                        peer.tunn.format_handshake_initiation(&mut out, true)
+                {
+                    len = Some(p.len());
+                }
+            }
+            if let Some(len) = len {
+                out.truncate(len);
+                self.send(idx, out, now);
+            }
+        }
+    }
+
+    /// When [`Core::handle_timeout`] should run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.next_tick, self.next_second) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> CoreCounters {
+        self.counters
+    }
+
+    /// Whether some peer has this address.
+    pub fn routes_to(&self, ip: IpAddr) -> bool {
+        self.by_ip.contains_key(&ip)
+    }
+
+    /// Flows this node opened that are remembered now.
+    pub fn open_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Every peer's state, sorted by id.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        let mut v: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|p| PeerStatus {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                key: base64::engine::general_purpose::STANDARD.encode(p.key),
+                addresses: p.addresses.clone(),
+                path: p.paths.active(),
+                candidates: p.paths.candidates().to_vec(),
+                last_handshake: p.last_handshake,
+                tx_bytes: p.tx_bytes,
+                rx_bytes: p.rx_bytes,
+            })
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+}

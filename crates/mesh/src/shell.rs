@@ -1,0 +1,441 @@
+//! The tokio shell around the core: one driver task owns the UDP socket
+//! (and the TUN device in TUN mode), feeds the core, polls the stacks'
+//! shards that have work, and sleeps until the next datagram, wake-up or
+//! timer.
+
+use crate::core::{Core, CoreCounters, Event, PeerStatus, Transmit};
+use crate::path::Path;
+use crate::stack::{Accepted, MeshStream, Stack, Wake};
+use crate::udp::Udp;
+use crate::{MeshConfig, MeshError, Mode};
+use gatehouse_policy::NodeFilter;
+use gatehouse_proto::control::Peer;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Datagrams read before the driver processes them.
+const RX_ROUNDS: usize = 8;
+/// Inbound connections waiting for [`Mesh::accept`].
+const ACCEPT_BACKLOG: usize = 1024;
+
+/// An inbound TCP connection the filter allowed.
+#[derive(Debug)]
+pub struct MeshConnection {
+    /// The stream.
+    pub stream: MeshStream,
+    /// The caller's mesh address and port.
+    pub remote: SocketAddr,
+    /// This node's mesh address and port it called.
+    pub local: SocketAddr,
+}
+
+/// A snapshot of the data plane.
+#[derive(Debug, Clone)]
+pub struct MeshStatus {
+    /// This node's WireGuard public key, base64.
+    pub public_key: String,
+    /// Its mesh addresses.
+    pub addresses: Vec<IpAddr>,
+    /// The UDP socket's address.
+    pub listen: SocketAddr,
+    /// Every peer, sorted by id.
+    pub peers: Vec<PeerStatus>,
+    /// Counters (filter drops among them).
+    pub counters: CoreCounters,
+    /// TCP sockets in the user-space stacks.
+    pub sockets: usize,
+}
+
+struct Shared {
+    core: Mutex<Core>,
+    stack: Option<Stack>,
+    wake: Arc<Wake>,
+    listen: SocketAddr,
+    addresses: Vec<IpAddr>,
+}
+
+fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running data plane.
+pub struct Mesh {
+    shared: Arc<Shared>,
+    accept: tokio::sync::Mutex<mpsc::Receiver<MeshConnection>>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("listen", &self.shared.listen)
+            .field("addresses", &self.shared.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    /// Opens the UDP socket (and the TUN device in TUN mode) and starts the
+    /// driver task.
+    pub async fn start(cfg: MeshConfig) -> Result<Mesh, MeshError> {
+        let now = Instant::now();
+        let core = Core::new(cfg.private_key, cfg.addresses.clone(), now)?;
+        let udp = Udp::bind(cfg.listen).map_err(|source| MeshError::Udp {
+            addr: cfg.listen,
+            source,
+        })?;
+        let listen = udp.local_addr().map_err(|source| MeshError::Udp {
+            addr: cfg.listen,
+            source,
+        })?;
+        let (stack, tun) = match &cfg.mode {
+            Mode::Userspace => (
+                Some(Stack::new(&cfg.addresses, crate::stack::SHARDS, now)),
+                None,
+            ),
+            Mode::Tun { name } => {
+                let dev =
+                    crate::tun::open(name, &cfg.addresses).map_err(|source| MeshError::Tun {
+                        name: name.clone(),
+                        source,
+                    })?;
+                (None, Some(dev))
+            }
+        };
+        let wake = match &stack {
+            Some(s) => Arc::clone(&s.wake),
+            None => Arc::new(Wake {
+                dirty: Vec::new(),
+                notify: Notify::new(),
+            }),
+        };
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            stack,
+            wake,
+            listen,
+            addresses: cfg.addresses.clone(),
+        });
+        let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_BACKLOG);
+        let (stop, stop_rx) = watch::channel(false);
+        let driver = Driver {
+            shared: Arc::clone(&shared),
+            udp,
+            tun,
+            accept: accept_tx,
+            stop: stop_rx,
+            transmits: Vec::new(),
+            shard_due: vec![None; shared.stack.as_ref().map_or(0, |s| s.shards.len())],
+        };
+        let task = tokio::spawn(driver.run());
+        tracing::info!(%listen, addresses = ?cfg.addresses, "mesh data plane started");
+        Ok(Mesh {
+            shared,
+            accept: tokio::sync::Mutex::new(accept_rx),
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Peers (WireGuard key, addresses, endpoints) and the inbound filter,
+    /// from control's map. Called on every map change; idempotent.
+    pub fn apply(&self, peers: &[Peer], filter: &NodeFilter) {
+        {
+            let mut core = lock(&self.shared.core);
+            core.set_peers(peers, Instant::now());
+            core.set_filter(filter);
+        }
+        self.shared.wake.notify.notify_one();
+    }
+
+    /// The next inbound TCP connection the filter allowed (user-space
+    /// mode). `None` once the mesh stops, and always in TUN mode.
+    pub async fn accept(&self) -> Option<MeshConnection> {
+        self.shared.stack.as_ref()?;
+        self.accept.lock().await.recv().await
+    }
+
+    /// Opens a TCP connection to a mesh address (user-space mode). Fails
+    /// with `HostUnreachable` for an address of no peer, `ConnectionRefused`
+    /// when the peer resets, `TimedOut` after
+    /// [`crate::stack::CONNECT_TIMEOUT`] without an answer (what a peer
+    /// whose filter drops the SYN looks like).
+    pub async fn connect(&self, dst: SocketAddr) -> io::Result<MeshStream> {
+        let Some(stack) = &self.shared.stack else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "TUN mode: use the kernel's sockets",
+            ));
+        };
+        if !lock(&self.shared.core).routes_to(dst.ip()) {
+            return Err(io::Error::new(
+                io::ErrorKind::HostUnreachable,
+                format!("no peer has the address {}", dst.ip()),
+            ));
+        }
+        let stream = stack.connect(dst)?;
+        match tokio::time::timeout(crate::stack::CONNECT_TIMEOUT, stream.established()).await {
+            Ok(r) => r.map(|()| stream),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from {dst}"),
+            )),
+        }
+    }
+
+    /// Local UDP endpoints to announce to control: the socket's address, or
+    /// when it is bound to every address, the host's interface addresses
+    /// (loopback included, mesh addresses and link-local IPv6 excluded).
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        let l = self.shared.listen;
+        if !l.ip().is_unspecified() {
+            return vec![l];
+        }
+        let Ok(ifs) = getifaddrs::getifaddrs() else {
+            return Vec::new();
+        };
+        let mut v: Vec<SocketAddr> = ifs
+            .filter_map(|i| i.address.ip_addr())
+            .filter(|ip| l.is_ipv6() || ip.is_ipv4())
+            .filter(|ip| !self.shared.addresses.contains(ip))
+            .filter(|ip| match ip {
+                IpAddr::V6(a) => (a.segments()[0] & 0xffc0) != 0xfe80,
+                IpAddr::V4(_) => true,
+            })
+            .map(|ip| SocketAddr::new(ip, l.port()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Per peer: path, last handshake, bytes; and the counters.
+    pub fn status(&self) -> MeshStatus {
+        let core = lock(&self.shared.core);
+        MeshStatus {
+            public_key: core.public_key(),
+            addresses: self.shared.addresses.clone(),
+            listen: self.shared.listen,
+            peers: core.peers(),
+            counters: core.counters(),
+            sockets: self.shared.stack.as_ref().map_or(0, Stack::sockets),
+        }
+    }
+
+    /// Stops the driver; open streams are reset (reads end, writes fail).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    udp: Udp,
+    tun: Option<tun_rs::AsyncDevice>,
+    accept: mpsc::Sender<MeshConnection>,
+    stop: watch::Receiver<bool>,
+    transmits: Vec<Transmit>,
+    shard_due: Vec<Option<Instant>>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut tun_buf = vec![0u8; 65_536];
+        loop {
+            let now = Instant::now();
+            self.timers(now);
+            self.work(now).await;
+            let deadline = self.deadline(now);
+            let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+            let mut udp_ready = false;
+            let mut tun_packet = None;
+            tokio::select! {
+                _ = self.stop.changed() => break,
+                r = self.udp.readable() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    udp_ready = true;
+                }
+                r = read_tun(self.tun.as_ref(), &mut tun_buf) => {
+                    match r {
+                        Ok(n) => tun_packet = Some(n),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "tun read failed");
+                            break;
+                        }
+                    }
+                }
+                _ = self.shared.wake.notify.notified() => {}
+                _ = sleep => {}
+            }
+            let now = Instant::now();
+            if udp_ready {
+                self.receive(now);
+            }
+            if let Some(n) = tun_packet {
+                lock(&self.shared.core).handle_packet(&tun_buf[..n], now);
+                // Drain what else the device has, without waiting.
+                if let Some(dev) = &self.tun {
+                    let mut core = lock(&self.shared.core);
+                    for _ in 0..64 {
+                        match dev.try_recv(&mut tun_buf) {
+                            Ok(n) => core.handle_packet(&tun_buf[..n], now),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(stack) = &self.shared.stack {
+            stack.abort_all();
+        }
+        tracing::debug!("mesh driver stopped");
+    }
+
+    fn receive(&mut self, now: Instant) {
+        let mut core = lock(&self.shared.core);
+        for _ in 0..RX_ROUNDS {
+            let r = self
+                .udp
+                .try_recv(|from, d| core.handle_datagram(Path::Direct(from), d, now));
+            match r {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn timers(&mut self, now: Instant) {
+        {
+            let mut core = lock(&self.shared.core);
+            if core.poll_timeout().is_some_and(|t| t <= now) {
+                core.handle_timeout(now);
+            }
+        }
+        for (i, due) in self.shard_due.iter_mut().enumerate() {
+            if due.is_some_and(|t| t <= now) {
+                *due = None;
+                if let Some(d) = self.shared.wake.dirty.get(i) {
+                    d.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    fn deadline(&self, now: Instant) -> Instant {
+        let mut d = now + Duration::from_secs(1);
+        if let Some(t) = lock(&self.shared.core).poll_timeout() {
+            d = d.min(t);
+        }
+        for t in self.shard_due.iter().flatten() {
+            d = d.min(*t);
+        }
+        d.max(now)
+    }
+
+    /// Moves packets between the core, the stacks (or TUN) and the socket
+    /// until nothing is left to do.
+    async fn work(&mut self, now: Instant) {
+        let mut out = Vec::new();
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut to_tun = Vec::new();
+        loop {
+            let mut busy = false;
+            {
+                let mut core = lock(&self.shared.core);
+                while let Some(ev) = core.poll_event() {
+                    busy = true;
+                    match ev {
+                        Event::Packet(p) => match &self.shared.stack {
+                            Some(stack) => stack.inbound(p),
+                            None => to_tun.push(p),
+                        },
+                        Event::SessionUp { peer, path } => {
+                            tracing::debug!(%peer, %path, "session up");
+                        }
+                    }
+                }
+            }
+            if let Some(stack) = &self.shared.stack {
+                for (i, dirty) in self.shared.wake.dirty.iter().enumerate() {
+                    if dirty.swap(false, Ordering::AcqRel) {
+                        busy = true;
+                        stack.poll_shard(i, now, &mut out, &mut accepted);
+                        self.shard_due[i] = stack.shard_poll_at(i, now);
+                    }
+                }
+                if !out.is_empty() {
+                    let mut core = lock(&self.shared.core);
+                    for p in out.drain(..) {
+                        core.handle_packet(&p, now);
+                    }
+                }
+                for a in accepted.drain(..) {
+                    let conn = MeshConnection {
+                        stream: stack.stream(&a),
+                        remote: a.remote,
+                        local: a.local,
+                    };
+                    if let Err(e) = self.accept.try_send(conn) {
+                        tracing::debug!(error = %e, "accept backlog full; connection dropped");
+                    }
+                }
+            }
+            if let Some(dev) = &self.tun {
+                for p in to_tun.drain(..) {
+                    if let Err(e) = dev.send(&p).await {
+                        tracing::debug!(error = %e, "tun write failed");
+                    }
+                }
+            }
+            {
+                let mut core = lock(&self.shared.core);
+                while let Some(t) = core.poll_transmit() {
+                    self.transmits.push(t);
+                }
+            }
+            if !self.transmits.is_empty() {
+                busy = true;
+                self.udp.send_all(&mut self.transmits).await;
+            }
+            if !busy {
+                break;
+            }
+        }
+    }
+}
+
+async fn read_tun(dev: Option<&tun_rs::AsyncDevice>, buf: &mut [u8]) -> io::Result<usize> {
+    match dev {
+        Some(d) => d.recv(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+// What 0011 promises the node: the mesh and its streams move across tasks.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn stream<T: Send + Unpin + 'static>() {}
+    send_sync::<Mesh>();
+    stream::<MeshStream>();
+};
