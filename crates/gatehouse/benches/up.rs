@@ -185,7 +185,9 @@ async fn main() {
         second.push(run(dir.path(), &format!("second{i}"), false).await);
     }
     if !full {
-        eprintln!("up bench: quick self-check passed (every service answered on a first and a second start)");
+        eprintln!(
+            "up bench: quick self-check passed (every service answered on a first and a second start)"
+        );
         return;
     }
     println!("gatehouse up, built-in demo (8 services: 8 private, 5 public), median of {n}:");
