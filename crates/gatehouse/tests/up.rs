@@ -215,9 +215,12 @@ async fn demo_up_reaches_every_cell_of_the_matrix_for_real() {
     let dir = tmp.path().to_path_buf();
     let mut up = Proc::start("up", &dir, up_cmd(&dir));
     let printed = wait_ready(&up).await;
-    let result =
-        tokio::time::timeout(Duration::from_secs(240), checks(&dir, &mut up, &printed)).await;
-    if !matches!(result, Ok(())) {
+    // A failed assertion inside the checks still shows every process's log.
+    let checked = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(checks(
+        &dir, &mut up, &printed,
+    )));
+    let result = tokio::time::timeout(Duration::from_secs(240), checked).await;
+    if !matches!(result, Ok(Ok(()))) {
         up.dump();
         for f in std::fs::read_dir(&dir).unwrap() {
             let p = f.unwrap().path();
