@@ -31,6 +31,8 @@ pub const REQUEST_ID_HEADER: &str = "gatehouse-request-id";
 pub struct ProxyMetrics {
     /// Responses by status code.
     pub responses: Family<Vec<(String, String)>, Counter>,
+    /// Requests forwarded over a tunnel (after host and path rules allowed them).
+    pub forwarded: Counter,
 }
 
 /// Shared state of the public listeners.
@@ -206,6 +208,7 @@ impl Public {
         path: String,
         id: &str,
     ) -> Response<TunnelBody> {
+        self.metrics.forwarded.inc();
         let upgrade = is_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
