@@ -329,7 +329,20 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// Sets the forwarding headers. Every `Gatehouse-*` header the client sent
+/// is removed first: those names carry identities (the mesh's serve adds
+/// `Gatehouse-User-Login` and friends, the edge its client address and
+/// request id), and a backend that is also served on the mesh must not
+/// receive them forged from the internet.
 fn forwarded_headers(h: &mut HeaderMap, peer: SocketAddr, scheme: &str, host: &str, id: &str) {
+    let forged: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|n| n.as_str().starts_with("gatehouse-"))
+        .cloned()
+        .collect();
+    for n in forged {
+        h.remove(n);
+    }
     let ip = peer.ip().to_canonical().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
