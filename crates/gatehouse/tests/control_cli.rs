@@ -100,6 +100,8 @@ fn control_prints_how_to_reach_it_and_admin_drives_it() {
                 & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the state directory holds control.db");
     }
 
     let (code, out, err) = admin(&state, &["users", "add", "alice@example.com"]);
