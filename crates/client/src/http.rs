@@ -6,9 +6,9 @@ use crate::join::Join;
 use crate::tls;
 use bytes::Bytes;
 use gatehouse_proto::control::{
-    ApiError, AuditEntry, CreateKey, CreateOAuthClient, CreateUser, EndpointsRequest, KeyInfo,
-    MapMessage, NodeInfo, OAuthClientInfo, RegisterRequest, RegisterResponse, RenewRequest,
-    RenewResponse, TokenResponse, User,
+    AdminToken, ApiError, AuditEntry, CreateKey, CreateOAuthClient, CreateUser, EndpointsRequest,
+    KeyInfo, MapMessage, NodeInfo, OAuthClientInfo, RegisterRequest, RegisterResponse,
+    RenewRequest, RenewResponse, TokenResponse, User,
 };
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -478,6 +478,12 @@ impl AdminClient {
     /// Revokes an OAuth client and its tokens.
     pub async fn revoke_oauth(&self, id: &str) -> Result<(), ClientError> {
         self.delete(&format!("/api/v1/oauth/clients/{}", enc(id)))
+            .await
+    }
+
+    /// Replaces the admin token: the one this client uses stops working.
+    pub async fn rotate_admin_token(&self) -> Result<AdminToken, ClientError> {
+        self.post("/api/v1/admin/token", &serde_json::json!({}))
             .await
     }
 

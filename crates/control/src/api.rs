@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use gatehouse_policy::{Owner, Policy, PolicyRefused, check_policy};
 use gatehouse_proto::control::{
-    ApiError, AuditEntry, CreateKey, CreateOAuthClient, CreateUser, KeyInfo, NodeInfo,
+    AdminToken, ApiError, AuditEntry, CreateKey, CreateOAuthClient, CreateUser, KeyInfo, NodeInfo,
     OAuthClientInfo, TokenResponse, User,
 };
 use serde::Deserialize;
@@ -707,6 +707,34 @@ async fn revoke_oauth(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/token", tag = "oauth",
+    responses((status = 201, body = AdminToken), (status = 403, body = ApiError)))]
+async fn rotate_admin_token(
+    State(app): AppState,
+    caller: Caller,
+) -> ApiResult<(StatusCode, Json<AdminToken>)> {
+    if !caller.admin {
+        return Err(ApiErr::forbidden("only the admin token may replace itself"));
+    }
+    let m = secret::mint(Kind::Admin);
+    app.store
+        .rotate_admin_token(
+            &TokenRow {
+                id: m.id.clone(),
+                secret_hash: m.hash,
+                kind: "admin".into(),
+                client_id: None,
+                scopes: vec!["*".into()],
+                expires_at: None,
+                revoked_at: None,
+            },
+            now(),
+        )
+        .await?;
+    audit(&app, &caller.actor, "admin.rotate", &m.id, true, "").await;
+    Ok((StatusCode::CREATED, Json(AdminToken { token: m.text })))
+}
+
 /// Client-credentials grant, form-encoded (RFC 6749 §4.4).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct TokenRequest {
@@ -991,6 +1019,7 @@ pub(crate) fn router_and_doc() -> (axum::Router<Arc<App>>, utoipa::openapi::Open
         .routes(routes!(list_oauth, create_oauth))
         .routes(routes!(revoke_oauth))
         .routes(routes!(oauth_token))
+        .routes(routes!(rotate_admin_token))
         .routes(routes!(get_policy, set_policy))
         .routes(routes!(audit_log))
         .routes(routes!(get_ca))

@@ -177,6 +177,13 @@ fn random_ula() -> [u16; 3] {
 pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), ControlError> {
     std::fs::create_dir_all(&config.state_dir)
         .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
+    // The database holds credential hashes, keys and the audit log: owner
+    // only, like the CA key beside it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_err(format!("securing {}", config.state_dir.display())))?;
+    }
     let store = Store::open_sqlite(&config.state_dir.join("control.db")).await?;
     let domain = config.domain();
     match store.meta("domain").await? {

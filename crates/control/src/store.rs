@@ -656,6 +656,32 @@ impl Store {
             .transpose()
     }
 
+    /// Replaces every active admin token with `t`, atomically.
+    pub async fn rotate_admin_token(&self, t: &TokenRow, now: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE kind = 'admin' AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO api_tokens (id, secret_hash, kind, client_id, scopes, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&t.id)
+        .bind(&t.secret_hash)
+        .bind(&t.kind)
+        .bind(t.client_id.clone())
+        .bind(to_json(&t.scopes))
+        .bind(now)
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Whether an admin token exists.
     pub async fn has_admin_token(&self) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(

@@ -21,4 +21,4 @@ mod server;
 pub mod tokens;
 pub mod tunnels;
 
-pub use server::{EdgeError, run};
+pub use server::{EdgeError, RunningEdge, run, start};

@@ -31,6 +31,8 @@ pub const REQUEST_ID_HEADER: &str = "gatehouse-request-id";
 pub struct ProxyMetrics {
     /// Responses by status code.
     pub responses: Family<Vec<(String, String)>, Counter>,
+    /// Requests forwarded over a tunnel (after host and path rules allowed them).
+    pub forwarded: Counter,
 }
 
 /// Shared state of the public listeners.
@@ -206,6 +208,7 @@ impl Public {
         path: String,
         id: &str,
     ) -> Response<TunnelBody> {
+        self.metrics.forwarded.inc();
         let upgrade = is_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -326,7 +329,20 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// Sets the forwarding headers. Every `Gatehouse-*` header the client sent
+/// is removed first: those names carry identities (the mesh's serve adds
+/// `Gatehouse-User-Login` and friends, the edge its client address and
+/// request id), and a backend that is also served on the mesh must not
+/// receive them forged from the internet.
 fn forwarded_headers(h: &mut HeaderMap, peer: SocketAddr, scheme: &str, host: &str, id: &str) {
+    let forged: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|n| n.as_str().starts_with("gatehouse-"))
+        .cloned()
+        .collect();
+    for n in forged {
+        h.remove(n);
+    }
     let ip = peer.ip().to_canonical().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),

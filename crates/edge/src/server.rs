@@ -61,6 +61,116 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), EdgeError> {
+    let edge = start(cfg, config_path).await?;
+    shutdown.await;
+    edge.shutdown().await;
+    Ok(())
+}
+
+/// A running edge: its bound addresses and live tunnel connections.
+#[derive(Debug)]
+pub struct RunningEdge {
+    /// Public HTTPS address.
+    pub https: SocketAddr,
+    /// Public HTTP address.
+    pub http: Option<SocketAddr>,
+    /// Tunnel address (UDP for QUIC and TCP for TLS, same port).
+    pub tunnel: SocketAddr,
+    /// Operations address.
+    pub admin: Option<SocketAddr>,
+    registry: Arc<Registry>,
+    public: Arc<Public>,
+    endpoint: quinn::Endpoint,
+    tasks: tokio::task::JoinSet<()>,
+    listeners: tokio::task::JoinSet<()>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+}
+
+/// Binds the tunnel port on UDP (QUIC) and TCP (TLS). Port 0 picks a port
+/// free on both.
+fn bind_tunnel(
+    addr: SocketAddr,
+    quic: &quinn::ServerConfig,
+) -> Result<(quinn::Endpoint, std::net::TcpListener), EdgeError> {
+    let listen_err = |addr, source| EdgeError::Listen { addr, source };
+    let tcp_for = |a: SocketAddr| -> std::io::Result<std::net::TcpListener> {
+        let l = std::net::TcpListener::bind(a)?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    if addr.port() != 0 {
+        let endpoint =
+            quinn::Endpoint::server(quic.clone(), addr).map_err(|e| listen_err(addr, e))?;
+        let tcp = tcp_for(addr).map_err(|e| listen_err(addr, e))?;
+        return Ok((endpoint, tcp));
+    }
+    let mut last = None;
+    for _ in 0..32 {
+        let endpoint =
+            quinn::Endpoint::server(quic.clone(), addr).map_err(|e| listen_err(addr, e))?;
+        let udp = endpoint.local_addr().map_err(|e| listen_err(addr, e))?;
+        match tcp_for(udp) {
+            Ok(tcp) => return Ok((endpoint, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(listen_err(
+        addr,
+        last.unwrap_or_else(|| std::io::Error::other("no port free on both UDP and TCP")),
+    ))
+}
+
+fn local(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, EdgeError> {
+    l.local_addr()
+        .map_err(|source| EdgeError::Listen { addr, source })
+}
+
+impl RunningEdge {
+    /// Live connector connections (every tunnel).
+    pub fn live_connections(&self) -> usize {
+        self.registry.live()
+    }
+
+    /// Public requests forwarded over a tunnel so far.
+    pub fn forwarded_requests(&self) -> u64 {
+        self.public.metrics.forwarded.get()
+    }
+
+    /// Stops taking requests, lets those in flight finish (up to a grace
+    /// period), then closes the tunnel connections.
+    pub async fn shutdown(mut self) {
+        let (public, registry, endpoint) = (self.public, self.registry, self.endpoint);
+        self.listeners.abort_all();
+        let _ = self.stop_tx.send(true);
+        let inflight = public.inflight.clone();
+        let drained = async {
+            while inflight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+            tracing::warn!(
+                inflight = public.inflight.load(std::sync::atomic::Ordering::Relaxed),
+                "grace period over with requests in flight"
+            );
+        }
+        info!("edge shutting down: closing tunnel connections");
+        registry.close_all();
+        endpoint.close(
+            quinn::VarInt::from_u32(gatehouse_proto::CLOSE_EDGE_SHUTDOWN),
+            b"edge shutting down",
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        self.tasks.abort_all();
+    }
+}
+
+/// Binds every listener and starts serving; returns once the edge accepts
+/// connections. `config_path`, when given, is re-read on SIGHUP.
+pub async fn start(
+    cfg: EdgeConfig,
+    config_path: Option<PathBuf>,
+) -> Result<RunningEdge, EdgeError> {
     let heartbeat = cfg.heartbeat()?;
     let routes = cfg.routes()?;
     let tokens = TokenStore::load(&cfg.tokens)?;
@@ -117,12 +227,12 @@ pub async fn run(
             .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut quic = quinn::ServerConfig::with_crypto(Arc::new(qsc));
     quic.transport_config(gatehouse_tunnel::transport::quic_transport(heartbeat, 1));
-    let endpoint =
-        quinn::Endpoint::server(quic, cfg.listen.tunnel).map_err(|source| EdgeError::Listen {
-            addr: cfg.listen.tunnel,
-            source,
-        })?;
-    let tunnel_tcp = bind(cfg.listen.tunnel).await?;
+    let (endpoint, tunnel_tcp) = bind_tunnel(cfg.listen.tunnel, &quic)?;
+    let tunnel_tcp = TcpListener::from_std(tunnel_tcp).map_err(|source| EdgeError::Listen {
+        addr: cfg.listen.tunnel,
+        source,
+    })?;
+    let tunnel_addr = local(&tunnel_tcp, cfg.listen.tunnel)?;
     let tunnel_acceptor =
         tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(gatehouse_proto::ALPN_TCP)?));
 
@@ -135,17 +245,18 @@ pub async fn run(
     ));
 
     let https = bind(cfg.listen.https).await?;
+    let https_addr = local(&https, cfg.listen.https)?;
+    let mut http_addr = None;
+    let mut admin_addr = None;
     let acceptor =
         tokio_rustls::TlsAcceptor::from(Arc::new(crate::certs::server_config(store.clone())?));
     let mut listeners = tokio::task::JoinSet::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     listeners.spawn(serve_https(https, acceptor, public.clone(), stop_rx));
     if let Some(addr) = cfg.listen.http {
-        listeners.spawn(serve_http(
-            bind(addr).await?,
-            public.clone(),
-            http01.clone(),
-        ));
+        let l = bind(addr).await?;
+        http_addr = Some(local(&l, addr)?);
+        listeners.spawn(serve_http(l, public.clone(), http01.clone()));
     }
     if let Some(addr) = cfg.listen.admin {
         let mut metrics = Metrics::with_prefix("gatehouse_edge");
@@ -153,6 +264,11 @@ pub async fn run(
             "responses",
             "Public responses by status code",
             public.metrics.responses.clone(),
+        );
+        metrics.register(
+            "forwarded_requests",
+            "Public requests forwarded over a tunnel",
+            public.metrics.forwarded.clone(),
         );
         metrics.register(
             "tunnel_connections",
@@ -166,11 +282,9 @@ pub async fn run(
         );
         let reg = registry.clone();
         let ready = Arc::new(move || reg.live() > 0);
-        tasks.spawn(gatehouse_tunnel::admin::serve(
-            bind(addr).await?,
-            Arc::new(metrics),
-            ready,
-        ));
+        let l = bind(addr).await?;
+        admin_addr = Some(local(&l, addr)?);
+        tasks.spawn(gatehouse_tunnel::admin::serve(l, Arc::new(metrics), ready));
     }
     if let Some(api) = route_api.clone() {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(b"http/1.1")?));
@@ -240,33 +354,19 @@ pub async fn run(
         store.clone(),
         (statics.clone(), route_api.clone()),
     ));
-    info!(https = %cfg.listen.https, tunnel = %cfg.listen.tunnel, "edge ready");
-
-    shutdown.await;
-    // Stop taking requests, let those in flight finish, then close tunnels.
-    listeners.abort_all();
-    let _ = stop_tx.send(true);
-    let inflight = public.inflight.clone();
-    let drained = async {
-        while inflight.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
-        tracing::warn!(
-            inflight = public.inflight.load(std::sync::atomic::Ordering::Relaxed),
-            "grace period over with requests in flight"
-        );
-    }
-    info!("edge shutting down: closing tunnel connections");
-    registry.close_all();
-    endpoint.close(
-        quinn::VarInt::from_u32(gatehouse_proto::CLOSE_EDGE_SHUTDOWN),
-        b"edge shutting down",
-    );
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    tasks.abort_all();
-    Ok(())
+    info!(https = %https_addr, tunnel = %tunnel_addr, "edge ready");
+    Ok(RunningEdge {
+        https: https_addr,
+        http: http_addr,
+        tunnel: tunnel_addr,
+        admin: admin_addr,
+        registry,
+        public,
+        endpoint,
+        tasks,
+        listeners,
+        stop_tx,
+    })
 }
 
 /// The routes of the config file.

@@ -50,6 +50,17 @@ enum AdminCommand {
     /// The mesh CA.
     #[command(subcommand)]
     Ca(CaCmd),
+    /// The admin token.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Replace the admin token: the old one stops working at once. With
+    /// --state the new one is written to <state>/admin.token (0600),
+    /// otherwise it is printed once.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -402,6 +413,25 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                     e.outcome,
                     e.detail
                 );
+            }
+        }
+        AdminCommand::Token(TokenCmd::Rotate) => {
+            let t = api.rotate_admin_token().await?;
+            match &a.state {
+                Some(s) => {
+                    let file = s.join("admin.token");
+                    gatehouse_control::ca::write_private(&file, &format!("{}\n", t.token))
+                        .with_context(|| {
+                            format!(
+                                "the old token is revoked; the new one could not be written to {} and is: {}",
+                                file.display(),
+                                t.token
+                            )
+                        })?;
+                    println!("admin token replaced; the new one is in {}", file.display());
+                }
+                None if a.json => return print_json(&t),
+                None => println!("{}", t.token),
             }
         }
         AdminCommand::Oauth(OauthCmd::Token { .. }) | AdminCommand::Ca(CaCmd::Export) => {}

@@ -5,7 +5,12 @@ use tracing_subscriber::EnvFilter;
 /// Structured logs on stderr: JSON when `GATEHOUSE_LOG_FORMAT=json`, text
 /// otherwise; the level comes from `RUST_LOG` (default `info`).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_default("info");
+}
+
+/// [`init`] with another default level (when `RUST_LOG` is unset).
+pub fn init_default(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("GATEHOUSE_LOG_FORMAT").is_ok_and(|v| v == "json");
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -18,6 +18,7 @@ mod reach_cmd;
 mod render_cmd;
 mod stack_input;
 mod tunnel_cmd;
+mod up_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -59,6 +60,10 @@ enum Command {
     Operator(operator_cmd::OperatorCommand),
     /// Report the seed's traps that apply to a cluster (manifests, or --cluster).
     Doctor(doctor_cmd::DoctorArgs),
+    /// Run a whole network on this machine from gatehouse.yaml (default: the built-in demo).
+    Up(up_cmd::UpArgs),
+    /// Services of a running `gatehouse up` (or of a control server): URLs, certificates, proxies, tunnel, who may reach them.
+    Status(up_cmd::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,13 +80,41 @@ fn main() -> ExitCode {
         Command::Render(args) => render_cmd::run(args),
         Command::Operator(cmd) => operator_cmd::run(cmd),
         Command::Doctor(args) => doctor_cmd::run(args),
+        // Many components in one process: their warnings only, unless RUST_LOG says otherwise.
+        Command::Up(a) => run_async_logged("warn,gatehouse_up=info", up_cmd::up(a)),
+        Command::Status(a) => match run_async_code(up_cmd::status(a)) {
+            Ok(code) => code,
+            Err(code) => code,
+        },
     }
+}
+
+/// Runs an async command that chooses its exit code; errors exit 2.
+fn run_async_code(
+    fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> Result<ExitCode, ExitCode> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| {
+        eprintln!("error: starting the runtime: {e}");
+        ExitCode::from(2)
+    })?;
+    rt.block_on(fut).map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(2)
+    })
 }
 
 /// Runs an async command on a multi-threaded runtime with logging; errors
 /// exit 1.
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    logging::init();
+    run_async_logged("info", fut)
+}
+
+/// [`run_async`] with another default log level.
+fn run_async_logged(
+    default_log: &str,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    logging::init_default(default_log);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -2,10 +2,10 @@
 //! its local socket (`status`, `ping`, `down`).
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
-use gatehouse_node::NodeConfig;
+use clap::{Args, Subcommand, ValueEnum};
 use gatehouse_node::api::{self, ApiRequest, ApiResponse, NodeStatus};
 use gatehouse_node::serve::route::{Route, parse_route};
+use gatehouse_node::{NodeConfig, PlaneKind};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -75,9 +75,28 @@ pub struct UpArgs {
     /// Prometheus metrics, /healthz and /readyz, e.g. 127.0.0.1:9100.
     #[arg(long)]
     metrics: Option<SocketAddr>,
-    /// Local address of the data plane (announced to control as the endpoint).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
+    /// Local address of the data plane, announced to control as the node's endpoint(s):
+    /// the mesh's UDP socket (default 0.0.0.0:0: every interface, any port) or the
+    /// loopback plane's TCP listener (default 127.0.0.1:0).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The data plane: `mesh` (WireGuard, user-space TCP/IP, no privileges) or
+    /// `loopback` (kernel TCP with mutual TLS between nodes on one machine).
+    #[arg(long, value_enum, default_value_t = DataPlane::Mesh)]
+    data_plane: DataPlane,
+    /// Root only: carry the mesh through a TUN device (default name gatehouse0) and the
+    /// kernel's TCP/IP instead of the user-space stack; ordinary programs reach mesh
+    /// addresses directly.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "gatehouse0")]
+    tun: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DataPlane {
+    /// WireGuard mesh.
+    Mesh,
+    /// Kernel TCP + mutual TLS, one machine.
+    Loopback,
 }
 
 pub async fn run(cmd: NodeCommand) -> Result<()> {
@@ -107,7 +126,16 @@ async fn up(a: UpArgs) -> Result<()> {
     cfg.socks5 = a.socks5;
     cfg.dns = a.dns;
     cfg.metrics = a.metrics;
-    cfg.listen = a.listen;
+    cfg.plane = match (a.data_plane, a.tun) {
+        (DataPlane::Mesh, None) => PlaneKind::Mesh,
+        (DataPlane::Mesh, Some(name)) => PlaneKind::MeshTun(name),
+        (DataPlane::Loopback, None) => PlaneKind::Loopback,
+        (DataPlane::Loopback, Some(_)) => bail!("--tun needs the mesh data plane"),
+    };
+    cfg.listen = a.listen.unwrap_or_else(|| match cfg.plane {
+        PlaneKind::Loopback => SocketAddr::from(([127, 0, 0, 1], 0)),
+        _ => SocketAddr::from(([0, 0, 0, 0], 0)),
+    });
     let node = gatehouse_node::start(cfg)
         .await
         .context("starting the node")?;
@@ -126,6 +154,7 @@ async fn up(a: UpArgs) -> Result<()> {
     if let Some(m) = node.bound.metrics {
         println!("  metrics      http://{m}/metrics");
     }
+    println!("  data plane   {}", plane_line(&node.status().plane));
     println!("  state        {}", a.state.display());
     tokio::select! {
         r = node.ready() => {
@@ -184,6 +213,21 @@ fn owner(user: &Option<String>, tags: &[String]) -> String {
     }
 }
 
+/// `mesh on 0.0.0.0:41641, key AbC…=`, `mesh (TUN gatehouse0) on …`,
+/// `loopback on 127.0.0.1:40000`.
+fn plane_line(p: &api::PlaneSummary) -> String {
+    let listen: Vec<String> = p.listen.iter().map(ToString::to_string).collect();
+    let mut s = p.kind.clone();
+    if let Some(t) = &p.tun {
+        s.push_str(&format!(" (TUN {t})"));
+    }
+    s.push_str(&format!(" on {}", listen.join(", ")));
+    if let Some(k) = &p.public_key {
+        s.push_str(&format!(", key {k}"));
+    }
+    s
+}
+
 fn print_status(st: &NodeStatus) {
     let addrs: Vec<String> = st.addresses.iter().map(ToString::to_string).collect();
     println!(
@@ -211,11 +255,9 @@ fn print_status(st: &NodeStatus) {
             cert.renewals
         );
     }
-    let listen: Vec<String> = st.plane.listen.iter().map(ToString::to_string).collect();
     println!(
-        "data plane    {} on {} ({} refused)",
-        st.plane.kind,
-        listen.join(", "),
+        "data plane    {} ({} refused)",
+        plane_line(&st.plane),
         st.plane.refused
     );
     for r in &st.serve {

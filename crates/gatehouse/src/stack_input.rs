@@ -20,7 +20,8 @@ pub fn load_stack(path: Option<&Path>) -> Result<Stack> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let cfg = StackConfig::parse(&text).map_err(|e| anyhow!("{}: {e}", p.display()))?;
+            let cfg = StackConfig::parse(&text)
+                .map_err(|e| anyhow!("{}", e.located(&p.display().to_string())))?;
             let base = p
                 .parent()
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf);

@@ -100,6 +100,8 @@ fn control_prints_how_to_reach_it_and_admin_drives_it() {
                 & 0o777;
             assert_eq!(mode, 0o600, "{f}");
         }
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the state directory holds control.db");
     }
 
     let (code, out, err) = admin(&state, &["users", "add", "alice@example.com"]);
@@ -162,4 +164,38 @@ fn control_prints_how_to_reach_it_and_admin_drives_it() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("pinned hash"));
+
+    // Rotating the admin token: the old one is refused at once, the new one
+    // (written to the state directory, 0600) works, and it is audited.
+    let old = std::fs::read_to_string(state.join("admin.token")).unwrap();
+    let (code, out, err) = admin(&state, &["token", "rotate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let new = std::fs::read_to_string(state.join("admin.token")).unwrap();
+    assert_ne!(old.trim(), new.trim());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let with_token = |t: &str| {
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["admin", "--control", join.trim(), "--token", t.trim()])
+            .args(["users", "list"])
+            .output()
+            .unwrap()
+    };
+    let refused = with_token(&old);
+    assert_eq!(refused.status.code(), Some(1));
+    let accepted = with_token(&new);
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    let (_, out, _) = admin(&state, &["audit"]);
+    assert!(out.contains("admin.rotate"), "{out}");
 }

@@ -81,19 +81,55 @@ fn every_runnable_block_in_the_docs_runs() {
         let scratch = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(root().join("examples"), scratch.path().join("examples"))
             .unwrap();
-        let out = Command::new("bash")
-            .args(["-euo", "pipefail", "-c", &script])
-            .current_dir(scratch.path())
-            .env("PATH", &path)
-            .output()
-            .unwrap();
+        let (ok, stdout, stderr) = run_block(&script, scratch.path(), &path);
         assert!(
-            out.status.success(),
-            "{}:{line}: block failed ({:?})\n--- script\n{script}--- stdout\n{}--- stderr\n{}",
+            ok,
+            "{}:{line}: block failed\n--- script\n{script}--- stdout\n{stdout}--- stderr\n{stderr}",
             file.display(),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
         );
     }
 }
+
+/// Runs one block with bash in its own process group, output to files (a
+/// background process a block leaves behind cannot hold a pipe open), with a
+/// deadline. Whatever the group still runs afterwards is killed.
+fn run_block(script: &str, dir: &Path, path: &str) -> (bool, String, String) {
+    use std::os::unix::process::CommandExt;
+    let (out, err) = (dir.join(".block.out"), dir.join(".block.err"));
+    let mut child = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir)
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + BLOCK_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > end {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.wait();
+    let mut stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    if status.is_none() {
+        stderr += &format!("\n(still running after {BLOCK_DEADLINE:?}: killed)\n");
+    }
+    (
+        status.is_some_and(|s| s.success()),
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        stderr,
+    )
+}
+
+/// How long one block may run.
+const BLOCK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);

@@ -1,7 +1,9 @@
 //! `gatehouse node` as a user runs it: two nodes as child processes of the
-//! binary (blog serving a local backend, laptop with a SOCKS5 proxy), control
-//! in-process, `status`, `ping` and `down` over the local socket, real curl
-//! through the proxy, and a restart that reuses the saved identity.
+//! binary on the default data plane (the WireGuard mesh, UDP on every
+//! interface; blog serving a local backend, laptop with a SOCKS5 proxy),
+//! control in-process, `status`, `ping` and `down` over the local socket,
+//! real curl through the proxy, and a restart that reuses the saved identity
+//! and WireGuard key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -171,25 +173,42 @@ async fn node_up_status_ping_down_and_restart() {
     ])
     .await;
 
-    // status: text and JSON; wait until laptop knows blog's endpoint.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let st = loop {
+    // status: text and JSON; wait until laptop knows blog's endpoints.
+    let st = gatehouse_testkit::wait_for("laptop knows blog's endpoints", DEADLINE, || async {
         let st = status_json(&laptop_state).await;
-        if st["peers"][0]["endpoints"]
+        st["peers"][0]["endpoints"]
             .as_array()
             .is_some_and(|e| !e.is_empty())
-        {
-            break st;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no endpoint: {st}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+            .then_some(st)
+    })
+    .await;
     assert_eq!(st["ready"], true);
     assert_eq!(st["peers"][0]["name"], "blog");
+    // The mesh data plane on every interface: the endpoints announced are
+    // the UDP socket's port on the host's addresses (loopback among them).
+    assert_eq!(st["plane"]["kind"], "mesh");
+    let blog_st = status_json(&blog_state).await;
+    let blog_port = blog_st["plane"]["listen"][0]
+        .as_str()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap();
+    assert!(blog_port.ip().is_unspecified(), "{blog_st}");
+    let announced: Vec<std::net::SocketAddr> =
+        serde_json::from_value(st["peers"][0]["endpoints"].clone()).unwrap();
+    assert!(
+        announced.contains(&std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            blog_port.port()
+        ))),
+        "{announced:?}"
+    );
+    let wg_key = blog_st["plane"]["public_key"].as_str().unwrap().to_string();
     let (text, _, code) = cli(&["node", "status", "--state", laptop_state.to_str().unwrap()]).await;
     assert_eq!(code, 0);
     assert!(text.contains("laptop.test.gatehouse.internal"), "{text}");
     assert!(text.contains("alice@example.com"), "{text}");
+    assert!(text.contains("data plane    mesh on 0.0.0.0:"), "{text}");
     let blog_line = text.lines().find(|l| l.starts_with("blog ")).unwrap();
     assert!(blog_line.contains("tag:web"), "{text}");
     assert!(
@@ -211,6 +230,9 @@ async fn node_up_status_ping_down_and_restart() {
         out.starts_with("pong from blog.test.gatehouse.internal (100.64."),
         "{out}"
     );
+    // It went through WireGuard: laptop and blog completed a handshake.
+    let st = status_json(&laptop_state).await;
+    assert!(st["peers"][0]["path"]["last_handshake"].is_i64(), "{st}");
     let (_, err, code) = cli(&[
         "node",
         "ping",
@@ -266,8 +288,23 @@ async fn node_up_status_ping_down_and_restart() {
         &route,
     ])
     .await;
-    assert_eq!(status_json(&blog_state).await["node_id"], blog_id);
+    let st = status_json(&blog_state).await;
+    assert_eq!(st["node_id"], blog_id);
+    assert_eq!(st["plane"]["public_key"], wg_key.as_str());
     assert_eq!(control.admin.nodes().await.unwrap().len(), 2);
+    // laptop reaches the restarted blog (new UDP port, same key) and pings it.
+    gatehouse_testkit::wait_for("laptop pings the restarted blog", DEADLINE, || async {
+        let (_, _, code) = cli(&[
+            "node",
+            "ping",
+            "--state",
+            laptop_state.to_str().unwrap(),
+            "blog",
+        ])
+        .await;
+        (code == 0).then_some(())
+    })
+    .await;
     drop(blog);
     drop(laptop);
 }

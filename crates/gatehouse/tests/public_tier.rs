@@ -62,10 +62,13 @@ async fn routing_and_headers(s: &Stack) {
         let n = metric(&text, "gatehouse_connector_requests_total").unwrap();
         assert!(n >= 1.0, "connector {i} served no request: {text}");
     }
-    // Forwarded headers, client IP, request id shared with the response and both logs.
+    // Forwarded headers, client IP, request id shared with the response and
+    // both logs; identity headers forged by the client never reach the origin.
     let out = s
         .curl()
         .args(["-D", "-"])
+        .args(["-H", "Gatehouse-User-Login: alice@example.com"])
+        .args(["-H", "gatehouse-client-ip: 192.0.2.66"])
         .arg(s.url("app.test", "/who"))
         .output()
         .await
@@ -74,6 +77,7 @@ async fn routing_and_headers(s: &Stack) {
     assert!(text.contains("x-forwarded-proto=https\n"), "{text}");
     assert!(text.contains("x-forwarded-for=127.0.0.1\n"), "{text}");
     assert!(text.contains("client-ip=127.0.0.1\n"), "{text}");
+    assert!(text.contains("user-login=\n"), "{text}");
     assert!(
         text.contains(&format!("x-forwarded-host=app.test:{}\n", s.https.port())),
         "{text}"

@@ -11,6 +11,7 @@
 //! clock those never fire, and the core's retry timer still recovers lost
 //! handshakes (`docs/decisions/0012-mesh-data-plane.md`).
 
+use crate::echo;
 use crate::filter::{CompiledFilter, FilterCounters, FlowTable};
 use crate::packet;
 use crate::path::{Path, PathSet};
@@ -39,6 +40,12 @@ const HANDSHAKE_RATE: u64 = 100;
 pub const WG_OVERHEAD: usize = 32;
 /// Handshake initiation size, the smallest buffer boringtun writes into.
 const MIN_WG_BUF: usize = 148;
+/// A ping without an answer for this long is forgotten.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pings waiting for an answer at most.
+const MAX_PINGS: usize = 1024;
+/// What a ping request carries after its header.
+const PING_DATA: &[u8] = b"gatehouse mesh ping";
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +68,31 @@ pub enum Event {
         /// The path the handshake completed on.
         path: Path,
     },
+    /// The answer to a [`Core::ping`] arrived.
+    Pong {
+        /// Peer id.
+        peer: String,
+        /// The address pinged.
+        addr: IpAddr,
+        /// The sequence number [`Core::ping`] returned.
+        seq: u16,
+        /// Round-trip time on the core's clock.
+        rtt: Duration,
+    },
+}
+
+/// Why a ping could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PingError {
+    /// No peer has the address.
+    #[error("no peer has the address {0}")]
+    NoRoute(IpAddr),
+    /// This node has no address of the same family to send from.
+    #[error("no mesh address of the family of {0}")]
+    NoSource(IpAddr),
+    /// Too many pings wait for an answer.
+    #[error("too many pings in flight")]
+    Busy,
 }
 
 /// Why the core could not start.
@@ -84,6 +116,8 @@ pub struct CoreCounters {
     pub bad_outbound: u64,
     /// Handshakes completed.
     pub handshakes: u64,
+    /// Echo requests from peers answered by the core itself.
+    pub echo_answered: u64,
 }
 
 /// One peer's state, as reported by [`Core::peers`].
@@ -107,6 +141,8 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Bytes of IP packets received from it (before filtering).
     pub rx_bytes: u64,
+    /// Connection attempts (TCP SYNs) from it that the filter dropped.
+    pub denied_syn: u64,
 }
 
 struct PeerState {
@@ -123,6 +159,7 @@ struct PeerState {
     last_handshake: Option<Instant>,
     tx_bytes: u64,
     rx_bytes: u64,
+    denied_syn: u64,
 }
 
 impl std::fmt::Debug for PeerState {
@@ -154,6 +191,11 @@ pub struct Core {
     next_tick: Option<Instant>,
     next_second: Option<Instant>,
     now: Instant,
+    /// Identifier of this node's ping requests.
+    ping_id: u16,
+    next_ping_seq: u16,
+    /// Pings waiting for an answer: (address, sequence) → when sent.
+    pings: HashMap<(IpAddr, u16), Instant>,
 }
 
 impl std::fmt::Debug for Core {
@@ -186,7 +228,12 @@ impl Core {
         }
         let private = StaticSecret::from(private_key);
         let public = PublicKey::from(&private);
+        // Derived from the key: stable for the node, different between nodes.
+        let ping_id = u16::from_be_bytes([public.as_bytes()[0], public.as_bytes()[1]]);
         Ok(Core {
+            ping_id,
+            next_ping_seq: 0,
+            pings: HashMap::new(),
             limiter: RateLimiter::new(&public, HANDSHAKE_RATE),
             private,
             public,
@@ -231,6 +278,7 @@ impl Core {
                 None => tracing::warn!(peer = %p.id, "peer has an invalid WireGuard key; skipped"),
             }
         }
+        let mut rehandshake = Vec::new();
         let gone: Vec<u32> = self
             .by_key
             .iter()
@@ -272,6 +320,7 @@ impl Core {
                             last_handshake: None,
                             tx_bytes: 0,
                             rx_bytes: 0,
+                            denied_syn: 0,
                         },
                     );
                     self.by_key.insert(key, idx);
@@ -282,8 +331,33 @@ impl Core {
                 st.id.clone_from(&p.id);
                 st.name.clone_from(&p.name);
                 st.addresses.clone_from(&p.addresses);
+                let before = st.paths.candidates().to_vec();
                 st.paths
                     .set_candidates(p.endpoints.iter().map(|e| Path::Direct(*e)).collect());
+                if st.last_handshake.is_some()
+                    && !st.paths.candidates().is_empty()
+                    && st.paths.candidates() != before.as_slice()
+                {
+                    rehandshake.push(idx);
+                }
+            }
+        }
+        // A peer that announces new endpoints may have restarted and lost
+        // its sessions: a fresh handshake (on every candidate) finds out at
+        // once instead of after WireGuard's 15 s without an answer. For a
+        // peer that merely moved, it is an early rekey.
+        rehandshake.sort_unstable();
+        for idx in rehandshake {
+            let Some(peer) = self.peers.get_mut(&idx) else {
+                continue;
+            };
+            let mut out = vec![0u8; MIN_WG_BUF];
+            if let TunnResult::WriteToNetwork(p) =
+                peer.tunn.format_handshake_initiation(&mut out, true)
+            {
+                let len = p.len();
+                out.truncate(len);
+                self.send(idx, out, now);
             }
         }
         self.by_ip = self
@@ -362,7 +436,7 @@ impl Core {
                 self.counters.filter.spoofed += 1;
                 return;
             }
-            self.inbound(out, now);
+            self.inbound(idx, out, now);
         }
     }
 
@@ -399,21 +473,25 @@ impl Core {
         }
     }
 
-    /// A decrypted packet from a peer: checked against this node's addresses
-    /// and the filter.
-    fn inbound(&mut self, packet: Vec<u8>, now: Instant) {
-        let f = &mut self.counters.filter;
+    /// A decrypted packet from peer `idx`: checked against this node's
+    /// addresses, then echo messages are handled here, everything else by
+    /// the filter.
+    fn inbound(&mut self, idx: u32, packet: Vec<u8>, now: Instant) {
         let info = match packet::parse(&packet) {
             Ok(i) => i,
             Err(_) => {
-                f.malformed += 1;
+                self.counters.filter.malformed += 1;
                 return;
             }
         };
         if !self.addresses.contains(&info.dst) {
-            f.not_local += 1;
+            self.counters.filter.not_local += 1;
             return;
         }
+        if (info.is_echo_request() || info.is_echo_reply()) && self.echo(idx, &packet, now) {
+            return;
+        }
+        let f = &mut self.counters.filter;
         // Later fragments carry no ports: the filter cannot judge them, and
         // the stacks do not reassemble; they are dropped as denied.
         if !info.later_fragment
@@ -428,11 +506,88 @@ impl Core {
             f.denied += 1;
             if info.is_tcp_syn() {
                 f.denied_syn += 1;
+                if let Some(p) = self.peers.get_mut(&idx) {
+                    p.denied_syn += 1;
+                }
             }
             tracing::debug!(src = %info.src, dst = %info.dst, proto = info.proto, port = info.dst_port, "filter: denied");
             return;
         }
         self.events.push_back(Event::Packet(packet));
+    }
+
+    /// Echo messages the core handles itself (`docs/decisions/0021`):
+    /// a request to this node is answered whatever the filter says (it
+    /// reaches no stack or application, and only peers can send it); the
+    /// answer to one of this node's pings becomes [`Event::Pong`]. Returns
+    /// whether the packet was consumed; other echo messages (answers to
+    /// pings of the kernel's, in TUN mode) go on to the filter.
+    fn echo(&mut self, idx: u32, packet: &[u8], now: Instant) -> bool {
+        let Some(e) = echo::parse(packet) else {
+            return false;
+        };
+        if e.request {
+            self.counters.echo_answered += 1;
+            let reply = e.reply();
+            self.encapsulate_to(idx, &reply, now);
+            return true;
+        }
+        if e.id != self.ping_id {
+            return false;
+        }
+        let Some(sent) = self.pings.remove(&(e.src, e.seq)) else {
+            return false;
+        };
+        let peer = self
+            .peers
+            .get(&idx)
+            .map(|p| p.id.clone())
+            .unwrap_or_default();
+        self.events.push_back(Event::Pong {
+            peer,
+            addr: e.src,
+            seq: e.seq,
+            rtt: now.saturating_duration_since(sent),
+        });
+        true
+    }
+
+    /// Sends an echo request to a peer's address through its session (a
+    /// handshake first if there is none). Its answer comes as
+    /// [`Event::Pong`] with the sequence number returned here; a ping
+    /// without an answer is forgotten after [`PING_TIMEOUT`]. The peer's
+    /// data plane answers it whatever its filter allows.
+    pub fn ping(&mut self, dst: IpAddr, now: Instant) -> Result<u16, PingError> {
+        self.now = now;
+        let idx = self
+            .by_ip
+            .get(&dst)
+            .copied()
+            .ok_or(PingError::NoRoute(dst))?;
+        let src = self
+            .addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == dst.is_ipv4())
+            .ok_or(PingError::NoSource(dst))?;
+        if self.pings.len() >= MAX_PINGS {
+            return Err(PingError::Busy);
+        }
+        // At most MAX_PINGS sequence numbers are taken: a free one is near.
+        let mut seq = self.next_ping_seq;
+        while self.pings.contains_key(&(dst, seq)) {
+            seq = seq.wrapping_add(1);
+        }
+        self.next_ping_seq = seq.wrapping_add(1);
+        self.pings.insert((dst, seq), now);
+        let request = echo::build(src, dst, true, self.ping_id, seq, PING_DATA);
+        self.encapsulate_to(idx, &request, now);
+        Ok(seq)
+    }
+
+    /// Pings waiting for an answer.
+    pub fn pings_in_flight(&self) -> usize {
+        self.pings.len()
     }
 
     /// An IP packet from the local stack, for a peer.
@@ -450,6 +605,11 @@ impl Core {
             return;
         };
         self.flows.outbound(&info, now);
+        self.encapsulate_to(idx, packet, now);
+    }
+
+    /// Encrypts an IP packet for peer `idx` and queues it.
+    fn encapsulate_to(&mut self, idx: u32, packet: &[u8], now: Instant) {
         let Some(peer) = self.peers.get_mut(&idx) else {
             return;
         };
@@ -513,6 +673,8 @@ impl Core {
         if self.next_second.is_some_and(|t| t <= now) {
             self.limiter.reset_count();
             self.flows.expire(now);
+            self.pings
+                .retain(|_, sent| now.saturating_duration_since(*sent) < PING_TIMEOUT);
             self.next_second = Some(now + Duration::from_secs(1));
         }
         if self.next_tick.is_none_or(|t| t > now) {
@@ -598,6 +760,7 @@ impl Core {
                 last_handshake: p.last_handshake,
                 tx_bytes: p.tx_bytes,
                 rx_bytes: p.rx_bytes,
+                denied_syn: p.denied_syn,
             })
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));

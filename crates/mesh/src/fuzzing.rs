@@ -84,3 +84,21 @@ pub fn datagram(data: &[u8]) {
     while core.poll_transmit().is_some() {}
     while core.poll_event().is_some() {}
 }
+
+/// An echo message from a peer: the parser, and the answer the core would
+/// send (which must parse back to the same identifier, sequence and data,
+/// addresses swapped, with a valid checksum).
+pub fn echo(data: &[u8]) {
+    let Some(e) = crate::echo::parse(data) else {
+        return;
+    };
+    let reply = e.reply();
+    assert!(crate::echo::checksum_ok(&reply));
+    let Some(r) = crate::echo::parse(&reply) else {
+        panic!("the reply to {e:?} does not parse");
+    };
+    assert_eq!(
+        (r.src, r.dst, r.request, r.id, r.seq, r.data),
+        (e.dst, e.src, false, e.id, e.seq, e.data)
+    );
+}

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod core;
+pub mod echo;
 pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -32,7 +33,8 @@ pub mod tun;
 pub mod udp;
 
 pub use crate::core::{
-    Core, CoreCounters, CoreError, Event, HANDSHAKE_RETRY, PeerStatus, TICK, Transmit, WG_OVERHEAD,
+    Core, CoreCounters, CoreError, Event, HANDSHAKE_RETRY, PING_TIMEOUT, PeerStatus, PingError,
+    TICK, Transmit, WG_OVERHEAD,
 };
 pub use crate::filter::{CompiledFilter, FilterCounters};
 pub use crate::path::{Path, PathSet};

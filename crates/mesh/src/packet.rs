@@ -67,6 +67,8 @@ pub struct PacketInfo {
     pub later_fragment: bool,
     /// Length of the packet as its header states it (may be below the buffer).
     pub len: usize,
+    /// Offset of the transport header (after IPv6 extension headers).
+    pub transport: usize,
 }
 
 impl PacketInfo {
@@ -138,6 +140,7 @@ fn parse_v4(p: &[u8]) -> Result<PacketInfo, PacketError> {
         icmp_type: 0,
         later_fragment,
         len: total,
+        transport: ihl,
     };
     if !later_fragment {
         transport(&mut info, &p[ihl..total])?;
@@ -200,6 +203,7 @@ fn parse_v6(p: &[u8]) -> Result<PacketInfo, PacketError> {
         icmp_type: 0,
         later_fragment,
         len: total,
+        transport: at,
     };
     if !later_fragment {
         transport(&mut info, &p[at..total])?;

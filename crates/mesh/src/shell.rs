@@ -3,19 +3,20 @@
 //! shards that have work, and sleeps until the next datagram, wake-up or
 //! timer.
 
-use crate::core::{Core, CoreCounters, Event, PeerStatus, Transmit};
+use crate::core::{Core, CoreCounters, Event, PING_TIMEOUT, PeerStatus, PingError, Transmit};
 use crate::path::Path;
 use crate::stack::{Accepted, MeshStream, Stack, Wake};
 use crate::udp::Udp;
 use crate::{MeshConfig, MeshError, Mode};
 use gatehouse_policy::NodeFilter;
 use gatehouse_proto::control::Peer;
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Datagrams read before the driver processes them.
@@ -51,12 +52,17 @@ pub struct MeshStatus {
     pub sockets: usize,
 }
 
+/// Callers of [`Mesh::ping`] waiting for their answer, by address and
+/// sequence number.
+type Pongs = Mutex<HashMap<(IpAddr, u16), oneshot::Sender<Duration>>>;
+
 struct Shared {
     core: Mutex<Core>,
     stack: Option<Stack>,
     wake: Arc<Wake>,
     listen: SocketAddr,
     addresses: Vec<IpAddr>,
+    pongs: Pongs,
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -68,7 +74,7 @@ pub struct Mesh {
     shared: Arc<Shared>,
     accept: tokio::sync::Mutex<mpsc::Receiver<MeshConnection>>,
     stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -121,6 +127,7 @@ impl Mesh {
             wake,
             listen,
             addresses: cfg.addresses.clone(),
+            pongs: Mutex::new(HashMap::new()),
         });
         let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_BACKLOG);
         let (stop, stop_rx) = watch::channel(false);
@@ -139,7 +146,7 @@ impl Mesh {
             shared,
             accept: tokio::sync::Mutex::new(accept_rx),
             stop,
-            task: Some(task),
+            task: Mutex::new(Some(task)),
         })
     }
 
@@ -189,6 +196,49 @@ impl Mesh {
         }
     }
 
+    /// A round trip to a peer's mesh address through its WireGuard
+    /// session: an echo request that the peer's data plane answers itself
+    /// (in either mode, whatever its filter allows: it reaches no
+    /// application). Fails with `HostUnreachable` for an address of no peer,
+    /// `TimedOut` after [`PING_TIMEOUT`] without an answer.
+    pub async fn ping(&self, dst: IpAddr) -> io::Result<Duration> {
+        let (seq, rx) = {
+            let mut core = lock(&self.shared.core);
+            let seq = core.ping(dst, Instant::now()).map_err(|e| {
+                let kind = match e {
+                    PingError::NoRoute(_) => io::ErrorKind::HostUnreachable,
+                    PingError::NoSource(_) => io::ErrorKind::AddrNotAvailable,
+                    PingError::Busy => io::ErrorKind::WouldBlock,
+                };
+                io::Error::new(kind, e)
+            })?;
+            // Registered before the core lock is released: the driver, which
+            // reports answers, cannot see this one first.
+            let (tx, rx) = oneshot::channel();
+            self.pongs().insert((dst, seq), tx);
+            (seq, rx)
+        };
+        self.shared.wake.notify.notify_one();
+        match tokio::time::timeout(PING_TIMEOUT, rx).await {
+            Ok(Ok(rtt)) => Ok(rtt),
+            Ok(Err(_)) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the data plane stopped",
+            )),
+            Err(_) => {
+                self.pongs().remove(&(dst, seq));
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer from {dst}"),
+                ))
+            }
+        }
+    }
+
+    fn pongs(&self) -> MutexGuard<'_, HashMap<(IpAddr, u16), oneshot::Sender<Duration>>> {
+        self.shared.pongs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Local UDP endpoints to announce to control: the socket's address, or
     /// when it is bound to every address, the host's interface addresses
     /// (loopback included, mesh addresses and link-local IPv6 excluded).
@@ -229,11 +279,19 @@ impl Mesh {
     }
 
     /// Stops the driver; open streams are reset (reads end, writes fail).
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
+        self.close().await;
+    }
+
+    /// [`Mesh::shutdown`] for a shared mesh: stops the driver and waits for
+    /// it; [`Mesh::accept`] then returns `None` and the other calls fail.
+    pub async fn close(&self) {
         let _ = self.stop.send(true);
-        if let Some(t) = self.task.take() {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = task {
             let _ = t.await;
         }
+        self.pongs().clear();
     }
 }
 
@@ -359,6 +417,7 @@ impl Driver {
         let mut out = Vec::new();
         let mut accepted: Vec<Accepted> = Vec::new();
         let mut to_tun = Vec::new();
+        let mut pongs = Vec::new();
         loop {
             let mut busy = false;
             {
@@ -373,6 +432,15 @@ impl Driver {
                         Event::SessionUp { peer, path } => {
                             tracing::debug!(%peer, %path, "session up");
                         }
+                        Event::Pong { addr, seq, rtt, .. } => pongs.push((addr, seq, rtt)),
+                    }
+                }
+            }
+            if !pongs.is_empty() {
+                let mut waiting = self.shared.pongs.lock().unwrap_or_else(|e| e.into_inner());
+                for (addr, seq, rtt) in pongs.drain(..) {
+                    if let Some(tx) = waiting.remove(&(addr, seq)) {
+                        let _ = tx.send(rtt);
                     }
                 }
             }

@@ -6,6 +6,7 @@
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use gatehouse_mesh::echo;
 use gatehouse_mesh::fuzzing::{self, NODE_IP, NODE_KEY, PEER_IP, PEER_KEY};
 use gatehouse_mesh::packet::{build, tcp_flags};
 use std::path::{Path, PathBuf};
@@ -103,6 +104,27 @@ fn write_seeds() {
     for (n, p) in &datagrams {
         std::fs::write(dir("mesh_datagram").join(n), p).unwrap();
     }
+    let mut bad_code = echo::build(PEER_IP, NODE_IP, true, 1, 1, b"");
+    bad_code[21] = 1;
+    let echoes: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "request4",
+            echo::build(PEER_IP, NODE_IP, true, 0x4242, 1, b"ping data"),
+        ),
+        ("reply6", echo::build(v6a, v6b, false, 7, 65535, b"")),
+        ("request6", echo::build(v6a, v6b, true, 7, 2, &[0xee; 56])),
+        ("bad-code", bad_code),
+        ("ext-header-v6", {
+            let mut t = vec![58u8, 0, 0, 0, 0, 0, 0, 0];
+            t.extend_from_slice(&echo::build(v6a, v6b, true, 3, 3, b"x")[40..]);
+            build::ip(v6a, v6b, 60, &t)
+        }),
+        ("not-echo", build::udp(PEER_IP, NODE_IP, 1, 2, b"x")),
+    ];
+    std::fs::create_dir_all(dir("mesh_echo")).unwrap();
+    for (n, p) in &echoes {
+        std::fs::write(dir("mesh_echo").join(n), p).unwrap();
+    }
 }
 
 #[test]
@@ -116,5 +138,12 @@ fn packet_corpus() {
 fn datagram_corpus() {
     for b in corpus("mesh_datagram") {
         fuzzing::datagram(&b);
+    }
+}
+
+#[test]
+fn echo_corpus() {
+    for b in corpus("mesh_echo") {
+        fuzzing::echo(&b);
     }
 }

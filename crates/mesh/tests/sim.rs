@@ -45,6 +45,8 @@ struct SimNode {
     core: Core,
     addr: SocketAddr,
     delivered: Vec<Vec<u8>>,
+    /// Answers to this node's pings: (address, sequence, round trip).
+    pongs: Vec<(std::net::IpAddr, u16, Duration)>,
 }
 
 type InFlight = Reverse<(Instant, u64, SocketAddr, SocketAddr, Vec<u8>)>;
@@ -83,6 +85,7 @@ impl Sim {
                 core,
                 addr: addrs[i],
                 delivered: Vec::new(),
+                pongs: Vec::new(),
             });
         }
         Sim {
@@ -125,8 +128,12 @@ impl Sim {
                 }
             }
             while let Some(ev) = self.nodes[i].core.poll_event() {
-                if let Event::Packet(p) = ev {
-                    self.nodes[i].delivered.push(p);
+                match ev {
+                    Event::Packet(p) => self.nodes[i].delivered.push(p),
+                    Event::Pong { addr, seq, rtt, .. } => {
+                        self.nodes[i].pongs.push((addr, seq, rtt))
+                    }
+                    _ => {}
                 }
             }
         }
@@ -378,4 +385,123 @@ fn nodes_with_ip(sim: &Sim, idx: usize, ip: std::net::IpAddr) -> gatehouse_proto
         .unwrap();
     p.addresses.push(ip);
     p
+}
+
+#[test]
+fn ping_is_answered_by_the_peers_data_plane_whatever_its_filter() {
+    let mut sim = Sim::new(&nodes(), 13);
+    let blog_ip = sim.nodes[1].core.addresses()[0];
+    let blog_v6 = sim.nodes[1].core.addresses()[1];
+    // bob's node may reach nothing on blog, yet blog's data plane answers.
+    let now = sim.now;
+    let first = sim.nodes[2].core.ping(blog_ip, now).unwrap();
+    sim.run_for(Duration::from_millis(200));
+    // Handshake (one round trip) then the echo (another).
+    assert_eq!(sim.nodes[2].pongs, vec![(blog_ip, first, LATENCY * 4)]);
+    let now = sim.now;
+    let second = sim.nodes[2].core.ping(blog_v6, now).unwrap();
+    assert_ne!(first, second);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.nodes[2].pongs[1], (blog_v6, second, LATENCY * 2));
+    let c = sim.nodes[1].core.counters();
+    assert_eq!(c.echo_answered, 2);
+    assert_eq!(
+        c.filter.accepted + c.filter.denied,
+        0,
+        "no echo went to the filter"
+    );
+    assert!(
+        sim.nodes[1].delivered.is_empty(),
+        "no echo reached the stack"
+    );
+    assert!(
+        sim.nodes[2].delivered.is_empty(),
+        "answers are consumed by the core"
+    );
+    assert_eq!(sim.nodes[2].core.pings_in_flight(), 0);
+
+    // No peer has the address; and an unanswered ping is forgotten.
+    let nobody: std::net::IpAddr = "100.64.9.9".parse().unwrap();
+    assert!(matches!(
+        sim.nodes[2].core.ping(nobody, now),
+        Err(gatehouse_mesh::PingError::NoRoute(_))
+    ));
+    sim.cond.loss = 100;
+    let now = sim.now;
+    sim.nodes[2].core.ping(blog_ip, now).unwrap();
+    sim.run_for(gatehouse_mesh::PING_TIMEOUT + Duration::from_secs(2));
+    assert_eq!(sim.nodes[2].pongs.len(), 2);
+    assert_eq!(sim.nodes[2].core.pings_in_flight(), 0);
+}
+
+#[test]
+fn echo_requests_are_answered_with_what_they_carried() {
+    let mut sim = Sim::new(&nodes(), 17);
+    let (laptop_ip, blog_ip) = (
+        sim.nodes[0].core.addresses()[0],
+        sim.nodes[1].core.addresses()[0],
+    );
+    // An ordinary echo request (as the kernel's ping sends in TUN mode).
+    let req = gatehouse_mesh::echo::build(laptop_ip, blog_ip, true, 4242, 3, b"payload");
+    let now = sim.now;
+    sim.nodes[0].core.handle_packet(&req, now);
+    sim.run_for(Duration::from_millis(200));
+    // Not one of the core's own pings: the answer goes to the stack (the
+    // flow laptop opened admits it).
+    assert_eq!(sim.nodes[0].delivered.len(), 1);
+    let reply = &sim.nodes[0].delivered[0];
+    assert!(gatehouse_mesh::echo::checksum_ok(reply));
+    let e = gatehouse_mesh::echo::parse(reply).unwrap();
+    assert_eq!(
+        (e.src, e.dst, e.request, e.id, e.seq, e.data),
+        (blog_ip, laptop_ip, false, 4242, 3, &b"payload"[..])
+    );
+    assert!(sim.nodes[0].pongs.is_empty());
+    assert_eq!(sim.nodes[0].core.counters().filter.replies, 1);
+}
+
+#[test]
+fn a_peer_that_restarts_on_a_new_endpoint_is_reached_at_once() {
+    let specs = nodes();
+    let mut sim = Sim::new(&specs, 19);
+    sim.send_udp(0, 1, 443, 0);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.seqs(1), vec![0]);
+    let handshakes = sim.nodes[0].core.counters().handshakes;
+
+    // blog restarts: same key, no sessions, a new UDP port; control tells
+    // laptop the new endpoint.
+    let moved = SocketAddr::from(([192, 0, 2, 2], 40001));
+    let now = sim.now;
+    let mut core = Core::new(specs[1].private_key, specs[1].addresses.clone(), now).unwrap();
+    let f = filters(POLICY, &specs);
+    core.set_peers(
+        &[
+            specs[0].peer(Some(sim.nodes[0].addr)),
+            specs[2].peer(Some(sim.nodes[2].addr)),
+        ],
+        now,
+    );
+    core.set_filter(&f[1]);
+    sim.nodes[1].core = core;
+    sim.nodes[1].addr = moved;
+    sim.nodes[1].delivered.clear();
+    let peers = vec![
+        specs[1].peer(Some(moved)),
+        specs[2].peer(Some(sim.nodes[2].addr)),
+    ];
+    sim.nodes[0].core.set_peers(&peers, now);
+
+    // Well within WireGuard's 15 s before it would try a new handshake.
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.nodes[0].core.counters().handshakes, handshakes + 1);
+    sim.send_udp(0, 1, 443, 1);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.seqs(1), vec![1]);
+
+    // The same map again changes nothing: no further handshake.
+    let now = sim.now;
+    sim.nodes[0].core.set_peers(&peers, now);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.nodes[0].core.counters().handshakes, handshakes + 1);
 }

@@ -248,3 +248,30 @@ async fn shutdown_ends_open_streams() {
         m.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn ping_round_trips_through_the_peers_data_plane() {
+    let nodes = world();
+    let meshes = start_all(POLICY, &nodes).await.unwrap();
+    let (laptop, grafana) = (&meshes[0], &meshes[2]);
+    // grafana's filter admits nothing from laptop; its data plane answers
+    // the ping all the same, on both address families.
+    for addr in &nodes[2].addresses {
+        let rtt = laptop.ping(*addr).await.unwrap();
+        assert!(rtt < DEADLINE, "{rtt:?}");
+    }
+    let c = grafana.status().counters;
+    assert_eq!(c.echo_answered, 2);
+    assert_eq!(c.filter.accepted, 0);
+    let e = laptop
+        .ping("100.64.0.99".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::HostUnreachable);
+
+    // A peer whose data plane is gone does not answer.
+    let blog_ip = nodes[1].ip();
+    meshes[1].close().await;
+    let e = laptop.ping(blog_ip).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+}

@@ -152,6 +152,12 @@ pub struct PlaneSummary {
     pub listen: Vec<SocketAddr>,
     /// Inbound connections refused.
     pub refused: u64,
+    /// The node's WireGuard public key (mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// The TUN device in use (mesh, TUN mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tun: Option<String>,
 }
 
 /// Why the local API could not be used.

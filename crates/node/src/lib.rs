@@ -6,8 +6,8 @@
 //! backends who is calling), a local SOCKS5 and HTTP CONNECT proxy into the
 //! mesh, and a resolver for mesh names. Applications take streams, not
 //! sockets; the data plane that carries them sits behind the [`DataPlane`]
-//! trait (the WireGuard data plane lives in its own crate; a kernel-TCP
-//! stand-in lives here). See `docs/node.md` and
+//! trait: the WireGuard data plane of `gatehouse-mesh` by default (a thin
+//! adapter lives here), or a kernel-TCP stand-in. See `docs/node.md` and
 //! `docs/decisions/0011-node-architecture.md`.
 
 #![forbid(unsafe_code)]
@@ -25,5 +25,7 @@ pub mod serve;
 pub mod socks;
 
 pub use netmap::{Caller, Lookup, MapView, Names, Netmap};
-pub use node::{Bound, NodeConfig, NodeError, PlaneInputs, RunningNode, start, start_with};
+pub use node::{
+    Bound, NodeConfig, NodeError, PlaneInputs, PlaneKind, RunningNode, start, start_with,
+};
 pub use plane::{Connection, DataPlane, Dial, PlaneStatus};

@@ -12,6 +12,7 @@ use crate::dns;
 use crate::metrics::{self, NodeMetrics};
 use crate::netmap::{MapView, Netmap};
 use crate::plane::loopback::{LoopbackConfig, LoopbackPlane};
+use crate::plane::mesh::{MeshPlane, MeshPlaneConfig};
 use crate::plane::{DataPlane, PlaneDialer};
 use crate::serve::{self, ServeConfig, ServeError, route::Route};
 use crate::socks::{self, ProxyContext, ProxyStats};
@@ -38,6 +39,21 @@ const RECONNECT_CAP: Duration = Duration::from_secs(30);
 /// keepalives every 25 seconds by default).
 const MAP_SILENCE: Duration = Duration::from_secs(90);
 
+/// Which data plane a node runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PlaneKind {
+    /// WireGuard (`gatehouse-mesh`) over one UDP socket, with user-space
+    /// TCP/IP: no privileges needed. The default.
+    #[default]
+    Mesh,
+    /// WireGuard with a TUN device of this name and the kernel's TCP/IP
+    /// (root).
+    MeshTun(String),
+    /// Kernel TCP with mutual TLS to the peers' announced endpoints
+    /// (`plane::loopback`): for tests of the layers above and comparisons.
+    Loopback,
+}
+
 /// How a node runs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -59,13 +75,16 @@ pub struct NodeConfig {
     pub dns: Option<SocketAddr>,
     /// Metrics and health address.
     pub metrics: Option<SocketAddr>,
-    /// The data plane's local address.
+    /// The data plane's local address (UDP for the mesh, TCP for
+    /// loopback), announced to control as the node's endpoint.
     pub listen: SocketAddr,
+    /// The data plane.
+    pub plane: PlaneKind,
 }
 
 impl NodeConfig {
-    /// Defaults for a state directory: nothing served, data plane on
-    /// `127.0.0.1:0`.
+    /// Defaults for a state directory: nothing served, the mesh data plane
+    /// (user space) on `127.0.0.1:0`.
     pub fn new(state_dir: PathBuf, hostname: &str) -> Self {
         NodeConfig {
             state_dir,
@@ -78,6 +97,7 @@ impl NodeConfig {
             dns: None,
             metrics: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            plane: PlaneKind::Mesh,
         }
     }
 }
@@ -141,6 +161,8 @@ pub struct PlaneInputs {
     pub certs: Arc<CertStore>,
     /// The configured local address.
     pub listen: SocketAddr,
+    /// Ports the node's applications accept connections on from the mesh.
+    pub ports: Vec<u16>,
 }
 
 /// Addresses the node's listeners got.
@@ -290,21 +312,52 @@ impl RunningNode {
     }
 }
 
-/// Starts a node on the loopback data plane.
+/// Starts a node on the data plane its configuration names.
 pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
-    start_with(cfg, |inputs: PlaneInputs| async move {
-        LoopbackPlane::start(LoopbackConfig {
-            listen: inputs.listen,
-            addresses: inputs.identity.addresses.clone(),
-            ca_pem: inputs.identity.ca_cert.clone(),
-            machine_cert_pem: inputs.identity.machine_cert.clone(),
-            machine_key_pem: inputs.identity.machine_key.clone(),
-            serving: inputs.certs,
-        })
-        .await
-        .map_err(|e| e.to_string())
+    match cfg.plane.clone() {
+        PlaneKind::Loopback => start_with(cfg, start_loopback).await,
+        PlaneKind::Mesh => start_with(cfg, |i| start_mesh(i, None)).await,
+        PlaneKind::MeshTun(name) => start_with(cfg, |i| start_mesh(i, Some(name))).await,
+    }
+}
+
+async fn start_loopback(inputs: PlaneInputs) -> Result<LoopbackPlane, String> {
+    LoopbackPlane::start(LoopbackConfig {
+        listen: inputs.listen,
+        addresses: inputs.identity.addresses.clone(),
+        ca_pem: inputs.identity.ca_cert.clone(),
+        machine_cert_pem: inputs.identity.machine_cert.clone(),
+        machine_key_pem: inputs.identity.machine_key.clone(),
+        serving: inputs.certs,
     })
     .await
+    .map_err(|e| e.to_string())
+}
+
+/// The WireGuard key comes from the identity in the state directory and
+/// stays in this process; control only ever had its public half.
+async fn start_mesh(inputs: PlaneInputs, tun: Option<String>) -> Result<MeshPlane, String> {
+    let private_key =
+        gatehouse_mesh::MeshConfig::decode_private_key(&inputs.identity.wireguard_private)
+            .map_err(|e| e.to_string())?;
+    MeshPlane::start(MeshPlaneConfig {
+        private_key,
+        addresses: inputs.identity.addresses.clone(),
+        listen: inputs.listen,
+        tun,
+        ports: inputs.ports,
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// The ports `accept_loop` hands to an application.
+fn serve_ports(cfg: &NodeConfig) -> Vec<u16> {
+    match (cfg.routes.is_empty(), cfg.redirect_http) {
+        (true, _) => Vec::new(),
+        (false, false) => vec![443],
+        (false, true) => vec![443, 80],
+    }
 }
 
 fn spawn_conn(cancel: &CancellationToken, fut: impl Future<Output = ()> + Send + 'static) {
@@ -342,6 +395,7 @@ where
             identity: identity.clone(),
             certs: Arc::clone(&certs),
             listen: cfg.listen,
+            ports: serve_ports(&cfg),
         })
         .await
         .map_err(NodeError::Plane)?,
@@ -818,6 +872,8 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
                 kind: plane.kind,
                 listen: plane.listen,
                 refused: plane.refused,
+                public_key: plane.public_key,
+                tun: plane.tun,
             },
             serve: self
                 .serve

@@ -1,6 +1,8 @@
-//! The node over time: policy changes reach the data plane, control can go
-//! away and come back, a restart reuses the saved identity instead of
-//! registering again, and the serving certificate is renewed in place.
+//! The node over time, on the mesh data plane: policy changes reach the
+//! receivers' filters, a peer that leaves is gone from the data plane,
+//! control can go away and come back, a restart reuses the saved identity
+//! and WireGuard key instead of registering again, and the serving
+//! certificate is renewed in place.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,13 +12,78 @@ use common::*;
 use gatehouse_node::serve::route::parse_route;
 use gatehouse_testkit::TestControl;
 use rustls::pki_types::ServerName;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-async fn blog_reachable(m: &Mesh) -> bool {
+async fn reachable(m: &Mesh, host: &str) -> bool {
     let socks = m.laptop.bound.socks5.unwrap();
-    mesh_tls(socks, &m.blog.identity.fqdn, &m.control.ca, &[b"http/1.1"])
+    mesh_tls(socks, host, &m.control.ca, &[b"http/1.1"])
         .await
         .is_ok()
+}
+
+async fn blog_reachable(m: &Mesh) -> bool {
+    reachable(m, &m.blog.identity.fqdn).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receivers_filter_follows_policy_and_a_departed_peer_is_dropped() {
+    let m = mesh().await;
+    let socks = m.laptop.bound.socks5.unwrap();
+    let grafana = m.grafana.identity.fqdn.clone();
+
+    // laptop and grafana are peers under both policies: what changes is
+    // grafana's filter alone, and it is what lets laptop in or not.
+    m.control
+        .admin
+        .set_policy(POLICY_GRAFANA_OPEN)
+        .await
+        .unwrap();
+    wait_for("grafana admits laptop on 443", async || {
+        reachable(&m, &grafana).await
+    })
+    .await;
+    let mut conn = http1(socks, &grafana, &m.control.ca).await;
+    let resp = get(&mut conn, &grafana, "/").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(m.grafana_backend.requests.load(Ordering::SeqCst), 1);
+    assert!(path_to(&m.grafana, "laptop").connections_in >= 1);
+
+    let refused = m.grafana.status().plane.refused;
+    m.control.admin.set_policy(POLICY).await.unwrap();
+    wait_for("grafana drops laptop's SYNs again", async || {
+        !reachable(&m, &grafana).await
+    })
+    .await;
+    assert!(m.grafana.status().plane.refused > refused);
+    wait_peers(&m.laptop, &["blog", "grafana"]).await;
+
+    // grafana leaves the mesh: laptop's map and data plane drop it; its
+    // name and addresses lead nowhere.
+    let grafana_ip = m.grafana.identity.addresses[0];
+    m.control
+        .admin
+        .delete_node(&m.grafana.identity.node_id)
+        .await
+        .unwrap();
+    wait_peers(&m.laptop, &["blog"]).await;
+    let e = socks_connect(socks, &grafana, 443).await.unwrap_err();
+    assert!(e.to_string().contains("SOCKS5 reply 4"), "{e}");
+    let e = socks_connect(socks, &grafana_ip.to_string(), 443)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("SOCKS5 reply 2"), "{e}");
+    let dir = m.dir.path().join("laptop");
+    let ping = gatehouse_node::api::ApiRequest::Ping {
+        peer: grafana_ip.to_string(),
+    };
+    let resp = gatehouse_node::api::call(&dir, &ping).await.unwrap();
+    assert!(
+        matches!(&resp, gatehouse_node::api::ApiResponse::Error { error } if error.contains("not a peer")),
+        "{resp:?}"
+    );
+    // blog is untouched.
+    assert!(blog_reachable(&m).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,6 +200,8 @@ async fn renews_certificate_and_restarts_without_registering() {
     // Restart blog: same identity, no registration (the key was one-off and
     // no key is given now), and control still has two nodes.
     let id = blog.identity.node_id.clone();
+    let wg_key = blog.status().plane.public_key.unwrap();
+    let old_endpoint = blog.status().plane.listen;
     blog.shutdown().await;
     let mut again = cfg.clone();
     again.authkey = None;
@@ -140,6 +209,29 @@ async fn renews_certificate_and_restarts_without_registering() {
     let blog = start(again).await;
     assert_eq!(blog.identity.node_id, id);
     assert_eq!(control.admin.nodes().await.unwrap().len(), 2);
+
+    // The same WireGuard key, from the state directory (mode 0600): control
+    // knows its public half only.
+    assert_eq!(
+        blog.status().plane.public_key.as_deref(),
+        Some(wg_key.as_str())
+    );
+    let private = gatehouse_mesh::MeshConfig::decode_private_key(&saved.wireguard_private).unwrap();
+    assert_eq!(gatehouse_mesh::public_key(&private), wg_key);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("blog/node.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let nodes = control.admin.nodes().await.unwrap();
+    let record = nodes.iter().find(|n| n.node.id == id).unwrap();
+    assert_eq!(record.node.wireguard_key, wg_key);
+    let everything = serde_json::to_string(&nodes).unwrap();
+    assert!(!everything.contains(&saved.wireguard_private));
+    // A new UDP port, announced; laptop follows it (with a new handshake
+    // at once, not after WireGuard's 15 s without an answer).
+    assert_ne!(blog.status().plane.listen, old_endpoint);
     let socks = laptop.bound.socks5.unwrap();
     let host = blog.identity.fqdn.clone();
     wait_for("laptop reaches the restarted blog", async || {

@@ -1,14 +1,18 @@
 //! End to end with real components: control in-process, three nodes on the
-//! loopback data plane (laptop: alice's, with SOCKS5 and DNS; blog and
+//! mesh data plane (WireGuard between their UDP sockets on loopback,
+//! user-space TCP/IP; laptop: alice's, with SOCKS5 and DNS; blog and
 //! grafana: tagged, serving real HTTP backends), real `curl` through the
 //! SOCKS5 proxy and HTTP CONNECT with TLS verified against the mesh CA, and
-//! real `dig` against the resolver.
+//! real `dig` against the resolver. One test runs the same world on the
+//! loopback data plane, which stays selectable.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use common::*;
+use gatehouse_node::PlaneKind;
+use gatehouse_node::api::{ApiRequest, ApiResponse, call};
 use std::sync::atomic::Ordering;
 
 fn curl_args<'a>(proxy: &'a str, ca: &'a str, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
@@ -107,26 +111,37 @@ async fn curl_socks5_and_connect_identity_headers_denials_and_dig() {
     assert!(ok, "{err}");
     assert_eq!(out, format!("308 https://{}/x?y=2", m.blog.identity.fqdn));
 
+    // All of it went through WireGuard: laptop and blog completed a
+    // handshake and exchanged packets, and blog counted the connections.
+    let to_blog = path_to(&m.laptop, "blog");
+    assert!(to_blog.last_handshake.is_some(), "{to_blog:?}");
+    assert!(to_blog.tx_bytes > 0 && to_blog.rx_bytes > 0, "{to_blog:?}");
+    assert_eq!(to_blog.connections_out, 3);
+    assert_eq!(path_to(&m.blog, "laptop").connections_in, 3);
+
     // grafana is a peer (port 22 is allowed) but its filter refuses 443
-    // from laptop: the connection never reaches its serve or backend.
+    // from laptop. It drops laptop's SYNs before any stack sees them, so
+    // laptop hears nothing back (no SYN-ACK, no reset): the proxy reports a
+    // timeout (SOCKS5 reply 6) and nothing reaches grafana's serve or
+    // backend.
     let before = m.grafana.status().plane.refused;
     let grafana_url = format!("https://{}/", m.grafana.identity.fqdn);
-    let (_, _, ok) = run(
+    let (_, err, ok) = run(
         "curl",
         &curl_args(&format!("socks5h://{socks}"), ca, &grafana_url, &[]),
     )
     .await;
     assert!(!ok, "grafana must refuse laptop on 443");
+    assert!(
+        err.contains("Can't complete SOCKS5 connection") && err.contains("(6)"),
+        "{err}"
+    );
     let after = m.grafana.status();
-    assert_eq!(after.plane.refused, before + 1);
-    let laptop_path = after
-        .peers
-        .iter()
-        .find(|p| p.name == "laptop")
-        .and_then(|p| p.path.clone())
-        .unwrap();
-    assert_eq!(laptop_path.refused_in, 1);
+    assert!(after.plane.refused > before, "grafana dropped no SYN");
+    let laptop_path = path_to(&m.grafana, "laptop");
+    assert!(laptop_path.refused_in >= 1, "{laptop_path:?}");
     assert_eq!(laptop_path.connections_in, 0);
+    assert_eq!(path_to(&m.laptop, "grafana").connections_out, 0);
     assert_eq!(m.grafana_backend.requests.load(Ordering::SeqCst), 0);
     assert_eq!(m.blog_backend.requests.load(Ordering::SeqCst), 2);
 
@@ -204,12 +219,54 @@ async fn status_and_ping_over_the_local_api() {
     assert_eq!(st.peers[0].addresses, m.blog.identity.addresses);
     assert_eq!(st.peers[0].tags, ["tag:k8s", "tag:blog"]);
 
-    let ping = gatehouse_node::api::ApiRequest::Ping {
-        peer: "grafana".into(),
-    };
-    let resp = gatehouse_node::api::call(&dir, &ping).await.unwrap();
+    // The mesh data plane, on the UDP socket whose address control was told.
+    assert_eq!(st.plane.kind, "mesh");
+    wait_for("control knows laptop's UDP endpoint", async || {
+        let nodes = m.control.admin.nodes().await.unwrap();
+        let me = nodes.iter().find(|n| n.node.name == "laptop").unwrap();
+        assert_eq!(
+            st.plane.public_key.as_deref(),
+            Some(me.node.wireguard_key.as_str())
+        );
+        me.node.endpoints == st.plane.listen
+    })
+    .await;
+    assert_eq!(
+        st.peers[0].path.as_ref().unwrap().endpoint,
+        Some(m.blog.status().plane.listen[0])
+    );
+
+    // ping: a round trip through WireGuard to grafana's data plane (its
+    // filter admits nothing but port 22 from laptop; the data plane answers
+    // pings itself), by name and by each address.
+    for peer in [
+        "grafana",
+        &m.grafana.identity.addresses[0].to_string(),
+        &m.grafana.identity.addresses[1].to_string(),
+    ] {
+        let ping = ApiRequest::Ping {
+            peer: peer.to_string(),
+        };
+        let resp = call(&dir, &ping).await.unwrap();
+        assert!(
+            matches!(&resp, ApiResponse::Pong { peer, rtt_ms, .. } if *peer == m.grafana.identity.fqdn && *rtt_ms > 0.0),
+            "{resp:?}"
+        );
+    }
+    let to_grafana = path_to(&m.laptop, "grafana");
     assert!(
-        matches!(&resp, gatehouse_node::api::ApiResponse::Pong { peer, .. } if *peer == m.grafana.identity.fqdn),
+        to_grafana.last_handshake.is_some() && to_grafana.rx_bytes > 0,
+        "{to_grafana:?}"
+    );
+    assert_eq!(to_grafana.connections_out, 0, "a ping opens no connection");
+    // A peer whose data plane is gone does not answer.
+    let grafana_v4 = m.grafana.identity.addresses[0].to_string();
+    m.grafana.shutdown().await;
+    let resp = call(&dir, &ApiRequest::Ping { peer: grafana_v4 })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&resp, ApiResponse::Error { error } if error.contains("no answer")),
         "{resp:?}"
     );
     let ping = gatehouse_node::api::ApiRequest::Ping {
@@ -233,4 +290,45 @@ async fn status_and_ping_over_the_local_api() {
     cfg.control = Some(m.control.info.join.clone());
     let err = gatehouse_node::start(cfg).await.unwrap_err();
     assert!(err.to_string().contains("already running"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_plane_stays_selectable() {
+    let m = mesh_on(PlaneKind::Loopback).await;
+    assert_eq!(m.laptop.status().plane.kind, "loopback");
+    let ca = ca_file(&m.control, m.dir.path());
+    let socks = m.laptop.bound.socks5.unwrap();
+    let url = format!("https://{}/", m.blog.identity.fqdn);
+    let (out, err, ok) = run(
+        "curl",
+        &curl_args(
+            &format!("socks5h://{socks}"),
+            ca.to_str().unwrap(),
+            &url,
+            &[],
+        ),
+    )
+    .await;
+    assert!(ok, "{err}");
+    let seen: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        seen["headers"]["gatehouse-user-login"],
+        serde_json::json!(["alice@example.com"])
+    );
+    // The loopback plane refuses after its TLS handshake, at once: reply 5.
+    let e = socks_connect(socks, &m.grafana.identity.fqdn, 443)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("SOCKS5 reply 5"), "{e}");
+    assert_eq!(m.grafana.status().plane.refused, 1);
+    let dir = m.dir.path().join("laptop");
+    let resp = call(
+        &dir,
+        &ApiRequest::Ping {
+            peer: "blog".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(resp, ApiResponse::Pong { .. }), "{resp:?}");
 }

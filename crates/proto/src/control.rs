@@ -363,6 +363,15 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
+/// Admin API: a new admin token (`POST /api/v1/admin/token`); every earlier
+/// admin token stops working.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AdminToken {
+    /// The new token, shown this once.
+    pub token: String,
+}
+
 /// Admin API: an audit log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
+mod positions;
+pub use positions::{key_lines, line_of};
+
 /// The built-in demo: the seed cluster's service table with small built-in
 /// backends (also `examples/gatehouse.yaml`).
 pub const DEMO_CONFIG: &str = include_str!("demo.yaml");
@@ -26,16 +29,40 @@ pub const DEMO_POLICY: &str = include_str!("demo-policy.hujson");
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// Not YAML of the expected shape (unknown keys included).
-    #[error("{0}")]
-    Syntax(String),
+    #[error("{message}")]
+    Syntax {
+        /// Line of the problem (1-based), when known.
+        line: Option<usize>,
+        /// What is wrong, naming the key.
+        message: String,
+    },
     /// A value breaks a rule.
     #[error("{path}: {message}")]
     Invalid {
-        /// Where, e.g. `services[2].public.paths[0]`.
+        /// Which key, e.g. `services[2].public.paths[0]`.
         path: String,
+        /// Line of the key (1-based), when known.
+        line: Option<usize>,
         /// What is wrong.
         message: String,
     },
+}
+
+impl ConfigError {
+    /// The line (1-based) the error is about, when known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::Syntax { line, .. } | ConfigError::Invalid { line, .. } => *line,
+        }
+    }
+
+    /// The error as `file:line: key: message`.
+    pub fn located(&self, file: &str) -> String {
+        match self.line() {
+            Some(l) => format!("{file}:{l}: {self}"),
+            None => format!("{file}: {self}"),
+        }
+    }
 }
 
 /// `gatehouse.yaml`.
@@ -209,6 +236,7 @@ impl Service {
 fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         path: path.into(),
+        line: None,
         message: message.into(),
     }
 }
@@ -272,9 +300,21 @@ pub fn edge_rules(public: &Public) -> Vec<PathRuleSpec> {
 impl StackConfig {
     /// Parses and validates a configuration.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let cfg: StackConfig =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        cfg.validate()?;
+        let cfg: StackConfig = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Syntax {
+            line: e.location().map(|l| l.line()),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|e| match e {
+            ConfigError::Invalid { path, message, .. } => ConfigError::Invalid {
+                line: line_of(&key_lines(text), &path),
+                message: match cfg.service_at(&path) {
+                    Some(s) => format!("{message} (service {})", s.name),
+                    None => message,
+                },
+                path,
+            },
+            other => other,
+        })?;
         Ok(cfg)
     }
 
@@ -290,6 +330,13 @@ impl StackConfig {
             users: Vec::new(),
             services: Vec::new(),
         })
+    }
+
+    /// The service a key path such as `services[2].tags[0]` is under.
+    pub fn service_at(&self, path: &str) -> Option<&Service> {
+        let rest = path.strip_prefix("services[")?;
+        let (i, _) = rest.split_once(']')?;
+        self.services.get(i.parse::<usize>().ok()?)
     }
 
     /// `<network>.<domain>`.
@@ -322,7 +369,7 @@ impl StackConfig {
         let mut hosts = BTreeSet::new();
         let mut publics = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
-            let at = |f: &str| format!("services[{i}] ({}).{f}", s.name);
+            let at = |f: &str| format!("services[{i}].{f}");
             if !dns_label(&s.name) {
                 return Err(invalid(
                     format!("services[{i}].name"),
@@ -490,7 +537,7 @@ mod tests {
         for (text, want) in [
             (
                 "services:\n  - {name: a, backend: 'builtin:echo'}\n",
-                "private, public or both",
+                "services[0].private: a service must be private, public or both (service a)",
             ),
             (
                 "services:\n  - {name: A, backend: 'builtin:echo', private: {}}\n",
@@ -526,9 +573,32 @@ mod tests {
                 "namespace/name",
             ),
         ] {
-            let e = StackConfig::parse(text).unwrap_err().to_string();
+            let e = StackConfig::parse(text).unwrap_err();
+            assert!(e.line().is_some(), "{text}: no line in {e:?}");
+            let e = e.to_string();
             assert!(e.contains(want), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let text = "network: demo\nservices:\n  - name: a\n    backend: builtin:echo\n    private: {}\n  - name: b\n    backend: builtin:echo\n    public:\n      hostname: b.example.com\n      paths: [/ok, /a/../b]\n";
+        let e = StackConfig::parse(text).unwrap_err();
+        assert_eq!(
+            e.located("gatehouse.yaml"),
+            "gatehouse.yaml:10: services[1].public.paths[1]: \"/a/../b\" is not a canonical path (no //, ., .., %, \\) (service b)"
+        );
+        let e = StackConfig::parse(
+            "services:\n  - name: a\n    backend: builtin:echo\n    privat: {}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line(), Some(4), "{e}");
+        assert!(e.to_string().contains("privat"), "{e}");
+        let e = StackConfig::parse("network: Demo\nservices: []\n").unwrap_err();
+        assert_eq!(
+            e.located("f.yaml"),
+            "f.yaml:1: network: \"Demo\" is not a DNS label"
+        );
     }
 }
 

@@ -162,7 +162,7 @@ impl HttpOrigin {
                 .to_owned()
         };
         let body = format!(
-            "origin={}\nmethod={}\ntarget={}\nhost={}\nx-forwarded-for={}\nx-forwarded-proto={}\nx-forwarded-host={}\nclient-ip={}\nrequest-id={}\n",
+            "origin={}\nmethod={}\ntarget={}\nhost={}\nx-forwarded-for={}\nx-forwarded-proto={}\nx-forwarded-host={}\nclient-ip={}\nrequest-id={}\nuser-login={}\n",
             self.name,
             req.method(),
             target,
@@ -172,6 +172,7 @@ impl HttpOrigin {
             h("x-forwarded-host"),
             h("gatehouse-client-ip"),
             h("gatehouse-request-id"),
+            h("gatehouse-user-login"),
         );
         text(StatusCode::OK, body)
     }

@@ -272,11 +272,23 @@ pub async fn serve_tcp(
 }
 
 /// Binds UDP and TCP on `addr` (TCP on the port UDP got, when 0).
+///
+/// With port 0 the UDP socket picks the port and TCP must get the same one,
+/// which another process may hold: then another port is tried.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
-    let udp = UdpSocket::bind(addr).await?;
-    let port = udp.local_addr()?.port();
-    let tcp = TcpListener::bind(SocketAddr::new(addr.ip(), port)).await?;
-    Ok((udp, tcp))
+    let mut attempts = 0;
+    loop {
+        let udp = UdpSocket::bind(addr).await?;
+        let port = udp.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && attempts < 16 => {
+                tracing::debug!(port, error = %e, "DNS: TCP port taken, trying another");
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

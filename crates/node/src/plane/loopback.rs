@@ -516,6 +516,8 @@ impl DataPlane for LoopbackPlane {
             listen: vec![self.local],
             peers,
             refused: self.shared.refused.load(Ordering::Relaxed),
+            public_key: None,
+            tun: None,
         }
     }
 

@@ -3,12 +3,14 @@
 //! filter allowed, and opens connections to mesh addresses. The node's
 //! applications see only streams, never packets.
 //!
-//! The mesh data plane (`crates/mesh`, user-space WireGuard and TCP/IP)
-//! implements this trait through a thin adapter; [`loopback`] implements it
-//! over kernel TCP on one machine, for tests and for running before the mesh
-//! data plane exists.
+//! [`mesh`] implements it over the WireGuard data plane (`crates/mesh`:
+//! user-space WireGuard and TCP/IP, or a TUN device), the default;
+//! [`loopback`] over kernel TCP with mutual TLS between nodes on one
+//! machine, kept selectable for tests of the layers above and for
+//! comparison.
 
 pub mod loopback;
+pub mod mesh;
 
 use gatehouse_policy::NodeFilter;
 use gatehouse_proto::control::Peer;
@@ -48,8 +50,16 @@ pub struct PlaneStatus {
     pub listen: Vec<SocketAddr>,
     /// Per peer (node id): the path in use and counters.
     pub peers: BTreeMap<String, PeerPath>,
-    /// Inbound connections refused by the filter (or from unknown nodes).
+    /// Inbound connections refused by the filter (or from unknown nodes);
+    /// on the mesh, connection attempts (TCP SYNs, retransmissions
+    /// included) the filter dropped.
     pub refused: u64,
+    /// The node's WireGuard public key (mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// The TUN device in use (mesh, TUN mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tun: Option<String>,
 }
 
 /// The data plane's view of one peer.
@@ -65,6 +75,15 @@ pub struct PeerPath {
     pub refused_in: u64,
     /// Last time a connection or ping to or from it succeeded (unix seconds).
     pub last_ok: Option<i64>,
+    /// Last completed WireGuard handshake (unix seconds; mesh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handshake: Option<i64>,
+    /// Bytes of IP packets sent to it (mesh).
+    #[serde(default)]
+    pub tx_bytes: u64,
+    /// Bytes of IP packets received from it, before filtering (mesh).
+    #[serde(default)]
+    pub rx_bytes: u64,
 }
 
 /// The interface between the node and its data plane.

@@ -17,10 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// How long a client may take to send its request.
+/// How long a client may take to send its request (the dial that follows
+/// has its own limit).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening the mesh connection may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Which protocol a client spoke: how to answer it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Socks5,
+    Http,
+}
 
 /// Counters of the local proxy.
 #[derive(Debug, Default)]
@@ -144,8 +152,12 @@ pub async fn handle<S: Stream>(mut stream: S, from: SocketAddr, ctx: ProxyContex
             return None;
         }
         match buf.first() {
-            Some(&socks5::VERSION) => socks5_request(&mut stream, &mut buf, &ctx).await,
-            Some(b) if b.is_ascii_uppercase() => http_request(&mut stream, &mut buf, &ctx).await,
+            Some(&socks5::VERSION) => socks5_request(&mut stream, &mut buf, &ctx)
+                .await
+                .map(|d| (Proto::Socks5, d)),
+            Some(b) if b.is_ascii_uppercase() => http_request(&mut stream, &mut buf, &ctx)
+                .await
+                .map(|d| (Proto::Http, d)),
             _ => {
                 ctx.stats.malformed.inc();
                 None
@@ -153,9 +165,39 @@ pub async fn handle<S: Stream>(mut stream: S, from: SocketAddr, ctx: ProxyContex
         }
     })
     .await;
-    let Ok(Some((mut upstream, dst))) = head else {
+    let Ok(Some((proto, dst))) = head else {
         return;
     };
+    let result = match dst {
+        Ok(dst) => dial(&ctx, dst).await.map(|s| (s, dst)),
+        Err(f) => Err(f),
+    };
+    let answered = match (&result, proto) {
+        (Ok(_), Proto::Socks5) => stream
+            .write_all(&socks5::encode_reply(socks5::Reply::Succeeded))
+            .await
+            .is_ok(),
+        (Ok(_), Proto::Http) => stream
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_ok(),
+        (Err(f), Proto::Socks5) => {
+            count_failure(&ctx, *f);
+            let _ = stream.write_all(&socks5::encode_reply(f.socks())).await;
+            false
+        }
+        (Err(f), Proto::Http) => {
+            count_failure(&ctx, *f);
+            http_reply(&mut stream, f.http(), "no tunnel to that destination\n").await;
+            false
+        }
+    };
+    let Ok((mut upstream, dst)) = result else {
+        return;
+    };
+    if !answered {
+        return;
+    }
     ctx.stats.opened.inc();
     tracing::debug!(%from, %dst, "proxy: tunnel open");
     if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
@@ -164,13 +206,14 @@ pub async fn handle<S: Stream>(mut stream: S, from: SocketAddr, ctx: ProxyContex
     let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
 }
 
-/// The SOCKS5 exchange up to the reply; the tunnel's upstream on success.
-/// Leaves in `buf` what the client sent after its request.
+/// The SOCKS5 exchange up to the request: the destination it names (or
+/// why it cannot be served), `None` when the client was answered already or
+/// went away. Leaves in `buf` what the client sent after its request.
 async fn socks5_request<S: Stream>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     ctx: &ProxyContext,
-) -> Option<(crate::plane::BoxStream, SocketAddr)> {
+) -> Option<Result<SocketAddr, Failure>> {
     let malformed = || {
         ctx.stats.malformed.inc();
     };
@@ -226,32 +269,14 @@ async fn socks5_request<S: Stream>(
             .await;
         return None;
     }
-    let dst = match &request.target {
-        Ok(socks5::Target::Name(n)) => resolve_name(ctx.names.as_ref(), n, request.port),
-        Ok(socks5::Target::Ip(ip)) => resolve_ip(ctx.names.as_ref(), *ip, request.port),
+    match &request.target {
+        Ok(socks5::Target::Name(n)) => Some(resolve_name(ctx.names.as_ref(), n, request.port)),
+        Ok(socks5::Target::Ip(ip)) => Some(resolve_ip(ctx.names.as_ref(), *ip, request.port)),
         Err(_) => {
             ctx.stats.refused.inc();
             let _ = stream
                 .write_all(&reply(socks5::Reply::AddressTypeNotSupported))
                 .await;
-            return None;
-        }
-    };
-    let result = match dst {
-        Ok(dst) => dial(ctx, dst).await.map(|s| (s, dst)),
-        Err(f) => Err(f),
-    };
-    match result {
-        Ok(ok) => {
-            stream
-                .write_all(&reply(socks5::Reply::Succeeded))
-                .await
-                .ok()?;
-            Some(ok)
-        }
-        Err(f) => {
-            count_failure(ctx, f);
-            let _ = stream.write_all(&reply(f.socks())).await;
             None
         }
     }
@@ -273,13 +298,14 @@ async fn http_reply<S: Stream>(stream: &mut S, status: &str, body: &str) {
     let _ = stream.write_all(msg.as_bytes()).await;
 }
 
-/// The HTTP CONNECT exchange up to the response head; the tunnel's upstream
-/// on success. Leaves in `buf` what the client sent after its head.
+/// The HTTP CONNECT exchange up to the request head: the destination it
+/// names (or why it cannot be served), `None` when the client was answered
+/// already or went away. Leaves in `buf` what the client sent after its head.
 async fn http_request<S: Stream>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     ctx: &ProxyContext,
-) -> Option<(crate::plane::BoxStream, SocketAddr)> {
+) -> Option<Result<SocketAddr, Failure>> {
     let head = loop {
         match connect::parse_head(buf) {
             Ok(Some((h, used))) => {
@@ -313,26 +339,8 @@ async fn http_request<S: Stream>(
             return None;
         }
     };
-    let dst = match &target.host {
+    Some(match &target.host {
         connect::Host::Name(n) => resolve_name(ctx.names.as_ref(), n, target.port),
         connect::Host::Ip(ip) => resolve_ip(ctx.names.as_ref(), *ip, target.port),
-    };
-    let result = match dst {
-        Ok(dst) => dial(ctx, dst).await.map(|s| (s, dst)),
-        Err(f) => Err(f),
-    };
-    match result {
-        Ok(ok) => {
-            stream
-                .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                .await
-                .ok()?;
-            Some(ok)
-        }
-        Err(f) => {
-            count_failure(ctx, f);
-            http_reply(stream, f.http(), "no tunnel to that destination\n").await;
-            None
-        }
-    }
+    })
 }

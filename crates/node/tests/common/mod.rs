@@ -1,13 +1,15 @@
 //! Shared pieces of the node's integration tests: control in-process, nodes
-//! on the loopback data plane, a real HTTP backend (echo, server-sent
-//! events, a lazily generated download, WebSocket echo), and clients that
-//! go through a node's SOCKS5 proxy and verify TLS against the mesh CA.
+//! on the mesh data plane (WireGuard over loopback UDP, user-space TCP/IP;
+//! the loopback plane where a test asks for it), a real HTTP backend (echo,
+//! server-sent events, a lazily generated download, WebSocket echo), and
+//! clients that go through a node's SOCKS5 proxy and verify TLS against the
+//! mesh CA.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
 use gatehouse_node::serve::route::parse_route;
-use gatehouse_node::{NodeConfig, RunningNode};
+use gatehouse_node::{NodeConfig, PlaneKind, RunningNode};
 use gatehouse_testkit::TestControl;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
@@ -37,6 +39,16 @@ pub const POLICY: &str = r#"{
   "acls": [
     {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:blog:80,443"]},
     {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:grafana:22"]},
+  ],
+}"#;
+
+/// The test policy, and grafana's HTTPS opened to alice too (laptop and
+/// grafana stay peers either way: only grafana's filter changes).
+pub const POLICY_GRAFANA_OPEN: &str = r#"{
+  "tagOwners": {"tag:k8s": [], "tag:blog": [], "tag:grafana": []},
+  "acls": [
+    {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:blog:80,443"]},
+    {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:grafana:22,443"]},
   ],
 }"#;
 
@@ -118,8 +130,19 @@ pub struct Mesh {
     pub dir: tempfile::TempDir,
 }
 
+/// [`mesh_on`] the mesh data plane: what a user runs.
 pub async fn mesh() -> Mesh {
+    mesh_on(PlaneKind::Mesh).await
+}
+
+/// The test world with every node on `plane`.
+pub async fn mesh_on(plane: PlaneKind) -> Mesh {
     let control = control().await;
+    let node_config = |c: &TestControl, key: &str, host: &str, dir: PathBuf| {
+        let mut cfg = node_config(c, key, host, dir);
+        cfg.plane = plane.clone();
+        cfg
+    };
     let dir = tempfile::tempdir().unwrap();
     let blog_backend = backend().await;
     let grafana_backend = backend().await;
@@ -167,6 +190,16 @@ pub async fn mesh() -> Mesh {
         grafana_backend,
         dir,
     }
+}
+
+/// The data plane's view of `node`'s peer `name`.
+pub fn path_to(node: &RunningNode, name: &str) -> gatehouse_node::plane::PeerPath {
+    node.status()
+        .peers
+        .into_iter()
+        .find(|p| p.name == name)
+        .and_then(|p| p.path)
+        .unwrap_or_else(|| panic!("no path to {name}"))
 }
 
 // ---------------------------------------------------------------------

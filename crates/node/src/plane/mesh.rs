@@ -1,0 +1,421 @@
+//! The WireGuard data plane (`gatehouse-mesh`) behind the node's
+//! [`DataPlane`] trait: WireGuard in user space with one UDP socket, the
+//! inbound filter enforced on every decrypted packet, and either the
+//! user-space TCP/IP stacks (unprivileged, the default) or a TUN device and
+//! the kernel's stack (root).
+//!
+//! The adapter is thin. It adds what the node shows and the mesh does not
+//! count (connections in and out per peer), and in TUN mode it accepts and
+//! opens connections with the kernel's sockets on the node's mesh
+//! addresses, which the TUN device carries into the mesh. The node's
+//! WireGuard private key is handed to the mesh in this process and goes
+//! nowhere else.
+
+use super::{Connection, DataPlane, PeerPath, PlaneStatus};
+use gatehouse_mesh::{Mesh, MeshConfig, MeshError, MeshStream, Mode, Path};
+use gatehouse_policy::NodeFilter;
+use gatehouse_proto::control::Peer;
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long opening a connection may take in TUN mode (the user-space stack
+/// has the same limit).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Inbound connections waiting for [`DataPlane::accept`] in TUN mode.
+const BACKLOG: usize = 1024;
+
+/// How the mesh data plane starts.
+#[derive(Clone)]
+pub struct MeshPlaneConfig {
+    /// The node's WireGuard private key (from its state directory).
+    pub private_key: [u8; 32],
+    /// The node's mesh addresses.
+    pub addresses: Vec<IpAddr>,
+    /// The UDP socket's address; port 0 picks one.
+    pub listen: SocketAddr,
+    /// A TUN device of this name instead of the user-space stacks (root).
+    pub tun: Option<String>,
+    /// TUN mode: the ports the node's applications serve on its mesh
+    /// addresses (the kernel's sockets listen there).
+    pub ports: Vec<u16>,
+}
+
+impl std::fmt::Debug for MeshPlaneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("MeshPlaneConfig")
+            .field("public_key", &gatehouse_mesh::public_key(&self.private_key))
+            .field("addresses", &self.addresses)
+            .field("listen", &self.listen)
+            .field("tun", &self.tun)
+            .field("ports", &self.ports)
+            .finish()
+    }
+}
+
+/// Why the mesh data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshPlaneError {
+    /// The mesh itself (UDP socket, TUN device, key).
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
+    /// TUN mode: a listener on a mesh address.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+/// A connection over the mesh: a user-space stream, or in TUN mode a
+/// kernel socket whose packets the TUN device carries.
+#[derive(Debug)]
+pub enum PlaneStream {
+    /// User-space TCP/IP.
+    Mesh(MeshStream),
+    /// The kernel's TCP over the TUN device.
+    Kernel(TcpStream),
+}
+
+impl AsyncRead for PlaneStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PlaneStream::Mesh(s) => Pin::new(s).poll_read(cx, buf),
+            PlaneStream::Kernel(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PlaneStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PlaneStream::Mesh(s) => Pin::new(s).poll_write(cx, buf),
+            PlaneStream::Kernel(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PlaneStream::Mesh(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            PlaneStream::Kernel(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            PlaneStream::Mesh(s) => s.is_write_vectored(),
+            PlaneStream::Kernel(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PlaneStream::Mesh(s) => Pin::new(s).poll_flush(cx),
+            PlaneStream::Kernel(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PlaneStream::Mesh(s) => Pin::new(s).poll_shutdown(cx),
+            PlaneStream::Kernel(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What the adapter counts per peer (node id).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    connections_in: u64,
+    connections_out: u64,
+    last_ok: Option<i64>,
+}
+
+type Incoming = mpsc::Receiver<(TcpStream, SocketAddr, SocketAddr)>;
+
+/// The mesh data plane.
+#[derive(Debug)]
+pub struct MeshPlane {
+    mesh: Mesh,
+    /// Mesh address → peer id, from the last map.
+    owners: RwLock<Arc<HashMap<IpAddr, String>>>,
+    counts: Mutex<BTreeMap<String, Counts>>,
+    addresses: Vec<IpAddr>,
+    tun: Option<String>,
+    /// TUN mode: connections the kernel's listeners accepted.
+    kernel: Option<tokio::sync::Mutex<Incoming>>,
+    cancel: CancellationToken,
+}
+
+fn unix_now() -> i64 {
+    unix(SystemTime::now())
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl MeshPlane {
+    /// Starts the mesh (UDP socket, and the TUN device in TUN mode) and, in
+    /// TUN mode, the kernel listeners for `cfg.ports`.
+    pub async fn start(cfg: MeshPlaneConfig) -> Result<Self, MeshPlaneError> {
+        let mode = match &cfg.tun {
+            Some(name) => Mode::Tun { name: name.clone() },
+            None => Mode::Userspace,
+        };
+        let mesh = Mesh::start(MeshConfig {
+            private_key: cfg.private_key,
+            addresses: cfg.addresses.clone(),
+            listen: cfg.listen,
+            mode,
+        })
+        .await?;
+        let cancel = CancellationToken::new();
+        let kernel = match &cfg.tun {
+            Some(_) => Some(tokio::sync::Mutex::new(
+                listen_kernel(&cfg.addresses, &cfg.ports, &cancel).await?,
+            )),
+            None => None,
+        };
+        Ok(MeshPlane {
+            mesh,
+            owners: RwLock::new(Arc::new(HashMap::new())),
+            counts: Mutex::new(BTreeMap::new()),
+            addresses: cfg.addresses,
+            tun: cfg.tun,
+            kernel,
+            cancel,
+        })
+    }
+
+    /// The mesh underneath.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    fn owner(&self, ip: IpAddr) -> Option<String> {
+        self.owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            .cloned()
+    }
+
+    fn count(&self, ip: IpAddr, f: impl FnOnce(&mut Counts)) {
+        let Some(id) = self.owner(ip) else { return };
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        f(c.entry(id).or_default());
+    }
+
+    async fn connect_kernel(dst: SocketAddr) -> io::Result<TcpStream> {
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst))
+            .await
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, format!("no answer from {dst}"))
+            })??;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+/// TUN mode: listeners on every mesh address for every port, feeding one
+/// channel. Only the mesh addresses: the node's services stay off the
+/// host's other networks.
+async fn listen_kernel(
+    addresses: &[IpAddr],
+    ports: &[u16],
+    cancel: &CancellationToken,
+) -> Result<Incoming, MeshPlaneError> {
+    let (tx, rx) = mpsc::channel(BACKLOG);
+    for ip in addresses {
+        for port in ports {
+            let addr = SocketAddr::new(*ip, *port);
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| MeshPlaneError::Listen { addr, source })?;
+            let tx = tx.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (s, remote) = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        r = l.accept() => match r {
+                            Ok(x) => x,
+                            Err(e) => {
+                                tracing::debug!(error = %e, %addr, "mesh plane: accept");
+                                continue;
+                            }
+                        },
+                    };
+                    let _ = s.set_nodelay(true);
+                    if tx.send((s, remote, addr)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+    Ok(rx)
+}
+
+fn udp_address(p: Path) -> Option<SocketAddr> {
+    match p {
+        Path::Direct(a) => Some(a),
+        _ => None,
+    }
+}
+
+impl DataPlane for MeshPlane {
+    type Stream = PlaneStream;
+
+    fn apply(&self, peers: &[Peer], filter: &NodeFilter) {
+        let owners: HashMap<IpAddr, String> = peers
+            .iter()
+            .flat_map(|p| p.addresses.iter().map(|a| (*a, p.id.clone())))
+            .collect();
+        *self.owners.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(owners);
+        self.mesh.apply(peers, filter);
+    }
+
+    async fn accept(&self) -> Option<Connection<PlaneStream>> {
+        let c = match &self.kernel {
+            None => {
+                let c = tokio::select! {
+                    () = self.cancel.cancelled() => return None,
+                    c = self.mesh.accept() => c?,
+                };
+                Connection {
+                    stream: PlaneStream::Mesh(c.stream),
+                    remote: c.remote,
+                    local: c.local,
+                }
+            }
+            Some(rx) => {
+                let mut rx = rx.lock().await;
+                let (s, remote, local) = tokio::select! {
+                    () = self.cancel.cancelled() => return None,
+                    c = rx.recv() => c?,
+                };
+                Connection {
+                    stream: PlaneStream::Kernel(s),
+                    remote,
+                    local,
+                }
+            }
+        };
+        self.count(c.remote.ip(), |n| {
+            n.connections_in += 1;
+            n.last_ok = Some(unix_now());
+        });
+        Some(c)
+    }
+
+    async fn connect(&self, dst: SocketAddr) -> io::Result<PlaneStream> {
+        if self.addresses.contains(&dst.ip()) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "that address is this node's own",
+            ));
+        }
+        if self.owner(dst.ip()).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::HostUnreachable,
+                format!("no peer has the address {}", dst.ip()),
+            ));
+        }
+        let s = match self.kernel {
+            None => PlaneStream::Mesh(self.mesh.connect(dst).await?),
+            Some(_) => PlaneStream::Kernel(Self::connect_kernel(dst).await?),
+        };
+        self.count(dst.ip(), |n| {
+            n.connections_out += 1;
+            n.last_ok = Some(unix_now());
+        });
+        Ok(s)
+    }
+
+    async fn ping(&self, dst: IpAddr) -> io::Result<Duration> {
+        let rtt = self.mesh.ping(dst).await?;
+        self.count(dst, |n| n.last_ok = Some(unix_now()));
+        Ok(rtt)
+    }
+
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        self.mesh.endpoints()
+    }
+
+    fn status(&self) -> PlaneStatus {
+        let st = self.mesh.status();
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let peers = st
+            .peers
+            .iter()
+            .map(|p| {
+                let c = counts.get(&p.id).copied().unwrap_or_default();
+                // The proven path, else the endpoint the next handshake tries first.
+                let endpoint = p
+                    .path
+                    .or_else(|| p.candidates.first().copied())
+                    .and_then(udp_address);
+                let handshake = p
+                    .last_handshake
+                    .and_then(|t| wall.checked_sub(now.saturating_duration_since(t)))
+                    .map(unix);
+                let path = PeerPath {
+                    endpoint,
+                    connections_out: c.connections_out,
+                    connections_in: c.connections_in,
+                    refused_in: p.denied_syn,
+                    last_ok: c.last_ok.max(handshake),
+                    last_handshake: handshake,
+                    tx_bytes: p.tx_bytes,
+                    rx_bytes: p.rx_bytes,
+                };
+                (p.id.clone(), path)
+            })
+            .collect();
+        PlaneStatus {
+            kind: "mesh".into(),
+            listen: vec![st.listen],
+            peers,
+            refused: st.counters.filter.denied_syn,
+            public_key: Some(st.public_key),
+            tun: self.tun.clone(),
+        }
+    }
+
+    async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.mesh.close().await;
+    }
+}
