@@ -126,6 +126,9 @@ pub struct EdgeConfig {
     pub acme: Option<AcmeConfig>,
     /// Public hostnames.
     pub hostnames: Vec<HostConfig>,
+    /// Routes registered at run time through the route API.
+    #[serde(default)]
+    pub route_api: Option<crate::routes_api::RouteApiConfig>,
 }
 
 /// A hostname's compiled route.

@@ -3,8 +3,9 @@
 //! (certificates from files or from ACME), answers only those hostnames,
 //! enforces per-hostname path rules on one canonical form of the path, and
 //! forwards each allowed request over a tunnel connection that a connector
-//! dialled in. It also keeps the tunnels' tokens (hashed). Ingress rules to
-//! origins are the connector's business.
+//! dialled in. It also keeps the tunnels' tokens (hashed) and the routes
+//! registered at run time through its route API. Ingress rules to origins
+//! are the connector's business.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod acme;
 pub mod certs;
 pub mod config;
 pub mod proxy;
+pub mod routes_api;
 mod server;
 pub mod tokens;
 pub mod tunnels;

@@ -189,6 +189,27 @@ pub async fn start(
         tokens: Arc::new(RwLock::new(tokens)),
         heartbeat,
     });
+    let statics = Arc::new(RwLock::new(cfg.routes()?));
+    let route_api = match &cfg.route_api {
+        None => None,
+        Some(rc) => {
+            let api = crate::routes_api::RouteApi::load(
+                rc.clone(),
+                cfg.hostnames.iter().map(|h| h.hostname.clone()).collect(),
+            )
+            .map_err(|source| EdgeError::Listen {
+                addr: rc.listen,
+                source,
+            })?;
+            Some(Arc::new(api))
+        }
+    };
+    if let Some(api) = &route_api {
+        for h in api.hostnames() {
+            crate::routes_api::install_cert(api, &store, &h)?;
+        }
+        publish_routes(&public, &statics, Some(api));
+    }
 
     // Tunnel endpoint: QUIC on UDP, TLS + HTTP/2 on TCP, same port.
     let chain = gatehouse_tunnel::tls::load_certs(&cfg.tunnel_tls.cert)?;
@@ -265,13 +286,57 @@ pub async fn start(
         admin_addr = Some(local(&l, addr)?);
         tasks.spawn(gatehouse_tunnel::admin::serve(l, Arc::new(metrics), ready));
     }
+    if let Some(api) = route_api.clone() {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(b"http/1.1")?));
+        let listener = bind(api.listen()).await?;
+        let (public2, statics2, store2, http012) = (
+            public.clone(),
+            statics.clone(),
+            store.clone(),
+            http01.clone(),
+        );
+        let acme = cfg.acme.clone();
+        let api2 = api.clone();
+        let changed = Arc::new(move |reg: Option<&crate::routes_api::Registered>| {
+            if let Some(r) = reg {
+                if api2.tls().is_some() {
+                    if let Err(e) = crate::routes_api::install_cert(&api2, &store2, &r.hostname) {
+                        error!(error = %e, host = %r.hostname, "certificate for a registered route");
+                    }
+                } else if let Some(a) = acme.clone() {
+                    if !store2.has(&r.hostname) {
+                        tokio::spawn(crate::acme::maintain(
+                            a,
+                            vec![r.hostname.clone()],
+                            store2.clone(),
+                            http012.clone(),
+                        ));
+                    }
+                }
+            }
+            publish_routes(&public2, &statics2, Some(&api2));
+        });
+        tasks.spawn(crate::routes_api::serve(
+            listener,
+            acceptor,
+            crate::routes_api::Shared {
+                api: api.clone(),
+                tokens: side.tokens.clone(),
+                changed,
+            },
+        ));
+        info!(listen = %api.listen(), "route API ready");
+    }
     if let Some(acme) = cfg.acme.clone() {
-        let hosts: Vec<String> = cfg
+        let mut hosts: Vec<String> = cfg
             .hostnames
             .iter()
             .filter(|h| h.tls.is_none())
             .map(|h| h.hostname.clone())
             .collect();
+        if let Some(api) = route_api.as_ref().filter(|a| a.tls().is_none()) {
+            hosts.extend(api.hostnames());
+        }
         if !hosts.is_empty() {
             tasks.spawn(crate::acme::maintain(
                 acme,
@@ -287,6 +352,7 @@ pub async fn start(
         side.clone(),
         public.clone(),
         store.clone(),
+        (statics.clone(), route_api.clone()),
     ));
     info!(https = %https_addr, tunnel = %tunnel_addr, "edge ready");
     Ok(RunningEdge {
@@ -301,6 +367,27 @@ pub async fn start(
         listeners,
         stop_tx,
     })
+}
+
+/// The routes of the config file.
+type Statics = Arc<RwLock<std::collections::BTreeMap<String, crate::config::Route>>>;
+
+/// Makes the public route table the config's routes plus the registered
+/// ones (a config host name always wins).
+fn publish_routes(
+    public: &Public,
+    statics: &Statics,
+    api: Option<&Arc<crate::routes_api::RouteApi>>,
+) {
+    let mut all = api.map(|a| a.routes()).unwrap_or_default();
+    all.extend(match statics.read() {
+        Ok(g) => g.clone(),
+        Err(p) => p.into_inner().clone(),
+    });
+    match public.routes.write() {
+        Ok(mut g) => *g = Arc::new(all),
+        Err(p) => *p.into_inner() = Arc::new(all),
+    }
 }
 
 fn load_cert_files(cfg: &EdgeConfig, store: &CertStore) -> Result<(), EdgeError> {
@@ -389,6 +476,7 @@ async fn watch(
     side: Arc<TunnelSide>,
     public: Arc<Public>,
     store: Arc<CertStore>,
+    (statics, route_api): (Statics, Option<Arc<crate::routes_api::RouteApi>>),
 ) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -439,10 +527,16 @@ async fn watch(
                         if let Err(e) = load_cert_files(&c, &store) {
                             error!(error = %e, "certificate reload failed; keeping the running ones");
                         }
-                        match public.routes.write() {
-                            Ok(mut g) => *g = Arc::new(routes),
-                            Err(p) => *p.into_inner() = Arc::new(routes),
+                        if let Some(api) = &route_api {
+                            api.set_statics(
+                                c.hostnames.iter().map(|h| h.hostname.clone()).collect(),
+                            );
                         }
+                        match statics.write() {
+                            Ok(mut g) => *g = routes,
+                            Err(p) => *p.into_inner() = routes,
+                        }
+                        publish_routes(&public, &statics, route_api.as_ref());
                         info!("edge config reloaded");
                     }
                     Err(e) => {

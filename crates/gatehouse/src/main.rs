@@ -6,11 +6,13 @@
 
 mod admin_cmd;
 mod control_cmd;
+mod doctor_cmd;
 mod edge_cmd;
 mod inputs;
 mod lint_cmd;
 mod logging;
 mod node_cmd;
+mod operator_cmd;
 mod policy_cmd;
 mod reach_cmd;
 mod render_cmd;
@@ -53,6 +55,11 @@ enum Command {
     Reach(reach_cmd::ReachCommand),
     /// Generate Ingresses, network policies, connector rules and ACLs from an exposure catalog.
     Render(render_cmd::RenderArgs),
+    /// The Kubernetes operator: Ingress of class gatehouse to proxy, public route and network policy.
+    #[command(subcommand)]
+    Operator(operator_cmd::OperatorCommand),
+    /// Report the seed's traps that apply to a cluster (manifests, or --cluster).
+    Doctor(doctor_cmd::DoctorArgs),
     /// Run a whole network on this machine from gatehouse.yaml (default: the built-in demo).
     Up(up_cmd::UpArgs),
     /// Services of a running `gatehouse up` (or of a control server): URLs, certificates, proxies, tunnel, who may reach them.
@@ -71,6 +78,8 @@ fn main() -> ExitCode {
         Command::Lint(args) => lint_cmd::run(args),
         Command::Reach(cmd) => reach_cmd::run(cmd),
         Command::Render(args) => render_cmd::run(args),
+        Command::Operator(cmd) => operator_cmd::run(cmd),
+        Command::Doctor(args) => doctor_cmd::run(args),
         // Many components in one process: their warnings only, unless RUST_LOG says otherwise.
         Command::Up(a) => run_async_logged("warn,gatehouse_up=info", up_cmd::up(a)),
         Command::Status(a) => match run_async_code(up_cmd::status(a)) {

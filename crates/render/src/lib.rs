@@ -34,4 +34,7 @@ pub mod catalog;
 mod render;
 
 pub use catalog::{Catalog, CatalogError, Exposure, parse_catalog};
-pub use render::{Files, MANAGED_BY, NetpolKind, Target, ingress_rules, path_regex, render};
+pub use render::{
+    BackendPolicy, Files, MANAGED_BY, NetpolKind, PolicySource, Target, backend_policy_object,
+    ingress_rules, path_regex, render,
+};

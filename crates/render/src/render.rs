@@ -266,12 +266,18 @@ fn backend_policy(r: &Resolved, e: &Exposure) -> Value {
     let name = format!("{}-access", e.name);
     let port = port_text(&e.backend.port);
     let labels = e.backend_labels();
-    let mut sources: Vec<(&str, Option<&BTreeMap<String, String>>)> = Vec::new();
+    let mut sources: Vec<PolicySource> = Vec::new();
     if e.private.is_some() {
-        sources.push((&r.proxy_ns, None));
+        sources.push(PolicySource {
+            namespace: r.proxy_ns.clone(),
+            labels: BTreeMap::new(),
+        });
     }
     if e.public.is_some() {
-        sources.push((&r.connector_ns, Some(&r.connector_labels)));
+        sources.push(PolicySource {
+            namespace: r.connector_ns.clone(),
+            labels: r.connector_labels.clone(),
+        });
     }
     let description = format!(
         "{}: only the {} reach {} on its container port {port}",
@@ -283,14 +289,57 @@ fn backend_policy(r: &Resolved, e: &Exposure) -> Value {
         },
         e.service_name()
     );
-    match r.netpol {
+    backend_policy_object(
+        r.netpol,
+        &BackendPolicy {
+            metadata: metadata(&name, &e.namespace, None),
+            pod_labels: &labels,
+            port: &port,
+            sources: &sources,
+            description: &description,
+        },
+    )
+}
+
+/// Pods allowed to reach a backend: all pods of `namespace` when `labels` is
+/// empty, else the pods of `namespace` carrying `labels`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySource {
+    /// The source pods' namespace.
+    pub namespace: String,
+    /// The source pods' labels (empty: every pod of the namespace).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The inputs of one backend's ingress policy.
+#[derive(Debug, Clone)]
+pub struct BackendPolicy<'a> {
+    /// `metadata` of the object (name, namespace, labels, annotations).
+    pub metadata: Value,
+    /// Labels selecting the backend pods.
+    pub pod_labels: &'a BTreeMap<String, String>,
+    /// The container port: a number or a port name.
+    pub port: &'a str,
+    /// Who may connect, one ingress rule each.
+    pub sources: &'a [PolicySource],
+    /// A sentence saying who may reach what (Cilium: `spec.description`;
+    /// NetworkPolicy: annotation `gatehouse.dev/description`).
+    pub description: &'a str,
+}
+
+/// A backend's ingress policy: only `sources`, on the container port, TCP.
+/// The same generator serves `gatehouse render` and the operator.
+pub fn backend_policy_object(kind: NetpolKind, p: &BackendPolicy<'_>) -> Value {
+    let port = p.port.to_string();
+    let mut meta = p.metadata.clone();
+    match kind {
         NetpolKind::Cilium => {
-            let rules: Vec<Value> = sources
+            let rules: Vec<Value> = p
+                .sources
                 .iter()
-                .map(|(ns, l)| {
-                    let empty = BTreeMap::new();
+                .map(|s| {
                     json!({
-                        "fromEndpoints": [cilium_ns_selector(ns, l.unwrap_or(&empty))],
+                        "fromEndpoints": [cilium_ns_selector(&s.namespace, &s.labels)],
                         "toPorts": ports_cilium(&[(port.clone(), Some("TCP"))]),
                     })
                 })
@@ -298,30 +347,36 @@ fn backend_policy(r: &Resolved, e: &Exposure) -> Value {
             json!({
                 "apiVersion": "cilium.io/v2",
                 "kind": "CiliumNetworkPolicy",
-                "metadata": metadata(&name, &e.namespace, None),
+                "metadata": meta,
                 "spec": {
-                    "description": description,
-                    "endpointSelector": {"matchLabels": labels},
+                    "description": p.description,
+                    "endpointSelector": {"matchLabels": p.pod_labels},
                     "ingress": rules,
                 },
             })
         }
         NetpolKind::Kubernetes => {
-            let rules: Vec<Value> = sources
+            let rules: Vec<Value> = p
+                .sources
                 .iter()
-                .map(|(ns, l)| {
+                .map(|s| {
+                    let labels = (!s.labels.is_empty()).then_some(&s.labels);
                     json!({
-                        "from": [k8s_peer(ns, *l)],
+                        "from": [k8s_peer(&s.namespace, labels)],
                         "ports": ports_k8s(&[(port.clone(), "TCP")]),
                     })
                 })
                 .collect();
+            if !meta["annotations"].is_object() {
+                meta["annotations"] = json!({});
+            }
+            meta["annotations"]["gatehouse.dev/description"] = json!(p.description);
             json!({
                 "apiVersion": "networking.k8s.io/v1",
                 "kind": "NetworkPolicy",
-                "metadata": metadata(&name, &e.namespace, Some(json!({"gatehouse.dev/description": description}))),
+                "metadata": meta,
                 "spec": {
-                    "podSelector": {"matchLabels": labels},
+                    "podSelector": {"matchLabels": p.pod_labels},
                     "policyTypes": ["Ingress"],
                     "ingress": rules,
                 },

@@ -2,14 +2,17 @@
 //! light nodes (a map stream without a data plane), a throwaway PKI written to
 //! a temporary directory, real origins on loopback sockets (HTTP echo,
 //! Server-Sent Events, large bodies, WebSocket echo, gRPC over h2c, TCP
-//! echo), child processes that die with the test, and polling with a
-//! deadline. It never fakes the component under test.
+//! echo), child processes that die with the test, polling with a deadline,
+//! and an in-process Kubernetes object tracker standing in for the API
+//! server. It never fakes the component under test.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 pub mod control;
 pub mod grpc;
+pub mod kube_realiser;
+pub mod kube_tracker;
 pub mod origin;
 pub mod pki;
 pub mod process;

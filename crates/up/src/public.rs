@@ -143,6 +143,7 @@ pub async fn start(
         heartbeat: None,
         acme: None,
         hostnames,
+        route_api: None,
     };
     cfg.routes()
         .map_err(|e| UpError::State(format!("edge config: {e}")))?;

@@ -1,0 +1,407 @@
+//! The "local cluster": the operator, unchanged, against testkit's object
+//! tracker served over HTTP (standing in for the API server), with a real
+//! control (in-process), a real edge and a real connector (processes of
+//! this binary) on loopback, and StatefulSets realised as processes of this
+//! binary by testkit's realiser. An Ingress applied to the tracker must
+//! become reachable publicly over HTTPS through the edge and privately over
+//! the mesh.
+//!
+//! What it proves and what it does not: see docs/operator.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use common::BIN;
+use gatehouse_operator::edge::HttpEdge;
+use gatehouse_operator::mesh::ControlMesh;
+use gatehouse_operator::{Context, Settings};
+use gatehouse_proto::control::CreateOAuthClient;
+use gatehouse_testkit::kube_realiser::{Realiser, rewrite};
+use gatehouse_testkit::kube_tracker::Tracker;
+use gatehouse_testkit::origin::HttpOrigin;
+use gatehouse_testkit::pki::Pki;
+use gatehouse_testkit::process::Proc;
+use gatehouse_testkit::{TestControl, free_port, wait_for};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn curl(ca: &std::path::Path, resolve: &str, url: &str) -> (u16, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-w", "\n%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", resolve, url])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_becomes_reachable_in_a_local_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = Pki::new();
+    let site = pki.leaf(&["*.example.com"]);
+    let edge_leaf = pki.leaf(&["edge.test", "127.0.0.1"]);
+    let origin = HttpOrigin::start("blog").await;
+
+    // Control, with the operator's OAuth client (the starter policy lets
+    // tag:k8s-operator tag proxies tag:k8s).
+    let control = TestControl::start().await;
+    let oauth = control
+        .admin
+        .create_oauth(&CreateOAuthClient {
+            scopes: vec![
+                "auth_keys:write".into(),
+                "devices:read".into(),
+                "devices:write".into(),
+            ],
+            tags: vec!["tag:k8s-operator".into()],
+            description: "operator".into(),
+        })
+        .await
+        .unwrap();
+
+    // The edge, with a tunnel and its route API.
+    let tokens = d.join("tunnels.json");
+    let out = Command::new(BIN)
+        .args(["edge", "tunnel", "create", "gatehouse", "--tokens"])
+        .arg(&tokens)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let (https, tunnel, admin, api) = (port(), port(), port(), port());
+    let edge_cfg = d.join("edge.yaml");
+    std::fs::write(
+        &edge_cfg,
+        format!(
+            "listen: {{https: {https}, tunnel: {tunnel}, admin: {admin}}}\ntunnel_tls: {{cert: {}, key: {}}}\ntokens: {}\nheartbeat: 500ms\nhostnames: []\nroute_api:\n  listen: {api}\n  store: {}\n  tls: {{cert: {}, key: {}}}\n  hostnames: {{gatehouse: ['*.example.com']}}\n",
+            edge_leaf.cert.display(),
+            edge_leaf.key.display(),
+            tokens.display(),
+            d.join("routes.json").display(),
+            site.cert.display(),
+            site.key.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["edge", "--config"]).arg(&edge_cfg);
+    let _edge = Proc::start("edge", d, cmd);
+    wait_for("edge route API", Duration::from_secs(20), || async move {
+        tokio::net::TcpStream::connect(api).await.ok()
+    })
+    .await;
+
+    // The API server stand-in, and a kubeconfig for processes.
+    let tracker = Tracker::new();
+    let addr = tracker.serve().await;
+    let kubeconfig = d.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters: [{{name: local, cluster: {{server: 'http://{addr}'}}}}]\nusers: [{{name: local, user: {{}}}}]\ncontexts: [{{name: local, context: {{cluster: local, user: local, namespace: gatehouse}}}}]\ncurrent-context: local\n"),
+    )
+    .unwrap();
+    let mut config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    config.default_namespace = "gatehouse".into();
+    let client = kube::Client::try_from(config).unwrap();
+
+    // Workloads: Service names map to loopback, container paths to pod dirs.
+    let map = vec![(
+        "http://blog.blog.svc.cluster.local:80".to_string(),
+        format!("http://{}", origin.addr),
+    )];
+    let map2 = map.clone();
+    let kc = kubeconfig.clone();
+    let realiser = Arc::new(Realiser::new(
+        tracker.clone(),
+        &d.join("pods"),
+        move |pod| {
+            let mut m = map2.clone();
+            m.push((
+                "/var/lib/gatehouse".into(),
+                pod.dir.join("state").display().to_string(),
+            ));
+            m.push(("0.0.0.0:41641".into(), "127.0.0.1:0".into()));
+            m.push(("0.0.0.0:9100".into(), format!("127.0.0.1:{}", free_port())));
+            m.push((
+                "127.0.0.1:9100".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ));
+            let mut c = Command::new(BIN);
+            c.args(pod.args.iter().map(|a| rewrite(a, &m)));
+            c.envs(pod.env.iter().cloned())
+                .env("KUBECONFIG", &kc)
+                .env("RUST_LOG", "info");
+            c
+        },
+    ));
+    let rules_dir = d.join("connector");
+    let map3 = map.clone();
+    realiser.mirror_config_map("gatehouse", "gatehouse-connector", &rules_dir, move |v| {
+        rewrite(v, &map3)
+    });
+    let _realiser_task = realiser.spawn();
+
+    // The operator, with leader election, exactly as `gatehouse operator run` wires it.
+    let mesh = ControlMesh::connect(&control.info.join, &oauth.secret.unwrap())
+        .await
+        .unwrap();
+    let ca = std::fs::read_to_string(&pki.ca).unwrap();
+    let edge = HttpEdge::new(&format!("https://{api}"), Some(&ca), &token).unwrap();
+    let mut s = Settings::new("gatehouse", "ghcr.io/gatehouse-dev/gatehouse:0.1.0");
+    s.ready_poll = Duration::from_millis(200);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(mesh),
+        Some(Arc::new(edge)),
+        s,
+    ));
+    gatehouse_operator::reconcile::ensure_connector_config(&ctx)
+        .await
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(gatehouse_operator::run::with_leader_election(
+        ctx.clone(),
+        "gatehouse-operator",
+        "test",
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // The connector reads the rules the operator writes.
+    wait_for("connector rules", Duration::from_secs(10), || {
+        let f = rules_dir.join("config.yaml");
+        async move { f.exists().then_some(()) }
+    })
+    .await;
+    let metrics = port();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["tunnel", "run", "--token", &token, "--config"])
+        .arg(rules_dir.join("config.yaml"))
+        .args([
+            "--edge",
+            &tunnel.to_string(),
+            "--edge-name",
+            "edge.test",
+            "--edge-ca",
+        ])
+        .arg(&pki.ca)
+        .args(["--ha-connections", "1", "--metrics", &metrics.to_string()]);
+    let _connector = Proc::start("connector", d, cmd);
+
+    // Apply the Ingress.
+    tracker.insert(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "blog", "namespace": "blog"},
+        "spec": {"selector": {"app": "blog"}, "ports": [{"name": "http", "port": 80, "targetPort": 2368}]},
+    }));
+    let applied = Instant::now();
+    tracker.insert(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "blog", "namespace": "blog", "annotations": {
+            "gatehouse.dev/public-hostname": "blog.example.com",
+            "gatehouse.dev/public-deny-paths": "/ghost",
+        }},
+        "spec": {
+            "ingressClassName": "gatehouse",
+            "defaultBackend": {"service": {"name": "blog", "port": {"number": 80}}},
+            "tls": [{"hosts": ["k8s-blog"]}],
+        },
+    }));
+    let resolve = format!("blog.example.com:{}:127.0.0.1", https.port());
+    let url = format!("https://blog.example.com:{}", https.port());
+    let (ca_path, r2, u2) = (pki.ca.clone(), resolve.clone(), url.clone());
+    wait_for(
+        "public HTTPS through the edge",
+        Duration::from_secs(30),
+        || {
+            let (c, r, u) = (ca_path.clone(), r2.clone(), u2.clone());
+            async move { (curl(&c, &r, &format!("{u}/post/1")).await.0 == 200).then_some(()) }
+        },
+    )
+    .await;
+    let public_ms = applied.elapsed().as_millis();
+    assert_eq!(
+        curl(&pki.ca, &resolve, &format!("{url}/ghost/admin"))
+            .await
+            .0,
+        403
+    );
+    assert!(
+        origin.seen().iter().any(|p| p.contains("/post/1")),
+        "{:?}",
+        origin.seen()
+    );
+    eprintln!("local_cluster: Ingress applied -> public HTTPS 200 in {public_ms} ms");
+
+    // The proxy's StatefulSet runs as a process with its state in the Secret.
+    let pods = wait_for("proxy pod", Duration::from_secs(10), || {
+        let r = realiser.clone();
+        async move { (!r.pods().is_empty()).then(|| r.pods()) }
+    })
+    .await;
+    let pod = &pods[0];
+    let fqdn = wait_for("Ingress status", Duration::from_secs(30), || {
+        let t = tracker.clone();
+        async move {
+            let ing = t.get("networking.k8s.io/v1", "Ingress", "blog", "blog")?;
+            ing["status"]["loadBalancer"]["ingress"][0]["hostname"]
+                .as_str()
+                .filter(|h| h.starts_with("k8s-blog."))
+                .map(String::from)
+        }
+    })
+    .await;
+    eprintln!(
+        "local_cluster: Ingress applied -> proxy online in control ({fqdn}) in {} ms",
+        applied.elapsed().as_millis()
+    );
+    // A member's laptop reaches it over the mesh (the starter policy
+    // lets members reach tag:k8s on 443), with the mesh CA.
+    control
+        .admin
+        .create_user("alice@example.com")
+        .await
+        .unwrap();
+    let key = control.key(Some("alice@example.com"), &[], false).await;
+    let socks = port();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "node",
+        "up",
+        "--control",
+        &control.info.join,
+        "--authkey",
+        &key,
+    ])
+    .args(["--hostname", "laptop", "--state"])
+    .arg(d.join("laptop"))
+    .args(["--socks5", &socks.to_string()]);
+    let _laptop = Proc::start("laptop", d, cmd);
+    let mesh_ca = d.join("mesh-ca.pem");
+    std::fs::write(&mesh_ca, &control.ca).unwrap();
+    let url = format!("https://{fqdn}/post/2");
+    let (m, u) = (mesh_ca.clone(), url.clone());
+    wait_for(
+        "private HTTPS over the mesh",
+        Duration::from_secs(30),
+        || {
+            let (m, u) = (m.clone(), u.clone());
+            async move {
+                let out = tokio::process::Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--max-time",
+                        "5",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                    ])
+                    .args(["--proxy", &format!("socks5h://{socks}"), "--cacert"])
+                    .arg(&m)
+                    .arg(&u)
+                    .output()
+                    .await
+                    .ok()?;
+                (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(origin.seen().iter().any(|p| p.contains("/post/2")));
+    eprintln!(
+        "local_cluster: Ingress applied -> private HTTPS 200 over the mesh in {} ms",
+        applied.elapsed().as_millis()
+    );
+    // The node's state went back into its Secret (a restarted pod is
+    // the same node).
+    let secret = pod
+        .split_once('/')
+        .unwrap()
+        .1
+        .rsplit_once('-')
+        .unwrap()
+        .0
+        .to_string();
+    wait_for("node state in the Secret", Duration::from_secs(10), || {
+        let (t, s) = (tracker.clone(), secret.clone());
+        async move {
+            let sec = t.get("v1", "Secret", "gatehouse", &s)?;
+            sec["data"]
+                .as_object()?
+                .keys()
+                .any(|k| k.starts_with("s0."))
+                .then_some(())
+        }
+    })
+    .await;
+
+    // The backend's policy admits this Ingress's proxies and the connector
+    // (stored only: nothing enforces policies here).
+    let np = tracker
+        .get(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            "blog",
+            "gatehouse-blog-blog",
+        )
+        .unwrap();
+    assert_eq!(np["spec"]["ingress"].as_array().unwrap().len(), 2, "{np}");
+
+    // Removing the annotation removes the route and the connector rule.
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), "blog");
+    let mut ing = tracker
+        .get("networking.k8s.io/v1", "Ingress", "blog", "blog")
+        .unwrap();
+    ing["metadata"]["annotations"] = json!({});
+    tracker.insert(ing);
+    let (ca_path, r2, u2) = (pki.ca.clone(), resolve.clone(), url.clone());
+    wait_for("public route removed", Duration::from_secs(30), || {
+        let (c, r, u) = (ca_path.clone(), r2.clone(), u2.clone());
+        async move { (curl(&c, &r, &format!("{u}/post/1")).await.0 != 200).then_some(()) }
+    })
+    .await;
+
+    // Deleting the Ingress removes its proxy (and the pod process).
+    ingresses
+        .delete("blog", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("Ingress and proxy gone", Duration::from_secs(30), || {
+        let (t, r) = (tracker.clone(), realiser.clone());
+        async move {
+            (t.get("networking.k8s.io/v1", "Ingress", "blog", "blog")
+                .is_none()
+                && t.list("apps/v1", "StatefulSet").is_empty()
+                && r.pods().is_empty())
+            .then_some(())
+        }
+    })
+    .await;
+    // The proxy's node is gone from control, and so is the policy.
+    let nodes = control.admin.nodes().await.unwrap();
+    assert!(
+        nodes.iter().all(|n| !n.node.name.starts_with("k8s-blog")),
+        "{nodes:?}"
+    );
+    assert!(
+        tracker
+            .list("networking.k8s.io/v1", "NetworkPolicy")
+            .is_empty()
+    );
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;
+}

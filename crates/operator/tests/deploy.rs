@@ -1,0 +1,351 @@
+//! Install artifacts and strict validation: the committed CRD equals the
+//! generated one; the Helm chart renders to exactly `deploy/`; every
+//! manifest in `deploy/` and every object the operator writes passes
+//! `kubernetes-validate --strict` (core kinds) or Cilium's strict schemas.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Env, ingress, service};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+const IMAGE: &str = "ghcr.io/gatehouse-dev/gatehouse:0.1.0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(root().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+#[test]
+fn crd_yaml_is_committed_and_current() {
+    let generated = gatehouse_operator::crd::crd_yaml().unwrap();
+    for p in [
+        "deploy/crds/proxyclasses.gatehouse.dev.yaml",
+        "charts/gatehouse/crds/proxyclasses.gatehouse.dev.yaml",
+    ] {
+        assert!(
+            read(p) == generated,
+            "{p} is stale: run `gatehouse operator crd > {p}`"
+        );
+    }
+}
+
+/// The chart's templates may use only `{{ .Values.a.b }}`; this renders
+/// them with `values.yaml`. (No helm binary can be installed here; the
+/// restriction keeps this renderer's output what helm's would be.)
+fn render_template(text: &str, values: &Value) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let end = rest[i..].find("}}").expect("unclosed {{") + i;
+        let expr = rest[i + 2..end].trim();
+        let path = expr
+            .strip_prefix(".Values.")
+            .unwrap_or_else(|| panic!("template uses {expr:?}: only .Values.x is allowed"));
+        assert!(
+            path.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'),
+            "template expression {expr:?} is more than a value"
+        );
+        let mut v = values;
+        for seg in path.split('.') {
+            v = &v[seg];
+        }
+        match v {
+            Value::String(s) => out.push_str(s),
+            Value::Number(n) => out.push_str(&n.to_string()),
+            other => panic!("value {path} is {other}"),
+        }
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn chart_renders_to_deploy() {
+    let values: Value = serde_yaml_ng::from_str(&read("charts/gatehouse/values.yaml")).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(root().join("charts/gatehouse/templates"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut deploy: Vec<String> = std::fs::read_dir(root().join("deploy"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    deploy.sort();
+    assert_eq!(names, deploy, "one template per deploy/ file");
+    for n in names {
+        let rendered = render_template(&read(&format!("charts/gatehouse/templates/{n}")), &values);
+        assert_eq!(docs(&rendered), docs(&read(&format!("deploy/{n}"))), "{n}");
+    }
+}
+
+#[test]
+fn one_image_name_everywhere() {
+    let mut seen = 0;
+    for n in ["deploy/operator.yaml", "deploy/connector.yaml"] {
+        for line in read(n).lines() {
+            if let Some(img) = line.trim().strip_prefix("image: ") {
+                assert_eq!(img, IMAGE, "{n}");
+                seen += 1;
+            }
+            if line.contains("ghcr.io/") {
+                assert!(line.contains(IMAGE), "{n}: {line}");
+            }
+        }
+    }
+    assert_eq!(seen, 2);
+    assert!(read("charts/gatehouse/values.yaml").contains(&format!("image: {IMAGE}")));
+    assert!(read("Dockerfile").contains(IMAGE.rsplit_once(':').unwrap().0));
+    assert!(read("docs/operator.md").contains(IMAGE));
+}
+
+fn validate(dir: &Path) {
+    let out = std::process::Command::new(root().join("scripts/validate-manifests"))
+        .args(["-k", "1.33.0"])
+        .arg(dir)
+        .output()
+        .expect("scripts/validate-manifests (run scripts/install-test-deps)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn deploy_manifests_validate_strictly() {
+    validate(&root().join("deploy"));
+}
+
+/// Runs the operator over Ingresses that exercise every object it can
+/// write, and validates each of them.
+#[tokio::test]
+async fn every_object_the_operator_writes_validates_strictly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    for cilium in [false, true] {
+        let env = Env::new().await;
+        if cilium {
+            env.tracker.serve_group(
+                "cilium.io/v2",
+                &[("ciliumnetworkpolicies", "CiliumNetworkPolicy", true)],
+            );
+        }
+        env.tracker.insert(json!({
+            "apiVersion": "gatehouse.dev/v1alpha1", "kind": "ProxyClass",
+            "metadata": {"name": "default"},
+            "spec": {
+                "replicas": 2,
+                "metrics": {"enabled": true},
+                "statefulSet": {
+                    "labels": {"team": "web"},
+                    "annotations": {"note": "x"},
+                    "pod": {
+                        "labels": {"team": "web"},
+                        "annotations": {"a": "b"},
+                        "nodeSelector": {"kubernetes.io/os": "linux"},
+                        "priorityClassName": "high",
+                        "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}],
+                        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                            {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                             "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "gatehouse-proxy"}}}}]}},
+                        "container": {
+                            "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                            "env": [{"name": "RUST_LOG", "value": "debug"}],
+                        },
+                    },
+                },
+            },
+        }));
+        env.tracker
+            .insert(service("blog", "blog", 80, json!("http")));
+        env.tracker.insert(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "blog-1", "namespace": "blog", "labels": {"kubernetes.io/service-name": "blog"}},
+            "addressType": "IPv4", "endpoints": [], "ports": [{"name": "http", "port": 2368}],
+        }));
+        env.tracker.insert(ingress(
+            "blog",
+            "blog",
+            &["k8s-blog", "k8s-blog-admin"],
+            json!({"gatehouse.dev/public-hostname": "blog.example.com", "gatehouse.dev/public-deny-paths": "/ghost"}),
+        ));
+        env.tracker
+            .insert(service("grafana", "grafana", 80, json!(3000)));
+        env.tracker
+            .insert(ingress("grafana", "grafana", &["k8s-grafana"], json!({})));
+        env.reconcile("blog", "blog").await;
+        env.reconcile("grafana", "grafana").await;
+        for (av, kind) in [
+            ("apps/v1", "StatefulSet"),
+            ("v1", "Secret"),
+            ("v1", "ServiceAccount"),
+            ("v1", "ConfigMap"),
+            ("rbac.authorization.k8s.io/v1", "Role"),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+            ("networking.k8s.io/v1", "NetworkPolicy"),
+            ("cilium.io/v2", "CiliumNetworkPolicy"),
+            ("events.k8s.io/v1", "Event"),
+        ] {
+            for mut o in env.tracker.list(av, kind) {
+                // What the operator sent: no fields the server sets.
+                for f in ["uid", "resourceVersion", "creationTimestamp", "generation"] {
+                    o["metadata"].as_object_mut().unwrap().remove(f);
+                }
+                n += 1;
+                // JSON, not YAML: a YAML loader turns an unquoted
+                // timestamp (an Event's eventTime) into a date.
+                std::fs::write(
+                    dir.path().join(format!("{n}-{}.json", kind.to_lowercase())),
+                    serde_json::to_string_pretty(&o).unwrap(),
+                )
+                .unwrap();
+            }
+        }
+    }
+    assert!(n >= 20, "{n} objects");
+    validate(dir.path());
+}
+
+#[test]
+fn doctor_finds_nothing_wrong_with_deploy() {
+    let mut inputs = Vec::new();
+    for e in std::fs::read_dir(root().join("deploy")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "yaml") {
+            inputs.push((
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            ));
+        }
+    }
+    let refs: Vec<(&str, &str)> = inputs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let findings = gatehouse_operator::doctor::check_manifests(&refs);
+    assert!(findings.is_empty(), "{findings:?}");
+}
+
+/// Every request the operator made in the reconcile scenarios below is
+/// allowed by `deploy/rbac.yaml` (ClusterRole anywhere, Role only in the
+/// operator's namespace), with create for an apply that created.
+#[tokio::test]
+async fn deploy_rbac_allows_every_call_the_operator_makes() {
+    let rbac = docs(&read("deploy/rbac.yaml"));
+    let rules = |kind: &str| -> Vec<Value> {
+        rbac.iter()
+            .filter(|d| d["kind"] == kind)
+            .flat_map(|d| d["rules"].as_array().unwrap().clone())
+            .collect()
+    };
+    let (cluster, ns_rules) = (rules("ClusterRole"), rules("Role"));
+    let allows = |rules: &[Value], group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            let has = |k: &str, v: &str| r[k].as_array().unwrap().iter().any(|x| x == v);
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    let env = Env::new().await;
+    env.tracker.serve_group(
+        "cilium.io/v2",
+        &[("ciliumnetworkpolicies", "CiliumNetworkPolicy", true)],
+    );
+    env.tracker.insert(json!({"apiVersion": "gatehouse.dev/v1alpha1", "kind": "ProxyClass", "metadata": {"name": "default"}, "spec": {"replicas": 2}}));
+    env.tracker
+        .insert(service("blog", "blog", 80, json!("http")));
+    env.tracker.insert(ingress(
+        "blog",
+        "blog",
+        &["k8s-blog"],
+        json!({"gatehouse.dev/public-hostname": "blog.example.com"}),
+    ));
+    let mut calls = Vec::new();
+    env.reconcile("blog", "blog").await;
+    calls.extend(env.tracker.requests());
+    let mut ing = env
+        .get("networking.k8s.io/v1", "Ingress", "blog", "blog")
+        .unwrap();
+    ing["spec"]["tls"] = json!([{"hosts": ["k8s-www"]}]);
+    ing["metadata"]["annotations"] = json!({});
+    env.tracker.insert(ing);
+    env.reconcile("blog", "blog").await;
+    calls.extend(env.tracker.requests());
+    let mut ing = env
+        .get("networking.k8s.io/v1", "Ingress", "blog", "blog")
+        .unwrap();
+    ing["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    env.tracker.insert(ing);
+    env.reconcile("blog", "blog").await;
+    calls.extend(env.tracker.requests());
+    let mut checked = 0;
+    for c in calls {
+        let segs: Vec<&str> = c.path.trim_matches('/').split('/').collect();
+        let (group, rest) = match segs.as_slice() {
+            ["api", _, rest @ ..] => ("", rest),
+            ["apis", g, _, rest @ ..] => (*g, rest),
+            _ => continue,
+        };
+        let (ns, rest) = match rest {
+            ["namespaces", n, r @ ..] if !r.is_empty() => (Some(*n), r),
+            r => (None, r),
+        };
+        if rest.is_empty() {
+            continue; // discovery: allowed to every authenticated client
+        }
+        let resource = match rest.get(2) {
+            Some(sub) => format!("{}/{sub}", rest[0]),
+            None => rest[0].to_string(),
+        };
+        let verbs: Vec<&str> = match (c.method.as_str(), rest.len()) {
+            ("GET", 1) => vec!["list"],
+            ("GET", _) => vec!["get"],
+            ("POST", _) => vec!["create"],
+            ("PATCH", _) if c.status == 201 => vec!["patch", "create"],
+            ("PATCH", _) => vec!["patch"],
+            ("PUT", _) => vec!["update"],
+            ("DELETE", _) => vec!["delete"],
+            _ => vec!["?"],
+        };
+        for v in verbs {
+            let ok = allows(&cluster, group, &resource, v)
+                || (ns == Some(common::NS) && allows(&ns_rules, group, &resource, v));
+            assert!(
+                ok,
+                "deploy/rbac.yaml does not allow {v} {group}/{resource} in {ns:?} ({})",
+                c.line()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "{checked}");
+    // What the controller's watches and the leader lease need.
+    for (g, r) in [
+        ("networking.k8s.io", "ingresses"),
+        ("gatehouse.dev", "proxyclasses"),
+    ] {
+        assert!(allows(&cluster, g, r, "watch") && allows(&cluster, g, r, "list"));
+    }
+    assert!(allows(&ns_rules, "apps", "statefulsets", "watch"));
+    for v in ["get", "create", "patch"] {
+        assert!(allows(&ns_rules, "coordination.k8s.io", "leases", v));
+    }
+}
