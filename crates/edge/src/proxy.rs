@@ -226,7 +226,7 @@ impl Public {
             .unwrap_or_else(|| host.to_owned());
         strip_hop_by_hop(&mut headers, upgrade);
         forwarded_headers(&mut headers, peer, scheme, &client_host, id);
-        let head = RequestHead {
+        let head = Frame::RequestHead(RequestHead {
             request_id: id.to_owned(),
             method: parts.method.clone(),
             scheme: scheme.to_owned(),
@@ -234,7 +234,7 @@ impl Public {
             path,
             client_addr: peer.to_string(),
             headers,
-        };
+        });
         let no_body = upgrade || body.is_end_stream();
         let retryable = no_body && is_idempotent(&parts.method);
         let mut body = Some(body);
@@ -257,14 +257,13 @@ impl Public {
                     continue;
                 }
             };
-            let sent = if no_body && !upgrade {
-                // Head and end of stream in one write.
-                w.queue(&Frame::RequestHead(head.clone()))
-            } else if upgrade {
-                w.send(&Frame::RequestHead(head.clone())).await
+            let sent = if upgrade {
+                w.send(&head).await
             } else {
-                // The body pump flushes the head with the first bytes.
-                w.queue(&Frame::RequestHead(head.clone()))
+                // Without a body, head and end of stream leave in one write
+                // (`finish`); otherwise the body pump flushes the head with
+                // the first bytes.
+                w.queue(&head)
             };
             if let Err(e) = sent {
                 last_err = e.to_string();

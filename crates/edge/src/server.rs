@@ -99,15 +99,15 @@ fn bind_tunnel(
         Ok(l)
     };
     if addr.port() != 0 {
-        let endpoint =
-            quinn::Endpoint::server(quic.clone(), addr).map_err(|e| listen_err(addr, e))?;
+        let endpoint = gatehouse_tunnel::transport::quic_endpoint(addr, Some(quic.clone()))
+            .map_err(|e| listen_err(addr, e))?;
         let tcp = tcp_for(addr).map_err(|e| listen_err(addr, e))?;
         return Ok((endpoint, tcp));
     }
     let mut last = None;
     for _ in 0..32 {
-        let endpoint =
-            quinn::Endpoint::server(quic.clone(), addr).map_err(|e| listen_err(addr, e))?;
+        let endpoint = gatehouse_tunnel::transport::quic_endpoint(addr, Some(quic.clone()))
+            .map_err(|e| listen_err(addr, e))?;
         let udp = endpoint.local_addr().map_err(|e| listen_err(addr, e))?;
         match tcp_for(udp) {
             Ok(tcp) => return Ok((endpoint, tcp)),

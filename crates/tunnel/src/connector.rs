@@ -231,7 +231,7 @@ impl Dialer {
         } else {
             SocketAddr::from(([0u16; 8], 0))
         };
-        let endpoint = quinn::Endpoint::client(bind)?;
+        let endpoint = transport::quic_endpoint(bind, None)?;
         let rustls_quic =
             crate::tls::client_config(Some(roots.clone()), &[gatehouse_proto::ALPN_QUIC])?;
         let qc = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_quic)

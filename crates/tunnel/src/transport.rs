@@ -34,6 +34,45 @@ pub fn quic_transport(heartbeat: Duration, peer_streams: u32) -> Arc<quinn::Tran
     Arc::new(t)
 }
 
+/// Kernel buffer size asked for each direction of the QUIC UDP socket. The
+/// default (about 200 KiB) overflows during a bulk transfer: the dropped
+/// datagrams are lost packets to QUIC, whose congestion controller then
+/// slows the whole connection down. The kernel caps the value at
+/// `net.core.rmem_max` / `wmem_max`.
+pub const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A QUIC endpoint on a UDP socket bound to `bind`, with larger socket
+/// buffers ([`UDP_SOCKET_BUFFER`], best effort). A client endpoint
+/// (`server: None`) on an IPv6 address is made dual-stack where the system
+/// allows it.
+pub fn quic_endpoint(
+    bind: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() && server.is_none() {
+        if let Err(e) = socket.set_only_v6(false) {
+            tracing::debug!(error = %e, "UDP socket not dual-stack");
+        }
+    }
+    for (what, r) in [
+        ("receive", socket.set_recv_buffer_size(UDP_SOCKET_BUFFER)),
+        ("send", socket.set_send_buffer_size(UDP_SOCKET_BUFFER)),
+    ] {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "UDP {what} buffer size not set");
+        }
+    }
+    socket.bind(&bind.into())?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
 /// Writes one frame directly on a byte stream (handshake of the TCP fallback).
 pub async fn write_raw<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<(), StreamError> {
     let mut buf = BytesMut::new();
