@@ -109,7 +109,7 @@ pub fn authkey_field(i: i32) -> String {
 
 /// The arguments of the proxy container: `gatehouse operator proxy` (which
 /// keeps the node's state in the Secret and hands it the auth key of its
-/// ordinal) running `gatehouse node up` with the contract of issue 5.
+/// ordinal) running `gatehouse node up` with its documented command-line contract.
 pub fn proxy_args(join: &str, p: &ProxyPlan, metrics: bool) -> Vec<String> {
     let mut a: Vec<String> = [
         "operator",
