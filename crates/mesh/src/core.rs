@@ -15,6 +15,7 @@ use crate::echo;
 use crate::filter::{CompiledFilter, FilterCounters, FlowTable};
 use crate::packet;
 use crate::path::{Path, PathSet};
+use crate::pool;
 use base64::Engine as _;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -390,7 +391,7 @@ impl Core {
             self.counters.bad_datagrams += 1;
             return;
         };
-        let mut out = vec![0u8; data.len().max(MIN_WG_BUF)];
+        let mut out = pool::take(data.len().max(MIN_WG_BUF));
         let msg_type = data.first().copied().unwrap_or(0);
         let result = peer.tunn.decapsulate(src_ip, data, &mut out);
         let (send_back, inbound, authenticated) = match result {
@@ -402,6 +403,7 @@ impl Core {
             TunnResult::Err(e) => {
                 tracing::trace!(%from, error = ?e, "datagram refused");
                 self.counters.bad_datagrams += 1;
+                pool::give(out);
                 return;
             }
         };
@@ -434,9 +436,12 @@ impl Core {
             peer.rx_bytes += len as u64;
             if !peer.addresses.contains(&src) {
                 self.counters.filter.spoofed += 1;
+                pool::give(out);
                 return;
             }
             self.inbound(idx, out, now);
+        } else {
+            pool::give(out);
         }
     }
 
@@ -614,14 +619,18 @@ impl Core {
             return;
         };
         peer.tx_bytes += packet.len() as u64;
-        let mut out = vec![0u8; (packet.len() + WG_OVERHEAD).max(MIN_WG_BUF)];
+        let mut out = pool::take((packet.len() + WG_OVERHEAD).max(MIN_WG_BUF));
         let len = match peer.tunn.encapsulate(packet, &mut out) {
             TunnResult::WriteToNetwork(p) => p.len(),
             TunnResult::Err(e) => {
                 tracing::debug!(peer = %peer.id, error = ?e, "encapsulate failed");
+                pool::give(out);
                 return;
             }
-            _ => return,
+            _ => {
+                pool::give(out);
+                return;
+            }
         };
         out.truncate(len);
         self.send(idx, out, now);
@@ -723,6 +732,13 @@ impl Core {
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// Hands back the buffer of a sent [`Transmit`] or a consumed
+    /// [`Event::Packet`], for reuse by later packets (optional: a buffer not
+    /// given back is simply freed).
+    pub fn recycle(buf: Vec<u8>) {
+        pool::give(buf);
     }
 
     /// The next event.

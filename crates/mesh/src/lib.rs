@@ -25,6 +25,7 @@ pub mod filter;
 pub mod fuzzing;
 pub mod packet;
 pub mod path;
+mod pool;
 mod shell;
 pub mod stack;
 #[doc(hidden)]

@@ -138,6 +138,7 @@ impl Mesh {
             accept: accept_tx,
             stop: stop_rx,
             transmits: Vec::new(),
+            out: Vec::new(),
             shard_due: vec![None; shared.stack.as_ref().map_or(0, |s| s.shards.len())],
         };
         let task = tokio::spawn(driver.run());
@@ -308,6 +309,7 @@ struct Driver {
     accept: mpsc::Sender<MeshConnection>,
     stop: watch::Receiver<bool>,
     transmits: Vec<Transmit>,
+    out: Vec<Vec<u8>>,
     shard_due: Vec<Option<Instant>>,
 }
 
@@ -414,7 +416,8 @@ impl Driver {
     /// Moves packets between the core, the stacks (or TUN) and the socket
     /// until nothing is left to do.
     async fn work(&mut self, now: Instant) {
-        let mut out = Vec::new();
+        // Kept between calls: its capacity is a burst of packets.
+        let mut out = std::mem::take(&mut self.out);
         let mut accepted: Vec<Accepted> = Vec::new();
         let mut to_tun = Vec::new();
         let mut pongs = Vec::new();
@@ -456,6 +459,7 @@ impl Driver {
                     let mut core = lock(&self.shared.core);
                     for p in out.drain(..) {
                         core.handle_packet(&p, now);
+                        crate::pool::give(p);
                     }
                 }
                 for a in accepted.drain(..) {
@@ -474,6 +478,7 @@ impl Driver {
                     if let Err(e) = dev.send(&p).await {
                         tracing::debug!(error = %e, "tun write failed");
                     }
+                    crate::pool::give(p);
                 }
             }
             {
@@ -484,12 +489,16 @@ impl Driver {
             }
             if !self.transmits.is_empty() {
                 busy = true;
-                self.udp.send_all(&mut self.transmits).await;
+                self.udp.send_all(&self.transmits).await;
+                for t in self.transmits.drain(..) {
+                    crate::pool::give(t.payload);
+                }
             }
             if !busy {
                 break;
             }
         }
+        self.out = out;
     }
 }
 

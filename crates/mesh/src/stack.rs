@@ -53,13 +53,15 @@ pub(crate) struct QueueTx<'a>(&'a mut Vec<Vec<u8>>);
 
 impl RxToken for QueueRx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let r = f(&self.0);
+        crate::pool::give(self.0);
+        r
     }
 }
 
 impl TxToken for QueueTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len];
+        let mut buf = crate::pool::take(len);
         let r = f(&mut buf);
         self.0.push(buf);
         r

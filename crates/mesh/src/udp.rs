@@ -22,6 +22,8 @@ pub struct Udp {
     bufs: Vec<Vec<u8>>,
     metas: Vec<RecvMeta>,
     gso: usize,
+    /// Where a GSO batch is assembled (kept: 64 KiB per send is not free).
+    batch: Vec<u8>,
 }
 
 impl Udp {
@@ -41,6 +43,7 @@ impl Udp {
             bufs: (0..RX_BATCH).map(|_| vec![0u8; RX_BUF]).collect(),
             metas: vec![RecvMeta::default(); RX_BATCH],
             gso,
+            batch: Vec::with_capacity(64 * 1024),
         })
     }
 
@@ -86,9 +89,10 @@ impl Udp {
 
     /// Sends datagrams, grouping runs to one destination into GSO batches.
     /// Datagrams that cannot be sent now are dropped (as a network would).
-    pub async fn send_all(&self, transmits: &mut Vec<Transmit>) {
+    /// `transmits` is left as it was, for the caller to reuse its buffers.
+    pub async fn send_all(&mut self, transmits: &[Transmit]) {
         let mut i = 0;
-        let mut batch = Vec::with_capacity(64 * 1024);
+        let mut batch = std::mem::take(&mut self.batch);
         while i < transmits.len() {
             let Path::Direct(dst) = transmits[i].path;
             let seg = transmits[i].payload.len();
@@ -133,6 +137,6 @@ impl Udp {
             }
             i = j;
         }
-        transmits.clear();
+        self.batch = batch;
     }
 }
