@@ -255,7 +255,7 @@ async fn listen_kernel(
     for ip in addresses {
         for port in ports {
             let addr = SocketAddr::new(*ip, *port);
-            let l = TcpListener::bind(addr)
+            let l = bind_when_assigned(addr)
                 .await
                 .map_err(|source| MeshPlaneError::Listen { addr, source })?;
             let tx = tx.clone();
@@ -281,6 +281,25 @@ async fn listen_kernel(
         }
     }
     Ok(rx)
+}
+
+/// Binds `addr`, waiting while the address is still being assigned: a fresh
+/// IPv6 address on the TUN device stays "tentative" until duplicate address
+/// detection ends (about a second), and binding it fails until then.
+async fn bind_when_assigned(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && Instant::now() < deadline =>
+            {
+                tracing::debug!(%addr, "mesh plane: address not assigned yet");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn udp_address(p: Path) -> Option<SocketAddr> {
