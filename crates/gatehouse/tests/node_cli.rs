@@ -11,7 +11,7 @@ use gatehouse_testkit::TestControl;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
@@ -86,36 +86,7 @@ async fn status_json(state: &Path) -> serde_json::Value {
 
 /// A backend answering every request with a fixed page.
 async fn backend() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
-                let who = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("gatehouse-user-login: "))
-                    .unwrap_or("nobody")
-                    .trim()
-                    .to_string();
-                let body = format!("hello {who}\n");
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    addr
+    gatehouse_testkit::origin::hello(([127, 0, 0, 1], 0).into(), "").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

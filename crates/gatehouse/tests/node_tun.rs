@@ -17,7 +17,7 @@ use gatehouse_testkit::TestControl;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -131,36 +131,7 @@ impl Drop for Netns {
 
 /// A backend answering `hello <login>` on `addr`.
 async fn backend(addr: SocketAddr) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
-                let who = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("gatehouse-user-login: "))
-                    .unwrap_or("nobody")
-                    .trim()
-                    .to_string();
-                let body = format!("hello {who} over the tun\n");
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    addr
+    gatehouse_testkit::origin::hello(addr, " over the tun").await
 }
 
 /// `gatehouse node up ARGS` inside a namespace, read up to `ready`.

@@ -277,3 +277,40 @@ pub async fn tcp_echo() -> SocketAddr {
     });
     addr
 }
+
+/// A minimal HTTP/1.1 backend on `addr` answering every request with
+/// `hello <login><tail>\n`, where `<login>` is the `Gatehouse-User-Login`
+/// header serve added (`nobody` without one); one request per connection.
+pub async fn hello(addr: SocketAddr, tail: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind(addr).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                let who = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("gatehouse-user-login: "))
+                    .unwrap_or("nobody")
+                    .trim()
+                    .to_string();
+                let body = format!("hello {who}{tail}\n");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
