@@ -15,7 +15,7 @@
 
 use gatehouse_testkit::TestControl;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -26,28 +26,7 @@ const POLICY: &str = r#"{
   "acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web:443"]}],
 }"#;
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn must(args: &[&str]) {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use gatehouse_testkit::process::{is_root, must, sh};
 
 /// Two namespaces: `a` (laptop) and `b` (blog), a veth pair between them
 /// (10.231.0.1, .2) for the mesh, and one veth each to the test's

@@ -24,28 +24,7 @@ const POLICY: &str = r#"{
 const PORT: u16 = 51820;
 const CHILD_ENV: &str = "GATEHOUSE_MESH_TUN_CHILD";
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn must(args: &[&str]) {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+use gatehouse_testkit::process::{is_root, must, sh};
 
 /// Namespaces and their veth pair, removed on drop.
 struct Netns {
