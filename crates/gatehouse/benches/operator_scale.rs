@@ -14,7 +14,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use gatehouse_proto::control::CreateOAuthClient;
 use gatehouse_testkit::TestControl;
 use gatehouse_testkit::kube_tracker::Tracker;
 use gatehouse_testkit::process::Proc;
@@ -37,21 +36,9 @@ fn rss_mib(pid: u32, field: &str) -> f64 {
 async fn run(n: usize, idle: Duration, concurrency: &str) -> (usize, usize) {
     let dir = tempfile::tempdir().unwrap();
     let control = TestControl::start().await;
-    let oauth = control
-        .admin
-        .create_oauth(&CreateOAuthClient {
-            scopes: vec![
-                "auth_keys:write".into(),
-                "devices:read".into(),
-                "devices:write".into(),
-            ],
-            tags: vec!["tag:k8s-operator".into()],
-            description: "operator".into(),
-        })
-        .await
-        .unwrap();
+    let oauth_secret = control.operator_secret().await;
     let secret = dir.path().join("oauth");
-    std::fs::write(&secret, oauth.secret.unwrap()).unwrap();
+    std::fs::write(&secret, oauth_secret).unwrap();
     let tracker = Tracker::new();
     let addr = tracker.serve().await;
     let kubeconfig = dir.path().join("kubeconfig");

@@ -16,7 +16,6 @@ use common::BIN;
 use gatehouse_operator::edge::HttpEdge;
 use gatehouse_operator::mesh::ControlMesh;
 use gatehouse_operator::{Context, Settings};
-use gatehouse_proto::control::CreateOAuthClient;
 use gatehouse_testkit::kube_realiser::{Realiser, rewrite};
 use gatehouse_testkit::kube_tracker::Tracker;
 use gatehouse_testkit::origin::HttpOrigin;
@@ -56,19 +55,7 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     // Control, with the operator's OAuth client (the starter policy lets
     // tag:k8s-operator tag proxies tag:k8s).
     let control = TestControl::start().await;
-    let oauth = control
-        .admin
-        .create_oauth(&CreateOAuthClient {
-            scopes: vec![
-                "auth_keys:write".into(),
-                "devices:read".into(),
-                "devices:write".into(),
-            ],
-            tags: vec!["tag:k8s-operator".into()],
-            description: "operator".into(),
-        })
-        .await
-        .unwrap();
+    let oauth_secret = control.operator_secret().await;
 
     // The edge, with a tunnel and its route API.
     let tokens = d.join("tunnels.json");
@@ -154,7 +141,7 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     let _realiser_task = realiser.spawn();
 
     // The operator, with leader election, exactly as `gatehouse operator run` wires it.
-    let mesh = ControlMesh::connect(&control.info.join, &oauth.secret.unwrap())
+    let mesh = ControlMesh::connect(&control.info.join, &oauth_secret)
         .await
         .unwrap();
     let ca = std::fs::read_to_string(&pki.ca).unwrap();

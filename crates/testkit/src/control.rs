@@ -7,7 +7,7 @@ use gatehouse_client::{
     AdminClient, ClientError, Identity, IdentityOrClientError, Join, NodeClient,
 };
 use gatehouse_control::{ControlConfig, Running, StartInfo};
-use gatehouse_proto::control::{CreateKey, MapMessage, MapState};
+use gatehouse_proto::control::{CreateKey, CreateOAuthClient, MapMessage, MapState};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -99,6 +99,25 @@ impl TestControl {
             .unwrap_or_else(|e| panic!("control: {e}"));
         self.running = Some(running);
         self.info = info;
+    }
+
+    /// Creates the operator's OAuth client (tagged `tag:k8s-operator`, may
+    /// mint keys and read and delete devices) and returns its secret.
+    pub async fn operator_secret(&self) -> String {
+        self.admin
+            .create_oauth(&CreateOAuthClient {
+                scopes: vec![
+                    "auth_keys:write".into(),
+                    "devices:read".into(),
+                    "devices:write".into(),
+                ],
+                tags: vec!["tag:k8s-operator".into()],
+                description: "operator".into(),
+            })
+            .await
+            .unwrap()
+            .secret
+            .expect("a new client's secret")
     }
 
     /// Mints a pre-auth key.

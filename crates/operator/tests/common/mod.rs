@@ -8,7 +8,6 @@ use futures::future::BoxFuture;
 use gatehouse_operator::edge::{EdgeError, EdgeRoute, EdgeRoutes};
 use gatehouse_operator::mesh::ControlMesh;
 use gatehouse_operator::{Context, Settings};
-use gatehouse_proto::control::CreateOAuthClient;
 use gatehouse_testkit::TestControl;
 use gatehouse_testkit::kube_tracker::{Recorded, Tracker};
 use http::{Request, Response};
@@ -96,20 +95,8 @@ impl Env {
     async fn build(ttl: std::time::Duration, tweak: impl FnOnce(&mut Settings)) -> Env {
         let tracker = Tracker::new();
         let control = TestControl::start().await;
-        let oauth = control
-            .admin
-            .create_oauth(&CreateOAuthClient {
-                scopes: vec![
-                    "auth_keys:write".into(),
-                    "devices:read".into(),
-                    "devices:write".into(),
-                ],
-                tags: vec!["tag:k8s-operator".into()],
-                description: "operator".into(),
-            })
-            .await
-            .unwrap();
-        let mesh = ControlMesh::connect(&control.info.join, &oauth.secret.unwrap())
+        let oauth_secret = control.operator_secret().await;
+        let mesh = ControlMesh::connect(&control.info.join, &oauth_secret)
             .await
             .unwrap()
             .with_node_list_ttl(ttl);
