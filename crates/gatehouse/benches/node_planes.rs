@@ -11,10 +11,13 @@
 //! (p50, p99) of small requests over keep-alive connections (a client in
 //! this process, TLS verified against the mesh CA), one bulk download with
 //! curl through `socks5h://`, the time from `node up` to ready, and the
-//! nodes' RSS idle and at peak.
+//! nodes' RSS idle, at a steady 1,000 req/s and at peak.
 //!
 //! `cargo bench -p gatehouse --bench node_planes` (`BENCH_SECS`,
 //! `BENCH_CONNS`, `BENCH_BULK_MIB`, `BENCH_ROUNDS` override the defaults).
+//! With `BENCH_NODE_BIN` naming a node-only build (`scripts/build-roles
+//! node` writes `target/roles/gatehouse-node`) a third pair of mesh nodes
+//! runs that binary, beside the full build's.
 //! Without `--bench` (as `cargo test --benches` runs it) it checks its own
 //! harness quickly: every target answers, with no error, and the download
 //! arrives whole.
@@ -125,9 +128,9 @@ impl Node {
     }
 }
 
-async fn node_up(args: &[&str]) -> Node {
+async fn node_up(bin: &str, args: &[&str]) -> Node {
     let start = Instant::now();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin)
         .args(["node", "up"])
         .args(args)
         .env("RUST_LOG", "warn")
@@ -166,16 +169,22 @@ async fn node_up(args: &[&str]) -> Node {
 
 /// One plane's pair of nodes.
 struct Pair {
-    plane: &'static str,
+    /// What the report calls them (the plane, and which binary).
+    label: &'static str,
     blog: Node,
     laptop: Node,
 }
 
-async fn pair(control: &TestControl, dir: &Path, plane: &'static str, backend: SocketAddr) -> Pair {
+async fn pair(
+    control: &TestControl,
+    dir: &Path,
+    (label, plane, bin): (&'static str, &'static str, &str),
+    backend: SocketAddr,
+) -> Pair {
     let join = control.info.join.clone();
     let blog_key = control.key(None, &["tag:web"], false).await;
     let laptop_key = control.key(Some("alice@example.com"), &[], false).await;
-    let (blog_name, laptop_name) = (format!("{plane}-blog"), format!("{plane}-laptop"));
+    let (blog_name, laptop_name) = (format!("{label}-blog"), format!("{label}-laptop"));
     let blog_state = dir.join(&blog_name);
     let laptop_state = dir.join(&laptop_name);
     let route = format!("/=http://{backend}");
@@ -200,7 +209,7 @@ async fn pair(control: &TestControl, dir: &Path, plane: &'static str, backend: S
         "--serve".into(),
         route,
     ]);
-    let blog = node_up(&a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let blog = node_up(bin, &a.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let mut a = common(plane);
     a.extend([
         "--control".into(),
@@ -214,9 +223,9 @@ async fn pair(control: &TestControl, dir: &Path, plane: &'static str, backend: S
         "--socks5".into(),
         "127.0.0.1:0".into(),
     ]);
-    let laptop = node_up(&a.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let laptop = node_up(bin, &a.iter().map(String::as_str).collect::<Vec<_>>()).await;
     Pair {
-        plane,
+        label,
         blog,
         laptop,
     }
@@ -310,6 +319,13 @@ struct Load {
 
 /// `conns` keep-alive connections, each sending GET / back to back for `secs`.
 async fn load(t: &Target, secs: u64, conns: u64) -> Load {
+    paced_load(t, secs, conns, None).await
+}
+
+/// [`load`], at `rate` requests per second in all when given (each
+/// connection sends one request per `conns / rate` seconds).
+async fn paced_load(t: &Target, secs: u64, conns: u64, rate: Option<u64>) -> Load {
+    let period = rate.map(|r| Duration::from_secs_f64(conns as f64 / r as f64));
     let end = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -322,7 +338,15 @@ async fn load(t: &Target, secs: u64, conns: u64) -> Load {
                 return (lat, 1);
             };
             let host = host(&t);
+            let mut tick = period.map(|p| {
+                let mut i = tokio::time::interval(p);
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                i
+            });
             while Instant::now() < end {
+                if let Some(i) = tick.as_mut() {
+                    i.tick().await;
+                }
                 let req = http::Request::get("/")
                     .header("host", &host)
                     .body(Empty::new())
@@ -448,10 +472,22 @@ async fn main() {
     std::fs::write(&ca, &control.ca).unwrap();
     let backend = backend();
 
-    let pairs = [
-        pair(&control, dir.path(), "mesh", backend).await,
-        pair(&control, dir.path(), "loopback", backend).await,
+    let mut pairs = vec![
+        pair(&control, dir.path(), ("mesh", "mesh", BIN), backend).await,
+        pair(&control, dir.path(), ("loopback", "loopback", BIN), backend).await,
     ];
+    if let Ok(node_bin) = std::env::var("BENCH_NODE_BIN") {
+        let node_bin: &'static str = node_bin.leak();
+        pairs.push(
+            pair(
+                &control,
+                dir.path(),
+                ("mesh-node-build", "mesh", node_bin),
+                backend,
+            )
+            .await,
+        );
+    }
     let tls = tls_client(&control.ca);
     let mut targets: Vec<(&str, Target, Vec<u32>)> =
         vec![("direct", Target::Direct(backend), vec![])];
@@ -464,7 +500,7 @@ async fn main() {
         // The first request also waits for the laptop to learn blog's
         // endpoint (and, on the mesh, for the handshake).
         gatehouse_testkit::wait_for(
-            &format!("{} path to blog", p.plane),
+            &format!("{} path to blog", p.label),
             Duration::from_secs(30),
             || {
                 let t = t.clone();
@@ -472,7 +508,7 @@ async fn main() {
             },
         )
         .await;
-        targets.push((p.plane, t, vec![p.blog.pid(), p.laptop.pid()]));
+        targets.push((p.label, t, vec![p.blog.pid(), p.laptop.pid()]));
     }
     let idle: Vec<(u64, u64)> = pairs
         .iter()
@@ -483,6 +519,22 @@ async fn main() {
             )
         })
         .collect();
+    // The budget's load: a steady 1,000 req/s (100 in quick mode) over the
+    // same number of connections, RSS read at its end.
+    let steady_rate = if full { 1000 } else { 100 };
+    let mut steady: Vec<(u64, u64)> = Vec::new();
+    for (p, (name, t, _)) in pairs.iter().zip(&targets[1..]) {
+        let l = paced_load(t, secs, conns, Some(steady_rate)).await;
+        assert_eq!(l.errors, 0, "{name}: errors at a steady rate");
+        eprintln!(
+            "{name:>8} at {steady_rate} req/s: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+            l.rps, l.p50_ms, l.p99_ms
+        );
+        steady.push((
+            rss_kib(p.blog.pid(), "VmRSS:"),
+            rss_kib(p.laptop.pid(), "VmRSS:"),
+        ));
+    }
 
     let mut loads: Vec<Vec<Load>> = vec![Vec::new(); targets.len()];
     let mut bulks: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
@@ -543,17 +595,19 @@ async fn main() {
         m.3 / d.3
     );
     println!(
-        "\n| plane | up → ready (blog, laptop) | RSS idle (blog, laptop) | RSS peak (blog, laptop) |"
+        "\n| nodes | up → ready (blog, laptop) | RSS idle (blog, laptop) | RSS at {steady_rate} req/s | RSS peak (blog, laptop) |"
     );
-    println!("|---|---|---|---|");
-    for (p, (bi, li)) in pairs.iter().zip(idle) {
+    println!("|---|---|---|---|---|");
+    for ((p, (bi, li)), (bs, ls)) in pairs.iter().zip(idle).zip(steady) {
         println!(
-            "| {} | {} ms, {} ms | {:.1}, {:.1} MiB | {:.1}, {:.1} MiB |",
-            p.plane,
+            "| {} | {} ms, {} ms | {:.1}, {:.1} MiB | {:.1}, {:.1} MiB | {:.1}, {:.1} MiB |",
+            p.label,
             p.blog.up_to_ready.as_millis(),
             p.laptop.up_to_ready.as_millis(),
             bi as f64 / 1024.0,
             li as f64 / 1024.0,
+            bs as f64 / 1024.0,
+            ls as f64 / 1024.0,
             rss_kib(p.blog.pid(), "VmHWM:") as f64 / 1024.0,
             rss_kib(p.laptop.pid(), "VmHWM:") as f64 / 1024.0,
         );

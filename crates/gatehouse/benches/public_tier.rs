@@ -10,7 +10,10 @@
 //!   terminating TLS, routing and enforcing path rules.
 //!
 //! It also reports the RSS of the edge and the connector, idle and under
-//! load. It needs `nginx`, `wrk` and `rathole` on the PATH.
+//! load. It needs `nginx`, `wrk` and `rathole` on the PATH. With
+//! `BENCH_EDGE_BIN` and `BENCH_CONNECTOR_BIN` naming role builds
+//! (`scripts/build-roles` writes `target/roles/gatehouse-{edge,connector}`)
+//! a third edge and connector pair, over QUIC, runs those binaries.
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) it only checks its
 //! own harness quickly: the gatehouse path against an in-process origin,
@@ -207,18 +210,26 @@ struct Gatehouse {
     https: SocketAddr,
 }
 
-async fn start_gatehouse(dir: &Path, pki: &Pki, origin: SocketAddr, transport: &str) -> Gatehouse {
+/// An edge and a connector; `label` names their files, `bins` the edge's
+/// and the connector's binaries.
+async fn start_gatehouse(
+    dir: &Path,
+    pki: &Pki,
+    origin: SocketAddr,
+    (label, transport): (&str, &str),
+    (edge_bin, conn_bin): (&str, &str),
+) -> Gatehouse {
     let site = pki.leaf(&[HOST]);
     let tunnel_leaf = pki.leaf(&["edge.test"]);
     let (https, tunnel) = (addr(), addr());
-    let tokens = dir.join(format!("tunnels-{transport}.json"));
-    let out = Command::new(BIN)
+    let tokens = dir.join(format!("tunnels-{label}.json"));
+    let out = Command::new(edge_bin)
         .args(["edge", "tunnel", "create", "bench", "--tokens"])
         .arg(&tokens)
         .output()
         .unwrap();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let edge_cfg = dir.join(format!("edge-{transport}.yaml"));
+    let edge_cfg = dir.join(format!("edge-{label}.yaml"));
     std::fs::write(
         &edge_cfg,
         format!(
@@ -231,18 +242,18 @@ async fn start_gatehouse(dir: &Path, pki: &Pki, origin: SocketAddr, transport: &
         ),
     )
     .unwrap();
-    let conn_cfg = dir.join(format!("tunnel-{transport}.yaml"));
+    let conn_cfg = dir.join(format!("tunnel-{label}.yaml"));
     std::fs::write(
         &conn_cfg,
         format!("ingress:\n  - hostname: {HOST}\n    service: http://{origin}\n  - service: http_status:404\n"),
     )
     .unwrap();
-    let mut e = Command::new(BIN);
+    let mut e = Command::new(edge_bin);
     e.args(["edge", "--config"])
         .arg(&edge_cfg)
         .env("RUST_LOG", "warn");
-    let edge = Proc::start(&format!("edge-{transport}"), dir, e);
-    let mut c = Command::new(BIN);
+    let edge = Proc::start(&format!("edge-{label}"), dir, e);
+    let mut c = Command::new(conn_bin);
     c.args(["tunnel", "run", "--token", &token, "--config"])
         .arg(&conn_cfg)
         .args([
@@ -255,7 +266,7 @@ async fn start_gatehouse(dir: &Path, pki: &Pki, origin: SocketAddr, transport: &
         .arg(&pki.ca)
         .args(["--transport", transport])
         .env("RUST_LOG", "warn");
-    let connector = Proc::start(&format!("connector-{transport}"), dir, c);
+    let connector = Proc::start(&format!("connector-{label}"), dir, c);
     wait_http(&format!("https://{HOST}:{}/", https.port()), &pki.ca).await;
     Gatehouse {
         edge_pid: edge.pid(),
@@ -280,7 +291,7 @@ async fn quick_check() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let origin = gatehouse_testkit::origin::HttpOrigin::start("bench").await;
-    let g = start_gatehouse(dir.path(), &pki, origin.addr, "quic").await;
+    let g = start_gatehouse(dir.path(), &pki, origin.addr, ("quic", "quic"), (BIN, BIN)).await;
     let base = format!("https://{HOST}:{}", g.https.port());
     let l = wrk(&format!("{base}/"), 1, 4).await;
     assert_eq!(l.errors, 0, "errors through the tunnel");
@@ -379,16 +390,26 @@ async fn full_run() {
     for u in [&direct, &nginx, &rathole] {
         wait_http(&format!("{u}/"), &pki.ca).await;
     }
-    let quic = start_gatehouse(d, &pki, origin, "quic").await;
-    let tcp = start_gatehouse(d, &pki, origin, "tcp").await;
+    let quic = start_gatehouse(d, &pki, origin, ("quic", "quic"), (BIN, BIN)).await;
+    let tcp = start_gatehouse(d, &pki, origin, ("tcp", "tcp"), (BIN, BIN)).await;
+    let roles = match (
+        std::env::var("BENCH_EDGE_BIN"),
+        std::env::var("BENCH_CONNECTOR_BIN"),
+    ) {
+        (Ok(e), Ok(c)) => {
+            Some(start_gatehouse(d, &pki, origin, ("quic-roles", "quic"), (&e, &c)).await)
+        }
+        _ => None,
+    };
     let idle = |g: &Gatehouse| (rss_kib(g.edge_pid), rss_kib(g.conn_pid));
     let (q_idle, t_idle) = (idle(&quic), idle(&tcp));
+    let r_idle = roles.as_ref().map(idle);
 
     println!("wrk -t2 -c{conns} -d{secs}s --latency URL; curl single stream of {bulk_mib} MiB\n");
     println!("| path | req/s | p99 | bulk MiB/s | errors |");
     println!("|---|---|---|---|---|");
     let mut rows = Vec::new();
-    let targets: Vec<(&str, String, Vec<u32>)> = vec![
+    let mut targets: Vec<(&str, String, Vec<u32>)> = vec![
         ("direct to origin (nginx)", direct.clone(), vec![]),
         ("nginx TLS reverse proxy", nginx.clone(), vec![]),
         (
@@ -407,6 +428,13 @@ async fn full_run() {
             vec![tcp.edge_pid, tcp.conn_pid],
         ),
     ];
+    if let Some(r) = &roles {
+        targets.push((
+            "gatehouse edge→connector, QUIC, role builds",
+            format!("https://{HOST}:{}", r.https.port()),
+            vec![r.edge_pid, r.conn_pid],
+        ));
+    }
     for (name, base, pids) in &targets {
         let (l, rss) = wrk_with_rss(&format!("{base}/"), secs, conns, pids).await;
         let (size, mibs) = bulk(&format!("{base}/bulk"), &pki.ca).await;
@@ -440,6 +468,18 @@ async fn full_run() {
         mib(t_idle.1),
         mib(rows[4].1[1])
     );
+    if let Some((e, c)) = r_idle {
+        println!(
+            "| gatehouse edge (QUIC, edge build) | {:.1} MiB | {:.1} MiB |",
+            mib(e),
+            mib(rows[5].1[0])
+        );
+        println!(
+            "| gatehouse connector (QUIC, connector build) | {:.1} MiB | {:.1} MiB |",
+            mib(c),
+            mib(rows[5].1[1])
+        );
+    }
     println!("| rathole server | | {:.1} MiB |", mib(rows[2].1[0]));
     println!("| rathole client | | {:.1} MiB |", mib(rows[2].1[1]));
 }

@@ -3,22 +3,52 @@
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+// Helpers shared by several commands go unused in builds that leave those out.
+#![cfg_attr(not(feature = "full"), allow(dead_code))]
 
+#[cfg(feature = "control")]
 mod admin_cmd;
+#[cfg(feature = "control")]
 mod control_cmd;
+#[cfg(feature = "operator")]
 mod doctor_cmd;
+#[cfg(feature = "edge")]
 mod edge_cmd;
+#[cfg(any(feature = "operator", feature = "tools"))]
 mod inputs;
+#[cfg(feature = "tools")]
 mod lint_cmd;
 mod logging;
+#[cfg(feature = "node")]
 mod node_cmd;
+#[cfg(feature = "proxy")]
 mod operator_cmd;
+#[cfg(feature = "tools")]
 mod policy_cmd;
+#[cfg(feature = "tools")]
 mod reach_cmd;
+#[cfg(feature = "tools")]
 mod render_cmd;
+#[cfg(feature = "tools")]
 mod stack_input;
+#[cfg(feature = "connector")]
 mod tunnel_cmd;
+#[cfg(feature = "up")]
 mod up_cmd;
+
+#[cfg(not(any(
+    feature = "node",
+    feature = "connector",
+    feature = "edge",
+    feature = "control",
+    feature = "operator",
+    feature = "proxy",
+    feature = "tools",
+    feature = "up"
+)))]
+compile_error!(
+    "build at least one command: features node, proxy, connector, edge, control, operator, tools or up"
+);
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -33,35 +63,48 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[cfg(feature = "tools")]
     /// Check, query and compile an access policy (Tailscale policy-file syntax).
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
+    #[cfg(feature = "control")]
     /// Run the coordination server of the private tier.
     Control(control_cmd::ControlArgs),
+    #[cfg(feature = "control")]
     /// Administer a running control server (users, nodes, keys, OAuth, policy, audit, CA).
     Admin(admin_cmd::AdminArgs),
+    #[cfg(feature = "node")]
     /// Run a mesh node (serve, SOCKS5, DNS) and talk to a running one.
     #[command(subcommand)]
     Node(node_cmd::NodeCommand),
+    #[cfg(feature = "edge")]
     /// Run the public edge, or manage its tunnels (`gatehouse edge tunnel create NAME`).
     Edge(edge_cmd::EdgeArgs),
+    #[cfg(feature = "connector")]
     /// The outbound-only connector and its tools (ingress rules, TCP access).
     #[command(subcommand)]
     Tunnel(tunnel_cmd::TunnelCommand),
+    #[cfg(feature = "tools")]
     /// Report the known traps in Kubernetes manifests (rule id, file:line, why, fix).
     Lint(lint_cmd::LintArgs),
+    #[cfg(feature = "tools")]
     /// Who can reach what, from Kubernetes manifests and network policies.
     #[command(subcommand)]
     Reach(reach_cmd::ReachCommand),
+    #[cfg(feature = "tools")]
     /// Generate Ingresses, network policies, connector rules and ACLs from an exposure catalog.
     Render(render_cmd::RenderArgs),
+    #[cfg(feature = "proxy")]
     /// The Kubernetes operator: Ingress of class gatehouse to proxy, public route and network policy.
     #[command(subcommand)]
     Operator(operator_cmd::OperatorCommand),
+    #[cfg(feature = "operator")]
     /// Report the seed's traps that apply to a cluster (manifests, or --cluster).
     Doctor(doctor_cmd::DoctorArgs),
+    #[cfg(feature = "up")]
     /// Run a whole network on this machine from gatehouse.yaml (default: the built-in demo).
     Up(up_cmd::UpArgs),
+    #[cfg(feature = "up")]
     /// Services of a running `gatehouse up` (or of a control server): URLs, certificates, proxies, tunnel, who may reach them.
     Status(up_cmd::StatusArgs),
 }
@@ -69,19 +112,32 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        #[cfg(feature = "tools")]
         Command::Policy(cmd) => policy_cmd::run(cmd),
+        #[cfg(feature = "control")]
         Command::Control(a) => run_async(control_cmd::run(a)),
+        #[cfg(feature = "control")]
         Command::Admin(a) => run_async(admin_cmd::run(a)),
+        #[cfg(feature = "node")]
         Command::Node(cmd) => run_async(node_cmd::run(cmd)),
+        #[cfg(feature = "edge")]
         Command::Edge(args) => edge_cmd::run(args),
+        #[cfg(feature = "connector")]
         Command::Tunnel(cmd) => tunnel_cmd::run(cmd),
+        #[cfg(feature = "tools")]
         Command::Lint(args) => lint_cmd::run(args),
+        #[cfg(feature = "tools")]
         Command::Reach(cmd) => reach_cmd::run(cmd),
+        #[cfg(feature = "tools")]
         Command::Render(args) => render_cmd::run(args),
+        #[cfg(feature = "proxy")]
         Command::Operator(cmd) => operator_cmd::run(cmd),
+        #[cfg(feature = "operator")]
         Command::Doctor(args) => doctor_cmd::run(args),
         // Many components in one process: their warnings only, unless RUST_LOG says otherwise.
+        #[cfg(feature = "up")]
         Command::Up(a) => run_async_logged("warn,gatehouse_up=info", up_cmd::up(a)),
+        #[cfg(feature = "up")]
         Command::Status(a) => match run_async_code(up_cmd::status(a)) {
             Ok(code) => code,
             Err(code) => code,
@@ -90,6 +146,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs an async command that chooses its exit code; errors exit 2.
+#[cfg(feature = "up")]
 fn run_async_code(
     fut: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
 ) -> Result<ExitCode, ExitCode> {

@@ -1,28 +1,39 @@
 //! `gatehouse operator`: run the Kubernetes operator (`run`), print the
 //! ProxyClass CRD (`crd`), or be the entry point of a proxy pod (`proxy`).
+//! The proxy image's build (feature `proxy`) has only `proxy`.
 
-use anyhow::{Context as _, Result, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use anyhow::{Context as _, Result};
+#[cfg(feature = "operator")]
+use clap::ValueEnum;
+use clap::{Args, Subcommand};
 use gatehouse_operator::boot::{self, BootConfig};
-use gatehouse_operator::edge::{EdgeRoutes, HttpEdge};
-use gatehouse_operator::mesh::ControlMesh;
-use gatehouse_operator::{Context, Settings};
+#[cfg(feature = "operator")]
+use gatehouse_operator::{
+    Context, Settings,
+    edge::{EdgeRoutes, HttpEdge},
+    mesh::ControlMesh,
+};
+#[cfg(feature = "operator")]
 use gatehouse_render::NetpolKind;
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "operator")]
 use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
 pub enum OperatorCommand {
     /// Serve Ingresses of class gatehouse (in a cluster, or with a kubeconfig).
+    #[cfg(feature = "operator")]
     Run(Box<RunArgs>),
     /// Print the ProxyClass CustomResourceDefinition (YAML).
+    #[cfg(feature = "operator")]
     Crd,
     /// Entry point of a proxy pod: keep the node's state in its Secret and run `gatehouse node`.
     Proxy(ProxyArgs),
 }
 
+#[cfg(feature = "operator")]
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Netpol {
     /// CiliumNetworkPolicy when the cluster serves cilium.io/v2, else NetworkPolicy.
@@ -33,6 +44,7 @@ enum Netpol {
     Kubernetes,
 }
 
+#[cfg(feature = "operator")]
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Namespace of the operator, the proxies and the connector.
@@ -97,6 +109,7 @@ pub struct ProxyArgs {
 
 pub fn run(cmd: OperatorCommand) -> ExitCode {
     match cmd {
+        #[cfg(feature = "operator")]
         OperatorCommand::Crd => match gatehouse_operator::crd::crd_yaml() {
             Ok(y) => {
                 print!("{y}");
@@ -107,6 +120,7 @@ pub fn run(cmd: OperatorCommand) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        #[cfg(feature = "operator")]
         OperatorCommand::Run(a) => crate::run_async(operator(*a)),
         OperatorCommand::Proxy(a) => {
             crate::logging::init();
@@ -128,6 +142,7 @@ pub fn run(cmd: OperatorCommand) -> ExitCode {
     }
 }
 
+#[cfg(feature = "operator")]
 fn read_secret(p: &PathBuf) -> Result<String> {
     Ok(std::fs::read_to_string(p)
         .with_context(|| format!("reading {}", p.display()))?
@@ -135,6 +150,7 @@ fn read_secret(p: &PathBuf) -> Result<String> {
         .to_string())
 }
 
+#[cfg(feature = "operator")]
 async fn operator(a: RunArgs) -> Result<()> {
     let client = kube::Client::try_default()
         .await
@@ -159,7 +175,7 @@ async fn operator(a: RunArgs) -> Result<()> {
             )?))
         }
         (None, None) => None,
-        _ => bail!("--edge-api and --tunnel-token-file go together"),
+        _ => anyhow::bail!("--edge-api and --tunnel-token-file go together"),
     };
     let mut s = Settings::new(&a.namespace, &a.image);
     s.tunnel = a.tunnel;

@@ -347,3 +347,38 @@ async fn ha_connections_spread_over_every_edge() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     }
 }
+
+/// More long-lived requests than a QUIC connection first allows: the
+/// connector starts each connection with a small stream allowance and
+/// raises it as streams open, so 400 Server-Sent Events streams held open
+/// at once over two connections (256 streams allowed at first) all get
+/// their first event, then all finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_allowance_grows_with_long_lived_requests() {
+    const STREAMS: usize = 400;
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(soft.max(4096).min(hard), hard);
+    }
+    let mut s = Stack::new().await;
+    s.start_edge().await;
+    s.start_connector(0, "quic").await;
+    let opened = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join_all((0..STREAMS).map(|_| open_sse(&s))),
+    )
+    .await;
+    let Ok(bodies) = opened else {
+        s.dump();
+        panic!("not every one of {STREAMS} event streams got its first event");
+    };
+    s.origin.release_sse();
+    for mut body in bodies {
+        let mut rest = String::new();
+        while let Some(f) = http_body_util::BodyExt::frame(&mut body).await {
+            if let Some(d) = f.unwrap().data_ref() {
+                rest += &String::from_utf8_lossy(d);
+            }
+        }
+        assert_eq!(rest, "data: second\n\n");
+    }
+}

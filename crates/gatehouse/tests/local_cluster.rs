@@ -1,8 +1,9 @@
 //! The "local cluster": the operator, unchanged, against testkit's object
 //! tracker served over HTTP (standing in for the API server), with a real
-//! control (in-process), a real edge and a real connector (processes of
-//! this binary) on loopback, and StatefulSets realised as processes of this
-//! binary by testkit's realiser. An Ingress applied to the tracker must
+//! control (in-process), a real edge (a process of this binary) and a real
+//! connector (the connector image's build) on loopback, and StatefulSets
+//! realised by testkit's realiser as processes of the binary their image
+//! holds (the proxy image: the proxy build). An Ingress applied to the tracker must
 //! become reachable publicly over HTTPS through the edge and privately over
 //! the mesh.
 //!
@@ -21,6 +22,7 @@ use gatehouse_testkit::kube_tracker::Tracker;
 use gatehouse_testkit::origin::HttpOrigin;
 use gatehouse_testkit::pki::Pki;
 use gatehouse_testkit::process::Proc;
+use gatehouse_testkit::roles;
 use gatehouse_testkit::{TestControl, free_port, wait_for};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, DeleteParams};
@@ -28,6 +30,10 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
+
+/// The proxies' image (deploy/operator.yaml); its binary is the proxy
+/// build.
+const PROXY_IMAGE: &str = "ghcr.io/gatehouse-dev/gatehouse-proxy:0.1.0";
 use std::time::{Duration, Instant};
 
 async fn curl(ca: &std::path::Path, resolve: &str, url: &str) -> (u16, String) {
@@ -110,6 +116,7 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     )];
     let map2 = map.clone();
     let kc = kubeconfig.clone();
+    let node_bin = roles::bin("proxy");
     let realiser = Arc::new(Realiser::new(
         tracker.clone(),
         &d.join("pods"),
@@ -125,7 +132,12 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
                 "127.0.0.1:9100".into(),
                 format!("127.0.0.1:{}", free_port()),
             ));
-            let mut c = Command::new(BIN);
+            assert_eq!(
+                pod.image, PROXY_IMAGE,
+                "{}: an image nothing runs",
+                pod.name
+            );
+            let mut c = Command::new(&node_bin);
             c.args(pod.args.iter().map(|a| rewrite(a, &m)));
             c.envs(pod.env.iter().cloned())
                 .env("KUBECONFIG", &kc)
@@ -146,7 +158,7 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
         .unwrap();
     let ca = std::fs::read_to_string(&pki.ca).unwrap();
     let edge = HttpEdge::new(&format!("https://{api}"), Some(&ca), &token).unwrap();
-    let mut s = Settings::new("gatehouse", "ghcr.io/gatehouse-dev/gatehouse:0.1.0");
+    let mut s = Settings::new("gatehouse", PROXY_IMAGE);
     s.ready_poll = Duration::from_millis(200);
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -174,7 +186,7 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     })
     .await;
     let metrics = port();
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(roles::bin("connector"));
     cmd.args(["tunnel", "run", "--token", &token, "--config"])
         .arg(rules_dir.join("config.yaml"))
         .args([

@@ -96,24 +96,59 @@ fn chart_renders_to_deploy() {
     }
 }
 
+/// The images of each role, one name per role everywhere: the operator's
+/// (every command), the proxies' (`gatehouse node` only) and the
+/// connector's (`gatehouse tunnel` only), each built by the Dockerfile with
+/// its features.
+const PROXY_IMAGE: &str = "ghcr.io/gatehouse-dev/gatehouse-proxy:0.1.0";
+const CONNECTOR_IMAGE: &str = "ghcr.io/gatehouse-dev/gatehouse-connector:0.1.0";
+
 #[test]
-fn one_image_name_everywhere() {
-    let mut seen = 0;
-    for n in ["deploy/operator.yaml", "deploy/connector.yaml"] {
-        for line in read(n).lines() {
-            if let Some(img) = line.trim().strip_prefix("image: ") {
-                assert_eq!(img, IMAGE, "{n}");
-                seen += 1;
-            }
-            if line.contains("ghcr.io/") {
-                assert!(line.contains(IMAGE), "{n}: {line}");
-            }
-        }
+fn one_image_name_per_role_everywhere() {
+    let images = |n: &str| -> Vec<String> {
+        read(n)
+            .lines()
+            .filter(|l| l.contains("ghcr.io/"))
+            .map(|l| {
+                l.rsplit([' ', '"'])
+                    .find(|w| !w.is_empty())
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(images("deploy/operator.yaml"), [IMAGE, PROXY_IMAGE]);
+    assert_eq!(images("deploy/connector.yaml"), [CONNECTOR_IMAGE]);
+    let values = read("charts/gatehouse/values.yaml");
+    for (key, image) in [
+        ("image", IMAGE),
+        ("proxyImage", PROXY_IMAGE),
+        ("connectorImage", CONNECTOR_IMAGE),
+    ] {
+        assert!(
+            values.contains(&format!("\n{key}: {image}\n")),
+            "values.yaml {key}"
+        );
     }
-    assert_eq!(seen, 2);
-    assert!(read("charts/gatehouse/values.yaml").contains(&format!("image: {IMAGE}")));
-    assert!(read("Dockerfile").contains(IMAGE.rsplit_once(':').unwrap().0));
-    assert!(read("docs/operator.md").contains(IMAGE));
+    let dockerfile = read("Dockerfile");
+    for (features, image) in [
+        ("", IMAGE),
+        ("FEATURES=proxy", PROXY_IMAGE),
+        ("FEATURES=connector", CONNECTOR_IMAGE),
+    ] {
+        let build = dockerfile
+            .lines()
+            .position(|l| l.contains(&format!("-t {image} .")))
+            .unwrap_or_else(|| panic!("Dockerfile does not say how to build {image}"));
+        // The --build-arg, when there is one, is on the line before.
+        let lines: Vec<&str> = dockerfile.lines().collect();
+        let said = format!("{}{}", lines[build.saturating_sub(1)], lines[build]);
+        assert!(said.contains(features), "{image} built without {features}");
+    }
+    let docs = read("docs/operator.md");
+    for image in [IMAGE, PROXY_IMAGE, CONNECTOR_IMAGE] {
+        assert!(docs.contains(image), "docs/operator.md names {image}");
+    }
 }
 
 fn validate(dir: &Path) {

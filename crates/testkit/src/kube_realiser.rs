@@ -28,6 +28,8 @@ pub struct PodSpec {
     pub owner: String,
     /// Ordinal.
     pub ordinal: i64,
+    /// The first container's image.
+    pub image: String,
     /// The first container's `args`.
     pub args: Vec<String>,
     /// Its environment, resolved.
@@ -181,6 +183,7 @@ impl Realiser {
                     name: name.clone(),
                     owner: owner.clone(),
                     ordinal: i,
+                    image: c["image"].as_str().unwrap_or_default().to_string(),
                     args: c["args"]
                         .as_array()
                         .into_iter()
@@ -222,7 +225,7 @@ impl Realiser {
             self.tracker.insert(json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels},
-                "spec": {"containers": [{"name": "proxy", "image": "local"}]},
+                "spec": {"containers": [{"name": "proxy", "image": spec.image}]},
                 "status": {"phase": "Running"},
             }));
             pods.insert(k, (hash, p));

@@ -16,6 +16,7 @@ pub mod kube_tracker;
 pub mod origin;
 pub mod pki;
 pub mod process;
+pub mod roles;
 
 pub use control::{DEADLINE, LightNode, TestControl, config};
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 /// Which transport to dial.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +237,10 @@ impl Dialer {
         let qc = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_quic)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut quic = quinn::ClientConfig::new(Arc::new(qc));
-        quic.transport_config(transport::quic_transport(Duration::from_secs(1), 4096));
+        quic.transport_config(transport::quic_transport(
+            Duration::from_secs(1),
+            transport::CONNECTOR_STREAMS_INITIAL,
+        ));
         let rustls_tcp = crate::tls::client_config(Some(roots), &[gatehouse_proto::ALPN_TCP])?;
         Ok(Self {
             endpoint,
@@ -379,8 +382,15 @@ async fn dial_quic(
     let accept_conn = conn.clone();
     let acceptor_sink = sink.clone();
     let acceptor = tokio::spawn(async move {
+        let mut limit = transport::CONNECTOR_STREAMS_INITIAL;
         while let Ok((send, recv)) = accept_conn.accept_bi().await {
             acceptor_sink.spawn(FrameWriter::quic(send), FrameReader::new(Box::new(recv)));
+            let inflight = acceptor_sink.inflight.load(Ordering::Relaxed);
+            if let Some(more) = transport::grown_stream_limit(limit, inflight) {
+                limit = more;
+                accept_conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(more));
+                debug!(streams = more, inflight, "stream allowance raised");
+            }
         }
     });
     let close_conn = conn.clone();

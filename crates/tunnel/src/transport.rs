@@ -34,6 +34,26 @@ pub fn quic_transport(heartbeat: Duration, peer_streams: u32) -> Arc<quinn::Tran
     Arc::new(t)
 }
 
+/// Request streams the edge may open at once on a new QUIC connection.
+/// quinn keeps state for every stream the peer is allowed to open (about
+/// 70 bytes each, allocated up front), so a connection starts with a small
+/// allowance and [`grown_stream_limit`] raises it as requests arrive.
+pub const CONNECTOR_STREAMS_INITIAL: u32 = 128;
+
+/// The most request streams the edge may have open at once on one QUIC
+/// connection.
+pub const CONNECTOR_STREAMS_MAX: u32 = 1 << 16;
+
+/// The new stream allowance of a connection allowing `limit` streams with
+/// `inflight` open, when it should grow: doubled once three quarters are in
+/// use, so the edge rarely waits for credit, up to
+/// [`CONNECTOR_STREAMS_MAX`]. Allowances never shrink.
+pub fn grown_stream_limit(limit: u32, inflight: usize) -> Option<u32> {
+    let used = u64::try_from(inflight).unwrap_or(u64::MAX);
+    (used.saturating_mul(4) >= u64::from(limit) * 3 && limit < CONNECTOR_STREAMS_MAX)
+        .then(|| limit.saturating_mul(2).min(CONNECTOR_STREAMS_MAX))
+}
+
 /// Kernel buffer size asked for each direction of the QUIC UDP socket. The
 /// default (about 200 KiB) overflows during a bulk transfer: the dropped
 /// datagrams are lost packets to QUIC, whose congestion controller then
@@ -131,4 +151,23 @@ pub fn open_h2(
         .flatten();
     let reader = tokio_util::io::StreamReader::new(Box::pin(s));
     Ok((w, FrameReader::new(Box::new(reader))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_allowance_doubles_at_three_quarters_up_to_the_cap() {
+        assert_eq!(grown_stream_limit(128, 0), None);
+        assert_eq!(grown_stream_limit(128, 95), None);
+        assert_eq!(grown_stream_limit(128, 96), Some(256));
+        assert_eq!(grown_stream_limit(256, 200), Some(512));
+        let mut limit = CONNECTOR_STREAMS_INITIAL;
+        while let Some(n) = grown_stream_limit(limit, usize::MAX) {
+            assert!(n > limit);
+            limit = n;
+        }
+        assert_eq!(limit, CONNECTOR_STREAMS_MAX);
+    }
 }
