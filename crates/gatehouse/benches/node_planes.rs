@@ -15,9 +15,9 @@
 //!
 //! `cargo bench -p gatehouse --bench node_planes` (`BENCH_SECS`,
 //! `BENCH_CONNS`, `BENCH_BULK_MIB`, `BENCH_ROUNDS` override the defaults).
-//! With `BENCH_NODE_BIN` naming a node-only build (`scripts/build-roles
-//! node` writes `target/roles/gatehouse-node`) a third pair of mesh nodes
-//! runs that binary, beside the full build's.
+//! With `BENCH_NODE_BIN` naming a role build (`scripts/build-roles` writes
+//! `target/roles/release/gatehouse-{node,proxy}`) a third pair of mesh
+//! nodes runs that binary, beside the full build's.
 //! Without `--bench` (as `cargo test --benches` runs it) it checks its own
 //! harness quickly: every target answers, with no error, and the download
 //! arrives whole.
@@ -478,11 +478,12 @@ async fn main() {
     ];
     if let Ok(node_bin) = std::env::var("BENCH_NODE_BIN") {
         let node_bin: &'static str = node_bin.leak();
+        println!("mesh-role-build: nodes run {node_bin}");
         pairs.push(
             pair(
                 &control,
                 dir.path(),
-                ("mesh-node-build", "mesh", node_bin),
+                ("mesh-role-build", "mesh", node_bin),
                 backend,
             )
             .await,

@@ -12,7 +12,8 @@
 //! It also reports the RSS of the edge and the connector, idle and under
 //! load. It needs `nginx`, `wrk` and `rathole` on the PATH. With
 //! `BENCH_EDGE_BIN` and `BENCH_CONNECTOR_BIN` naming role builds
-//! (`scripts/build-roles` writes `target/roles/gatehouse-{edge,connector}`)
+//! (`scripts/build-roles` writes
+//! `target/roles/release/gatehouse-{edge,connector}`)
 //! a third edge and connector pair, over QUIC, runs those binaries.
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) it only checks its
