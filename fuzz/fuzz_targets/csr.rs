@@ -18,7 +18,7 @@ fn ca() -> &'static MeshCa {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(pem) = std::str::from_utf8(data) {
-        let _ = ca().sign_serving(pem, "node.fuzz.internal", time::Duration::hours(1));
+        let _ = ca().sign_serving(pem, &["node.fuzz.internal".to_string()], time::Duration::hours(1));
         let _ = ca().sign_machine(pem, "n1", time::OffsetDateTime::now_utc() + time::Duration::hours(1));
     }
 });

@@ -243,6 +243,7 @@ pub(crate) async fn join_mesh(
     ca_pem: &str,
     auth_key: &str,
     hostname: &str,
+    shared_name: bool,
 ) -> Result<Identity, crate::IdentityOrClientError> {
     let pending = crate::PendingIdentity::generate()?;
     let req = RegisterRequest {
@@ -251,6 +252,7 @@ pub(crate) async fn join_mesh(
         wireguard_key: pending.wireguard_public(),
         machine_csr: pending.machine_csr()?,
         serving_csr: pending.serving_csr()?,
+        shared_name,
     };
     let resp = register(join, ca_pem, &req).await?;
     Ok(pending.complete(&join.url(), resp))
@@ -272,7 +274,18 @@ impl NodeClient {
         auth_key: &str,
         hostname: &str,
     ) -> Result<Identity, crate::IdentityOrClientError> {
-        join_mesh(join, ca_pem, auth_key, hostname).await
+        join_mesh(join, ca_pem, auth_key, hostname, false).await
+    }
+
+    /// [`NodeClient::register`] as one replica of the shared name
+    /// `hostname` (see `RegisterRequest::shared_name`).
+    pub async fn register_replica(
+        join: &Join,
+        ca_pem: &str,
+        auth_key: &str,
+        hostname: &str,
+    ) -> Result<Identity, crate::IdentityOrClientError> {
+        join_mesh(join, ca_pem, auth_key, hostname, true).await
     }
 
     /// Opens the map stream.

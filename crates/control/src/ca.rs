@@ -193,20 +193,24 @@ impl MeshCa {
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
 
-    /// Signs a node's serving CSR for exactly `fqdn`, valid `lifetime`.
+    /// Signs a node's serving CSR for exactly `names` (the first is the
+    /// subject), valid `lifetime`.
     /// Whatever names the CSR asks for are ignored.
     pub fn sign_serving(
         &self,
         csr_pem: &str,
-        fqdn: &str,
+        names: &[String],
         lifetime: Duration,
     ) -> Result<String, CaError> {
         let mut csr = Self::parse_csr(csr_pem)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, fqdn);
+        dn.push(DnType::CommonName, names.first().map_or("", String::as_str));
         params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::DnsName(fqdn.to_string().try_into()?)];
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| Ok(SanType::DnsName(n.clone().try_into()?)))
+            .collect::<Result<_, CaError>>()?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();

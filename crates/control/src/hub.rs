@@ -152,6 +152,7 @@ impl State {
             },
             tags: r.tags.clone(),
             key_expiry: r.key_expiry,
+            service: r.service.clone(),
         }
     }
 
@@ -302,13 +303,32 @@ impl Hub {
             .collect()
     }
 
-    /// Chooses a unique name and free addresses for a new node.
+    /// The shared name and tags of every node holding `label` as its name
+    /// or as its shared name.
+    pub fn name_holders(&self, label: &str) -> Vec<(Option<String>, Vec<String>)> {
+        let st = self.lock();
+        st.nodes
+            .values()
+            .filter(|e| e.row.name == label || e.row.service.as_deref() == Some(label))
+            .map(|e| (e.row.service.clone(), e.row.tags.clone()))
+            .collect()
+    }
+
+    /// Chooses a unique name and free addresses for a new node. Shared
+    /// names of replicas count as taken.
     pub fn allocate(&self, hostname: &str) -> (String, Ipv4Addr, Ipv6Addr) {
         let st = self.lock();
         let base = dns_label(hostname);
         let mut name = base.clone();
         let mut k = 1;
-        while st.by_name.contains_key(&name) {
+        let taken = |n: &str| {
+            st.by_name.contains_key(n)
+                || st
+                    .nodes
+                    .values()
+                    .any(|e| e.row.service.as_deref() == Some(n))
+        };
+        while taken(&name) {
             let suffix = format!("-{k}");
             let keep = 63usize.saturating_sub(suffix.len());
             name = format!("{}{suffix}", &base[..base.len().min(keep)]);

@@ -132,6 +132,14 @@ pub(crate) async fn register(
         )
         .await);
     }
+    let service = if req.shared_name {
+        match shared_name(&app, &req.hostname, &key.tags, key.user.as_deref()) {
+            Ok(s) => Some(s),
+            Err(e) => return Err(refuse(&app, &actor, &req.hostname, e).await),
+        }
+    } else {
+        None
+    };
     let (name, v4, v6) = app.hub.allocate(&req.hostname);
     let id = format!("n{}", secret::mint(Kind::Token).id);
     let fqdn = format!("{name}.{}", app.config.domain());
@@ -155,7 +163,8 @@ pub(crate) async fn register(
     let lifetime = time::Duration::seconds(
         i64::try_from(app.config.serving_cert_lifetime.as_secs()).unwrap_or(86_400),
     );
-    let serving_cert = match app.ca.sign_serving(&req.serving_csr, &fqdn, lifetime) {
+    let names = serving_names(&fqdn, service.as_deref(), &app.config.domain());
+    let serving_cert = match app.ca.sign_serving(&req.serving_csr, &names, lifetime) {
         Ok(c) => c,
         Err(e) => {
             return Err(refuse(
@@ -186,6 +195,7 @@ pub(crate) async fn register(
         created_at: t,
         key_expiry,
         last_seen: Some(t),
+        service: service.clone(),
     };
     if !app.store.register_node(&row, &key.id, t).await? {
         return Err(refuse(
@@ -208,7 +218,10 @@ pub(crate) async fn register(
         "node.register",
         &id,
         true,
-        &format!("name={name} tags={:?} user={:?}", key.tags, key.user),
+        &format!(
+            "name={name} tags={:?} user={:?} shared_name={service:?}",
+            key.tags, key.user
+        ),
     )
     .await;
     Ok(Json(RegisterResponse {
@@ -221,6 +234,49 @@ pub(crate) async fn register(
         ca_cert: app.ca.cert_pem().to_string(),
         key_expiry,
     }))
+}
+
+/// The shared name a replica asks for, if it may have it: only tagged nodes
+/// share names, and every node already holding the name (as its own or as
+/// its shared name) must be a replica of it with the same tags, so no node
+/// takes over another's name.
+fn shared_name(
+    app: &App,
+    hostname: &str,
+    tags: &[String],
+    user: Option<&str>,
+) -> Result<String, ApiErr> {
+    if tags.is_empty() || user.is_some() {
+        return Err(ApiErr::bad(
+            "only tagged nodes share a name (the auth key has a user)",
+        ));
+    }
+    let label = crate::hub::dns_label(hostname);
+    let mut want: Vec<&String> = tags.iter().collect();
+    want.sort();
+    for (service, holder_tags) in app.hub.name_holders(&label) {
+        let mut have: Vec<&String> = holder_tags.iter().collect();
+        have.sort();
+        if service.as_deref() != Some(label.as_str()) || have != want {
+            return Err(ApiErr::conflict(format!(
+                "the name {label} is held by a node that is not a replica with tags {tags:?}"
+            )));
+        }
+    }
+    Ok(label)
+}
+
+/// The names a serving certificate covers: the node's FQDN and, for a
+/// replica, its shared name's.
+fn serving_names(fqdn: &str, service: Option<&str>, domain: &str) -> Vec<String> {
+    let mut names = vec![fqdn.to_string()];
+    if let Some(s) = service {
+        let shared = format!("{s}.{domain}");
+        if shared != fqdn {
+            names.push(shared);
+        }
+    }
+    names
 }
 
 /// The node a request's client certificate belongs to.
@@ -368,12 +424,13 @@ pub(crate) async fn renew(
 ) -> ApiResult<Json<RenewResponse>> {
     let node = node_of(&app, &cert)?;
     let fqdn = format!("{}.{}", node.name, app.config.domain());
+    let names = serving_names(&fqdn, node.service.as_deref(), &app.config.domain());
     let lifetime = time::Duration::seconds(
         i64::try_from(app.config.serving_cert_lifetime.as_secs()).unwrap_or(86_400),
     );
     let pem = app
         .ca
-        .sign_serving(&req.serving_csr, &fqdn, lifetime)
+        .sign_serving(&req.serving_csr, &names, lifetime)
         .map_err(|e| ApiErr::bad(format!("serving_csr: {e}")))?;
     app.store.set_serving_cert(&node.id, &pem).await?;
     app.hub.set_serving_cert(&node.id, pem.clone());

@@ -26,9 +26,10 @@ pub enum StoreError {
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// Schema migrations, applied in order; never edit one that has shipped.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE users (login TEXT PRIMARY KEY, created_at BIGINT NOT NULL);
 CREATE TABLE nodes (
@@ -96,7 +97,13 @@ CREATE TABLE audit (
   detail TEXT NOT NULL
 );
 ",
-)];
+    ),
+    (
+        2,
+        // The shared name a replica serves with its siblings.
+        "ALTER TABLE nodes ADD COLUMN service TEXT;",
+    ),
+];
 
 /// A stored node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +138,8 @@ pub struct NodeRow {
     pub key_expiry: i64,
     /// Last contact.
     pub last_seen: Option<i64>,
+    /// The shared name it serves with other replicas.
+    pub service: Option<String>,
 }
 
 /// A stored pre-auth key.
@@ -374,6 +383,7 @@ impl Store {
             created_at: r.try_get("created_at")?,
             key_expiry: r.try_get("key_expiry")?,
             last_seen: r.try_get("last_seen")?,
+            service: r.try_get("service")?,
         })
     }
 
@@ -403,8 +413,8 @@ impl Store {
             return Ok(false);
         }
         sqlx::query(
-            "INSERT INTO nodes (id, name, user_login, tags, ipv4, ipv6, wg_key, cert_fingerprint, serving_cert, endpoints, ephemeral, auth_key_id, created_at, key_expiry, last_seen)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            "INSERT INTO nodes (id, name, user_login, tags, ipv4, ipv6, wg_key, cert_fingerprint, serving_cert, endpoints, ephemeral, auth_key_id, created_at, key_expiry, last_seen, service)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&node.id)
         .bind(&node.name)
@@ -421,6 +431,7 @@ impl Store {
         .bind(node.created_at)
         .bind(node.key_expiry)
         .bind(node.last_seen)
+        .bind(node.service.clone())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

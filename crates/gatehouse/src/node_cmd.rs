@@ -56,6 +56,11 @@ pub struct UpArgs {
     /// Host name to ask for (default: this machine's).
     #[arg(long)]
     hostname: Option<String>,
+    /// Serve the host name together with other replicas registered for it
+    /// (tagged auth keys only): the node gets a name of its own, and the
+    /// host name resolves to every replica.
+    #[arg(long)]
+    shared_name: bool,
     /// State directory: keys and certificates (mode 0600) and the local socket.
     #[arg(long, env = "GATEHOUSE_NODE_STATE", default_value = "gatehouse-node")]
     state: PathBuf,
@@ -121,6 +126,7 @@ async fn up(a: UpArgs) -> Result<()> {
     let mut cfg = NodeConfig::new(a.state.clone(), &a.hostname.unwrap_or_else(system_hostname));
     cfg.control = a.control;
     cfg.authkey = a.authkey;
+    cfg.shared_name = a.shared_name;
     cfg.routes = a.serve;
     cfg.redirect_http = a.redirect_http;
     cfg.socks5 = a.socks5;

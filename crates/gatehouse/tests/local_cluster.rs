@@ -206,6 +206,11 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
         "metadata": {"name": "blog", "namespace": "blog"},
         "spec": {"selector": {"app": "blog"}, "ports": [{"name": "http", "port": 80, "targetPort": 2368}]},
     }));
+    // Two replicas per proxy: both serve the Ingress's name.
+    tracker.insert(json!({
+        "apiVersion": "gatehouse.dev/v1alpha1", "kind": "ProxyClass",
+        "metadata": {"name": "default"}, "spec": {"replicas": 2},
+    }));
     let applied = Instant::now();
     tracker.insert(json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
@@ -245,10 +250,11 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     );
     eprintln!("local_cluster: Ingress applied -> public HTTPS 200 in {public_ms} ms");
 
-    // The proxy's StatefulSet runs as a process with its state in the Secret.
-    let pods = wait_for("proxy pod", Duration::from_secs(10), || {
+    // The proxy's StatefulSet runs as processes (one per replica) with
+    // their state in the Secret.
+    let pods = wait_for("proxy pods", Duration::from_secs(10), || {
         let r = realiser.clone();
-        async move { (!r.pods().is_empty()).then(|| r.pods()) }
+        async move { (r.pods().len() == 2).then(|| r.pods()) }
     })
     .await;
     let pod = &pods[0];
@@ -324,6 +330,46 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     eprintln!(
         "local_cluster: Ingress applied -> private HTTPS 200 over the mesh in {} ms",
         applied.elapsed().as_millis()
+    );
+    // Both replicas are online members of the name; with one stopped, the
+    // other serves it.
+    let host = fqdn.split('.').next().unwrap().to_string();
+    let h = host.clone();
+    wait_for("both replicas online", Duration::from_secs(10), || {
+        let (c, h) = (control.admin.clone(), h.clone());
+        async move {
+            let nodes = c.nodes().await.ok()?;
+            (nodes
+                .iter()
+                .filter(|n| n.online && n.node.service.as_deref() == Some(h.as_str()))
+                .count()
+                == 2)
+                .then_some(())
+        }
+    })
+    .await;
+    realiser.stop(&pods[0]);
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--proxy", &format!("socks5h://{socks}"), "--cacert"])
+        .arg(&mesh_ca)
+        .arg(&url)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     // The node's state went back into its Secret (a restarted pod is
     // the same node).

@@ -74,6 +74,7 @@ pub fn datagram(data: &[u8]) {
         user: None,
         tags: Vec::new(),
         key_expiry: 0,
+        service: None,
     };
     core.set_peers(&[peer], now);
     core.set_filter(&filter());

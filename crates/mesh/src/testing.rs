@@ -70,6 +70,7 @@ impl TestNode {
             },
             tags: self.tags.clone(),
             key_expiry: 0,
+            service: None,
         }
     }
 

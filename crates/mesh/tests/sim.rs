@@ -381,6 +381,7 @@ fn nodes_with_ip(sim: &Sim, idx: usize, ip: std::net::IpAddr) -> gatehouse_proto
             user: None,
             tags: vec![],
             key_expiry: 0,
+            service: None,
         })
         .unwrap();
     p.addresses.push(ip);

@@ -48,6 +48,9 @@ pub struct Netmap {
     by_addr: HashMap<IpAddr, String>,
     /// Host name → node id (self included).
     by_name: HashMap<String, String>,
+    /// Shared name → its replicas' node ids (self included), in this
+    /// node's order of preference.
+    by_service: HashMap<String, Vec<String>>,
 }
 
 impl Netmap {
@@ -55,17 +58,38 @@ impl Netmap {
     pub fn new(state: MapState) -> Self {
         let mut by_addr = HashMap::new();
         let mut by_name = HashMap::new();
+        let mut by_service: HashMap<String, Vec<String>> = HashMap::new();
         let me = &state.self_node.node;
         for p in std::iter::once(me).chain(state.peers.values()) {
             for a in &p.addresses {
                 by_addr.insert(*a, p.id.clone());
             }
             by_name.insert(p.name.to_ascii_lowercase(), p.id.clone());
+            if let Some(s) = &p.service {
+                by_service
+                    .entry(s.to_ascii_lowercase())
+                    .or_default()
+                    .push(p.id.clone());
+            }
+        }
+        // Every node prefers the replicas in its own rotation of one order,
+        // so that clients spread over them.
+        let turn = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            me.id.hash(&mut h);
+            h.finish()
+        };
+        for ids in by_service.values_mut() {
+            ids.sort();
+            let k = usize::try_from(turn % ids.len() as u64).unwrap_or(0);
+            ids.rotate_left(k);
         }
         Netmap {
             state,
             by_addr,
             by_name,
+            by_service,
         }
     }
 
@@ -99,43 +123,61 @@ impl Netmap {
         })
     }
 
-    /// The node (peer or self) with this host name, FQDN or address.
+    /// The node (peer or self) with this host name, FQDN or address; for a
+    /// shared name, the replica this node prefers.
     pub fn find(&self, what: &str) -> Option<&Peer> {
         if let Ok(ip) = what.parse::<IpAddr>() {
             return self.node(self.by_addr.get(&ip)?);
         }
-        match self.lookup_id(what) {
-            Ok(id) => self.node(id),
+        match self.lookup_ids(what) {
+            Ok(ids) => ids.first().and_then(|id| self.node(id)),
             Err(_) => None,
         }
     }
 
-    fn lookup_id(&self, name: &str) -> Result<&String, Lookup> {
+    /// The nodes a name stands for: a shared name's replicas (in order of
+    /// preference) or one node.
+    fn lookup_ids(&self, name: &str) -> Result<&[String], Lookup> {
         let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
         let domain = self.domain();
-        let host = if name == domain {
+        let (host, missing) = if name == domain {
             return Err(Lookup::NoSuchHost);
         } else if let Some(h) = name.strip_suffix(&domain).and_then(|h| h.strip_suffix('.')) {
             if h.contains('.') {
                 return Err(Lookup::NoSuchHost);
             }
-            h
+            (h, Lookup::NoSuchHost)
         } else if !name.contains('.') {
             // A bare host name, completed with the search domain.
-            return self.by_name.get(&name).ok_or(Lookup::NotMesh);
+            (name.as_str(), Lookup::NotMesh)
         } else {
             return Err(Lookup::NotMesh);
         };
-        self.by_name.get(host).ok_or(Lookup::NoSuchHost)
+        if let Some(ids) = self.by_service.get(host) {
+            return Ok(ids);
+        }
+        self.by_name
+            .get(host)
+            .map(std::slice::from_ref)
+            .ok_or(missing)
     }
 
-    /// Addresses of a mesh name: `<host>.<domain>` or a bare `<host>`.
+    /// Addresses of a mesh name: `<host>.<domain>` or a bare `<host>`; a
+    /// shared name has every replica's, the preferred replica's first.
     pub fn lookup(&self, name: &str) -> Lookup {
-        match self.lookup_id(name) {
-            Ok(id) => match self.node(id) {
-                Some(p) => Lookup::Found(p.addresses.clone()),
-                None => Lookup::NoSuchHost,
-            },
+        match self.lookup_ids(name) {
+            Ok(ids) => {
+                let addrs: Vec<IpAddr> = ids
+                    .iter()
+                    .filter_map(|id| self.node(id))
+                    .flat_map(|p| p.addresses.iter().copied())
+                    .collect();
+                if addrs.is_empty() {
+                    Lookup::NoSuchHost
+                } else {
+                    Lookup::Found(addrs)
+                }
+            }
             Err(l) => l,
         }
     }
@@ -213,6 +255,7 @@ pub(crate) mod tests {
             user: None,
             tags: Vec::new(),
             key_expiry: 0,
+            service: None,
         }
     }
 
@@ -238,6 +281,42 @@ pub(crate) mod tests {
                 search: vec!["test.gatehouse.internal".into()],
             },
         }))
+    }
+
+    #[test]
+    fn a_shared_name_resolves_to_every_replica() {
+        let mut state = sample().state;
+        for (id, name, v4, v6) in [
+            ("n3", "web", "100.64.0.3", "fd01::3"),
+            ("n4", "web-1", "100.64.0.4", "fd01::4"),
+        ] {
+            let mut p = peer(id, name, v4, v6);
+            p.service = Some("web".into());
+            state.peers.insert(id.into(), p);
+        }
+        let m = Netmap::new(state);
+        let Lookup::Found(addrs) = m.lookup("web.test.gatehouse.internal") else {
+            panic!("web not found");
+        };
+        let mut sorted = addrs.clone();
+        sorted.sort();
+        let want: Vec<IpAddr> = ["100.64.0.3", "100.64.0.4", "fd01::3", "fd01::4"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(sorted, want);
+        // One replica's addresses, then the other's.
+        let first = m.find("web").unwrap();
+        assert_eq!(addrs[..2], first.addresses[..]);
+        assert_eq!(m.lookup("web"), Lookup::Found(addrs));
+        // Each replica keeps its own name.
+        assert_eq!(
+            m.lookup("web-1.test.gatehouse.internal"),
+            Lookup::Found(vec![
+                "100.64.0.4".parse().unwrap(),
+                "fd01::4".parse().unwrap()
+            ])
+        );
     }
 
     #[test]

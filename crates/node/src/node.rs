@@ -65,6 +65,8 @@ pub struct NodeConfig {
     pub authkey: Option<String>,
     /// Requested host name (used when registering).
     pub hostname: String,
+    /// Register as one replica of the shared name `hostname` (tagged keys).
+    pub shared_name: bool,
     /// Routes of `serve` on port 443 (none: no serve).
     pub routes: Vec<Route>,
     /// Redirect HTTP on port 80 to HTTPS (with `serve`).
@@ -91,6 +93,7 @@ impl NodeConfig {
             control: None,
             authkey: None,
             hostname: hostname.to_string(),
+            shared_name: false,
             routes: Vec::new(),
             redirect_http: false,
             socks5: None,
@@ -244,7 +247,11 @@ async fn load_or_register(cfg: &NodeConfig) -> Result<Identity, NodeError> {
     };
     let join = Join::parse(control)?;
     let ca = gatehouse_client::fetch_pinned_ca(&join).await?;
-    let id = NodeClient::register(&join, &ca, authkey, &cfg.hostname).await?;
+    let id = if cfg.shared_name {
+        NodeClient::register_replica(&join, &ca, authkey, &cfg.hostname).await?
+    } else {
+        NodeClient::register(&join, &ca, authkey, &cfg.hostname).await?
+    };
     id.save(&cfg.state_dir)?;
     tracing::info!(node = %id.fqdn, id = %id.node_id, "registered");
     Ok(id)

@@ -109,7 +109,8 @@ pub fn authkey_field(i: i32) -> String {
 
 /// The arguments of the proxy container: `gatehouse operator proxy` (which
 /// keeps the node's state in the Secret and hands it the auth key of its
-/// ordinal) running `gatehouse node up` with its documented command-line contract.
+/// ordinal) running `gatehouse node up` with its documented command-line
+/// contract. Every replica registers for the shared name `host`.
 pub fn proxy_args(join: &str, p: &ProxyPlan, metrics: bool) -> Vec<String> {
     let mut a: Vec<String> = [
         "operator",
@@ -125,6 +126,7 @@ pub fn proxy_args(join: &str, p: &ProxyPlan, metrics: bool) -> Vec<String> {
         join,
         "--hostname",
         &p.host,
+        "--shared-name",
         "--state",
         STATE_DIR,
     ]

@@ -551,7 +551,7 @@ async fn status(ing: &Ingress, ctx: &Context, plan: &Plan) -> Result<Action, Err
         let now = unix_now();
         for p in &plan.proxies {
             match nodes.iter().find(|n| ready_node(n, &p.host, now)) {
-                Some(n) => hostnames.push(n.node.fqdn.clone()),
+                Some(n) => hostnames.push(served_fqdn(n)),
                 None => {
                     ctx.remember_pending(ing, plan);
                     return Ok(Action::requeue(ready_poll(ing, ctx, now)));
@@ -618,8 +618,22 @@ fn ready_poll(ing: &Ingress, ctx: &Context, now: i64) -> Duration {
     }
 }
 
+/// Whether `n` serves `host`: a replica of the shared name `host` (or,
+/// registered before shared names, the node named `host`), online, with a
+/// valid key.
 fn ready_node(n: &gatehouse_proto::control::NodeInfo, host: &str, now: i64) -> bool {
-    n.node.name == host && n.online && n.node.key_expiry > now && !n.node.fqdn.is_empty()
+    let serves = n.node.service.as_deref() == Some(host)
+        || (n.node.service.is_none() && n.node.name == host);
+    serves && n.online && n.node.key_expiry > now && !n.node.fqdn.is_empty()
+}
+
+/// The name clients use for what `n` serves: its shared name under the
+/// mesh domain, or its own FQDN.
+fn served_fqdn(n: &gatehouse_proto::control::NodeInfo) -> String {
+    match (&n.node.service, n.node.fqdn.split_once('.')) {
+        (Some(s), Some((_, domain))) => format!("{s}.{domain}"),
+        _ => n.node.fqdn.clone(),
+    }
 }
 
 fn unix_now() -> i64 {

@@ -264,12 +264,13 @@ pub(crate) async fn remove_proxy(
     Ok(())
 }
 
-/// Deletes the nodes a proxy registered: named `host`, or `host-N` when
-/// replicas clashed on the name.
+/// Deletes the nodes a proxy registered: the replicas of the shared name
+/// `host` (and, from before shared names, nodes named `host` or `host-N`).
 pub(crate) async fn delete_nodes(ctx: &Context, host: &str) -> Result<(), Error> {
     for n in ctx.mesh.nodes().await? {
         let name = &n.node.name;
-        let ours = name == host
+        let ours = n.node.service.as_deref() == Some(host)
+            || name == host
             || name
                 .strip_prefix(host)
                 .and_then(|r| r.strip_prefix('-'))

@@ -19,6 +19,12 @@ pub struct RegisterRequest {
     pub machine_csr: String,
     /// PEM CSR for the serving certificate of the node's DNS name.
     pub serving_csr: String,
+    /// Serve the requested host name together with the other replicas
+    /// asking for it: the node gets a name of its own as usual and is also
+    /// a member of the shared name `hostname` (tagged nodes only; every
+    /// node holding that name must have the same tags).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_name: bool,
 }
 
 /// Response to a registration.
@@ -99,6 +105,10 @@ pub struct Peer {
     pub tags: Vec<String>,
     /// When its key expires (unix seconds).
     pub key_expiry: i64,
+    /// The shared name (a DNS label under the mesh domain) this node serves
+    /// with its other replicas, if it registered for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// The receiving node's own information.

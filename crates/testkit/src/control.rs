@@ -145,6 +145,16 @@ impl TestControl {
         let id = NodeClient::register(&self.join, &self.ca, authkey, hostname).await?;
         Ok(LightNode::connect(id).await?)
     }
+
+    /// Registers a light node as a replica of the shared name `hostname`.
+    pub async fn replica(
+        &self,
+        authkey: &str,
+        hostname: &str,
+    ) -> Result<LightNode, IdentityOrClientError> {
+        let id = NodeClient::register_replica(&self.join, &self.ca, authkey, hostname).await?;
+        Ok(LightNode::connect(id).await?)
+    }
 }
 
 /// A node without a data plane: it holds its map stream and keeps a view.

@@ -274,6 +274,17 @@ impl Realiser {
             .unwrap_or_default()
     }
 
+    /// Stops pod `ns/pod`'s process (SIGTERM, as a kubelet stops a
+    /// container) and waits for it, without restarting it: a pod lost while
+    /// its StatefulSet stays.
+    pub fn stop(&self, pod: &str) {
+        let mut pods = self.pods.lock().unwrap();
+        if let Some((_, p)) = pods.get_mut(pod) {
+            p.signal("TERM");
+            let _ = p.wait();
+        }
+    }
+
     /// Whether pod `ns/pod` still runs.
     pub fn running(&self, pod: &str) -> bool {
         self.pods

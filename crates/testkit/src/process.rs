@@ -40,8 +40,13 @@ impl Proc {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// Sends a signal (`TERM`, `KILL`, `HUP`) with kill(1).
+    /// Sends a signal (`TERM`, `KILL`, `HUP`) with kill(1); nothing once
+    /// the process has been waited for (`kill` with pid 0 would signal the
+    /// whole process group, the test itself included).
     pub fn signal(&self, sig: &str) {
+        if self.child.is_none() {
+            return;
+        }
         let _ = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.pid().to_string())

@@ -76,6 +76,67 @@ async fn serving_certificates_verify_for_exactly_the_node_name() {
     assert_eq!(n.identity.ca_cert, c.admin.ca().await.unwrap());
 }
 
+/// Replicas of a shared name: each certificate (first and renewed) covers
+/// the replica's own name and the shared one, nothing else; peers see the
+/// shared name in the map; a name held as a shared name is not given to
+/// another node, even once the replica named after it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_certified_for_their_own_and_the_shared_name() {
+    let c = TestControl::start().await;
+    c.admin
+        .set_policy(r#"{"tagOwners": {"tag:web": []}, "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#)
+        .await
+        .unwrap();
+    let key = c.key(None, &["tag:web"], true).await;
+    let a = c.replica(&key, "blog").await.unwrap();
+    let mut b = c.replica(&key, "blog").await.unwrap();
+    assert_eq!(a.identity.fqdn, "blog.test.gatehouse.internal");
+    assert_eq!(b.identity.fqdn, "blog-1.test.gatehouse.internal");
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = write(tmp.path(), "ca.pem", &c.ca);
+    let renewed = b
+        .client
+        .renew(&b.identity.serving_csr().unwrap())
+        .await
+        .unwrap();
+    for (what, pem) in [("first", &b.identity.serving_cert), ("renewed", &renewed)] {
+        let cert = write(tmp.path(), "b.pem", pem);
+        for (name, ok) in [
+            ("blog-1.test.gatehouse.internal", true),
+            ("blog.test.gatehouse.internal", true),
+            ("blog-2.test.gatehouse.internal", false),
+            ("test.gatehouse.internal", false),
+        ] {
+            let out = tool("openssl")
+                .args([
+                    "verify",
+                    "-CAfile",
+                    &ca,
+                    "-purpose",
+                    "sslserver",
+                    "-verify_hostname",
+                    name,
+                ])
+                .arg(&cert)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.success(), ok, "{what} certificate for {name}");
+        }
+    }
+    b.wait_until("the map names blog's replica", |s| {
+        s.is_some_and(|s| {
+            s.peers
+                .values()
+                .any(|p| p.name == "blog" && p.service.as_deref() == Some("blog"))
+        })
+    })
+    .await;
+    // The replica named blog goes; the shared name stays taken.
+    c.admin.delete_node(&a.identity.node_id).await.unwrap();
+    let other = c.node(&key, "blog").await.unwrap();
+    assert_eq!(other.identity.fqdn, "blog-2.test.gatehouse.internal");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_is_valid_matches_routes_and_is_committed() {
     let c = TestControl::start().await;

@@ -58,7 +58,11 @@ fn csr_corpus() {
     for bytes in corpus("csr") {
         if let Ok(pem) = std::str::from_utf8(&bytes)
             && ca
-                .sign_serving(pem, "node.fuzz.internal", time::Duration::hours(1))
+                .sign_serving(
+                    pem,
+                    &["node.fuzz.internal".to_string()],
+                    time::Duration::hours(1),
+                )
                 .is_ok()
         {
             signed += 1;

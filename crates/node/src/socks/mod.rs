@@ -100,23 +100,36 @@ impl Failure {
     }
 }
 
-fn resolve_name(names: &dyn Names, name: &str, port: u16) -> Result<SocketAddr, Failure> {
+/// The addresses to try for a name, in order: its IPv4 addresses (one per
+/// replica for a shared name), or else all of them.
+fn resolve_name(names: &dyn Names, name: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
     match names.lookup(name) {
-        Lookup::Found(addrs) => addrs
-            .iter()
-            .find(|a| a.is_ipv4())
-            .or_else(|| addrs.first())
-            .map(|ip| SocketAddr::new(*ip, port))
-            .ok_or(Failure::NoSuchHost),
+        Lookup::Found(addrs) => {
+            let v4: Vec<SocketAddr> = addrs
+                .iter()
+                .filter(|a| a.is_ipv4())
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect();
+            let all = if v4.is_empty() {
+                addrs.iter().map(|ip| SocketAddr::new(*ip, port)).collect()
+            } else {
+                v4
+            };
+            if all.is_empty() {
+                Err(Failure::NoSuchHost)
+            } else {
+                Ok(all)
+            }
+        }
         Lookup::NoSuchHost => Err(Failure::NoSuchHost),
         Lookup::NotMesh => Err(Failure::NotMesh),
         Lookup::NotReady => Err(Failure::NotReady),
     }
 }
 
-fn resolve_ip(names: &dyn Names, ip: IpAddr, port: u16) -> Result<SocketAddr, Failure> {
+fn resolve_ip(names: &dyn Names, ip: IpAddr, port: u16) -> Result<Vec<SocketAddr>, Failure> {
     match names.reverse(ip) {
-        Some(_) => Ok(SocketAddr::new(ip, port)),
+        Some(_) => Ok(vec![SocketAddr::new(ip, port)]),
         None => Err(Failure::NotMesh),
     }
 }
@@ -129,6 +142,53 @@ async fn dial(ctx: &ProxyContext, dst: SocketAddr) -> Result<crate::plane::BoxSt
             Err(Failure::from_io(&e))
         }
         Err(_) => Err(Failure::TimedOut),
+    }
+}
+
+/// How long a connection attempt to one replica of a shared name runs
+/// before the next replica is tried beside it.
+const STAGGER: Duration = Duration::from_millis(250);
+
+/// Connects to the first of `dsts` that answers, the way Happy Eyeballs
+/// (RFC 8305) races addresses: the next attempt starts when the previous
+/// one fails or after [`STAGGER`] without an answer; the first connection
+/// made wins and the others are dropped. With one address it is a plain
+/// dial. A shared name's replicas are several addresses, so a replica that
+/// is down costs a new connection at most [`STAGGER`].
+async fn dial_any(
+    ctx: &ProxyContext,
+    dsts: Vec<SocketAddr>,
+) -> Result<(crate::plane::BoxStream, SocketAddr), Failure> {
+    use futures::StreamExt;
+    let mut next = dsts.into_iter();
+    let mut attempts = futures::stream::FuturesUnordered::new();
+    let start = |dst: SocketAddr| async move { (dst, dial(ctx, dst).await) };
+    let Some(first) = next.next() else {
+        return Err(Failure::NoSuchHost);
+    };
+    attempts.push(start(first));
+    let mut last = Failure::NoSuchHost;
+    loop {
+        let more = next.len() > 0;
+        tokio::select! {
+            done = attempts.next(), if !attempts.is_empty() => match done {
+                Some((dst, Ok(s))) => return Ok((s, dst)),
+                Some((_, Err(f))) => {
+                    last = f;
+                    match next.next() {
+                        Some(d) => attempts.push(start(d)),
+                        None if attempts.is_empty() => return Err(last),
+                        None => {}
+                    }
+                }
+                None => return Err(last),
+            },
+            () = tokio::time::sleep(STAGGER), if more => {
+                if let Some(d) = next.next() {
+                    attempts.push(start(d));
+                }
+            }
+        }
     }
 }
 
@@ -169,7 +229,7 @@ pub async fn handle<S: Stream>(mut stream: S, from: SocketAddr, ctx: ProxyContex
         return;
     };
     let result = match dst {
-        Ok(dst) => dial(&ctx, dst).await.map(|s| (s, dst)),
+        Ok(dsts) => dial_any(&ctx, dsts).await,
         Err(f) => Err(f),
     };
     let answered = match (&result, proto) {
@@ -213,7 +273,7 @@ async fn socks5_request<S: Stream>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     ctx: &ProxyContext,
-) -> Option<Result<SocketAddr, Failure>> {
+) -> Option<Result<Vec<SocketAddr>, Failure>> {
     let malformed = || {
         ctx.stats.malformed.inc();
     };
@@ -305,7 +365,7 @@ async fn http_request<S: Stream>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     ctx: &ProxyContext,
-) -> Option<Result<SocketAddr, Failure>> {
+) -> Option<Result<Vec<SocketAddr>, Failure>> {
     let head = loop {
         match connect::parse_head(buf) {
             Ok(Some((h, used))) => {
