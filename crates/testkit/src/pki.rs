@@ -9,6 +9,8 @@ pub struct Pki {
     issuer: Issuer<'static, KeyPair>,
     /// PEM file of the CA certificate.
     pub ca: PathBuf,
+    /// Leaves made so far: each gets files of its own.
+    leaves: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Pki {
@@ -43,6 +45,7 @@ impl Pki {
             dir,
             issuer: Issuer::new(params, key),
             ca,
+            leaves: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -52,7 +55,12 @@ impl Pki {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let params = CertificateParams::new(names.clone()).unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let base = names[0].replace(['*', ':'], "_");
+        // Numbered, so that a second leaf for the same name never rewrites
+        // the files a running process may be reading.
+        let n = self
+            .leaves
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = format!("{}-{n}", names[0].replace(['*', ':'], "_"));
         let leaf = Leaf {
             cert: self.dir.path().join(format!("{base}.pem")),
             key: self.dir.path().join(format!("{base}.key")),
