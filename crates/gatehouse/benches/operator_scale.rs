@@ -1,9 +1,9 @@
 //! The operator as a process (`gatehouse operator run`, as deployed) against
 //! testkit's object tracker served over HTTP, with a real control: N
 //! Ingresses are stored, the operator starts, and the benchmark waits until
-//! every Ingress has its StatefulSet and NetworkPolicy. Reports the time,
-//! the operator's RSS, and API writes per Ingress; then counts the writes
-//! of ten idle seconds (nothing changed, expected 0), and restarts the
+//! every Ingress has its StatefulSet, NetworkPolicy and `ProxyApplied`
+//! event. Reports the time, the operator's RSS, and API writes per
+//! Ingress; then counts the writes of ten idle seconds (nothing changed, expected 0), and restarts the
 //! operator over the same objects (the same-run baseline: every Ingress
 //! reconciled again with nothing to write).
 //!
@@ -87,7 +87,14 @@ async fn run(n: usize, idle: Duration, concurrency: &str) -> (usize, usize) {
     loop {
         let sts = tracker.list("apps/v1", "StatefulSet").len();
         let np = tracker.list("networking.k8s.io/v1", "NetworkPolicy").len();
-        if sts == n && np == n {
+        // Each first reconcile ends with its `ProxyApplied` event, written
+        // after the NetworkPolicy: done when every Ingress has one.
+        let applied = tracker
+            .writes()
+            .iter()
+            .filter(|w| w.path.contains("/events"))
+            .count();
+        if sts == n && np == n && applied >= n {
             break;
         }
         assert!(Instant::now() < deadline && op.running(), "{}", op.output());
