@@ -1,17 +1,32 @@
 //! Clients to the origins the ingress rules name: pooled HTTP/1.1 or
 //! HTTP/2 (h2c or TLS) over TCP, HTTP/1.1 over Unix sockets.
+//!
+//! Plain `http://` HTTP/1.1 origins take a shorter path: an idle
+//! connection is leased from the rule's own pool and driven by the task of
+//! the request that holds it, from sending the head to the last byte of the
+//! response body, then handed back. No connection task and no channel to it
+//! sit between the tunnel stream and the origin socket; with one small
+//! request per tunnel stream those hops cost as much as the proxying itself.
+//! Upgrades, TLS and HTTP/2 origins keep hyper-util's pooled client.
 
 use crate::ingress::{Ingress, OriginRequest, Service};
 use crate::stream::TunnelBody;
 use crate::tls;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, TunnelBody>;
 
@@ -47,7 +62,7 @@ pub enum OriginError {
 }
 
 enum Client1 {
-    Http(Box<HttpsClient>),
+    Http(Box<HttpsClient>, Option<Arc<H1Pool>>),
     Unix(PathBuf, Duration),
     None,
 }
@@ -73,8 +88,10 @@ impl Origins {
             .iter()
             .enumerate()
             .map(|(i, r)| match &r.service {
-                Service::Http { .. } => {
-                    http_client(i, &r.origin).map(|c| Client1::Http(Box::new(c)))
+                Service::Http { scheme, authority } => {
+                    let plain = (scheme == "http" && !r.origin.http2_origin)
+                        .then(|| Arc::new(H1Pool::new(authority, &r.origin)));
+                    http_client(i, &r.origin).map(|c| Client1::Http(Box::new(c), plain))
                 }
                 Service::Unix { tls: true, .. } => Err(OriginError::UnixTls),
                 Service::Unix { path, tls: false } => {
@@ -86,32 +103,50 @@ impl Origins {
         Ok(Self { clients })
     }
 
+    /// Idle connections kept for rule `idx`.
+    #[cfg(test)]
+    fn idle_len(&self, idx: usize) -> usize {
+        match self.clients.get(idx) {
+            Some(Client1::Http(_, Some(pool))) => pool.idle.lock().unwrap().len(),
+            _ => 0,
+        }
+    }
+
     /// Sends a request (whose URI is already the origin's) for rule `idx`.
+    /// The response body must be read inside [`Lease::drive`]; a request
+    /// that asks for an upgrade never gets a leased connection.
     pub async fn send(
         &self,
         idx: usize,
         req: Request<TunnelBody>,
-    ) -> Result<Response<Incoming>, OriginError> {
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Lease), OriginError> {
         match self.clients.get(idx) {
-            Some(Client1::Http(c)) => Ok(c.request(req).await?),
-            Some(Client1::Unix(path, timeout)) => {
-                let stream = tokio::time::timeout(*timeout, tokio::net::UnixStream::connect(path))
-                    .await
-                    .map_err(|_| OriginError::Timeout)??;
-                let (mut send, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.with_upgrades().await {
-                        tracing::debug!(error = %e, "unix origin connection ended");
-                    }
-                });
-                Ok(send.send_request(req).await?)
-            }
+            Some(Client1::Http(_, Some(pool))) if !upgrade => pool.send(req).await,
+            Some(Client1::Http(c, _)) => Ok((Box::pin(c.request(req)).await?, Lease::none())),
+            Some(Client1::Unix(path, timeout)) => Box::pin(unix(path, *timeout, req)).await,
             _ => Err(OriginError::Connect(std::io::Error::other(
                 "rule has no HTTP origin",
             ))),
         }
     }
+}
+
+async fn unix(
+    path: &std::path::Path,
+    timeout: Duration,
+    req: Request<TunnelBody>,
+) -> Result<(Response<Incoming>, Lease), OriginError> {
+    let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
+        .await
+        .map_err(|_| OriginError::Timeout)??;
+    let (mut send, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "unix origin connection ended");
+        }
+    });
+    Ok((send.send_request(req).await?, Lease::none()))
 }
 
 fn http_client(i: usize, o: &OriginRequest) -> Result<HttpsClient, OriginError> {
@@ -150,4 +185,361 @@ fn http_client(i: usize, o: &OriginRequest) -> Result<HttpsClient, OriginError> 
         .pool_max_idle_per_host(o.keep_alive_connections)
         .http2_only(o.http2_origin);
     Ok(builder.build(conn))
+}
+
+type H1Send = http1::SendRequest<TunnelBody>;
+/// Boxed: the connection's state is large and moves between the pool and
+/// the requests that lease it.
+type H1Conn = Box<http1::Connection<TokioIo<TcpStream>, TunnelBody>>;
+
+/// An idle keep-alive connection and when it became idle.
+struct Idle {
+    send: H1Send,
+    conn: H1Conn,
+    since: Instant,
+}
+
+/// The idle connections to one plain HTTP/1.1 origin, most recent last.
+struct H1Pool {
+    authority: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+impl H1Pool {
+    fn new(authority: &str, o: &OriginRequest) -> Self {
+        Self {
+            authority: authority.to_owned(),
+            connect_timeout: o.connect_timeout,
+            idle_timeout: o.keep_alive_timeout,
+            max_idle: o.keep_alive_connections,
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    async fn send(
+        self: &Arc<Self>,
+        mut req: Request<TunnelBody>,
+    ) -> Result<(Response<Incoming>, Lease), OriginError> {
+        // A connection to the origin itself takes the origin form.
+        let target = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = http::Uri::from(target);
+        if !req.headers().contains_key(http::header::HOST)
+            && let Ok(v) = http::HeaderValue::from_str(&self.authority)
+        {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        loop {
+            let (mut send, conn, reused) = match self.take_idle() {
+                Some((send, conn)) => (send, conn, true),
+                None => {
+                    let (send, conn) = Box::pin(self.connect()).await?;
+                    (send, conn, false)
+                }
+            };
+            let mut conn = Some(conn);
+            match Drive::new(Some(&mut conn), send.try_send_request(req)).await {
+                Ok(resp) => {
+                    let held = Held {
+                        send,
+                        conn,
+                        pool: self.clone(),
+                    };
+                    return Ok((resp, Lease(Some(held))));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The idle connection closed before the request was
+                    // written: nothing reached the origin, so try again.
+                    Some(r) if reused => req = r,
+                    _ => return Err(OriginError::Hyper(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self) -> Option<(H1Send, H1Conn)> {
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            let mut idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_back()?;
+            if idle.since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            // One poll reads a close (or anything unexpected) that arrived
+            // while the connection sat idle.
+            if Pin::new(&mut idle.conn).poll(&mut cx).is_ready() || !idle.send.is_ready() {
+                continue;
+            }
+            return Some((idle.send, idle.conn));
+        }
+    }
+
+    fn put(&self, send: H1Send, mut conn: H1Conn) {
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.max_idle == 0 || Pin::new(&mut conn).poll(&mut cx).is_ready() || !send.is_ready() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // Connections leave from the back, so the front is the oldest.
+        let mut dropped = Vec::new();
+        while let Some(front) = idle.front()
+            && (idle.len() >= self.max_idle || now - front.since >= self.idle_timeout)
+        {
+            dropped.extend(idle.pop_front());
+        }
+        idle.push_back(Idle {
+            send,
+            conn,
+            since: now,
+        });
+        drop(idle);
+        drop(dropped);
+    }
+
+    async fn connect(&self) -> Result<(H1Send, H1Conn), OriginError> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(self.authority.as_str()),
+        )
+        .await
+        .map_err(|_| OriginError::Timeout)??;
+        let _ = tcp.set_nodelay(true);
+        let (send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        Ok((send, Box::new(conn)))
+    }
+}
+
+/// The origin connection a response is read from, when the request's task
+/// drives it (plain HTTP/1.1 origins); empty for the other clients.
+#[must_use = "a leased connection is closed unless released"]
+pub struct Lease(Option<Held>);
+
+struct Held {
+    send: H1Send,
+    conn: Option<H1Conn>,
+    pool: Arc<H1Pool>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Lease").field(&self.0.is_some()).finish()
+    }
+}
+
+impl Lease {
+    fn none() -> Self {
+        Self(None)
+    }
+
+    /// Runs `f` (which reads the response body) while driving the leased
+    /// connection, which is what moves the body from the socket.
+    pub fn drive<F: Future>(&mut self, f: F) -> Drive<'_, F> {
+        Drive::new(self.0.as_mut().map(|h| &mut h.conn), f)
+    }
+
+    /// Hands the connection back for the next request once the response
+    /// has been read whole; a lease dropped instead closes it.
+    pub fn release(mut self) {
+        if let Some(Held {
+            send,
+            conn: Some(conn),
+            pool,
+        }) = self.0.take()
+        {
+            pool.put(send, conn);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Polls `f` to completion, polling the connection first each time; a
+    /// connection that ends is dropped (its requests and bodies see why).
+    /// A plain struct rather than an `async fn`, which would hold `f` twice.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Drive<'a, F> {
+        conn: Option<&'a mut Option<H1Conn>>,
+        #[pin]
+        f: F,
+    }
+}
+
+impl<'a, F> Drive<'a, F> {
+    fn new(conn: Option<&'a mut Option<H1Conn>>, f: F) -> Self {
+        Self { conn, f }
+    }
+}
+
+impl<F: Future> Future for Drive<'_, F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        if let Some(slot) = this.conn.as_deref_mut()
+            && let Some(c) = slot
+            && Pin::new(&mut **c).poll(cx).is_ready()
+        {
+            *slot = None;
+        }
+        this.f.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    /// A keep-alive origin on a real socket that answers each request with
+    /// its connection's number and request line. It reports each accepted
+    /// connection and each connection it has closed; `close` makes it close
+    /// its idle connections without a word, as an idle timeout would.
+    async fn origin() -> (
+        String,
+        mpsc::UnboundedReceiver<&'static str>,
+        Arc<tokio::sync::Notify>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let close = Arc::new(tokio::sync::Notify::new());
+        let closer = close.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                n += 1;
+                let _ = tx.send("accepted");
+                let (tx, close) = (tx.clone(), closer.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let k = tokio::select! {
+                            r = tcp.read(&mut chunk) => match r {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => k,
+                            },
+                            _ = close.notified() => break,
+                        };
+                        buf.extend_from_slice(&chunk[..k]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            let line = head.lines().next().unwrap_or_default().to_owned();
+                            let body = format!("conn {n} {line}");
+                            let resp = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            tcp.write_all(resp.as_bytes()).await.unwrap();
+                        }
+                    }
+                    drop(tcp);
+                    let _ = tx.send("closed");
+                });
+            }
+        });
+        (addr, rx, close)
+    }
+
+    fn origins(addr: &str) -> Origins {
+        let ing = Ingress::parse(&format!("ingress:\n  - service: http://{addr}\n")).unwrap();
+        Origins::build(&ing).unwrap()
+    }
+
+    /// One request through rule 0, its whole body read inside the lease.
+    async fn get(o: &Origins, path: &str, release: bool) -> String {
+        let req = Request::get(format!("http://ignored{path}"))
+            .body(crate::stream::empty())
+            .unwrap();
+        let (resp, mut lease) = o.send(0, req, false).await.unwrap();
+        let body = lease.drive(resp.into_body().collect()).await.unwrap();
+        if release {
+            lease.release();
+        }
+        String::from_utf8(body.to_bytes().to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_released_connection_serves_the_next_request() {
+        let (addr, mut events, _) = origin().await;
+        let o = origins(&addr);
+        for i in 0..5 {
+            let body = get(&o, &format!("/r{i}?q=1"), true).await;
+            // Sent in origin form, all on the first connection.
+            assert_eq!(body, format!("conn 1 GET /r{i}?q=1 HTTP/1.1"));
+        }
+        assert_eq!(events.try_recv(), Ok("accepted"));
+        assert!(events.try_recv().is_err(), "one connection only");
+    }
+
+    #[tokio::test]
+    async fn a_lease_dropped_unreleased_closes_its_connection() {
+        let (addr, mut events, _) = origin().await;
+        let o = origins(&addr);
+        assert_eq!(get(&o, "/a", false).await, "conn 1 GET /a HTTP/1.1");
+        assert_eq!(events.recv().await, Some("accepted"));
+        assert_eq!(events.recv().await, Some("closed"));
+        assert_eq!(get(&o, "/b", true).await, "conn 2 GET /b HTTP/1.1");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_origin_closed_while_idle_is_not_reused() {
+        let (addr, mut events, close) = origin().await;
+        let o = origins(&addr);
+        for i in 1..=3 {
+            assert_eq!(get(&o, "/", true).await, format!("conn {i} GET / HTTP/1.1"));
+            assert_eq!(o.idle_len(0), 1);
+            assert_eq!(events.recv().await, Some("accepted"));
+            close.notify_waiters();
+            assert_eq!(events.recv().await, Some("closed"));
+            // The close is on our socket now; let the reactor see it.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_expire_and_are_bounded() {
+        let (addr, mut events, _) = origin().await;
+        let ing = Ingress::parse(&format!(
+            "originRequest: {{keepAliveConnections: 1, keepAliveTimeout: 0s}}\ningress:\n  - service: http://{addr}\n"
+        ))
+        .unwrap();
+        let o = Origins::build(&ing).unwrap();
+        // A zero idle timeout keeps nothing: every request dials.
+        assert_eq!(get(&o, "/", true).await, "conn 1 GET / HTTP/1.1");
+        assert_eq!(get(&o, "/", true).await, "conn 2 GET / HTTP/1.1");
+        let _ = events.recv().await;
+        let _ = events.recv().await;
+        // Two leases at once, both released: one stays idle, one closes.
+        let ing = Ingress::parse(&format!(
+            "originRequest: {{keepAliveConnections: 1}}\ningress:\n  - service: http://{addr}\n"
+        ))
+        .unwrap();
+        let o = Origins::build(&ing).unwrap();
+        let req = || {
+            Request::get("http://ignored/")
+                .body(crate::stream::empty())
+                .unwrap()
+        };
+        let (r1, mut l1) = o.send(0, req(), false).await.unwrap();
+        let (r2, mut l2) = o.send(0, req(), false).await.unwrap();
+        l1.drive(r1.into_body().collect()).await.unwrap();
+        l2.drive(r2.into_body().collect()).await.unwrap();
+        l1.release();
+        l2.release();
+        assert_eq!(o.idle_len(0), 1);
+    }
 }

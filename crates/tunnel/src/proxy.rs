@@ -81,8 +81,18 @@ async fn proxy(shared: &Arc<Shared>, head: RequestHead, mut w: FrameWriter, r: F
         Service::HelloWorld => {
             respond(&mut w, StatusCode::OK, "Hello from a gatehouse tunnel\n").await
         }
+        // Boxed, as is every rare path below: the future of a stream is
+        // moved whole into its task, so its size is paid on every request.
         Service::Tcp { address } => {
-            tcp(shared, &head, address, rule.origin.connect_timeout, w, r).await
+            Box::pin(tcp(
+                shared,
+                &head,
+                address,
+                rule.origin.connect_timeout,
+                w,
+                r,
+            ))
+            .await
         }
         Service::Http { scheme, authority } => {
             let uri = format!("{scheme}://{authority}{}", head.path);
@@ -125,8 +135,8 @@ async fn http(
     if let Ok(v) = HeaderValue::from_str(&host) {
         req.headers_mut().insert(http::header::HOST, v);
     }
-    let resp = match origins.send(idx, req).await {
-        Ok(resp) => resp,
+    let (resp, mut lease) = match origins.send(idx, req, upgrade).await {
+        Ok(sent) => sent,
         Err(e) => {
             shared.metrics.origin_errors.inc();
             warn!(error = %e, "origin request failed");
@@ -146,15 +156,7 @@ async fn http(
         if w.send(&Frame::ResponseHead(head)).await.is_err() {
             return;
         }
-        match hyper::upgrade::on(resp).await {
-            Ok(up) => {
-                if let Err(e) = bridge(TokioIo::new(up), r, w).await {
-                    debug!(error = %e, "upgraded stream ended");
-                }
-            }
-            Err(e) => warn!(error = %e, "origin upgrade failed"),
-        }
-        return;
+        return Box::pin(upgraded(resp, r, w)).await;
     }
     let (parts, body) = resp.into_parts();
     let mut headers = parts.headers;
@@ -166,8 +168,20 @@ async fn http(
     if w.queue(&Frame::ResponseHead(head)).is_err() {
         return;
     }
-    if let Err(e) = pump_body(body, &mut w).await {
-        debug!(error = %e, "response body ended early");
+    match lease.drive(pump_body(body, &mut w)).await {
+        Ok(()) => lease.release(),
+        Err(e) => debug!(error = %e, "response body ended early"),
+    }
+}
+
+async fn upgraded(resp: http::Response<hyper::body::Incoming>, r: FrameReader, w: FrameWriter) {
+    match hyper::upgrade::on(resp).await {
+        Ok(up) => {
+            if let Err(e) = bridge(TokioIo::new(up), r, w).await {
+                debug!(error = %e, "upgraded stream ended");
+            }
+        }
+        Err(e) => warn!(error = %e, "origin upgrade failed"),
     }
 }
 
