@@ -90,7 +90,7 @@ fn page(status: StatusCode, title: &str, detail: &str, request_id: &str) -> Resp
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        r.headers_mut().insert(REQUEST_ID_HEADER, v);
+        r.headers_mut().insert(REQUEST_ID, v);
     }
     r
 }
@@ -343,21 +343,27 @@ fn forwarded_headers(h: &mut HeaderMap, peer: SocketAddr, scheme: &str, host: &s
         h.remove(n);
     }
     let ip = peer.ip().to_canonical().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip.clone(),
     };
-    let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
+    let set = |h: &mut HeaderMap, name: &http::HeaderName, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
             h.insert(name, v);
         }
     };
-    set(h, "x-forwarded-for", &xff);
-    set(h, "x-forwarded-proto", scheme);
-    set(h, "x-forwarded-host", host);
-    set(h, CLIENT_IP_HEADER, &ip);
-    set(h, REQUEST_ID_HEADER, id);
+    set(h, &X_FORWARDED_FOR, &xff);
+    set(h, &X_FORWARDED_PROTO, scheme);
+    set(h, &X_FORWARDED_HOST, host);
+    set(h, &CLIENT_IP, &ip);
+    set(h, &REQUEST_ID, id);
 }
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+const CLIENT_IP: http::HeaderName = http::HeaderName::from_static(CLIENT_IP_HEADER);
+const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
 
 fn respond(
     head: ResponseHead,

@@ -381,39 +381,45 @@ where
     a.and(b)
 }
 
-/// Hop-by-hop header fields a proxy must not forward (RFC 9110 §7.6.1).
+/// Hop-by-hop header fields a proxy must not forward (RFC 9110 §7.6.1),
+/// besides those `Connection` lists.
+const HOP_BY_HOP: [http::HeaderName; 7] = [
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::HOST,
+];
+
+/// Removes the hop-by-hop header fields a proxy must not forward (RFC 9110
+/// §7.6.1): the fixed ones and every field `Connection` names. `TE` stays
+/// only as `trailers`; `Connection: upgrade` and `Upgrade` stay when asked.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let listed: Vec<String> = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty() && s != "upgrade")
-        .collect();
-    for name in listed {
-        h.remove(name.as_str());
+    if h.contains_key(http::header::CONNECTION) {
+        let listed: Vec<String> = h
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty() && s != "upgrade")
+            .collect();
+        for name in listed {
+            h.remove(name.as_str());
+        }
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "trailer",
-        "transfer-encoding",
-        "host",
-    ] {
+    for name in &HOP_BY_HOP {
         h.remove(name);
     }
-    let te_trailers = h
-        .get(http::header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
+    // `remove` drops every `TE` value and returns the first.
+    if let Some(te) = h.remove(http::header::TE)
+        && te.to_str().is_ok_and(|v| {
             v.split(',')
                 .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
-        });
-    h.remove(http::header::TE);
-    if te_trailers {
+        })
+    {
         h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
     if !keep_upgrade {
@@ -482,5 +488,50 @@ pub mod h2pipe {
             buf: BytesMut::new(),
         };
         (w, http_body_util::StreamBody::new(s).boxed_unsync())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_stripped() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("transfer-encoding", "chunked"),
+            ("host", "example.com"),
+            ("te", "gzip, trailers"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(left, [("te", "trailers"), ("accept", "*/*")]);
+
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert!(!h.contains_key("te"), "TE without trailers is dropped");
     }
 }
