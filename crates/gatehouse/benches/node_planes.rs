@@ -477,7 +477,12 @@ async fn main() {
         pair(&control, dir.path(), ("loopback", "loopback", BIN), backend).await,
     ];
     if let Ok(node_bin) = std::env::var("BENCH_NODE_BIN") {
-        let node_bin: &'static str = node_bin.leak();
+        // A relative path is the workspace's (cargo runs benches in the
+        // crate's directory); an absolute one stays as it is.
+        let node_bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(node_bin);
+        let node_bin: &'static str = node_bin.to_string_lossy().into_owned().leak();
         println!("mesh-role-build: nodes run {node_bin}");
         pairs.push(
             pair(

@@ -13,8 +13,8 @@
 //! load. It needs `nginx`, `wrk` and `rathole` on the PATH. With
 //! `BENCH_EDGE_BIN` and `BENCH_CONNECTOR_BIN` naming role builds
 //! (`scripts/build-roles` writes
-//! `target/roles/release/gatehouse-{edge,connector}`)
-//! a third edge and connector pair, over QUIC, runs those binaries.
+//! `target/roles/release/gatehouse-{edge,connector}`; relative paths are
+//! taken from the workspace root) a third edge and connector pair, over QUIC, runs those binaries.
 //!
 //! Without `--bench` (as `cargo test --benches` runs it) it only checks its
 //! own harness quickly: the gatehouse path against an in-process origin,
@@ -393,9 +393,18 @@ async fn full_run() {
     }
     let quic = start_gatehouse(d, &pki, origin, ("quic", "quic"), (BIN, BIN)).await;
     let tcp = start_gatehouse(d, &pki, origin, ("tcp", "tcp"), (BIN, BIN)).await;
+    // Relative paths are the workspace's, as the commands in the docs
+    // are run from there (cargo runs benches in the crate's directory).
+    let workspace = |p: String| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(p)
+            .to_string_lossy()
+            .into_owned()
+    };
     let roles = match (
-        std::env::var("BENCH_EDGE_BIN"),
-        std::env::var("BENCH_CONNECTOR_BIN"),
+        std::env::var("BENCH_EDGE_BIN").map(workspace),
+        std::env::var("BENCH_CONNECTOR_BIN").map(workspace),
     ) {
         (Ok(e), Ok(c)) => {
             Some(start_gatehouse(d, &pki, origin, ("quic-roles", "quic"), (&e, &c)).await)
