@@ -56,13 +56,18 @@ pub enum OriginError {
     /// Connecting took longer than connectTimeout.
     #[error("origin connect timed out")]
     Timeout,
+    /// The request target does not make a valid URI on the origin.
+    #[error("origin: invalid request target")]
+    Target,
     /// `unix+tls:` is not supported.
     #[error("unix+tls origins are not supported")]
     UnixTls,
 }
 
 enum Client1 {
-    Http(Box<HttpsClient>, Option<Arc<H1Pool>>),
+    /// hyper-util's client with the `scheme://authority` it is for, and
+    /// the leased connections of a plain HTTP/1.1 origin.
+    Http(Box<HttpsClient>, String, Option<Arc<H1Pool>>),
     Unix(PathBuf, Duration),
     None,
 }
@@ -91,7 +96,8 @@ impl Origins {
                 Service::Http { scheme, authority } => {
                     let plain = (scheme == "http" && !r.origin.http2_origin)
                         .then(|| Arc::new(H1Pool::new(authority, &r.origin)));
-                    http_client(i, &r.origin).map(|c| Client1::Http(Box::new(c), plain))
+                    let base = format!("{scheme}://{authority}");
+                    http_client(i, &r.origin).map(|c| Client1::Http(Box::new(c), base, plain))
                 }
                 Service::Unix { tls: true, .. } => Err(OriginError::UnixTls),
                 Service::Unix { path, tls: false } => {
@@ -107,12 +113,12 @@ impl Origins {
     #[cfg(test)]
     fn idle_len(&self, idx: usize) -> usize {
         match self.clients.get(idx) {
-            Some(Client1::Http(_, Some(pool))) => pool.idle.lock().unwrap().len(),
+            Some(Client1::Http(_, _, Some(pool))) => pool.idle.lock().unwrap().len(),
             _ => 0,
         }
     }
 
-    /// Sends a request (whose URI is already the origin's) for rule `idx`.
+    /// Sends a request (its URI in origin form) for rule `idx`.
     /// The response body must be read inside [`Lease::drive`]; a request
     /// that asks for an upgrade never gets a leased connection.
     pub async fn send(
@@ -122,14 +128,27 @@ impl Origins {
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Lease), OriginError> {
         match self.clients.get(idx) {
-            Some(Client1::Http(_, Some(pool))) if !upgrade => pool.send(req).await,
-            Some(Client1::Http(c, _)) => Ok((Box::pin(c.request(req)).await?, Lease::none())),
+            Some(Client1::Http(_, _, Some(pool))) if !upgrade => pool.send(req).await,
+            Some(Client1::Http(c, base, _)) => {
+                let req = absolute(base, req)?;
+                Ok((Box::pin(c.request(req)).await?, Lease::none()))
+            }
             Some(Client1::Unix(path, timeout)) => Box::pin(unix(path, *timeout, req)).await,
             _ => Err(OriginError::Connect(std::io::Error::other(
                 "rule has no HTTP origin",
             ))),
         }
     }
+}
+
+/// The request with its origin-form target made absolute on `base`, as
+/// hyper-util's client wants it.
+fn absolute(base: &str, mut req: Request<TunnelBody>) -> Result<Request<TunnelBody>, OriginError> {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    *req.uri_mut() = format!("{base}{target}")
+        .parse()
+        .map_err(|_| OriginError::Target)?;
+    Ok(req)
 }
 
 async fn unix(
@@ -223,13 +242,6 @@ impl H1Pool {
         self: &Arc<Self>,
         mut req: Request<TunnelBody>,
     ) -> Result<(Response<Incoming>, Lease), OriginError> {
-        // A connection to the origin itself takes the origin form.
-        let target = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *req.uri_mut() = http::Uri::from(target);
         if !req.headers().contains_key(http::header::HOST)
             && let Ok(v) = http::HeaderValue::from_str(&self.authority)
         {
@@ -461,9 +473,7 @@ mod tests {
 
     /// One request through rule 0, its whole body read inside the lease.
     async fn get(o: &Origins, path: &str, release: bool) -> String {
-        let req = Request::get(format!("http://ignored{path}"))
-            .body(crate::stream::empty())
-            .unwrap();
+        let req = Request::get(path).body(crate::stream::empty()).unwrap();
         let (resp, mut lease) = o.send(0, req, false).await.unwrap();
         let body = lease.drive(resp.into_body().collect()).await.unwrap();
         if release {
@@ -529,11 +539,7 @@ mod tests {
         ))
         .unwrap();
         let o = Origins::build(&ing).unwrap();
-        let req = || {
-            Request::get("http://ignored/")
-                .body(crate::stream::empty())
-                .unwrap()
-        };
+        let req = || Request::get("/").body(crate::stream::empty()).unwrap();
         let (r1, mut l1) = o.send(0, req(), false).await.unwrap();
         let (r2, mut l2) = o.send(0, req(), false).await.unwrap();
         l1.drive(r1.into_body().collect()).await.unwrap();

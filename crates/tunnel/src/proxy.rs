@@ -94,15 +94,9 @@ async fn proxy(shared: &Arc<Shared>, head: RequestHead, mut w: FrameWriter, r: F
             ))
             .await
         }
-        Service::Http { scheme, authority } => {
-            let uri = format!("{scheme}://{authority}{}", head.path);
+        Service::Http { .. } | Service::Unix { .. } => {
             let host = rule.origin.http_host_header.clone();
-            http(shared, head, uri, host, loaded.origins.clone(), idx, w, r).await;
-        }
-        Service::Unix { .. } => {
-            let uri = format!("http://localhost{}", head.path);
-            let host = rule.origin.http_host_header.clone();
-            http(shared, head, uri, host, loaded.origins.clone(), idx, w, r).await;
+            http(shared, head, host, loaded.origins.clone(), idx, w, r).await;
         }
     }
 }
@@ -111,7 +105,6 @@ async fn proxy(shared: &Arc<Shared>, head: RequestHead, mut w: FrameWriter, r: F
 async fn http(
     shared: &Arc<Shared>,
     head: RequestHead,
-    uri: String,
     host_override: Option<String>,
     origins: Arc<Origins>,
     idx: usize,
@@ -126,7 +119,8 @@ async fn http(
     };
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
-    match uri.parse() {
+    // Origin form; `Origins` makes it absolute where its client needs that.
+    match head.path.parse() {
         Ok(u) => *req.uri_mut() = u,
         Err(_) => return respond(&mut w, StatusCode::BAD_REQUEST, "bad request target\n").await,
     }
