@@ -476,13 +476,8 @@ async fn main() {
         pair(&control, dir.path(), ("mesh", "mesh", BIN), backend).await,
         pair(&control, dir.path(), ("loopback", "loopback", BIN), backend).await,
     ];
-    if let Ok(node_bin) = std::env::var("BENCH_NODE_BIN") {
-        // A relative path is the workspace's (cargo runs benches in the
-        // crate's directory); an absolute one stays as it is.
-        let node_bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(node_bin);
-        let node_bin: &'static str = node_bin.to_string_lossy().into_owned().leak();
+    if let Some(node_bin) = gatehouse_testkit::roles::from_env("BENCH_NODE_BIN") {
+        let node_bin: &'static str = node_bin.leak();
         println!("mesh-role-build: nodes run {node_bin}");
         pairs.push(
             pair(

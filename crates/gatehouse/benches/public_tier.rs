@@ -393,20 +393,11 @@ async fn full_run() {
     }
     let quic = start_gatehouse(d, &pki, origin, ("quic", "quic"), (BIN, BIN)).await;
     let tcp = start_gatehouse(d, &pki, origin, ("tcp", "tcp"), (BIN, BIN)).await;
-    // Relative paths are the workspace's, as the commands in the docs
-    // are run from there (cargo runs benches in the crate's directory).
-    let workspace = |p: String| {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(p)
-            .to_string_lossy()
-            .into_owned()
-    };
     let roles = match (
-        std::env::var("BENCH_EDGE_BIN").map(workspace),
-        std::env::var("BENCH_CONNECTOR_BIN").map(workspace),
+        gatehouse_testkit::roles::from_env("BENCH_EDGE_BIN"),
+        gatehouse_testkit::roles::from_env("BENCH_CONNECTOR_BIN"),
     ) {
-        (Ok(e), Ok(c)) => {
+        (Some(e), Some(c)) => {
             Some(start_gatehouse(d, &pki, origin, ("quic-roles", "quic"), (&e, &c)).await)
         }
         _ => None,

@@ -14,6 +14,15 @@ use std::sync::Mutex;
 
 static BUILDING: Mutex<()> = Mutex::new(());
 
+/// The binary an environment variable names (as benchmarks take role
+/// builds), a relative path taken from the workspace root: commands are
+/// run there, while cargo runs benches in their crate's directory.
+pub fn from_env(var: &str) -> Option<String> {
+    let p = std::env::var_os(var)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    Some(root.join(p).to_string_lossy().into_owned())
+}
+
 /// The path of the `gatehouse` binary built with only `role`'s commands
 /// (`node`, `connector`, `edge`, …), built now if it is not there.
 pub fn bin(role: &str) -> PathBuf {
