@@ -31,8 +31,24 @@ pub fn quic_transport(heartbeat: Duration, peer_streams: u32) -> Arc<quinn::Tran
     t.stream_receive_window(quinn::VarInt::from_u32(2 * 1024 * 1024));
     t.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
     t.send_window(16 * 1024 * 1024);
+    let mut mtud = quinn::MtuDiscoveryConfig::default();
+    mtud.upper_bound(QUIC_MAX_UDP_PAYLOAD);
+    t.mtu_discovery_config(Some(mtud));
     Arc::new(t)
 }
+
+/// The largest QUIC packet (UDP payload) either end sends, or tells its
+/// peer it accepts, once path MTU discovery has found the path allows it.
+/// quinn's default stops at 1,452 bytes (Ethernet); paths with larger MTUs
+/// (jumbo frames, loopback, some overlays) then carry a bulk transfer in
+/// fewer, larger packets, and a 1,500-byte path still ends at 1,452.
+///
+/// It must stay at or below 6,550: quinn hands up to ten packets of the
+/// current size to the kernel in one segmentation-offload send, which is
+/// one UDP datagram of at most 65,507 bytes before the kernel splits it. A
+/// larger value makes those sends fail; QUIC then reads them as lost, and
+/// black-hole detection drops the connection to 1,200-byte packets.
+pub const QUIC_MAX_UDP_PAYLOAD: u16 = 6_500;
 
 /// Request streams the edge may open at once on a new QUIC connection.
 /// quinn keeps state for every stream the peer is allowed to open (about
@@ -85,12 +101,11 @@ pub fn quic_endpoint(
         }
     }
     socket.bind(&bind.into())?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket.into(),
-        Arc::new(quinn::TokioRuntime),
-    )
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(QUIC_MAX_UDP_PAYLOAD)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    quinn::Endpoint::new(config, server, socket.into(), Arc::new(quinn::TokioRuntime))
 }
 
 /// Writes one frame directly on a byte stream (handshake of the TCP fallback).
@@ -169,5 +184,71 @@ mod tests {
             limit = n;
         }
         assert_eq!(limit, CONNECTOR_STREAMS_MAX);
+    }
+
+    /// A bulk transfer from the connector's end on loopback (MTU 65,536):
+    /// path MTU discovery raises the packet size above Ethernet's, and the
+    /// offloaded sends of those larger packets all go out (a batch the
+    /// kernel refuses is lost whole and trips black-hole detection).
+    #[tokio::test]
+    async fn bulk_transfer_uses_larger_packets_where_the_path_allows() {
+        let cert = rcgen::generate_simple_self_signed(vec!["edge.test".to_owned()]).unwrap();
+        let der = cert.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], key)
+            .unwrap();
+        server_tls.alpn_protocols = vec![b"test".to_vec()];
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(server_tls).unwrap(),
+        ));
+        server.transport_config(quic_transport(Duration::from_secs(5), 1));
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let edge = quic_endpoint(loopback, Some(server)).unwrap();
+        let edge_addr = edge.local_addr().unwrap();
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client_tls = crate::tls::client_config(Some(roots), &[b"test"]).unwrap();
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap(),
+        ));
+        client.transport_config(quic_transport(Duration::from_secs(5), 1));
+        let connector = quic_endpoint(loopback, None).unwrap();
+
+        const TOTAL: usize = 64 << 20;
+        let receiver = tokio::spawn(async move {
+            let conn = edge.accept().await.unwrap().await.unwrap();
+            let (_, mut recv) = conn.accept_bi().await.unwrap();
+            let mut got = 0;
+            while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
+                got += chunk.bytes.len();
+            }
+            got
+        });
+        let conn = connector
+            .connect_with(client, edge_addr, "edge.test")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let block = bytes::Bytes::from(vec![7u8; 1 << 20]);
+        for _ in 0..TOTAL >> 20 {
+            send.write_chunk(block.clone()).await.unwrap();
+        }
+        send.finish().unwrap();
+        assert_eq!(receiver.await.unwrap(), TOTAL);
+
+        let path = conn.stats().path;
+        assert!(
+            path.current_mtu > 1452,
+            "packets stayed at {} bytes: {path:?}",
+            path.current_mtu
+        );
+        assert!(path.current_mtu <= QUIC_MAX_UDP_PAYLOAD);
+        assert_eq!(path.black_holes_detected, 0, "{path:?}");
     }
 }
