@@ -13,6 +13,7 @@ pub mod admin;
 pub mod backoff;
 pub mod connector;
 pub mod control;
+pub mod heap;
 pub mod ingress;
 pub mod origin;
 mod proxy;
