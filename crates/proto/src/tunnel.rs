@@ -325,7 +325,9 @@ impl Reader {
         if n > MAX_HEADERS {
             return Err(DecodeError::TooManyHeaders);
         }
-        let mut map = HeaderMap::with_capacity(n);
+        // Room for the few fields the receiver adds (Host, Content-Length)
+        // without growing the map.
+        let mut map = HeaderMap::with_capacity(n + 2);
         for _ in 0..n {
             let name = HeaderName::from_bytes(&self.bytes16()?).map_err(|_| DecodeError::Header)?;
             let value =

@@ -61,7 +61,9 @@ impl FrameReader {
     /// Wraps a byte pipe.
     pub fn new(r: BoxRead) -> Self {
         Self {
-            inner: FramedRead::with_capacity(r, FrameCodec, 2048),
+            // Room for a typical request or response head; within glibc's
+            // per-thread cache of small blocks, unlike 2 KiB.
+            inner: FramedRead::with_capacity(r, FrameCodec, 1024),
             done: false,
         }
     }
