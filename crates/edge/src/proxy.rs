@@ -210,6 +210,7 @@ impl Public {
         id: &str,
     ) -> Response<TunnelBody> {
         self.metrics.forwarded.inc();
+        gatehouse_tunnel::heap::keep_freed_buffers();
         let upgrade = is_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();

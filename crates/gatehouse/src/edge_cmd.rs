@@ -139,7 +139,6 @@ fn serve(config: Option<PathBuf>) -> Result<()> {
         bail!("give --config edge.yaml (or a subcommand)");
     };
     crate::logging::init();
-    gatehouse_tunnel::heap::keep_freed_buffers();
     let cfg = EdgeConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(gatehouse_edge::run(

@@ -188,7 +188,6 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
 
 fn run_connector(a: RunArgs) -> Result<ExitCode> {
     crate::logging::init();
-    gatehouse_tunnel::heap::keep_freed_buffers();
     let token = Token::parse(&a.token).map_err(|e| anyhow!("--token: {e}"))?;
     let mut edges = Vec::new();
     for e in &a.edges {

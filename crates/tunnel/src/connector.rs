@@ -602,6 +602,7 @@ impl StreamSink {
         self.last_stream_ms.store(ms, Ordering::Relaxed);
         let guard = InflightGuard::new(self.inflight.clone());
         let shared = self.shared.clone();
+        crate::heap::keep_freed_buffers();
         tokio::spawn(async move {
             let _guard = guard;
             proxy::handle_stream(&shared, w, r).await;

@@ -11,11 +11,12 @@
 //! glibc raises its thresholds by itself once a block allocated with
 //! `mmap` is freed: the mmap threshold becomes that block's size and the
 //! trim threshold twice that (`mallopt(3)`, "dynamic mmap threshold").
-//! [`keep_freed_buffers`] frees one such block at start-up, so the
-//! thresholds start where a bulk transfer would otherwise push them only
-//! after many trims, without `unsafe` code or environment variables. Idle
-//! memory does not change; after a burst of load a process keeps at most
-//! [`RETAINED`] × 2 of free heap per thread for reuse.
+//! [`keep_freed_buffers`] frees one such block when the first request is
+//! relayed, so the thresholds start where a bulk transfer would otherwise
+//! push them only after many trims, without `unsafe` code or environment
+//! variables. Not at start-up: what start-up frees is still trimmed, so an
+//! idle process stays as small as before. After load, a process keeps at
+//! most [`RETAINED`] × 2 of free heap per thread for reuse.
 
 /// Size of the block freed at start-up: buffers up to this size come from
 /// the heap, and up to twice this much free space stays at the top of each
@@ -23,10 +24,14 @@
 pub const RETAINED: usize = 2 << 20;
 
 /// Raises glibc's mmap and trim thresholds to [`RETAINED`] and twice that
-/// (see the module documentation). Call once, early; elsewhere than glibc
-/// it only allocates and frees one block.
+/// (see the module documentation), the first time it is called; later
+/// calls cost one atomic load. Elsewhere than glibc it only allocates and
+/// frees one block.
 pub fn keep_freed_buffers() {
-    let block: Vec<u8> = Vec::with_capacity(RETAINED);
-    // The allocation must happen (and be freed) for glibc to see it.
-    drop(std::hint::black_box(block));
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let block: Vec<u8> = Vec::with_capacity(RETAINED);
+        // The allocation must happen (and be freed) for glibc to see it.
+        drop(std::hint::black_box(block));
+    });
 }
