@@ -13,9 +13,9 @@ RUN rustup target add x86_64-unknown-linux-musl \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p gatehouse \
+RUN cargo build --profile role --locked --target x86_64-unknown-linux-musl -p gatehouse \
       --no-default-features --features "$FEATURES" \
- && cp target/x86_64-unknown-linux-musl/release/gatehouse /gatehouse
+ && cp target/x86_64-unknown-linux-musl/role/gatehouse /gatehouse
 
 FROM scratch
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
