@@ -18,9 +18,9 @@
 //! idle process stays as small as before. After load, a process keeps at
 //! most [`RETAINED`] × 2 of free heap per thread for reuse.
 
-/// Size of the block freed at start-up: buffers up to this size come from
-/// the heap, and up to twice this much free space stays at the top of each
-/// heap.
+/// Size of the block freed on the first relayed request: buffers up to
+/// this size come from the heap, and up to twice this much free space stays
+/// at the top of each heap.
 pub const RETAINED: usize = 2 << 20;
 
 /// Raises glibc's mmap and trim thresholds to [`RETAINED`] and twice that

@@ -2,6 +2,7 @@
 //! raises are process-wide): buffers freed and allocated again, as a bulk
 //! relay does, reuse heap pages instead of faulting new ones in.
 
+#![cfg(all(target_os = "linux", target_env = "gnu"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 /// Minor page faults of this process so far (`/proc/self/stat`, field 10).
@@ -27,7 +28,6 @@ fn churn(rounds: usize) -> u64 {
 }
 
 #[test]
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn freed_buffers_are_reused_without_faulting_pages_again() {
     // On a thread of its own, so the buffers come from a thread heap as in
     // a tokio worker.
