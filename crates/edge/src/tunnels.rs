@@ -321,7 +321,9 @@ async fn tcp_conn(
     let hb = side.heartbeat;
     let Ok((sender, conn)) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
-        .adaptive_window(true)
+        .initial_stream_window_size(gatehouse_tunnel::transport::H2_STREAM_WINDOW)
+        .initial_connection_window_size(gatehouse_tunnel::transport::H2_CONNECTION_WINDOW)
+        .max_frame_size(gatehouse_tunnel::transport::H2_MAX_FRAME)
         .keep_alive_interval(Some(hb))
         .keep_alive_timeout(hb * 3)
         .handshake::<_, TunnelBody>(TokioIo::new(s))

@@ -473,7 +473,9 @@ async fn dial_tcp(
     let server = tokio::spawn(async move {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
-            .adaptive_window(true)
+            .initial_stream_window_size(transport::H2_STREAM_WINDOW)
+            .initial_connection_window_size(transport::H2_CONNECTION_WINDOW)
+            .max_frame_size(transport::H2_MAX_FRAME)
             .keep_alive_interval(Some(heartbeat))
             .keep_alive_timeout(heartbeat * 3)
             .max_concurrent_streams(4096)

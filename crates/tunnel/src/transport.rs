@@ -15,6 +15,15 @@ pub const H2_CONTROL_PATH: &str = "/_gatehouse/control";
 /// Path of request streams on the HTTP/2 fallback.
 pub const H2_STREAM_PATH: &str = "/_gatehouse/stream";
 
+/// Flow-control window of one request stream on the HTTP/2 fallback, as
+/// QUIC's (`quic_transport`): one stream may have this much in flight.
+pub const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Flow-control window of a whole HTTP/2 fallback connection, as QUIC's.
+pub const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame either end of the fallback accepts (the protocol's
+/// default is 16 KiB): a body crosses in a quarter as many frames.
+pub const H2_MAX_FRAME: u32 = 64 * 1024;
+
 /// QUIC transport settings: keep-alives every `heartbeat`, a connection is
 /// dead after three heartbeats of silence; the peer may open
 /// `peer_streams` bidirectional streams at once (the connector lets the edge
