@@ -5,6 +5,7 @@
 //! throughput of:
 //! - the origin directly (nginx serving a fixed answer and a large file);
 //! - nginx as a one-hop TLS-terminating reverse proxy;
+//! - two nginx hops with TLS between them (the shape of edge → connector);
 //! - rathole (server + client, plain TCP);
 //! - gatehouse edge → connector (QUIC, and the TLS/TCP fallback) → origin,
 //!   terminating TLS, routing and enforcing path rules.
@@ -370,6 +371,29 @@ async fn full_run() {
             site.key.display()
         ),
     );
+    // Two nginx hops with TLS between them: the same shape as edge →
+    // connector (TLS and HTTP at the front, an encrypted hop, HTTP to the
+    // origin), done by a mature C proxy; a reference for what two hops cost.
+    let mid = addr();
+    let _mid = nginx_conf(
+        "mid",
+        "auto",
+        format!(
+            " upstream o {{ server {origin}; keepalive 64; }}\n server {{ listen {mid} ssl; ssl_certificate {}; ssl_certificate_key {}; keepalive_requests 1000000; location / {{ proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }} }}",
+            site.cert.display(),
+            site.key.display()
+        ),
+    );
+    let front = addr();
+    let _front = nginx_conf(
+        "front",
+        "auto",
+        format!(
+            " upstream m {{ server {mid}; keepalive 64; }}\n server {{ listen {front} ssl http2; ssl_certificate {}; ssl_certificate_key {}; keepalive_requests 1000000; location / {{ proxy_pass https://m; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; proxy_ssl_session_reuse on; }} }}",
+            site.cert.display(),
+            site.key.display()
+        ),
+    );
     // rathole server + client, plain TCP.
     let (rh_ctl, rh_svc) = (addr(), addr());
     std::fs::write(
@@ -395,8 +419,9 @@ async fn full_run() {
 
     let direct = format!("http://{origin}");
     let nginx = format!("https://{HOST}:{}", proxy.port());
+    let two_hops = format!("https://{HOST}:{}", front.port());
     let rathole = format!("http://{rh_svc}");
-    for u in [&direct, &nginx, &rathole] {
+    for u in [&direct, &nginx, &two_hops, &rathole] {
         wait_http(&format!("{u}/"), &pki.ca).await;
     }
     let quic = start_gatehouse(d, &pki, origin, ("quic", "quic"), (BIN, BIN)).await;
@@ -421,6 +446,11 @@ async fn full_run() {
     let mut targets: Vec<(&str, String, Vec<u32>)> = vec![
         ("direct to origin (nginx)", direct.clone(), vec![]),
         ("nginx TLS reverse proxy", nginx.clone(), vec![]),
+        (
+            "nginx → nginx, TLS between (two hops)",
+            two_hops.clone(),
+            vec![],
+        ),
         (
             "rathole server+client (TCP, no TLS)",
             rathole.clone(),
@@ -454,41 +484,46 @@ async fn full_run() {
         );
         rows.push((name.to_string(), rss));
     }
+    // Positions in `targets`.
+    const RATHOLE: usize = 3;
+    const QUIC: usize = 4;
+    const TCP: usize = 5;
+    const ROLES: usize = 6;
     println!("\n| process | RSS idle | RSS peak under load |");
     println!("|---|---|---|");
     let mib = |k: u64| k as f64 / 1024.0;
     println!(
         "| gatehouse edge (QUIC) | {:.1} MiB | {:.1} MiB |",
         mib(q_idle.0),
-        mib(rows[3].1[0])
+        mib(rows[QUIC].1[0])
     );
     println!(
         "| gatehouse connector (QUIC) | {:.1} MiB | {:.1} MiB |",
         mib(q_idle.1),
-        mib(rows[3].1[1])
+        mib(rows[QUIC].1[1])
     );
     println!(
         "| gatehouse edge (TCP) | {:.1} MiB | {:.1} MiB |",
         mib(t_idle.0),
-        mib(rows[4].1[0])
+        mib(rows[TCP].1[0])
     );
     println!(
         "| gatehouse connector (TCP) | {:.1} MiB | {:.1} MiB |",
         mib(t_idle.1),
-        mib(rows[4].1[1])
+        mib(rows[TCP].1[1])
     );
     if let Some((e, c)) = r_idle {
         println!(
             "| gatehouse edge (QUIC, edge build) | {:.1} MiB | {:.1} MiB |",
             mib(e),
-            mib(rows[5].1[0])
+            mib(rows[ROLES].1[0])
         );
         println!(
             "| gatehouse connector (QUIC, connector build) | {:.1} MiB | {:.1} MiB |",
             mib(c),
-            mib(rows[5].1[1])
+            mib(rows[ROLES].1[1])
         );
     }
-    println!("| rathole server | | {:.1} MiB |", mib(rows[2].1[0]));
-    println!("| rathole client | | {:.1} MiB |", mib(rows[2].1[1]));
+    println!("| rathole server | | {:.1} MiB |", mib(rows[RATHOLE].1[0]));
+    println!("| rathole client | | {:.1} MiB |", mib(rows[RATHOLE].1[1]));
 }
