@@ -10,8 +10,9 @@
 //! - gatehouse edge → connector (QUIC, and the TLS/TCP fallback) → origin,
 //!   terminating TLS, routing and enforcing path rules.
 //!
-//! It also reports the RSS of the edge and the connector, idle and under
-//! load. It needs `nginx`, `wrk` and `rathole` on the PATH. With
+//! It also reports the CPU time the processes between client and origin
+//! (proxies, relays, edge and connector) spend per request under wrk, and
+//! the RSS of the edge and the connector, idle and under load. It needs `nginx`, `wrk` and `rathole` on the PATH. With
 //! `BENCH_EDGE_BIN` and `BENCH_CONNECTOR_BIN` naming role builds
 //! (`scripts/build-roles` writes
 //! `target/roles/release/gatehouse-{edge,connector}`; relative paths are
@@ -140,6 +141,49 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime and stime the 12th and 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
+/// `pid` and its child processes (an nginx master and its workers).
+fn with_children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Clock ticks per second of `/proc`'s CPU times.
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Runs wrk while sampling the peak RSS of `pids`.
@@ -362,7 +406,7 @@ async fn full_run() {
         ),
     );
     let proxy = addr();
-    let _proxy = nginx_conf(
+    let proxy_nginx = nginx_conf(
         "proxy",
         "auto",
         format!(
@@ -375,7 +419,7 @@ async fn full_run() {
     // connector (TLS and HTTP at the front, an encrypted hop, HTTP to the
     // origin), done by a mature C proxy; a reference for what two hops cost.
     let mid = addr();
-    let _mid = nginx_conf(
+    let mid_nginx = nginx_conf(
         "mid",
         "auto",
         format!(
@@ -385,7 +429,7 @@ async fn full_run() {
         ),
     );
     let front = addr();
-    let _front = nginx_conf(
+    let front_nginx = nginx_conf(
         "front",
         "auto",
         format!(
@@ -440,30 +484,46 @@ async fn full_run() {
     let r_idle = roles.as_ref().map(idle);
 
     println!("wrk -t2 -c{conns} -d{secs}s --latency URL; curl single stream of {bulk_mib} MiB\n");
-    println!("| path | req/s | p99 | bulk MiB/s | errors |");
-    println!("|---|---|---|---|---|");
+    println!("| path | req/s | p99 | relay CPU per request | bulk MiB/s | errors |");
+    println!("|---|---|---|---|---|---|");
     let mut rows = Vec::new();
-    let mut targets: Vec<(&str, String, Vec<u32>)> = vec![
-        ("direct to origin (nginx)", direct.clone(), vec![]),
-        ("nginx TLS reverse proxy", nginx.clone(), vec![]),
+    // Per path: its URL, the processes whose RSS is reported, and the
+    // processes between the client and the origin, whose CPU time per
+    // request is reported.
+    let mut targets: Vec<(&str, String, Vec<u32>, Vec<u32>)> = vec![
+        ("direct to origin (nginx)", direct.clone(), vec![], vec![]),
+        (
+            "nginx TLS reverse proxy",
+            nginx.clone(),
+            vec![],
+            with_children(proxy_nginx.0.pid()),
+        ),
         (
             "nginx → nginx, TLS between (two hops)",
             two_hops.clone(),
             vec![],
+            [
+                with_children(front_nginx.0.pid()),
+                with_children(mid_nginx.0.pid()),
+            ]
+            .concat(),
         ),
         (
             "rathole server+client (TCP, no TLS)",
             rathole.clone(),
+            vec![rh_server.pid(), rh_client.pid()],
             vec![rh_server.pid(), rh_client.pid()],
         ),
         (
             "gatehouse edge→connector, QUIC",
             format!("https://{HOST}:{}", quic.https.port()),
             vec![quic.edge_pid, quic.conn_pid],
+            vec![quic.edge_pid, quic.conn_pid],
         ),
         (
             "gatehouse edge→connector, TLS/TCP fallback",
             format!("https://{HOST}:{}", tcp.https.port()),
+            vec![tcp.edge_pid, tcp.conn_pid],
             vec![tcp.edge_pid, tcp.conn_pid],
         ),
     ];
@@ -472,14 +532,26 @@ async fn full_run() {
             "gatehouse edge→connector, QUIC, role builds",
             format!("https://{HOST}:{}", r.https.port()),
             vec![r.edge_pid, r.conn_pid],
+            vec![r.edge_pid, r.conn_pid],
         ));
     }
-    for (name, base, pids) in &targets {
+    let tick_us = 1e6 / clock_ticks();
+    for (name, base, pids, relays) in &targets {
+        let cpu = || relays.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
+        let before = cpu();
         let (l, rss) = wrk_with_rss(&format!("{base}/"), secs, conns, pids).await;
+        let relay_us = if relays.is_empty() {
+            "—".to_owned()
+        } else {
+            format!(
+                "{:.1} µs",
+                (cpu() - before) as f64 * tick_us / l.requests.max(1) as f64
+            )
+        };
         let (size, mibs) = bulk(&format!("{base}/bulk"), &pki.ca).await;
         assert_eq!(size, bulk_mib * 1024 * 1024, "{name}: short bulk transfer");
         println!(
-            "| {name} | {:.0} | {:.2} ms | {mibs:.0} | {} |",
+            "| {name} | {:.0} | {:.2} ms | {relay_us} | {mibs:.0} | {} |",
             l.rps, l.p99_ms, l.errors
         );
         rows.push((name.to_string(), rss));
