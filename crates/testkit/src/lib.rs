@@ -38,8 +38,29 @@ where
     }
 }
 
-/// A free TCP+UDP port on 127.0.0.1 (bound then released).
+/// A free TCP+UDP port on 127.0.0.1 (bound then released), chosen below the
+/// kernel's ephemeral range when there is room: ports in that range are
+/// also handed to outgoing connections (wrk, curl, connectors of tests
+/// running in parallel), and one could take the port between its release
+/// here and the process under test binding it.
 pub fn free_port() -> u16 {
+    const FIRST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let free = |port: u16| {
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+    };
+    if ephemeral > FIRST + 1_000 {
+        for _ in 0..1_000 {
+            let port = FIRST + (random_u64() % u64::from(ephemeral - FIRST)) as u16;
+            if free(port) {
+                return port;
+            }
+        }
+    }
     loop {
         let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = t.local_addr().unwrap().port();
@@ -47,4 +68,17 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A pseudo-random number, different on every call and in every process
+/// (std's hasher keys are random per process and change per call).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }

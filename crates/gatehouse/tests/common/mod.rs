@@ -163,6 +163,7 @@ impl Stack {
     /// A restart keeps its ports (connectors and tests already use them).
     pub async fn start_edge(&mut self) {
         let first = !self.edge_started;
+        let mut last = String::new();
         for _ in 0..5 {
             let mut cmd = Command::new(BIN);
             cmd.args(["edge", "--config"])
@@ -179,9 +180,10 @@ impl Stack {
                 return;
             }
             assert!(first, "edge exited on restart:\n{}", edge.output());
+            last = edge.output();
             self.repick_edge_ports();
         }
-        panic!("the edge never started; see {}", self.dir.path().display());
+        panic!("the edge never started; its last output:\n{last}");
     }
 
     /// Chooses fresh listener ports and rewrites the edge config with them.
