@@ -12,7 +12,8 @@
 //!
 //! It also reports the CPU time the processes between client and origin
 //! (proxies, relays, edge and connector) spend per request under wrk, and
-//! the RSS of the edge and the connector, idle and under load. It needs `nginx`, `wrk` and `rathole` on the PATH. With
+//! the RSS of the edge and the connector, idle and under load. It needs
+//! `nginx`, `wrk` and `rathole` on the PATH. With
 //! `BENCH_EDGE_BIN` and `BENCH_CONNECTOR_BIN` naming role builds
 //! (`scripts/build-roles` writes
 //! `target/roles/release/gatehouse-{edge,connector}`; relative paths are
