@@ -451,17 +451,20 @@ async fn dial_tcp(
         let ctrl_tx = ctrl_tx.clone();
         async move {
             let path = req.uri().path().to_owned();
-            let (w, body) = h2pipe::writer();
+            let (w, mut body) = h2pipe::writer();
             let pair = (w, FrameReader::new(h2pipe::reader(req.into_body())));
             let ok = match path.as_str() {
                 transport::H2_CONTROL_PATH => ctrl_tx.try_send(pair).is_ok(),
                 transport::H2_STREAM_PATH => {
                     sink.spawn(pair.0, pair.1);
+                    // The response leaves with the stream's first frame
+                    // (usually the whole answer): one write, not two.
+                    body.first_bytes().await;
                     true
                 }
                 _ => false,
             };
-            let mut resp = Response::new(body);
+            let mut resp = Response::new(http_body_util::BodyExt::boxed_unsync(body));
             if !ok {
                 *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
             }

@@ -477,18 +477,55 @@ pub mod h2pipe {
     }
 
     /// A frame writer and the body that carries what is written to it.
-    pub fn writer() -> (FrameWriter, TunnelBody) {
+    pub fn writer() -> (FrameWriter, ChanBody) {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-        let s = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|b| (Ok::<_, BoxError>(BodyFrame::data(b)), rx))
-        });
         let w = FrameWriter {
             inner: Sink::Chan(Some(tx)),
             buf: BytesMut::new(),
         };
-        (w, http_body_util::StreamBody::new(s).boxed_unsync())
+        (w, ChanBody { rx, first: None })
+    }
+
+    /// The body carrying what the [`FrameWriter`] of [`writer`] writes. It
+    /// reports its end as soon as the writer has finished and every chunk
+    /// has been taken, so hyper marks the last `DATA` frame as the end of
+    /// the stream instead of sending an empty one after it.
+    #[derive(Debug)]
+    pub struct ChanBody {
+        rx: tokio::sync::mpsc::Receiver<Bytes>,
+        first: Option<Bytes>,
+    }
+
+    impl ChanBody {
+        /// Waits until the writer has written its first bytes (or is gone):
+        /// a response sent after this leaves with them, its `HEADERS` and
+        /// first `DATA` frame in one write.
+        pub async fn first_bytes(&mut self) {
+            if self.first.is_none() {
+                self.first = self.rx.recv().await;
+            }
+        }
+    }
+
+    impl Body for ChanBody {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<BodyFrame<Bytes>, BoxError>>> {
+            if let Some(b) = self.first.take() {
+                return Poll::Ready(Some(Ok(BodyFrame::data(b))));
+            }
+            self.rx
+                .poll_recv(cx)
+                .map(|b| b.map(|b| Ok(BodyFrame::data(b))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.first.is_none() && self.rx.is_closed() && self.rx.is_empty()
+        }
     }
 }
 
@@ -502,6 +539,31 @@ mod tests {
             h.append(*k, http::HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[tokio::test]
+    async fn a_finished_pipe_ends_with_its_last_chunk() {
+        let (mut w, mut body) = h2pipe::writer();
+        assert!(!body.is_end_stream());
+        w.queue(&Frame::Ping(1)).unwrap();
+        w.finish().await.unwrap();
+        body.first_bytes().await;
+        assert!(
+            !body.is_end_stream(),
+            "the first bytes are still to be taken"
+        );
+        let f = body.frame().await.unwrap().unwrap();
+        assert!(f.is_data());
+        // hyper asks right after a chunk: the end rides on the last DATA
+        // frame instead of an empty one after it.
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+
+        // A writer gone without writing: the wait ends, the body is empty.
+        let (w, mut body) = h2pipe::writer();
+        drop(w);
+        body.first_bytes().await;
+        assert!(body.is_end_stream());
     }
 
     #[test]

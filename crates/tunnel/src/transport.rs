@@ -154,7 +154,7 @@ pub fn open_h2(
 ) -> Result<(FrameWriter, FrameReader), StreamError> {
     let (w, body) = h2pipe::writer();
     let req = http::Request::post(format!("http://gatehouse.tunnel{path}"))
-        .body(body)
+        .body(body.boxed_unsync())
         .map_err(|e| StreamError::Body(Box::new(e)))?;
     let mut sender = sender.clone();
     let fut = sender.send_request(req);
