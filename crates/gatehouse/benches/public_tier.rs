@@ -144,17 +144,19 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces): the state is the first, the parent's pid the second, utime and
+/// stime the 12th and 13th.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// CPU time (user + system) `pid` has used, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the command name (which may hold spaces): state is the
-    // first, utime and stime the 12th and 13th.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
+    let f = stat_fields(pid);
     let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     field(11) + field(12)
 }
@@ -166,11 +168,7 @@ fn with_children(pid: u32) -> Vec<u32> {
         let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
-        if ppid == Some(pid) {
+        if stat_fields(child).get(1).and_then(|p| p.parse().ok()) == Some(pid) {
             out.push(child);
         }
     }
@@ -406,39 +404,25 @@ async fn full_run() {
             bulk_file.display()
         ),
     );
-    let proxy = addr();
-    let proxy_nginx = nginx_conf(
-        "proxy",
-        "auto",
+    // A TLS-terminating reverse proxy to `upstream` (`http` or `https`) over
+    // keep-alive connections, streaming (no buffering); `h2` lets clients
+    // speak HTTP/2 to it.
+    let tls_proxy = |listen: SocketAddr, h2: bool, scheme: &str, upstream: SocketAddr| {
         format!(
-            " upstream o {{ server {origin}; keepalive 64; }}\n server {{ listen {proxy} ssl http2; ssl_certificate {}; ssl_certificate_key {}; keepalive_requests 1000000; location / {{ proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }} }}",
+            " upstream u {{ server {upstream}; keepalive 64; }}\n server {{ listen {listen} ssl{}; ssl_certificate {}; ssl_certificate_key {}; keepalive_requests 1000000; location / {{ proxy_pass {scheme}://u; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }} }}",
+            if h2 { " http2" } else { "" },
             site.cert.display(),
             site.key.display()
-        ),
-    );
+        )
+    };
+    let proxy = addr();
+    let proxy_nginx = nginx_conf("proxy", "auto", tls_proxy(proxy, true, "http", origin));
     // Two nginx hops with TLS between them: the same shape as edge →
     // connector (TLS and HTTP at the front, an encrypted hop, HTTP to the
     // origin), done by a mature C proxy; a reference for what two hops cost.
-    let mid = addr();
-    let mid_nginx = nginx_conf(
-        "mid",
-        "auto",
-        format!(
-            " upstream o {{ server {origin}; keepalive 64; }}\n server {{ listen {mid} ssl; ssl_certificate {}; ssl_certificate_key {}; keepalive_requests 1000000; location / {{ proxy_pass http://o; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; }} }}",
-            site.cert.display(),
-            site.key.display()
-        ),
-    );
-    let front = addr();
-    let front_nginx = nginx_conf(
-        "front",
-        "auto",
-        format!(
-            " upstream m {{ server {mid}; keepalive 64; }}\n server {{ listen {front} ssl http2; ssl_certificate {}; ssl_certificate_key {}; keepalive_requests 1000000; location / {{ proxy_pass https://m; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; proxy_ssl_session_reuse on; }} }}",
-            site.cert.display(),
-            site.key.display()
-        ),
-    );
+    let (front, mid) = (addr(), addr());
+    let mid_nginx = nginx_conf("mid", "auto", tls_proxy(mid, false, "http", origin));
+    let front_nginx = nginx_conf("front", "auto", tls_proxy(front, true, "https", mid));
     // rathole server + client, plain TCP.
     let (rh_ctl, rh_svc) = (addr(), addr());
     std::fs::write(

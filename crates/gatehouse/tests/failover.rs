@@ -194,18 +194,13 @@ async fn auto_transport_falls_back_to_tcp_when_udp_is_blocked() {
     s.start_edge().await;
     // A port whose UDP side drops everything and whose TCP side forwards to
     // the edge's tunnel port.
-    // The UDP port is the kernel's pick; its TCP twin may be the local port
-    // of a connection another test holds, so pick again until both bind.
-    let mut pair = None;
-    for _ in 0..50 {
-        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            pair = Some((udp, tcp, port));
-            break;
-        }
-    }
-    let (blackhole, tcp, port) = pair.expect("a port free for both UDP and TCP");
+    let port = gatehouse_testkit::free_port();
+    let blackhole = tokio::net::UdpSocket::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tcp = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let edge_tunnel = s.tunnel;
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
