@@ -16,15 +16,12 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-/// Header carrying the client's IP address to the origin (always set by the
-/// edge; a value sent by the client is replaced).
-pub const CLIENT_IP_HEADER: &str = "gatehouse-client-ip";
-/// Header carrying the request id to the origin.
-pub const REQUEST_ID_HEADER: &str = "gatehouse-request-id";
+pub use gatehouse_proto::{CLIENT_IP_HEADER, REQUEST_ID_HEADER};
 
 /// Metrics of the public side.
 #[derive(Debug, Default, Clone)]
@@ -99,15 +96,15 @@ fn page(status: StatusCode, title: &str, detail: &str, request_id: &str) -> Resp
 /// The host a request is for: `:authority` (HTTP/2) or `Host`, lower-cased,
 /// without port.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(a) => a.host().to_owned(),
+    let name = |host: &str| host.trim_end_matches('.').to_ascii_lowercase();
+    match req.uri().authority() {
+        Some(a) => Some(name(a.host())),
         None => {
             let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
             let auth: http::uri::Authority = h.parse().ok()?;
-            auth.host().to_owned()
+            Some(name(auth.host()))
         }
-    };
-    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+    }
 }
 
 fn request_id() -> String {
@@ -215,19 +212,14 @@ impl Public {
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
-        let client_host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                headers
-                    .get(http::header::HOST)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| host.to_owned());
+        // The Host value as hyper parsed it is shared, not copied.
+        let client_host = match parts.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => headers.get(http::header::HOST).cloned(),
+        }
+        .or_else(|| HeaderValue::from_str(host).ok());
         strip_hop_by_hop(&mut headers, upgrade);
-        forwarded_headers(&mut headers, peer, scheme, &client_host, id);
+        forwarded_headers(&mut headers, peer, scheme, client_host, id);
         let head = Frame::RequestHead(RequestHead {
             request_id: id.to_owned(),
             method: parts.method.clone(),
@@ -335,7 +327,13 @@ fn is_idempotent(m: &Method) -> bool {
 /// `Gatehouse-User-Login` and friends, the edge its client address and
 /// request id), and a backend that is also served on the mesh must not
 /// receive them forged from the internet.
-fn forwarded_headers(h: &mut HeaderMap, peer: SocketAddr, scheme: &str, host: &str, id: &str) {
+fn forwarded_headers(
+    h: &mut HeaderMap,
+    peer: SocketAddr,
+    scheme: &'static str,
+    host: Option<HeaderValue>,
+    id: &str,
+) {
     let forged: Vec<http::HeaderName> = h
         .keys()
         .filter(|n| n.as_str().starts_with("gatehouse-"))
@@ -344,21 +342,34 @@ fn forwarded_headers(h: &mut HeaderMap, peer: SocketAddr, scheme: &str, host: &s
     for n in forged {
         h.remove(n);
     }
-    let ip = peer.ip().to_canonical().to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+    // An address as text fits in 45 bytes (IPv6 with an embedded IPv4
+    // address): formatted on the stack, copied once into its value.
+    let mut buf = [0u8; 48];
+    let ip = {
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{}", peer.ip().to_canonical());
+        let room = w.len();
+        HeaderValue::from_bytes(&buf[..buf.len() - room]).ok()
+    };
+    let xff = match (h.get(&X_FORWARDED_FOR), &ip) {
+        (Some(prev), Some(ip)) if prev.to_str().is_ok_and(|p| !p.trim().is_empty()) => {
+            let mut v = prev.as_bytes().to_vec();
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
         _ => ip.clone(),
     };
-    let set = |h: &mut HeaderMap, name: &http::HeaderName, v: &str| {
-        if let Ok(v) = HeaderValue::from_str(v) {
+    let mut set = |name: &http::HeaderName, v: Option<HeaderValue>| {
+        if let Some(v) = v {
             h.insert(name, v);
         }
     };
-    set(h, &X_FORWARDED_FOR, &xff);
-    set(h, &X_FORWARDED_PROTO, scheme);
-    set(h, &X_FORWARDED_HOST, host);
-    set(h, &CLIENT_IP, &ip);
-    set(h, &REQUEST_ID, id);
+    set(&X_FORWARDED_FOR, xff);
+    set(&X_FORWARDED_PROTO, Some(HeaderValue::from_static(scheme)));
+    set(&X_FORWARDED_HOST, host);
+    set(&CLIENT_IP, ip);
+    set(&REQUEST_ID, HeaderValue::from_str(id).ok());
 }
 
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
@@ -454,4 +465,44 @@ pub fn http_answer(
         r.headers_mut().insert(http::header::LOCATION, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(prev_xff: Option<&str>, peer: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(p) = prev_xff {
+            h.insert(&X_FORWARDED_FOR, HeaderValue::from_str(p).unwrap());
+        }
+        h.insert(CLIENT_IP_HEADER, HeaderValue::from_static("6.6.6.6"));
+        h.insert("gatehouse-user-login", HeaderValue::from_static("forged"));
+        let host = Some(HeaderValue::from_static("app.example.com:8443"));
+        forwarded_headers(&mut h, peer.parse().unwrap(), "https", host, "abc123");
+        h
+    }
+
+    #[test]
+    fn forwarding_headers_name_the_client_and_replace_forged_identities() {
+        let h = forwarded(None, "192.0.2.7:5000");
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
+        assert_eq!(h[CLIENT_IP_HEADER], "192.0.2.7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "app.example.com:8443");
+        assert_eq!(h[REQUEST_ID_HEADER], "abc123");
+        assert!(!h.contains_key("gatehouse-user-login"));
+
+        let h = forwarded(Some("203.0.113.1"), "[::ffff:192.0.2.7]:5000");
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.1, 192.0.2.7");
+        assert_eq!(h[CLIENT_IP_HEADER], "192.0.2.7");
+
+        let h = forwarded(Some(" "), "[2001:db8::1]:5000");
+        assert_eq!(h[&X_FORWARDED_FOR], "2001:db8::1");
+        let long = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:1";
+        assert_eq!(
+            forwarded(None, long)[CLIENT_IP_HEADER],
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+    }
 }

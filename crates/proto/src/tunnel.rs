@@ -329,12 +329,60 @@ impl Reader {
         // without growing the map.
         let mut map = HeaderMap::with_capacity(n + 2);
         for _ in 0..n {
-            let name = HeaderName::from_bytes(&self.bytes16()?).map_err(|_| DecodeError::Header)?;
+            let name = header_name(&self.bytes16()?)?;
             let value =
                 HeaderValue::from_maybe_shared(self.bytes32()?).map_err(|_| DecodeError::Header)?;
             map.append(name, value);
         }
         Ok(map)
+    }
+}
+
+/// Header carrying the client's IP address to the origin (always set by the
+/// edge; a value sent by the client is replaced).
+pub const CLIENT_IP_HEADER: &str = "gatehouse-client-ip";
+/// Header carrying the request id to the origin.
+pub const REQUEST_ID_HEADER: &str = "gatehouse-request-id";
+
+/// Names outside `http`'s standard set that every forwarded request
+/// carries: [`HeaderName::from_bytes`] would allocate a copy of each.
+const COMMON_NAMES: [HeaderName; 5] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static(CLIENT_IP_HEADER),
+    HeaderName::from_static(REQUEST_ID_HEADER),
+];
+
+fn header_name(raw: &[u8]) -> Result<HeaderName, DecodeError> {
+    if let Some(n) = COMMON_NAMES.iter().find(|n| n.as_str().as_bytes() == raw) {
+        return Ok(n.clone());
+    }
+    HeaderName::from_bytes(raw).map_err(|_| DecodeError::Header)
+}
+
+/// An upper bound of the encoded size of a head or trailers frame's
+/// fields, reserved up front so that encoding grows the buffer once.
+fn fields_len(frame: &Frame) -> usize {
+    let headers = |h: &HeaderMap| {
+        2 + h
+            .iter()
+            .map(|(n, v)| 6 + n.as_str().len() + v.len())
+            .sum::<usize>()
+    };
+    match frame {
+        Frame::RequestHead(h) => {
+            12 + h.request_id.len()
+                + h.method.as_str().len()
+                + h.scheme.len()
+                + h.authority.len()
+                + h.path.len()
+                + h.client_addr.len()
+                + headers(&h.headers)
+        }
+        Frame::ResponseHead(h) => 2 + headers(&h.headers),
+        Frame::Trailers(t) => headers(t),
+        _ => 0,
     }
 }
 
@@ -350,6 +398,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) -> Result<(), EncodeError> {
         out.put_slice(data);
         return Ok(());
     }
+    out.reserve(HEADER_LEN + fields_len(frame));
     let start = out.len();
     out.put_u8(0);
     out.put_u32(0);

@@ -241,7 +241,12 @@ impl Ingress {
     /// when none does. `host` may carry a port, which is ignored; `path` is
     /// percent-decoded before the regexes see it.
     pub fn find(&self, host: &str, path: &str) -> (usize, &Rule) {
-        let host = strip_port(host).to_ascii_lowercase();
+        let host = strip_port(host);
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(host)
+        };
         let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
         let last = self.rules.len() - 1;
         for (i, rule) in self.rules.iter().enumerate() {

@@ -399,14 +399,20 @@ const HOP_BY_HOP: [http::HeaderName; 7] = [
 /// §7.6.1): the fixed ones and every field `Connection` names. `TE` stays
 /// only as `trailers`; `Connection: upgrade` and `Upgrade` stay when asked.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Collecting nothing allocates nothing: no cost without `Connection`.
+    // Collecting nothing allocates nothing: no cost without `Connection`,
+    // nor for the usual `keep-alive` (removed below anyway).
     let listed: Vec<String> = h
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty() && s != "upgrade")
+        .map(str::trim)
+        .filter(|s| {
+            !s.is_empty()
+                && !s.eq_ignore_ascii_case("upgrade")
+                && !s.eq_ignore_ascii_case("keep-alive")
+        })
+        .map(str::to_ascii_lowercase)
         .collect();
     for name in listed {
         h.remove(name.as_str());

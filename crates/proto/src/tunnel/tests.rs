@@ -6,6 +6,9 @@ fn sample_frames() -> Vec<Frame> {
     headers.append("x-a", HeaderValue::from_static("1"));
     headers.append("x-a", HeaderValue::from_static("2"));
     headers.insert("content-type", HeaderValue::from_static("text/plain"));
+    for n in &COMMON_NAMES {
+        headers.insert(n, HeaderValue::from_static("v"));
+    }
     vec![
         Frame::Hello(Hello {
             version: VERSION,
@@ -68,6 +71,42 @@ fn every_frame_round_trips_even_byte_by_byte() {
         }
     }
     assert_eq!(got, frames);
+}
+
+#[test]
+fn head_frames_fit_the_space_reserved_for_them() {
+    for f in sample_frames() {
+        if matches!(
+            f,
+            Frame::RequestHead(_) | Frame::ResponseHead(_) | Frame::Trailers(_)
+        ) {
+            let mut out = BytesMut::new();
+            encode(&f, &mut out).unwrap();
+            assert!(out.len() <= HEADER_LEN + fields_len(&f), "{f:?}");
+        }
+    }
+}
+
+#[test]
+fn header_names_are_lower_cased_whether_common_or_not() {
+    for (wire, want) in [
+        (&b"X-Forwarded-For"[..], "x-forwarded-for"),
+        (b"x-forwarded-for", "x-forwarded-for"),
+        (b"Gatehouse-Request-Id", "gatehouse-request-id"),
+        (b"X-Other", "x-other"),
+    ] {
+        let mut payload = vec![0, 1];
+        payload.extend_from_slice(&(wire.len() as u16).to_be_bytes());
+        payload.extend_from_slice(wire);
+        payload.extend_from_slice(&[0, 0, 0, 1, b'v']);
+        let mut b = BytesMut::from(&[T_TRAILERS][..]);
+        b.put_u32(payload.len() as u32);
+        b.extend_from_slice(&payload);
+        let Ok(Some(Frame::Trailers(h))) = decode(&mut b) else {
+            panic!("{wire:?} did not decode");
+        };
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), [want]);
+    }
 }
 
 #[test]
