@@ -10,8 +10,9 @@
 //! - gatehouse edge → connector (QUIC, and the TLS/TCP fallback) → origin,
 //!   terminating TLS, routing and enforcing path rules.
 //!
-//! It also reports the CPU time the processes between client and origin
-//! (proxies, relays, edge and connector) spend per request under wrk, and
+//! It also reports the CPU time spent per request under wrk by the client
+//! (wrk itself), by the processes between client and origin (proxies,
+//! relays, edge and connector) and by the origin, and
 //! the RSS of the edge and the connector, idle and under load. It needs
 //! `nginx`, `wrk` and `rathole` on the PATH. With
 //! `BENCH_EDGE_BIN` and `BENCH_CONNECTOR_BIN` naming role builds
@@ -51,6 +52,16 @@ struct Load {
     p99_ms: f64,
     errors: u64,
     requests: u64,
+    /// CPU time (user + system) wrk used, in seconds.
+    client_cpu_s: f64,
+}
+
+/// Seconds of a bash `times` field such as `1m2.345s`.
+fn parse_times(field: &str) -> f64 {
+    let Some((m, s)) = field.trim_end_matches('s').split_once('m') else {
+        return 0.0;
+    };
+    m.parse::<f64>().unwrap_or(0.0) * 60.0 + s.parse::<f64>().unwrap_or(0.0)
 }
 
 fn parse_ms(s: &str) -> f64 {
@@ -67,8 +78,11 @@ fn parse_ms(s: &str) -> f64 {
 }
 
 async fn wrk(url: &str, secs: u32, conns: u32) -> Load {
-    let out = tokio::process::Command::new("wrk")
+    let out = tokio::process::Command::new("bash")
         .args([
+            "-c",
+            "wrk \"$@\" && echo wrk-cpu && times",
+            "bash",
             "-t2",
             &format!("-c{conns}"),
             &format!("-d{secs}s"),
@@ -79,7 +93,10 @@ async fn wrk(url: &str, secs: u32, conns: u32) -> Load {
         .await
         .expect("wrk");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut l = Load::default();
+    let mut l = Load {
+        client_cpu_s: children_cpu_s(&text, "wrk-cpu"),
+        ..Load::default()
+    };
     for line in text.lines() {
         let t = line.trim();
         if let Some(v) = t.strip_prefix("Requests/sec:") {
@@ -109,10 +126,31 @@ async fn wrk(url: &str, secs: u32, conns: u32) -> Load {
     l
 }
 
-/// Single-stream download with curl: (bytes, MiB/s).
-async fn bulk(url: &str, ca: &Path) -> (u64, f64) {
-    let out = tokio::process::Command::new("curl")
+/// CPU seconds of the children of a `bash -c '…; echo MARKER && times'`
+/// run: `times` (not in a subshell, which would not see them) prints the
+/// shell's own CPU time, then its children's.
+fn children_cpu_s(out: &str, marker: &str) -> f64 {
+    out.split_once(marker)
+        .and_then(|(_, times)| times.lines().nth(2))
+        .map_or(0.0, |children| {
+            children.split_whitespace().map(parse_times).sum()
+        })
+}
+
+/// A single-stream download with curl.
+struct Bulk {
+    bytes: u64,
+    mib_s: f64,
+    /// CPU time (user + system) curl used, in seconds.
+    client_cpu_s: f64,
+}
+
+async fn bulk(url: &str, ca: &Path) -> Bulk {
+    let out = tokio::process::Command::new("bash")
         .args([
+            "-c",
+            "curl \"$@\" && echo && echo curl-cpu && times",
+            "bash",
             "-s",
             "-k",
             "-o",
@@ -128,9 +166,13 @@ async fn bulk(url: &str, ca: &Path) -> (u64, f64) {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut it = text.split_whitespace();
-    let size = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let bytes = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
     let speed: f64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    (size, speed / (1024.0 * 1024.0))
+    Bulk {
+        bytes,
+        mib_s: speed / (1024.0 * 1024.0),
+        client_cpu_s: children_cpu_s(&text, "curl-cpu"),
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -340,9 +382,11 @@ async fn quick_check() {
     let base = format!("https://{HOST}:{}", g.https.port());
     let l = wrk(&format!("{base}/"), 1, 4).await;
     assert_eq!(l.errors, 0, "errors through the tunnel");
+    assert!(l.client_cpu_s > 0.0, "wrk's CPU time was not read");
     let n = 8 * 1024 * 1024;
-    let (size, _) = bulk(&format!("{base}/bulk/{n}"), &pki.ca).await;
-    assert_eq!(size, n);
+    let b = bulk(&format!("{base}/bulk/{n}"), &pki.ca).await;
+    assert_eq!(b.bytes, n);
+    assert!(b.client_cpu_s > 0.0, "curl's CPU time was not read");
     let (_, rss) = wrk_with_rss(&format!("{base}/"), 1, 4, &[g.edge_pid, g.conn_pid]).await;
     assert!(rss.iter().all(|r| *r > 0), "RSS sampling failed");
     println!(
@@ -396,7 +440,7 @@ async fn full_run() {
         c.args(["-e", "stderr", "-g", "daemon off;", "-c"]).arg(&p);
         Nginx(Proc::start(name, d, c))
     };
-    let _origin = nginx_conf(
+    let origin_nginx = nginx_conf(
         "origin",
         "1",
         format!(
@@ -469,8 +513,10 @@ async fn full_run() {
     let r_idle = roles.as_ref().map(idle);
 
     println!("wrk -t2 -c{conns} -d{secs}s --latency URL; curl single stream of {bulk_mib} MiB\n");
-    println!("| path | req/s | p99 | relay CPU per request | bulk MiB/s | errors |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| path | req/s | p99 | CPU per request: client (wrk) | relays | origin | bulk MiB/s | client (curl) CPU per MiB | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     // Per path: its URL, the processes whose RSS is reported, and the
     // processes between the client and the origin, whose CPU time per
@@ -521,23 +567,33 @@ async fn full_run() {
         ));
     }
     let tick_us = 1e6 / clock_ticks();
+    let origin_pids = with_children(origin_nginx.0.pid());
     for (name, base, pids, relays) in &targets {
-        let cpu = || relays.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
-        let before = cpu();
+        let cpu = |ps: &[u32]| ps.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
+        let before = (cpu(relays), cpu(&origin_pids));
         let (l, rss) = wrk_with_rss(&format!("{base}/"), secs, conns, pids).await;
+        let n = l.requests.max(1) as f64;
+        let per_request = |ticks: u64| format!("{:.1} µs", ticks as f64 * tick_us / n);
         let relay_us = if relays.is_empty() {
             "—".to_owned()
         } else {
-            format!(
-                "{:.1} µs",
-                (cpu() - before) as f64 * tick_us / l.requests.max(1) as f64
-            )
+            per_request(cpu(relays) - before.0)
         };
-        let (size, mibs) = bulk(&format!("{base}/bulk"), &pki.ca).await;
-        assert_eq!(size, bulk_mib * 1024 * 1024, "{name}: short bulk transfer");
+        let origin_us = per_request(cpu(&origin_pids) - before.1);
+        let client_us = l.client_cpu_s * 1e6 / n;
+        let b = bulk(&format!("{base}/bulk"), &pki.ca).await;
+        assert_eq!(
+            b.bytes,
+            bulk_mib * 1024 * 1024,
+            "{name}: short bulk transfer"
+        );
         println!(
-            "| {name} | {:.0} | {:.2} ms | {relay_us} | {mibs:.0} | {} |",
-            l.rps, l.p99_ms, l.errors
+            "| {name} | {:.0} | {:.2} ms | {client_us:.1} µs | {relay_us} | {origin_us} | {:.0} | {:.2} ms | {} |",
+            l.rps,
+            l.p99_ms,
+            b.mib_s,
+            b.client_cpu_s * 1e3 / bulk_mib as f64,
+            l.errors
         );
         rows.push((name.to_string(), rss));
     }
