@@ -513,10 +513,8 @@ async fn full_run() {
     let r_idle = roles.as_ref().map(idle);
 
     println!("wrk -t2 -c{conns} -d{secs}s --latency URL; curl single stream of {bulk_mib} MiB\n");
-    println!(
-        "| path | req/s | p99 | CPU per request: client (wrk) | relays | origin | bulk MiB/s | client (curl) CPU per MiB | errors |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| path | req/s | p99 | CPU per request: client (wrk) | relays | origin | errors |");
+    println!("|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     // Per path: its URL, the processes whose RSS is reported, and the
     // processes between the client and the origin, whose CPU time per
@@ -568,34 +566,56 @@ async fn full_run() {
     }
     let tick_us = 1e6 / clock_ticks();
     let origin_pids = with_children(origin_nginx.0.pid());
+    let cpu = |ps: &[u32]| ps.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
+    // CPU of the relays (none for the direct path) and of the origin, in µs,
+    // divided by `n`; the relays' as text with `unit`.
+    let per = |relays: &[u32], before: (u64, u64), n: f64, unit: &str| {
+        let relay = if relays.is_empty() {
+            "—".to_owned()
+        } else {
+            format!(
+                "{:.2} {unit}",
+                (cpu(relays) - before.0) as f64 * tick_us / n
+            )
+        };
+        let origin = (cpu(&origin_pids) - before.1) as f64 * tick_us / n;
+        (relay, origin)
+    };
+    let mut bulk_rows = Vec::new();
     for (name, base, pids, relays) in &targets {
-        let cpu = |ps: &[u32]| ps.iter().map(|p| cpu_ticks(*p)).sum::<u64>();
         let before = (cpu(relays), cpu(&origin_pids));
         let (l, rss) = wrk_with_rss(&format!("{base}/"), secs, conns, pids).await;
         let n = l.requests.max(1) as f64;
-        let per_request = |ticks: u64| format!("{:.1} µs", ticks as f64 * tick_us / n);
-        let relay_us = if relays.is_empty() {
-            "—".to_owned()
-        } else {
-            per_request(cpu(relays) - before.0)
-        };
-        let origin_us = per_request(cpu(&origin_pids) - before.1);
-        let client_us = l.client_cpu_s * 1e6 / n;
+        let (relay, origin) = per(relays, before, n, "µs");
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.1} µs | {relay} | {origin:.1} µs | {} |",
+            l.rps,
+            l.p99_ms,
+            l.client_cpu_s * 1e6 / n,
+            l.errors
+        );
+        rows.push((name.to_string(), rss));
+
+        let before = (cpu(relays), cpu(&origin_pids));
         let b = bulk(&format!("{base}/bulk"), &pki.ca).await;
         assert_eq!(
             b.bytes,
             bulk_mib * 1024 * 1024,
             "{name}: short bulk transfer"
         );
-        println!(
-            "| {name} | {:.0} | {:.2} ms | {client_us:.1} µs | {relay_us} | {origin_us} | {:.0} | {:.2} ms | {} |",
-            l.rps,
-            l.p99_ms,
+        // Per MiB, in ms.
+        let n = bulk_mib as f64 * 1e3;
+        let (relay, origin) = per(relays, before, n, "ms");
+        bulk_rows.push(format!(
+            "| {name} | {:.0} | {:.2} ms | {relay} | {origin:.2} ms |",
             b.mib_s,
-            b.client_cpu_s * 1e3 / bulk_mib as f64,
-            l.errors
-        );
-        rows.push((name.to_string(), rss));
+            b.client_cpu_s * 1e6 / n,
+        ));
+    }
+    println!("\n| path | bulk MiB/s | CPU per MiB: client (curl) | relays | origin |");
+    println!("|---|---|---|---|---|");
+    for r in &bulk_rows {
+        println!("{r}");
     }
     // Positions in `targets`.
     const RATHOLE: usize = 3;
