@@ -10,10 +10,11 @@
 //! - gatehouse edge → connector (QUIC, and the TLS/TCP fallback) → origin,
 //!   terminating TLS, routing and enforcing path rules.
 //!
-//! It also reports the CPU time spent per request under wrk by the client
-//! (wrk itself), by the processes between client and origin (proxies,
-//! relays, edge and connector) and by the origin, and
-//! the RSS of the edge and the connector, idle and under load. It needs
+//! It also reports the CPU time spent per request under wrk, and per MiB
+//! of the download, by the client (wrk or curl itself), by the processes
+//! between client and origin (proxies, relays, edge and connector) and by
+//! the origin, and the RSS of the edge and the connector, idle and under
+//! load. It needs
 //! `nginx`, `wrk` and `rathole` on the PATH. With
 //! `BENCH_EDGE_BIN` and `BENCH_CONNECTOR_BIN` naming role builds
 //! (`scripts/build-roles` writes
