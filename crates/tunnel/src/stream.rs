@@ -16,8 +16,6 @@ use tokio_util::codec::FramedRead;
 
 /// Read half of a tunnel stream.
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
-/// Write half of a tunnel stream.
-pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 /// Error type of the bodies built here.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type both sides hand to hyper.
@@ -151,8 +149,6 @@ pub struct FrameWriter {
 }
 
 enum Sink {
-    /// Any byte pipe.
-    Io(BoxWrite),
     /// A QUIC stream: large payloads are handed over without a copy.
     Quic(quinn::SendStream),
     /// The body of an HTTP/2 message (TLS/TCP fallback): chunks are handed
@@ -168,22 +164,8 @@ fn closed() -> StreamError {
 }
 
 impl Sink {
-    async fn write_all(&mut self, b: &[u8]) -> Result<(), StreamError> {
-        match self {
-            Sink::Io(w) => Ok(w.write_all(b).await?),
-            Sink::Quic(w) => Ok(w.write_all(b).await.map_err(std::io::Error::from)?),
-            Sink::Chan(tx) => {
-                let tx = tx.as_ref().ok_or_else(closed)?;
-                tx.send(Bytes::copy_from_slice(b))
-                    .await
-                    .map_err(|_| closed())
-            }
-        }
-    }
-
     async fn write_bytes(&mut self, b: Bytes) -> Result<(), StreamError> {
         match self {
-            Sink::Io(w) => Ok(w.write_all(&b).await?),
             Sink::Quic(w) => Ok(w.write_chunk(b).await.map_err(std::io::Error::from)?),
             Sink::Chan(tx) => {
                 let tx = tx.as_ref().ok_or_else(closed)?;
@@ -194,14 +176,12 @@ impl Sink {
 
     async fn flush(&mut self) -> Result<(), StreamError> {
         match self {
-            Sink::Io(w) => Ok(w.flush().await?),
             Sink::Quic(_) | Sink::Chan(_) => Ok(()),
         }
     }
 
     async fn shutdown(&mut self) -> Result<(), StreamError> {
         match self {
-            Sink::Io(w) => Ok(w.shutdown().await?),
             Sink::Quic(w) => {
                 // Finishing twice is not an error worth reporting.
                 let _ = w.finish();
@@ -226,14 +206,6 @@ impl std::fmt::Debug for FrameWriter {
 const COALESCE: usize = 16 * 1024;
 
 impl FrameWriter {
-    /// Wraps a byte pipe.
-    pub fn new(w: BoxWrite) -> Self {
-        Self {
-            inner: Sink::Io(w),
-            buf: BytesMut::new(),
-        }
-    }
-
     /// Wraps the send half of a QUIC stream.
     pub fn quic(w: quinn::SendStream) -> Self {
         Self {
@@ -270,14 +242,8 @@ impl FrameWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Sink::Io(_) = self.inner {
-            self.inner.write_all(&self.buf).await?;
-            self.buf.clear();
-        } else {
-            let b = self.buf.split().freeze();
-            self.inner.write_bytes(b).await?;
-        }
-        Ok(())
+        let b = self.buf.split().freeze();
+        self.inner.write_bytes(b).await
     }
 
     /// Writes what is queued and flushes the pipe.
