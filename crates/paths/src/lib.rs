@@ -525,7 +525,7 @@ mod tests {
         /// canonical, the full rewrite leaves unchanged.
         #[test]
         fn the_shortcut_agrees_with_the_rewrite(
-            path in "/[a-zA-Z0-9./_~!$&'()*+,=:@%;\\ -]{0,24}",
+            path in "/[a-zA-Z0-9./_~!$&'()*+,=:@%;\\\\ -]{0,24}",
         ) {
             prop_assert_eq!(canonicalize(&path), rewrite(&path));
             if already_canonical(&path) {
