@@ -55,7 +55,7 @@ pub fn free_port() -> u16 {
     };
     if ephemeral > FIRST + 1_000 {
         for _ in 0..1_000 {
-            let port = FIRST + (random_u64() % u64::from(ephemeral - FIRST)) as u16;
+            let port = rand::random_range(FIRST..ephemeral);
             if free(port) {
                 return port;
             }
@@ -68,17 +68,4 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-}
-
-/// A pseudo-random number, different on every call and in every process
-/// (std's hasher keys are random per process and change per call).
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }

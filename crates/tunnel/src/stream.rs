@@ -366,7 +366,7 @@ const HOP_BY_HOP: [http::HeaderName; 7] = [
 /// only as `trailers`; `Connection: upgrade` and `Upgrade` stay when asked.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // Collecting nothing allocates nothing: no cost without `Connection`,
-    // nor for the usual `keep-alive` (removed below anyway).
+    // nor for names the fixed list below removes anyway (`keep-alive`).
     let listed: Vec<String> = h
         .get_all(http::header::CONNECTION)
         .iter()
@@ -376,7 +376,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         .filter(|s| {
             !s.is_empty()
                 && !s.eq_ignore_ascii_case("upgrade")
-                && !s.eq_ignore_ascii_case("keep-alive")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|n| s.eq_ignore_ascii_case(n.as_str()))
         })
         .map(str::to_ascii_lowercase)
         .collect();
