@@ -311,6 +311,11 @@ impl NodeClient {
         })
     }
 
+    /// Whether control is on this machine ([`Join::is_local`]).
+    pub fn control_is_local(&self) -> bool {
+        self.join.is_local()
+    }
+
     /// Announces the node's direct endpoints.
     pub async fn set_endpoints(&self, endpoints: &[SocketAddr]) -> Result<(), ClientError> {
         let body = EndpointsRequest {

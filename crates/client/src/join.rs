@@ -106,6 +106,17 @@ impl Join {
     pub fn authority(&self) -> String {
         self.url().trim_start_matches("https://").to_string()
     }
+
+    /// Whether control is on this machine (a loopback address or
+    /// `localhost`): only then are a node's loopback endpoints of use to its
+    /// peers.
+    pub fn is_local(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    }
 }
 
 #[cfg(test)]
@@ -124,6 +135,14 @@ mod tests {
             ("::1", 9, None)
         );
         assert_eq!(j.url(), "https://[::1]:9");
+        assert!(j.is_local());
+        assert!(Join::parse("https://LOCALHOST:9").unwrap().is_local());
+        assert!(!Join::parse("https://192.0.2.1:9").unwrap().is_local());
+        assert!(
+            !Join::parse("https://control.example.net")
+                .unwrap()
+                .is_local()
+        );
         assert_eq!(
             Join::parse("https://control.example.net").unwrap().port,
             443

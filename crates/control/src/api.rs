@@ -31,6 +31,7 @@ pub(crate) const SCOPES: &[&str] = &[
     "devices:write",
     "auth_keys:read",
     "auth_keys:write",
+    "auth_keys:all",
     "policy:read",
     "policy:write",
     "users:read",
@@ -42,6 +43,8 @@ pub(crate) const SCOPES: &[&str] = &[
 const MAX_KEY_SECONDS: i64 = 90 * 86_400;
 /// Lifetime of OAuth access tokens.
 const TOKEN_SECONDS: i64 = 3600;
+/// Largest request body (a policy file is the largest).
+const MAX_BODY: usize = 1 << 20;
 
 /// An error answer: status and message.
 #[derive(Debug)]
@@ -143,7 +146,26 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Que
     }
 }
 
-/// Writes an audit entry (failures to write are logged, not fatal).
+/// Longest actor and target an audit entry keeps, in bytes.
+pub(crate) const AUDIT_NAME_MAX: usize = 256;
+/// Longest detail an audit entry keeps, in bytes.
+pub(crate) const AUDIT_DETAIL_MAX: usize = 4096;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked when cut.
+pub(crate) fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    const MARK: &str = "…(truncated)";
+    let mut end = max.saturating_sub(MARK.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &s[..end])
+}
+
+/// Writes an audit entry (failures to write are logged, not fatal). Every
+/// field is bounded, since some come from unauthenticated requests.
 pub(crate) async fn audit(
     app: &App,
     actor: &str,
@@ -155,11 +177,11 @@ pub(crate) async fn audit(
     let e = AuditEntry {
         id: 0,
         at: now(),
-        actor: actor.into(),
-        action: action.into(),
-        target: target.into(),
+        actor: bounded(actor, AUDIT_NAME_MAX),
+        action: bounded(action, AUDIT_NAME_MAX),
+        target: bounded(target, AUDIT_NAME_MAX),
         outcome: if ok { "ok" } else { "refused" }.into(),
-        detail: detail.into(),
+        detail: bounded(detail, AUDIT_DETAIL_MAX),
     };
     if let Err(err) = app.store.audit(&e).await {
         tracing::error!(error = %err, action, "cannot write audit entry");
@@ -196,6 +218,12 @@ impl Caller {
                 "this credential lacks the {scope} scope"
             )))
         }
+    }
+
+    /// Whether the caller may list and revoke `key`: the admin and holders
+    /// of `auth_keys:all` see every key; an OAuth client, the keys it minted.
+    fn sees_key(&self, key: &KeyRow) -> bool {
+        self.has("auth_keys:all") || key.created_by == self.actor
     }
 
     fn require_admin(&self) -> ApiResult<()> {
@@ -521,6 +549,7 @@ async fn list_keys(State(app): AppState, caller: Caller) -> ApiResult<Json<Vec<K
             .keys()
             .await?
             .into_iter()
+            .filter(|k| caller.sees_key(k))
             .map(|k| key_info(k, None))
             .collect(),
     ))
@@ -543,6 +572,12 @@ async fn create_key(
         return refuse(ApiErr::bad(format!(
             "expiry_seconds must be 1..={MAX_KEY_SECONDS}"
         )))
+        .await;
+    }
+    if !req.tags.is_empty() && req.user.is_some() {
+        return refuse(ApiErr::bad(
+            "a tagged key has no user: nodes registered with it belong to their tags",
+        ))
         .await;
     }
     if req.tags.is_empty() {
@@ -601,7 +636,13 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     caller.require("auth_keys:write")?;
-    if !app.store.revoke_key(&id, now()).await? {
+    // Someone else's key is answered like a missing one.
+    let visible = app
+        .store
+        .key(&id)
+        .await?
+        .is_some_and(|k| caller.sees_key(&k));
+    if !visible || !app.store.revoke_key(&id, now()).await? {
         return Err(ApiErr::not_found(format!("no active key {id}")));
     }
     audit(&app, &caller.actor, "key.revoke", &id, true, "").await;
@@ -1054,5 +1095,10 @@ pub(crate) fn router(app: Arc<App>) -> axum::Router {
             }),
         )
         .fallback(|| async { ApiErr::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            crate::limit::gate,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
 }

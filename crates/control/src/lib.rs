@@ -11,6 +11,7 @@
 mod api;
 pub mod ca;
 pub mod hub;
+pub mod limit;
 mod machine;
 mod metrics;
 mod openapi;
@@ -78,6 +79,18 @@ pub struct ControlConfig {
     pub keepalive: Duration,
     /// How long an ephemeral node may stay offline before it is removed.
     pub ephemeral_grace: Duration,
+    /// Refused requests a source address may make per minute before it is
+    /// answered 429 (0: no limit).
+    pub refusals_per_minute: u32,
+    /// Audit entries older than this are deleted (`None`: kept forever).
+    pub audit_max_age: Option<Duration>,
+    /// At most this many audit entries are kept (the oldest go first).
+    pub audit_max_entries: u64,
+    /// How often retention is applied to the audit log.
+    pub audit_prune_every: Duration,
+    /// Host name patterns (`*` matches any run of characters) reserved for
+    /// tagged nodes: a user's device cannot take such a name.
+    pub tagged_names: Vec<String>,
 }
 
 impl ControlConfig {
@@ -94,6 +107,11 @@ impl ControlConfig {
             serving_cert_lifetime: Duration::from_secs(7 * 86_400),
             keepalive: Duration::from_secs(25),
             ephemeral_grace: Duration::from_secs(60),
+            refusals_per_minute: 30,
+            audit_max_age: Some(Duration::from_secs(90 * 86_400)),
+            audit_max_entries: 100_000,
+            audit_prune_every: Duration::from_secs(60),
+            tagged_names: vec!["k8s-*".into()],
         }
     }
 
@@ -136,10 +154,15 @@ pub(crate) struct App {
     pub hub: Hub,
     pub ca: MeshCa,
     pub metrics: metrics::Metrics,
+    /// Refusals per source address.
+    pub limiter: limit::RefusalLimiter,
     /// Serialises policy changes.
     pub policy_lock: tokio::sync::Mutex<()>,
     /// Serialises registrations (name and address allocation).
     pub register_lock: tokio::sync::Mutex<()>,
+    /// Set when control is shutting down: map streams tell their nodes to
+    /// come back soon, then end.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// What the first start created and how to reach control.
@@ -269,12 +292,14 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
 
     let app = Arc::new(App {
         metrics: metrics::Metrics::new(),
+        limiter: limit::RefusalLimiter::new(config.refusals_per_minute),
         config,
         store,
         hub,
         ca,
         policy_lock: tokio::sync::Mutex::new(()),
         register_lock: tokio::sync::Mutex::new(()),
+        stopping: tokio::sync::watch::Sender::new(false),
     });
     let running = server::serve(Arc::clone(&app)).await?;
     let url = running.url.clone();

@@ -8,7 +8,7 @@ use crate::api::{
 use crate::hub::StreamHandle;
 use crate::metrics::Metrics;
 use crate::secret::{self, Kind};
-use crate::server::PeerCert;
+use crate::server::{PeerAddr, PeerCert};
 use crate::store::NodeRow;
 use crate::{App, now};
 use axum::body::Body;
@@ -35,11 +35,54 @@ fn time_of(unix: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Refuses a registration: audit, count, answer.
-async fn refuse(app: &App, actor: &str, target: &str, e: ApiErr) -> ApiErr {
-    audit(app, actor, "node.register", target, false, &e.1).await;
-    Metrics::outcome(&app.metrics.registrations, false);
-    e
+/// Longest CSR accepted (PEM).
+const MAX_CSR: usize = 16 * 1024;
+/// Longest pre-auth key text accepted.
+const MAX_AUTH_KEY: usize = 256;
+
+/// Checks what a registration request can be judged on without looking
+/// anything up. A request failing here is answered 400 and leaves no audit
+/// entry: it presented no credential to refuse, and nothing it carries is
+/// stored.
+fn check_shape(req: &RegisterRequest) -> ApiResult<()> {
+    let host = req.hostname.trim();
+    if host.is_empty() || req.hostname.len() > 255 || req.hostname.chars().any(char::is_control) {
+        return Err(ApiErr::bad(
+            "hostname must be 1 to 255 characters, without control characters",
+        ));
+    }
+    if req.auth_key.len() > MAX_AUTH_KEY {
+        return Err(ApiErr::bad("auth_key is too long"));
+    }
+    let wg = base64::engine::general_purpose::STANDARD.decode(&req.wireguard_key);
+    if !matches!(&wg, Ok(b) if b.len() == 32) {
+        return Err(ApiErr::bad("wireguard_key must be 32 bytes, base64"));
+    }
+    for (field, csr) in [
+        ("machine_csr", &req.machine_csr),
+        ("serving_csr", &req.serving_csr),
+    ] {
+        if csr.is_empty() || csr.len() > MAX_CSR {
+            return Err(ApiErr::bad(format!(
+                "{field} must be a PEM CSR of at most {MAX_CSR} bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A refused registration: who presented what, and the answer.
+enum Refusal {
+    /// A credential or request refused on its merits: audited.
+    Refused { actor: String, err: ApiErr },
+    /// Control failed (storage): answered, not audited as a refusal.
+    Failed(ApiErr),
+}
+
+impl From<crate::store::StoreError> for Refusal {
+    fn from(e: crate::store::StoreError) -> Self {
+        Refusal::Failed(e.into())
+    }
 }
 
 #[utoipa::path(post, path = "/machine/v1/register", tag = "machine", request_body = RegisterRequest,
@@ -48,95 +91,85 @@ pub(crate) async fn register(
     State(app): AppState,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> ApiResult<Json<RegisterResponse>> {
+    if let Err(e) = check_shape(&req) {
+        Metrics::outcome(&app.metrics.registrations, false);
+        return Err(e);
+    }
+    match admit(&app, &req).await {
+        Ok(resp) => Ok(Json(resp)),
+        Err(Refusal::Failed(e)) => Err(e),
+        Err(Refusal::Refused { actor, err }) => {
+            audit(&app, &actor, "node.register", &req.hostname, false, &err.1).await;
+            Metrics::outcome(&app.metrics.registrations, false);
+            Err(err)
+        }
+    }
+}
+
+/// Judges a well-formed registration and, if it passes, stores the node.
+async fn admit(app: &App, req: &RegisterRequest) -> Result<RegisterResponse, Refusal> {
+    let refused = |actor: &str, err: ApiErr| Refusal::Refused {
+        actor: actor.to_string(),
+        err,
+    };
     let Some((key_id, key_secret)) = secret::parse(Kind::AuthKey, &req.auth_key) else {
-        return Err(refuse(
-            &app,
+        return Err(refused(
             "anonymous",
-            &req.hostname,
             ApiErr::unauthorized("invalid auth key"),
-        )
-        .await);
+        ));
     };
     let actor = format!("key:{key_id}");
     let key = app.store.key(key_id).await?;
     let Some(key) = key.filter(|k| secret::verify(key_secret, &k.secret_hash)) else {
-        return Err(refuse(
-            &app,
-            &actor,
-            &req.hostname,
-            ApiErr::unauthorized("invalid auth key"),
-        )
-        .await);
+        return Err(refused(&actor, ApiErr::unauthorized("invalid auth key")));
     };
     let t = now();
-    let problem = if key.revoked_at.is_some() {
-        Some("auth key revoked")
-    } else if key.expires_at <= t {
-        Some("auth key expired")
-    } else if !key.reusable && key.uses > 0 {
-        Some("auth key already used (it is a one-off key)")
-    } else {
-        None
-    };
-    if let Some(p) = problem {
-        return Err(refuse(&app, &actor, &req.hostname, ApiErr::unauthorized(p)).await);
+    if key.revoked_at.is_some() {
+        return Err(refused(&actor, ApiErr::unauthorized("auth key revoked")));
+    }
+    if key.expires_at <= t {
+        return Err(refused(&actor, ApiErr::unauthorized("auth key expired")));
+    }
+    if !key.reusable && key.uses > 0 {
+        return Err(refused(
+            &actor,
+            ApiErr::unauthorized("auth key already used (it is a one-off key)"),
+        ));
     }
     // Tags must still be owned by the key's creator under today's policy.
-    let minter_tags = match key_minter_tags(&app, &key.created_by).await {
-        Ok(t) => t,
-        Err(e) => return Err(refuse(&app, &actor, &req.hostname, e).await),
-    };
+    let minter_tags = key_minter_tags(app, &key.created_by)
+        .await
+        .map_err(|e| refused(&actor, e))?;
     let minter = match &minter_tags {
         None => Minter::Admin,
         Some(tags) => Minter::OAuth(tags),
     };
-    if let Err(e) = check_tag_ownership(&app.hub.policy(), &minter, &key.tags) {
-        return Err(refuse(&app, &actor, &req.hostname, ApiErr::forbidden(e)).await);
-    }
-    let wg = base64::engine::general_purpose::STANDARD.decode(&req.wireguard_key);
-    if !matches!(&wg, Ok(b) if b.len() == 32) {
-        return Err(refuse(
-            &app,
-            &actor,
-            &req.hostname,
-            ApiErr::bad("wireguard_key must be 32 bytes, base64"),
-        )
-        .await);
-    }
-    if req.hostname.trim().is_empty() || req.hostname.len() > 255 {
-        return Err(refuse(
-            &app,
-            &actor,
-            &req.hostname,
-            ApiErr::bad("hostname must be 1 to 255 characters"),
-        )
-        .await);
-    }
+    check_tag_ownership(&app.hub.policy(), &minter, &key.tags)
+        .map_err(|e| refused(&actor, ApiErr::forbidden(e)))?;
     if key.tags.is_empty() && key.user.is_none() {
-        return Err(refuse(
-            &app,
+        return Err(refused(
             &actor,
-            &req.hostname,
             ApiErr::bad("the key has neither a user nor tags"),
-        )
-        .await);
+        ));
+    }
+    if key.tags.is_empty()
+        && let Some(err) = reserved_for_tags(app, &req.hostname).await?
+    {
+        return Err(refused(&actor, err));
     }
 
     let _serial = app.register_lock.lock().await;
     if app.hub.has_wireguard_key(&req.wireguard_key) {
-        return Err(refuse(
-            &app,
+        return Err(refused(
             &actor,
-            &req.hostname,
             ApiErr::conflict("this WireGuard key is already registered"),
-        )
-        .await);
+        ));
     }
     let service = if req.shared_name {
-        match shared_name(&app, &req.hostname, &key.tags, key.user.as_deref()) {
-            Ok(s) => Some(s),
-            Err(e) => return Err(refuse(&app, &actor, &req.hostname, e).await),
-        }
+        Some(
+            shared_name(app, &req.hostname, &key.tags, key.user.as_deref())
+                .map_err(|e| refused(&actor, e))?,
+        )
     } else {
         None
     };
@@ -145,40 +178,21 @@ pub(crate) async fn register(
     let fqdn = format!("{name}.{}", app.config.domain());
     let key_expiry =
         t + i64::try_from(app.config.node_key_lifetime.as_secs()).unwrap_or(i64::MAX / 2);
-    let machine_cert = match app
+    let machine_cert = app
         .ca
         .sign_machine(&req.machine_csr, &id, time_of(key_expiry))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(refuse(
-                &app,
-                &actor,
-                &req.hostname,
-                ApiErr::bad(format!("machine_csr: {e}")),
-            )
-            .await);
-        }
-    };
+        .map_err(|e| refused(&actor, ApiErr::bad(format!("machine_csr: {e}"))))?;
     let lifetime = time::Duration::seconds(
         i64::try_from(app.config.serving_cert_lifetime.as_secs()).unwrap_or(86_400),
     );
     let names = serving_names(&fqdn, service.as_deref(), &app.config.domain());
-    let serving_cert = match app.ca.sign_serving(&req.serving_csr, &names, lifetime) {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(refuse(
-                &app,
-                &actor,
-                &req.hostname,
-                ApiErr::bad(format!("serving_csr: {e}")),
-            )
-            .await);
-        }
-    };
+    let serving_cert = app
+        .ca
+        .sign_serving(&req.serving_csr, &names, lifetime)
+        .map_err(|e| refused(&actor, ApiErr::bad(format!("serving_csr: {e}"))))?;
     let fingerprint = crate::ca::pem_to_der(&machine_cert)
         .map(|d| crate::ca::der_fingerprint(&d))
-        .ok_or_else(|| ApiErr::internal("issued certificate does not parse"))?;
+        .ok_or_else(|| Refusal::Failed(ApiErr::internal("issued certificate does not parse")))?;
     let row = NodeRow {
         id: id.clone(),
         name: name.clone(),
@@ -198,22 +212,19 @@ pub(crate) async fn register(
         service: service.clone(),
     };
     if !app.store.register_node(&row, &key.id, t).await? {
-        return Err(refuse(
-            &app,
+        return Err(refused(
             &actor,
-            &req.hostname,
             ApiErr::unauthorized("auth key already used, revoked or expired"),
-        )
-        .await);
+        ));
     }
     if let Err(e) = app.hub.add_node(row) {
         // Cannot happen for checked tags; undo rather than keep a node the mesh lacks.
         app.store.delete_node(&id).await?;
-        return Err(refuse(&app, &actor, &req.hostname, ApiErr::bad(e.to_string())).await);
+        return Err(refused(&actor, ApiErr::bad(e.to_string())));
     }
     Metrics::outcome(&app.metrics.registrations, true);
     audit(
-        &app,
+        app,
         &actor,
         "node.register",
         &id,
@@ -224,7 +235,7 @@ pub(crate) async fn register(
         ),
     )
     .await;
-    Ok(Json(RegisterResponse {
+    Ok(RegisterResponse {
         node_id: id,
         name,
         fqdn,
@@ -233,6 +244,52 @@ pub(crate) async fn register(
         serving_cert,
         ca_cert: app.ca.cert_pem().to_string(),
         key_expiry,
+    })
+}
+
+/// Whether `pattern` (with `*` matching any run of characters) matches `name`.
+fn glob_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Why a user's device may not take `hostname`, if it is reserved for
+/// tagged nodes: it matches a configured pattern (`--tagged-names`), or a
+/// tagged node has held it.
+async fn reserved_for_tags(
+    app: &App,
+    hostname: &str,
+) -> Result<Option<ApiErr>, crate::store::StoreError> {
+    let label = crate::hub::dns_label(hostname);
+    if let Some(p) = app
+        .config
+        .tagged_names
+        .iter()
+        .find(|p| glob_matches(p, &label))
+    {
+        return Ok(Some(ApiErr::conflict(format!(
+            "the name {label} is reserved for tagged nodes (pattern {p:?}); choose another hostname"
+        ))));
+    }
+    Ok(app.store.tagged_name(&label).await?.map(|tags| {
+        ApiErr::conflict(format!(
+            "the name {label} belongs to tagged nodes ({}); choose another hostname",
+            tags.join(",")
+        ))
     }))
 }
 
@@ -302,6 +359,19 @@ struct Streaming {
     handle: StreamHandle,
     first: Option<Bytes>,
     ephemeral: bool,
+    /// Control's shutdown signal.
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// The reconnect hint was sent: the stream ends.
+    said_goodbye: bool,
+}
+
+/// The delay a node is asked to wait before reconnecting to a restarting
+/// control: spread over two seconds so nodes do not all return at once.
+fn reconnect_hint() -> MapMessage {
+    use rand::Rng;
+    MapMessage::Reconnect {
+        after_ms: rand::rng().random_range(1_000..3_000),
+    }
 }
 
 impl Drop for Streaming {
@@ -343,9 +413,17 @@ async fn next_message(mut s: Streaming) -> Option<(Result<Bytes, Infallible>, St
         s.app.metrics.map_messages.inc();
         return Some((Ok(first), s));
     }
+    if s.said_goodbye {
+        return None;
+    }
     let keepalive = s.app.config.keepalive;
     loop {
+        if *s.stopping.borrow_and_update() {
+            s.said_goodbye = true;
+            return Some((Ok(line(&reconnect_hint())), s));
+        }
         tokio::select! {
+            r = s.stopping.changed() => if r.is_err() { return None },
             () = s.handle.notify.notified() => {
                 match s.app.hub.delta(&mut s.handle) {
                     Err(_) => return None,
@@ -382,6 +460,8 @@ pub(crate) async fn map(
         handle,
         first: Some(line(&MapMessage::Full(full))),
         ephemeral: node.ephemeral,
+        stopping: app.stopping.subscribe(),
+        said_goodbye: false,
     };
     let body = Body::from_stream(futures::stream::unfold(s, next_message));
     Ok((
@@ -394,16 +474,46 @@ pub(crate) async fn map(
         .into_response())
 }
 
+/// Why peers must not be sent to `ep`, if they must not: addresses that are
+/// nobody's (unspecified), everybody's (broadcast, multicast), port 0, and
+/// loopback unless the node itself talks to control over loopback (all on
+/// one machine).
+fn unusable_endpoint(ep: &std::net::SocketAddr, node_is_local: bool) -> Option<&'static str> {
+    let ip = ep.ip().to_canonical();
+    if ep.port() == 0 {
+        Some("port 0")
+    } else if ip.is_unspecified() {
+        Some("unspecified address")
+    } else if ip.is_multicast() {
+        Some("multicast address")
+    } else if ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+        Some("broadcast address")
+    } else if ip.is_loopback() && !node_is_local {
+        Some("loopback address from a node that is not on control's machine")
+    } else {
+        None
+    }
+}
+
 #[utoipa::path(post, path = "/machine/v1/endpoints", tag = "machine", request_body = EndpointsRequest,
     responses((status = 204), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
 pub(crate) async fn endpoints(
     State(app): AppState,
     Extension(cert): Extension<PeerCert>,
+    Extension(from): Extension<PeerAddr>,
     JsonBody(req): JsonBody<EndpointsRequest>,
 ) -> ApiResult<axum::http::StatusCode> {
     let node = node_of(&app, &cert)?;
     if req.endpoints.len() > MAX_ENDPOINTS {
         return Err(ApiErr::bad(format!("at most {MAX_ENDPOINTS} endpoints")));
+    }
+    let local = from.0.ip().to_canonical().is_loopback();
+    if let Some((ep, why)) = req
+        .endpoints
+        .iter()
+        .find_map(|ep| unusable_endpoint(ep, local).map(|why| (ep, why)))
+    {
+        return Err(ApiErr::bad(format!("endpoint {ep}: {why}")));
     }
     let mut eps: Vec<String> = req.endpoints.iter().map(ToString::to_string).collect();
     eps.sort();
@@ -444,4 +554,48 @@ pub(crate) async fn renew(
     )
     .await;
     Ok(Json(RenewResponse { serving_cert: pem }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn endpoints_nobody_can_use_are_refused() {
+        use super::unusable_endpoint;
+        let ep = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        for bad in [
+            "0.0.0.0:41641",
+            "[::]:41641",
+            "255.255.255.255:9",
+            "224.0.0.1:41641",
+            "[ff02::1]:41641",
+            "192.0.2.1:0",
+            "127.0.0.1:41641",
+            "[::1]:41641",
+            "[::ffff:127.0.0.1]:41641",
+        ] {
+            assert!(unusable_endpoint(&ep(bad), false).is_some(), "{bad}");
+        }
+        assert!(unusable_endpoint(&ep("127.0.0.1:41641"), true).is_none());
+        assert!(unusable_endpoint(&ep("255.255.255.255:9"), true).is_some());
+        for good in ["192.0.2.1:41641", "8.8.8.8:53", "[2001:db8::1]:41641"] {
+            assert!(unusable_endpoint(&ep(good), false).is_none(), "{good}");
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("k8s-*", "k8s-grafana"));
+        assert!(glob_matches("k8s-*", "k8s-"));
+        assert!(!glob_matches("k8s-*", "k8s"));
+        assert!(!glob_matches("k8s-*", "my-k8s-grafana"));
+        assert!(glob_matches("*-ui", "admin-ui"));
+        assert!(glob_matches("a*b*c", "a-b-c"));
+        assert!(!glob_matches("a*b*c", "a-c-b"));
+        assert!(glob_matches("exact", "exact"));
+        assert!(!glob_matches("exact", "exact-1"));
+        assert!(glob_matches("*", "anything"));
+        assert!(!glob_matches("ab*ba", "aba"));
+    }
 }

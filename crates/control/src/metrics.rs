@@ -25,6 +25,10 @@ pub struct Metrics {
     pub streams: Gauge,
     /// Map messages sent (full, delta).
     pub map_messages: Counter,
+    /// Requests answered 429 because their source made too many refused requests.
+    pub rate_limited: Counter,
+    /// Audit entries deleted by retention.
+    pub audit_pruned: Counter,
 }
 
 impl Metrics {
@@ -35,6 +39,8 @@ impl Metrics {
         let policy_changes = Family::<Outcome, Counter>::default();
         let streams = Gauge::default();
         let map_messages = Counter::default();
+        let rate_limited = Counter::default();
+        let audit_pruned = Counter::default();
         registry.register("registrations", "Node registrations", registrations.clone());
         registry.register(
             "policy_changes",
@@ -43,12 +49,24 @@ impl Metrics {
         );
         registry.register("map_streams", "Open map streams", streams.clone());
         registry.register("map_messages", "Map messages sent", map_messages.clone());
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 after too many refused requests from their source",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "audit_pruned",
+            "Audit entries deleted by retention",
+            audit_pruned.clone(),
+        );
         Metrics {
             registry,
             registrations,
             policy_changes,
             streams,
             map_messages,
+            rate_limited,
+            audit_pruned,
         }
     }
 

@@ -82,6 +82,10 @@ pub(crate) fn finish(doc: &mut OpenApi) {
             if has_param {
                 add("404", "No such object");
             }
+            add(
+                "429",
+                "Too many refused requests from this source address; retry after Retry-After seconds",
+            );
         }
     }
 }

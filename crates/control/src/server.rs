@@ -18,6 +18,10 @@ use tokio_rustls::TlsAcceptor;
 #[derive(Debug, Clone)]
 pub(crate) struct PeerCert(pub Option<String>);
 
+/// The address a connection comes from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub SocketAddr);
+
 /// A running control server.
 #[derive(Debug)]
 pub struct Running {
@@ -29,8 +33,13 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How long a graceful shutdown waits for connections to finish.
+const DRAIN: Duration = Duration::from_secs(3);
+
 impl Running {
-    /// Stops accepting, closes every connection and background task.
+    /// Stops gracefully: stops accepting, tells every node on a map stream
+    /// to reconnect soon, lets requests in flight finish (up to a few
+    /// seconds), then closes every connection and background task.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
@@ -105,7 +114,9 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
         });
     let url = format!("https://{host}:{}", local.port());
     let router = crate::api::router(Arc::clone(&app));
-    let (tx, mut rx) = watch::channel(false);
+    let tx = app.stopping.clone();
+    let stopper = app.stopping.clone();
+    let mut rx = tx.subscribe();
     let expiry_app = Arc::clone(&app);
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
@@ -118,6 +129,7 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
                     let Ok((tcp, peer)) = accepted else { continue };
                     let acceptor = acceptor.clone();
                     let router = router.clone();
+                    let mut stop = tx.subscribe();
                     conns.spawn(async move {
                         let _ = tcp.set_nodelay(true);
                         let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -136,36 +148,73 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
                             .map(|c| crate::ca::der_fingerprint(c));
                         // Tag each request with the connection's client certificate
                         // (cheaper than layering the router per connection).
-                        let peer = PeerCert(fp);
+                        let cert = PeerCert(fp);
+                        let addr = PeerAddr(peer);
                         let svc = tower::ServiceExt::map_request(router, move |mut req: http::Request<hyper::body::Incoming>| {
-                            req.extensions_mut().insert(peer.clone());
+                            req.extensions_mut().insert(cert.clone());
+                            req.extensions_mut().insert(addr);
                             req
                         });
                         let svc = hyper_util::service::TowerToHyperService::new(svc);
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                            .await;
+                        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            _ = conn.as_mut() => {}
+                            () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                                // Finish what is in flight (map streams end
+                                // after their reconnect hint), then close.
+                                conn.as_mut().graceful_shutdown();
+                                let _ = conn.await;
+                            }
+                        }
                     });
                 }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
+        let _ =
+            tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
         conns.shutdown().await;
         tasks.shutdown().await;
     });
     Ok(Running {
         url,
         local_addr: local,
-        shutdown: tx,
+        shutdown: stopper,
         task,
     })
 }
 
-/// Takes nodes out of the mesh as their keys expire.
+/// Deletes audit entries past their retention (age and count).
+async fn prune_audit(app: &App) {
+    let before = app
+        .config
+        .audit_max_age
+        .map(|age| crate::now() - i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2));
+    match app
+        .store
+        .prune_audit(before, app.config.audit_max_entries)
+        .await
+    {
+        Ok(n) => {
+            app.metrics.audit_pruned.inc_by(n);
+        }
+        Err(e) => tracing::error!(error = %e, "pruning the audit log"),
+    }
+}
+
+/// Takes nodes out of the mesh as their keys expire, and keeps the audit
+/// log within its retention.
 async fn expiry_loop(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_prune: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
+        if last_prune.is_none_or(|t| t.elapsed() >= app.config.audit_prune_every) {
+            prune_audit(&app).await;
+            last_prune = Some(tokio::time::Instant::now());
+        }
         let now = crate::now();
         for id in app.hub.due_for_expiry(now) {
             app.hub.expire_node(&id, now);

@@ -103,6 +103,17 @@ CREATE TABLE audit (
         // The shared name a replica serves with its siblings.
         "ALTER TABLE nodes ADD COLUMN service TEXT;",
     ),
+    (
+        3,
+        // Names a tagged node has held: a user's device cannot take them.
+        r"
+CREATE TABLE tagged_names (name TEXT PRIMARY KEY, tags TEXT NOT NULL, since BIGINT NOT NULL);
+INSERT INTO tagged_names (name, tags, since)
+  SELECT name, tags, created_at FROM nodes WHERE tags <> '[]' ON CONFLICT DO NOTHING;
+INSERT INTO tagged_names (name, tags, since)
+  SELECT service, tags, created_at FROM nodes WHERE service IS NOT NULL AND tags <> '[]' ON CONFLICT DO NOTHING
+",
+    ),
 ];
 
 /// A stored node.
@@ -434,8 +445,29 @@ impl Store {
         .bind(node.service.clone())
         .execute(&mut *tx)
         .await?;
+        if !node.tags.is_empty() {
+            for name in std::iter::once(&node.name).chain(node.service.as_ref()) {
+                sqlx::query(
+                    "INSERT INTO tagged_names (name, tags, since) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(name)
+                .bind(to_json(&node.tags))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The tags of the tagged node that first held `name`, if one did.
+    pub async fn tagged_name(&self, name: &str) -> Result<Option<Vec<String>>> {
+        let row = sqlx::query("SELECT tags FROM tagged_names WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| json_list(&r, "tags")).transpose()
     }
 
     /// Deletes a node; false if absent.
@@ -748,6 +780,35 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(id)
+    }
+
+    /// Deletes audit entries older than `before` (Unix seconds), and all but
+    /// the newest `keep`; returns how many went.
+    pub async fn prune_audit(&self, before: Option<i64>, keep: u64) -> Result<u64> {
+        let mut gone = 0;
+        if let Some(before) = before {
+            gone += sqlx::query("DELETE FROM audit WHERE at < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        // Ids increase by one per entry, so the newest `keep` are a range.
+        let newest = self.audit_seq.load(std::sync::atomic::Ordering::SeqCst);
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        gone += sqlx::query("DELETE FROM audit WHERE id <= $1")
+            .bind(newest.saturating_sub(keep))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(gone)
+    }
+
+    /// How many audit entries are stored.
+    pub async fn audit_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM audit")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// The latest `limit` audit entries, newest first.

@@ -244,7 +244,7 @@ async fn run(n: usize) {
                     MapMessage::Delta(d) if !d.peers_upsert.is_empty() => "peers",
                     MapMessage::Delta(d) if d.filter.is_some() => "filter",
                     MapMessage::Delta(_) => "delta",
-                    MapMessage::Keepalive => continue,
+                    MapMessage::Keepalive | MapMessage::Reconnect { .. } => continue,
                 };
                 let _ = tx.send((i, Instant::now(), what));
             }

@@ -11,7 +11,7 @@ pub struct AdminArgs {
     /// Control's join string (URL#sha256:<CA hash>), e.g. as printed by `gatehouse control`.
     #[arg(long, env = "GATEHOUSE_CONTROL")]
     control: Option<String>,
-    /// Admin or OAuth access token.
+    /// Admin or OAuth access token, or `file:PATH` to read it from a file.
     #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Control's state directory: read the join string and admin token from it.
@@ -186,7 +186,7 @@ async fn connect(a: &AdminArgs) -> Result<(Join, String)> {
 
 fn token(a: &AdminArgs) -> Result<String> {
     match (&a.token, &a.state) {
-        (Some(t), _) => Ok(t.clone()),
+        (Some(t), _) => crate::secrets::secret_value("--token", t),
         (None, Some(s)) => read_trim(&s.join("admin.token")),
         (None, None) => Err(anyhow!("a token is needed: --token or --state")),
     }

@@ -33,6 +33,23 @@ pub struct ControlArgs {
     /// Lifetime of nodes' serving certificates, in hours.
     #[arg(long, default_value_t = 168)]
     cert_hours: u64,
+    /// Refused requests (bad credentials; bad registrations or token
+    /// requests) a source address may make per minute before it is answered
+    /// 429 with Retry-After. 0 turns the limit off.
+    #[arg(long, default_value_t = 30)]
+    refusals_per_minute: u32,
+    /// Audit entries older than this many days are deleted (0: keep them forever).
+    #[arg(long, default_value_t = 90)]
+    audit_max_age_days: u64,
+    /// At most this many audit entries are kept; the oldest go first.
+    #[arg(long, default_value_t = 100_000)]
+    audit_max_entries: u64,
+    /// Host names reserved for tagged nodes (`*` matches any run of
+    /// characters; repeatable): a user's device cannot take them. Names a
+    /// tagged node has held are reserved too. `--tagged-names ''` reserves
+    /// none by pattern.
+    #[arg(long, default_values_t = ["k8s-*".to_string()])]
+    tagged_names: Vec<String>,
     /// Print the admin API's OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -50,6 +67,15 @@ pub async fn run(a: ControlArgs) -> Result<()> {
     cfg.relays = a.relay;
     cfg.node_key_lifetime = Duration::from_secs(a.key_days * 86_400);
     cfg.serving_cert_lifetime = Duration::from_secs(a.cert_hours * 3600);
+    cfg.refusals_per_minute = a.refusals_per_minute;
+    cfg.audit_max_age =
+        (a.audit_max_age_days > 0).then(|| Duration::from_secs(a.audit_max_age_days * 86_400));
+    cfg.audit_max_entries = a.audit_max_entries;
+    cfg.tagged_names = a
+        .tagged_names
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect();
     let domain = cfg.domain();
     let (running, info) = gatehouse_control::start(cfg)
         .await

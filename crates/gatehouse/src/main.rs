@@ -29,6 +29,7 @@ mod policy_cmd;
 mod reach_cmd;
 #[cfg(feature = "tools")]
 mod render_cmd;
+mod secrets;
 #[cfg(feature = "tools")]
 mod stack_input;
 #[cfg(feature = "connector")]
@@ -109,7 +110,30 @@ enum Command {
     Status(up_cmd::StatusArgs),
 }
 
+/// A closed standard output (`gatehouse admin keys list | head -3`) ends
+/// the program quietly and successfully, as it ends other command-line
+/// tools, instead of with a panic message.
+fn exit_quietly_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        let broken_pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe).to_string();
+        if payload.starts_with("failed printing to stdout")
+            && (payload.contains(&broken_pipe) || payload.contains("os error 32"))
+        {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_closed_stdout();
     let cli = Cli::parse();
     match cli.command {
         #[cfg(feature = "tools")]

@@ -50,7 +50,8 @@ pub struct UpArgs {
     /// Control's join string (URL#sha256:<CA hash>); needed to register.
     #[arg(long, env = "GATEHOUSE_CONTROL")]
     control: Option<String>,
-    /// Pre-auth key; needed to register (a registered node ignores it).
+    /// Pre-auth key, or `file:PATH` to read it from a file (keeps it out of
+    /// the process list); needed to register (a registered node ignores it).
     #[arg(long, env = "GATEHOUSE_AUTHKEY", hide_env_values = true)]
     authkey: Option<String>,
     /// Host name to ask for (default: this machine's).
@@ -125,7 +126,10 @@ fn system_hostname() -> String {
 async fn up(a: UpArgs) -> Result<()> {
     let mut cfg = NodeConfig::new(a.state.clone(), &a.hostname.unwrap_or_else(system_hostname));
     cfg.control = a.control;
-    cfg.authkey = a.authkey;
+    cfg.authkey = a
+        .authkey
+        .map(|k| crate::secrets::secret_value("--authkey", &k))
+        .transpose()?;
     cfg.shared_name = a.shared_name;
     cfg.routes = a.serve;
     cfg.redirect_http = a.redirect_http;

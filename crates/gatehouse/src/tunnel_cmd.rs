@@ -71,7 +71,8 @@ enum TransportArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Tunnel token printed by `gatehouse edge tunnel create`.
+    /// Tunnel token printed by `gatehouse edge tunnel create`, or `file:PATH`
+    /// to read it from a file.
     #[arg(long, env = "GATEHOUSE_TUNNEL_TOKEN", hide_env_values = true)]
     token: String,
     /// Config file with cloudflared-style `ingress:` rules (reloaded on SIGHUP and on change).
@@ -188,7 +189,8 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
 
 fn run_connector(a: RunArgs) -> Result<ExitCode> {
     crate::logging::init();
-    let token = Token::parse(&a.token).map_err(|e| anyhow!("--token: {e}"))?;
+    let token = crate::secrets::secret_value("--token", &a.token)?;
+    let token = Token::parse(&token).map_err(|e| anyhow!("--token: {e}"))?;
     let mut edges = Vec::new();
     for e in &a.edges {
         edges.extend(resolve(e)?);

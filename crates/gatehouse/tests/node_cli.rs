@@ -279,3 +279,90 @@ async fn node_up_status_ping_down_and_restart() {
     drop(blog);
     drop(laptop);
 }
+
+/// A control restart: a gracefully stopping control tells the node to come
+/// back soon, and the node does, without logging a lost stream; a node
+/// stopped with SIGTERM logs no lost stream either. The key is read from a
+/// file, so it never appears in the node's command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_follows_a_control_restart_and_stops_quietly() {
+    let mut control = TestControl::start().await;
+    control
+        .admin
+        .set_policy(r#"{"tagOwners": {"tag:web": []}, "acls": []}"#)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("web");
+    let key = control.key(None, &["tag:web"], false).await;
+    let key_file = dir.path().join("authkey");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let log_path = dir.path().join("node.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "node",
+            "up",
+            "--control",
+            &control.info.join,
+            "--hostname",
+            "web",
+        ])
+        .arg("--authkey")
+        .arg(format!("file:{}", key_file.display()))
+        .arg("--state")
+        .arg(&state)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(DEADLINE, async {
+        while let Some(l) = out.next_line().await.unwrap() {
+            if l == "ready" {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(ready, Ok(true)),
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap()
+    );
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+    let pid = child.id().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(&key),
+        "the key is in the command line"
+    );
+
+    control.restart().await;
+    let st = gatehouse_testkit::wait_for("the node back on control", DEADLINE, || async {
+        let st = status_json(&state).await;
+        (st["control"]["connected"] == true && st["control"]["streams"].as_u64() >= Some(2))
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(st["ready"], true);
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(kill.success());
+    let exit = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("control: restarting; reconnecting"), "{log}");
+    assert!(!log.contains("map stream lost"), "{log}");
+}

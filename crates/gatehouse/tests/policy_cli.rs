@@ -248,3 +248,26 @@ fn filter_prints_the_compiled_inbound_filter() {
     assert_eq!(code, 2);
     assert!(err.contains("no node named \"nope\""), "{err}");
 }
+
+/// `gatehouse … | head -1` closes the pipe early: the program ends quietly
+/// and successfully, as other command-line tools do, with no panic message.
+#[test]
+fn a_closed_stdout_ends_the_program_quietly() {
+    let policy = examples().join("policy.hujson");
+    let inv = examples().join("inventory.yaml");
+    let (reader, writer) = std::io::pipe().unwrap();
+    // Nobody reads: every write to stdout fails with a broken pipe.
+    drop(reader);
+    let out = bin()
+        .args(["policy", "filter", policy.to_str().unwrap(), "--inventory"])
+        .arg(&inv)
+        .args(["--node", "k8s-grafana"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}

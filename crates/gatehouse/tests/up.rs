@@ -254,6 +254,18 @@ async fn checks(dir: &Path, up: &mut Proc, printed: &Printed) {
     let join_line = printed
         .command("gatehouse node up --control", "--authkey")
         .replace("127.0.0.1:1080", &format!("127.0.0.1:{socks}"));
+    // The key is in a file only its owner reads, never on a command line
+    // (where other local users would see it in /proc/PID/cmdline).
+    assert!(!printed.text.contains("gh-authkey-"), "{}", printed.text);
+    let key_file = join_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("file:"))
+        .unwrap_or_else(|| panic!("no --authkey file: in {join_line}"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.join(key_file)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
     let laptop = start_device(dir, "laptop", join_line, socks).await;
 
     // The printed private curl for the blog, through the laptop's SOCKS5.

@@ -32,9 +32,23 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// First reconnect delay after losing control.
-const RECONNECT_BASE: Duration = Duration::from_millis(500);
-/// Longest reconnect delay.
-const RECONNECT_CAP: Duration = Duration::from_secs(30);
+const RECONNECT_BASE: Duration = Duration::from_millis(250);
+/// Longest reconnect delay: a control restart costs nodes at most this much
+/// once it listens again (each wait is drawn from the upper half, so nodes
+/// spread out).
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
+/// Longest wait control may ask for before a reconnect.
+const RECONNECT_HINT_CAP: Duration = Duration::from_secs(30);
+
+/// How a map stream ended without an error.
+enum StreamEnd {
+    /// The node is stopping.
+    Stopped,
+    /// Control closed the stream.
+    Closed,
+    /// Control is restarting and asked for a reconnect after this delay.
+    Reconnect(Duration),
+}
 /// A map stream silent for this long is considered dead (control sends
 /// keepalives every 25 seconds by default).
 const MAP_SILENCE: Duration = Duration::from_secs(90);
@@ -571,16 +585,31 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
         loop {
             let result = self.run_stream(&mut state, &mut backoff).await;
             self.metrics.control_connected.set(0);
-            let error = match result {
-                Ok(()) => "control closed the map stream".to_string(),
-                Err(e) => e.to_string(),
+            let (error, delay) = match result {
+                Ok(StreamEnd::Stopped) => return,
+                Ok(StreamEnd::Reconnect(after)) => {
+                    tracing::info!(
+                        after_ms = after.as_millis(),
+                        "control: restarting; reconnecting"
+                    );
+                    backoff.reset();
+                    ("control is restarting".to_string(), after)
+                }
+                Ok(StreamEnd::Closed) => {
+                    let e = "control closed the map stream".to_string();
+                    tracing::warn!(error = %e, "control: map stream lost; reconnecting");
+                    (e, backoff.next_delay())
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    tracing::warn!(error = %e, "control: map stream lost; reconnecting");
+                    (e, backoff.next_delay())
+                }
             };
-            tracing::warn!(error = %error, "control: map stream lost; reconnecting");
             self.set_control(|c| {
                 c.connected = false;
                 c.last_error = Some(error);
             });
-            let delay = backoff.next_delay();
             tokio::select! {
                 () = self.cancel.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
@@ -592,23 +621,27 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
         &self,
         state: &mut Option<MapState>,
         backoff: &mut Backoff,
-    ) -> Result<(), ClientError> {
+    ) -> Result<StreamEnd, ClientError> {
         let mut stream = tokio::select! {
-            () = self.cancel.cancelled() => return Ok(()),
+            () = self.cancel.cancelled() => return Ok(StreamEnd::Stopped),
             s = self.client.map() => s?,
         };
         self.set_control(|c| c.streams += 1);
         let mut first = true;
         loop {
             let next = tokio::select! {
-                () = self.cancel.cancelled() => return Ok(()),
+                () = self.cancel.cancelled() => return Ok(StreamEnd::Stopped),
                 n = tokio::time::timeout(MAP_SILENCE, stream.next()) => n,
             };
             let msg = match next {
                 Err(_) => return Err(ClientError::Http("map stream silent too long".into())),
                 Ok(r) => match r? {
+                    Some(MapMessage::Reconnect { after_ms }) => {
+                        let after = Duration::from_millis(after_ms).min(RECONNECT_HINT_CAP);
+                        return Ok(StreamEnd::Reconnect(after));
+                    }
                     Some(m) => m,
-                    None => return Ok(()),
+                    None => return Ok(StreamEnd::Closed),
                 },
             };
             if first {
@@ -635,7 +668,16 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
 
     fn announce_endpoints(&self) {
         let client = self.client.clone();
-        let endpoints = self.plane.endpoints();
+        // Loopback reaches only this machine: announce it only to a control
+        // on this machine (whose other nodes are here too); control refuses
+        // it from anywhere else.
+        let local = client.control_is_local();
+        let endpoints: Vec<_> = self
+            .plane
+            .endpoints()
+            .into_iter()
+            .filter(|ep| local || !ep.ip().to_canonical().is_loopback())
+            .collect();
         tokio::spawn(async move {
             if let Err(e) = client.set_endpoints(&endpoints).await {
                 tracing::warn!(error = %e, "control: announcing endpoints");
@@ -645,7 +687,7 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
 
     fn apply(&self, state: &mut Option<MapState>, msg: MapMessage) {
         match msg {
-            MapMessage::Keepalive => return,
+            MapMessage::Keepalive | MapMessage::Reconnect { .. } => return,
             MapMessage::Full(f) => *state = Some(MapState::from_full(f)),
             MapMessage::Delta(d) => match state.as_mut() {
                 Some(s) => s.apply(MapMessage::Delta(d)),

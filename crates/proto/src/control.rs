@@ -142,6 +142,14 @@ pub enum MapMessage {
     Delta(MapDelta),
     /// Nothing changed; the stream is alive.
     Keepalive,
+    /// Control is shutting down gracefully (a restart, an upgrade): the
+    /// stream ends after this message, and the node should open a new one
+    /// after `after_ms` milliseconds (control spreads the delays) instead
+    /// of backing off as after a failure.
+    Reconnect {
+        /// Suggested delay before reconnecting, in milliseconds.
+        after_ms: u64,
+    },
 }
 
 /// The whole map of one node.
@@ -234,7 +242,7 @@ impl MapState {
                     self.dns = dns;
                 }
             }
-            MapMessage::Keepalive => {}
+            MapMessage::Keepalive | MapMessage::Reconnect { .. } => {}
         }
     }
 }
@@ -275,7 +283,7 @@ pub struct NodeInfo {
 }
 
 /// Admin API: create a pre-auth key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateKey {
     /// User the registered nodes belong to (required for untagged nodes).

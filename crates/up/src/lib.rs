@@ -100,7 +100,8 @@ pub struct RunningStack {
     status_task: JoinHandle<()>,
     ready_after: Duration,
     started: Instant,
-    user_key: Option<(String, String)>,
+    /// The user a device may join as, and the file holding its key.
+    user_key: Option<(String, std::path::PathBuf)>,
 }
 
 impl std::fmt::Debug for RunningStack {
@@ -290,7 +291,7 @@ async fn start_rest(
     state: &StateDir,
     listen: &Listen,
     info: &gatehouse_control::StartInfo,
-) -> Result<(Live, Option<(String, String)>), UpError> {
+) -> Result<(Live, Option<(String, std::path::PathBuf)>), UpError> {
     let join = Join::parse(&info.join).map_err(|e| UpError::Control(e.to_string()))?;
     let ca = std::fs::read_to_string(state.mesh_ca()).map_err(|source| UpError::Io {
         what: format!("reading {}", state.mesh_ca().display()),
@@ -354,7 +355,19 @@ async fn start_rest(
                 })
                 .await;
             match k {
-                Ok(k) => k.key.map(|key| (u.clone(), key)),
+                Ok(k) => match k.key {
+                    // The key goes to a file only its owner reads, never
+                    // onto a command line others can see in /proc.
+                    Some(key) => {
+                        let path = state.device_authkey();
+                        if let Err(e) = state::write_private(&path, &format!("{key}\n")) {
+                            stop_live(live).await;
+                            return Err(e);
+                        }
+                        Some((u.clone(), path))
+                    }
+                    None => None,
+                },
                 Err(e) => {
                     stop_live(live).await;
                     return Err(UpError::Control(format!("minting a key for {u}: {e}")));
@@ -511,8 +524,9 @@ impl RunningStack {
             match &self.user_key {
                 Some((user, key)) => {
                     o.push_str(&format!(
-                        " as {user} (a one-off key, valid 24 h, shown once):\n  gatehouse node up --control '{}' --authkey {key} --hostname laptop --state ./laptop --socks5 {socks}\n",
-                        self.join
+                        " as {user} (a one-off key, valid 24 h, in a file only you can read):\n  gatehouse node up --control '{}' --authkey file:{} --hostname laptop --state ./laptop --socks5 {socks}\n",
+                        self.join,
+                        plan.show(key)
                     ));
                 }
                 None => o.push_str(&format!(

@@ -41,11 +41,13 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> UpError {
     move |source| UpError::Io { what, source }
 }
 
-/// Creates a directory readable only by its owner.
+/// Creates a directory readable only by its owner, or makes an existing
+/// one so (it holds keys and tokens).
 pub fn private_dir(dir: &Path) -> Result<(), UpError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if dir.exists() {
-        return Ok(());
+        return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io(format!("securing {}", dir.display())));
     }
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -110,6 +112,11 @@ impl StateDir {
     /// The local public CA certificate.
     pub fn public_ca(&self) -> PathBuf {
         self.public().join("ca.pem")
+    }
+
+    /// The one-off key a device joins with as the stack's first user.
+    pub fn device_authkey(&self) -> PathBuf {
+        self.root.join("device.authkey")
     }
 
     /// The status socket.
@@ -182,5 +189,21 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&s.root).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn an_existing_open_directory_is_closed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("st");
+        std::fs::create_dir_all(root.join("nodes")).unwrap();
+        for d in [&root, &root.join("nodes")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let s = StateDir::open(&root).unwrap();
+        for d in [s.root.clone(), s.nodes(), s.public()] {
+            let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
     }
 }
