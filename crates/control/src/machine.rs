@@ -366,11 +366,17 @@ struct Streaming {
 }
 
 /// The delay a node is asked to wait before reconnecting to a restarting
-/// control: spread over two seconds so nodes do not all return at once.
-fn reconnect_hint() -> MapMessage {
+/// control: at least 100 ms (a restart takes some), then spread uniformly
+/// over half a millisecond per open stream (2,000 returns a second), at
+/// least 500 ms and at most 10 s, so a large network does not come back
+/// all at once and a small one comes back at once.
+fn reconnect_hint(streams: usize) -> MapMessage {
     use rand::Rng;
+    let spread = u64::try_from(streams / 2)
+        .unwrap_or(u64::MAX)
+        .clamp(500, 10_000);
     MapMessage::Reconnect {
-        after_ms: rand::rng().random_range(1_000..3_000),
+        after_ms: 100 + rand::rng().random_range(0..spread),
     }
 }
 
@@ -420,7 +426,8 @@ async fn next_message(mut s: Streaming) -> Option<(Result<Bytes, Infallible>, St
     loop {
         if *s.stopping.borrow_and_update() {
             s.said_goodbye = true;
-            return Some((Ok(line(&reconnect_hint())), s));
+            let hint = reconnect_hint(s.app.hub.stream_count());
+            return Some((Ok(line(&hint)), s));
         }
         tokio::select! {
             r = s.stopping.changed() => if r.is_err() { return None },
