@@ -21,7 +21,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet as WgPacket, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use gatehouse_policy::NodeFilter;
+use gatehouse_filter::NodeFilter;
 use gatehouse_proto::control::Peer;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;

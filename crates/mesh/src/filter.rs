@@ -10,7 +10,7 @@
 //! segment, so revoking access also stops established inbound connections.
 
 use crate::packet::{PacketInfo, proto};
-use gatehouse_policy::{IpSet, NodeFilter};
+use gatehouse_filter::{IpSet, NodeFilter};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -283,8 +283,8 @@ pub struct FilterCounters {
 mod tests {
     use super::*;
     use crate::packet::{build, parse, tcp_flags};
-    use gatehouse_policy::ports::{PortRange, ProtoSet};
-    use gatehouse_policy::{FilterRule, NetPortRange, RuleId};
+    use gatehouse_filter::ports::{PortRange, ProtoSet};
+    use gatehouse_filter::{FilterRule, NetPortRange, RuleId};
     use proptest::prelude::*;
 
     fn ip(s: &str) -> IpAddr {
@@ -293,7 +293,7 @@ mod tests {
 
     fn rule_id() -> RuleId {
         RuleId {
-            kind: gatehouse_policy::RuleKind::Acl,
+            kind: gatehouse_filter::RuleKind::Acl,
             index: 0,
         }
     }

@@ -7,7 +7,8 @@
 //! It leaves everything else to others: control's protocol, keys on disk
 //! and certificates to `gatehouse-client` and `gatehouse-node`, the
 //! applications (serve, SOCKS5, DNS) to `gatehouse-node`, the policy and its
-//! compilation to `gatehouse-policy`.
+//! compilation to `gatehouse-policy` (the filter it enforces is
+//! `gatehouse-filter`'s).
 //!
 //! The protocol logic is a sans-IO [`Core`] (`handle_*(input, now)` in,
 //! `poll_transmit` / `poll_event` / `poll_timeout` out); [`Mesh`] is its
@@ -28,6 +29,7 @@ pub mod path;
 mod pool;
 mod shell;
 pub mod stack;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod testing;
 pub mod tun;

@@ -8,7 +8,7 @@ use crate::path::Path;
 use crate::stack::{Accepted, MeshStream, Stack, Wake};
 use crate::udp::Udp;
 use crate::{MeshConfig, MeshError, Mode};
-use gatehouse_policy::NodeFilter;
+use gatehouse_filter::NodeFilter;
 use gatehouse_proto::control::Peer;
 use std::collections::HashMap;
 use std::io;

@@ -3,7 +3,8 @@
 //! filters compiled by the policy engine), without running control.
 
 use crate::{Mesh, MeshConfig, MeshError, Mode};
-use gatehouse_policy::{Engine, Node, NodeFilter, parse_policy};
+use gatehouse_filter::NodeFilter;
+use gatehouse_policy::{Engine, Node, parse_policy};
 use gatehouse_proto::control::Peer;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

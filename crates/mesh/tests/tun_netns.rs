@@ -71,7 +71,7 @@ struct ChildSpec {
     private_key: [u8; 32],
     addresses: Vec<std::net::IpAddr>,
     peer: gatehouse_proto::control::Peer,
-    filter: gatehouse_policy::NodeFilter,
+    filter: gatehouse_filter::NodeFilter,
     serve: bool,
 }
 

@@ -240,7 +240,7 @@ impl Names for MapView {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use gatehouse_policy::NodeFilter;
+    use gatehouse_filter::NodeFilter;
     use gatehouse_proto::control::{DnsConfig, FullMap, SelfNode};
 
     pub(crate) fn peer(id: &str, name: &str, v4: &str, v6: &str) -> Peer {

@@ -31,21 +31,18 @@ mod engine;
 mod eval;
 pub mod hujson;
 mod inventory;
-pub mod ipset;
 mod model;
 mod parse;
 pub mod ports;
 
-pub use engine::{
-    ChangeSet, Engine, EngineError, FilterRule, NetPortRange, NodeFilter, NodeId, is_internet,
-};
+pub use engine::{ChangeSet, Engine, EngineError, NodeId, is_internet};
 pub use eval::{
     Expect, PairVerdict, PolicyRefused, QueryOutcome, QueryProto, TestFailure, TestReport,
     check_policy, query_identity, run_tests,
 };
+/// The compiled filter's types live in `gatehouse-filter`.
+pub use gatehouse_filter::{FilterRule, NetPortRange, NodeFilter, RuleId, RuleKind, ipset};
 pub use inventory::{InventoryError, Node, check_nodes, parse_inventory};
 pub use ipset::IpSet;
-pub use model::{
-    AppGrant, Dst, Owner, Policy, PolicyTest, Rule, RuleId, RuleKind, Target, TestDst,
-};
+pub use model::{AppGrant, Dst, Owner, Policy, PolicyTest, Rule, Target, TestDst};
 pub use parse::{PolicyError, parse_policy};

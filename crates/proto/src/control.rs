@@ -1,7 +1,7 @@
 //! The control protocol (`docs/protocol/control.md`): registration, the map
 //! stream, and the admin API's request and response bodies.
 
-use gatehouse_policy::NodeFilter;
+use gatehouse_filter::NodeFilter;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 

@@ -15,7 +15,7 @@
 
 use super::{Connection, DataPlane, PeerPath, PlaneStatus};
 use crate::certs::{CertStore, common_name, pem_certs};
-use gatehouse_policy::NodeFilter;
+use gatehouse_filter::NodeFilter;
 use gatehouse_proto::control::Peer;
 use rustls::pki_types::{PrivateKeyDer, ServerName, pem::PemObject};
 use std::collections::{BTreeMap, HashMap};

@@ -12,8 +12,8 @@
 //! nowhere else.
 
 use super::{Connection, DataPlane, PeerPath, PlaneStatus};
+use gatehouse_filter::NodeFilter;
 use gatehouse_mesh::{Mesh, MeshConfig, MeshError, MeshStream, Mode, Path};
-use gatehouse_policy::NodeFilter;
 use gatehouse_proto::control::Peer;
 use std::collections::{BTreeMap, HashMap};
 use std::io;

@@ -12,7 +12,7 @@
 pub mod loopback;
 pub mod mesh;
 
-use gatehouse_policy::NodeFilter;
+use gatehouse_filter::NodeFilter;
 use gatehouse_proto::control::Peer;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
