@@ -269,7 +269,7 @@ fn compute(
     net: Option<&Analysis>,
 ) -> Result<gatehouse_reach::matrix::Matrix> {
     Ok(gatehouse_reach::matrix::compute(
-        &stack.config,
+        &stack.config.matrix_input(),
         std::sync::Arc::clone(&stack.policy),
         net,
     )?)

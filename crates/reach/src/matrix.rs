@@ -3,11 +3,14 @@
 //! layer at once — the mesh policy, the edge's path rules and, when
 //! manifests are given, the cluster's network policies — with the rule that
 //! decides at each layer.
+//!
+//! Its input is a [`MatrixInput`]: the services as the matrix sees them.
+//! Where they come from (a `gatehouse.yaml`, Ingresses) is the caller's
+//! business (`gatehouse-stack` builds one from its config).
 
 use crate::{Analysis, Proto, Side};
-use gatehouse_paths::{Action, PathRules};
+use gatehouse_paths::{Action, PathRuleSpec, PathRules};
 use gatehouse_policy::{Engine, Node, Policy, QueryProto, Target};
-use gatehouse_stack::{Service, StackConfig, edge_rules};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -17,6 +20,56 @@ use std::sync::Arc;
 pub const INTERNET: &str = "internet";
 /// The port mesh clients use for a service (its HTTPS).
 pub const MESH_PORT: u16 = 443;
+
+/// The services of a network, and the people it names, as the matrix sees
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MatrixInput {
+    /// Users to list as rows beside those the policy names.
+    pub users: Vec<String>,
+    /// The services.
+    pub services: Vec<MatrixService>,
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixService {
+    /// Name.
+    pub name: String,
+    /// Tags of its mesh node.
+    pub tags: Vec<String>,
+    /// Its mesh host name, if it is reachable over the mesh.
+    pub mesh_hostname: Option<String>,
+    /// Its public side, if it has one.
+    pub public: Option<MatrixPublic>,
+    /// Where it runs in Kubernetes, for the network layer.
+    pub placement: Option<MatrixPlacement>,
+}
+
+/// A public side: its host name, the paths that become columns, and the
+/// edge's rules for the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixPublic {
+    /// Public host name.
+    pub hostname: String,
+    /// Paths shown as columns (served, then denied).
+    pub paths: Vec<String>,
+    /// The edge's path rules for the host (default deny).
+    pub rules: Vec<PathRuleSpec>,
+}
+
+/// The Kubernetes workloads of a service and of its proxy and connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MatrixPlacement {
+    /// The backend workload, `namespace/name`.
+    pub workload: String,
+    /// The backend's container port.
+    pub port: u16,
+    /// The mesh proxy's workload.
+    pub proxy: Option<String>,
+    /// The connector's workload.
+    pub connector: Option<String>,
+}
 
 /// Why a matrix could not be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,7 +163,7 @@ pub struct Matrix {
     pub cells: Vec<Vec<Cell>>,
 }
 
-fn service_node(i: usize, s: &Service, host: String) -> Node {
+fn service_node(i: usize, s: &MatrixService, host: String) -> Node {
     let n = u32::try_from(i).unwrap_or(0) + 1;
     let v4 = u32::from(Ipv4Addr::new(100, 64, 200, 0)) + n;
     Node {
@@ -128,7 +181,7 @@ fn service_node(i: usize, s: &Service, host: String) -> Node {
 
 /// Row labels: every user the policy or the config names, every group,
 /// every tag, and the internet.
-fn rows(policy: &Policy, cfg: &StackConfig) -> Vec<String> {
+fn rows(policy: &Policy, cfg: &MatrixInput) -> Vec<String> {
     let mut users: BTreeSet<String> = cfg.users.iter().cloned().collect();
     for members in policy.groups.values() {
         users.extend(members.iter().cloned());
@@ -149,11 +202,11 @@ fn rows(policy: &Policy, cfg: &StackConfig) -> Vec<String> {
 
 fn network_verdict(
     a: &Analysis,
-    service: &Service,
+    service: &MatrixService,
     from: Option<&String>,
     via: &str,
 ) -> Result<Option<LayerVerdict>, MatrixError> {
-    let Some(k) = &service.kubernetes else {
+    let Some(k) = &service.placement else {
         return Ok(None);
     };
     let Some(src_name) = from else {
@@ -213,10 +266,10 @@ fn network_verdict(
     }))
 }
 
-/// Computes the matrix of a stack: its policy, its services and, when
+/// Computes the matrix of a network: its policy, its services and, when
 /// given, the manifests of the cluster they run in.
 pub fn compute(
-    cfg: &StackConfig,
+    cfg: &MatrixInput,
     policy: Arc<Policy>,
     network: Option<&Analysis>,
 ) -> Result<Matrix, MatrixError> {
@@ -224,7 +277,7 @@ pub fn compute(
     let mut nodes = Vec::new();
     let mut columns = Vec::new();
     for (i, s) in cfg.services.iter().enumerate() {
-        if let Some(host) = s.mesh_hostname() {
+        if let Some(host) = s.mesh_hostname.clone() {
             nodes.push(service_node(i, s, host.clone()));
             columns.push(Column {
                 id: format!("{} (mesh)", s.name),
@@ -233,7 +286,7 @@ pub fn compute(
             });
         }
         if let Some(p) = &s.public {
-            for path in p.paths.iter().chain(&p.deny_paths) {
+            for path in &p.paths {
                 columns.push(Column {
                     id: format!("{}{path}", p.hostname),
                     service: s.name.clone(),
@@ -278,7 +331,7 @@ pub fn compute(
                         layers.extend(network_verdict(
                             a,
                             service,
-                            service.kubernetes.as_ref().and_then(|k| k.proxy.as_ref()),
+                            service.placement.as_ref().and_then(|k| k.proxy.as_ref()),
                             "proxy",
                         )?);
                     }
@@ -288,8 +341,8 @@ pub fn compute(
                         .public
                         .as_ref()
                         .ok_or_else(|| MatrixError::Rules(format!("{hostname}: not public")))?;
-                    let specs = edge_rules(public);
-                    let rules = PathRules::new(&specs, Action::Deny)
+                    let specs = &public.rules;
+                    let rules = PathRules::new(specs, Action::Deny)
                         .map_err(|e| MatrixError::Rules(e.to_string()))?;
                     let (action, by) = rules.decide_explained(&http::Method::GET, path);
                     let reason = match by {
@@ -314,7 +367,7 @@ pub fn compute(
                             a,
                             service,
                             service
-                                .kubernetes
+                                .placement
                                 .as_ref()
                                 .and_then(|k| k.connector.as_ref()),
                             "connector",
@@ -479,93 +532,5 @@ impl Matrix {
             s.push('\n');
         }
         s
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use gatehouse_policy::parse_policy;
-
-    fn demo() -> Matrix {
-        let cfg = StackConfig::demo();
-        let policy = Arc::new(parse_policy(gatehouse_stack::DEMO_POLICY).unwrap());
-        compute(&cfg, policy, None).unwrap()
-    }
-
-    #[test]
-    fn demo_matrix_answers_the_seed_questions() {
-        let m = demo();
-        let allow = |r: &str, c: &str| m.cell(r, c).unwrap_or_else(|| panic!("{r} {c}")).allow;
-        // Private: people reach service proxies; only admins the dashboards.
-        assert!(allow("bob@example.com", "blog (mesh)"));
-        assert!(!allow("bob@example.com", "grafana (mesh)"));
-        assert!(allow("alice@example.com", "grafana (mesh)"));
-        assert!(allow("group:admins", "dashboard (mesh)"));
-        assert!(!allow("internet", "grafana (mesh)"));
-        // Public: path rules, for everybody alike.
-        assert!(allow("internet", "blog.example.com/"));
-        assert!(!allow("internet", "blog.example.com/ghost"));
-        assert!(allow("internet", "analytics.example.com/api/event"));
-        assert!(allow("bob@example.com", "analytics.example.com/js/"));
-        assert!(!allow("internet", "links.example.com/api"));
-        // Grafana has no public column at all.
-        assert!(
-            !m.columns
-                .iter()
-                .any(|c| c.service == "grafana" && matches!(c.kind, ColumnKind::Public { .. }))
-        );
-        // Explanations name the deciding rules.
-        let c = m.cell("bob@example.com", "grafana (mesh)").unwrap();
-        assert!(c.layers[0].reason.contains("acls[1]"), "{:?}", c.layers);
-        let c = m.cell("internet", "blog.example.com/ghost").unwrap();
-        assert!(
-            c.layers[0].reason.contains("rule /ghost deny"),
-            "{:?}",
-            c.layers
-        );
-    }
-
-    #[test]
-    fn diff_lists_exactly_the_changed_cells() {
-        let m = demo();
-        let cfg = StackConfig::demo();
-        let opened = gatehouse_stack::DEMO_POLICY.replace(
-            r#"{"action": "accept", "src": ["group:admins"], "dst": ["tag:admin-ui:443"]},"#,
-            r#"{"action": "accept", "src": ["autogroup:member"], "dst": ["tag:admin-ui:443"]},"#,
-        );
-        let opened = opened.replace(
-            r#""accept": ["tag:k8s:443"], "deny": ["tag:admin-ui:443"]"#,
-            r#""accept": ["tag:k8s:443", "tag:admin-ui:443"]"#,
-        );
-        let n = compute(&cfg, Arc::new(parse_policy(&opened).unwrap()), None).unwrap();
-        let d = Matrix::diff(&m, &n);
-        assert!(!d.is_empty());
-        assert!(
-            d.iter()
-                .all(|c| c.before == Some(false) && c.after == Some(true)),
-            "{d:#?}"
-        );
-        assert!(
-            d.iter()
-                .any(|c| c.row == "bob@example.com" && c.column == "grafana (mesh)")
-        );
-        assert!(
-            d.iter()
-                .all(|c| c.column == "grafana (mesh)" || c.column == "dashboard (mesh)"),
-            "{d:#?}"
-        );
-        assert!(Matrix::diff(&m, &m).is_empty());
-    }
-
-    #[test]
-    fn undeclared_service_tag_is_an_error() {
-        let mut cfg = StackConfig::demo();
-        cfg.services[0].tags = vec!["tag:nope".into()];
-        let policy = Arc::new(parse_policy(gatehouse_stack::DEMO_POLICY).unwrap());
-        assert!(matches!(
-            compute(&cfg, policy, None),
-            Err(MatrixError::Policy(_))
-        ));
     }
 }

@@ -222,6 +222,37 @@ pub struct Placement {
     pub connector: Option<String>,
 }
 
+impl StackConfig {
+    /// The services as the access matrix sees them
+    /// (`gatehouse_reach::matrix::compute`).
+    pub fn matrix_input(&self) -> gatehouse_reach::matrix::MatrixInput {
+        use gatehouse_reach::matrix::{MatrixInput, MatrixPlacement, MatrixPublic, MatrixService};
+        MatrixInput {
+            users: self.users.clone(),
+            services: self
+                .services
+                .iter()
+                .map(|s| MatrixService {
+                    name: s.name.clone(),
+                    tags: s.tags.clone(),
+                    mesh_hostname: s.mesh_hostname(),
+                    public: s.public.as_ref().map(|p| MatrixPublic {
+                        hostname: p.hostname.clone(),
+                        paths: p.paths.iter().chain(&p.deny_paths).cloned().collect(),
+                        rules: edge_rules(p),
+                    }),
+                    placement: s.kubernetes.as_ref().map(|k| MatrixPlacement {
+                        workload: k.workload.clone(),
+                        port: k.port,
+                        proxy: k.proxy.clone(),
+                        connector: k.connector.clone(),
+                    }),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl Service {
     /// The mesh host name, if private.
     pub fn mesh_hostname(&self) -> Option<String> {

@@ -613,9 +613,10 @@ pub async fn status_from_control(
     let policy = gatehouse_policy::parse_policy(&policy_text)
         .map_err(|e| UpError::Control(format!("control's policy: {e}")))?;
     let matrix =
-        gatehouse_reach::matrix::compute(&plan.config, Arc::new(policy), None).map_err(|e| {
-            UpError::Control(format!("control's policy does not fit the services: {e}"))
-        })?;
+        gatehouse_reach::matrix::compute(&plan.config.matrix_input(), Arc::new(policy), None)
+            .map_err(|e| {
+                UpError::Control(format!("control's policy does not fit the services: {e}"))
+            })?;
     let https = plan.listen.https;
     let services = plan
         .config

@@ -193,7 +193,7 @@ impl Plan {
         }
         let policy = check_policy(&policy_text, &service_nodes(&config))
             .map_err(|e| UpError::Config(policy_error(&policy_label, &e)))?;
-        let matrix = matrix::compute(&config, Arc::clone(&policy), None)
+        let matrix = matrix::compute(&config.matrix_input(), Arc::clone(&policy), None)
             .map_err(|e| UpError::Config(format!("{label}: {e}")))?;
 
         let state = match &opts.state {

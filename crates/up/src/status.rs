@@ -360,7 +360,7 @@ mod tests {
         let policy = std::sync::Arc::new(
             gatehouse_policy::parse_policy(gatehouse_stack::DEMO_POLICY).unwrap(),
         );
-        let m = gatehouse_reach::matrix::compute(&cfg, policy, None).unwrap();
+        let m = gatehouse_reach::matrix::compute(&cfg.matrix_input(), policy, None).unwrap();
         let g = reach_of(&m, "grafana");
         assert_eq!(g.len(), 1);
         assert_eq!(g[0].column, "grafana (mesh)");
