@@ -6,13 +6,13 @@ use anyhow::{Context as _, Result};
 #[cfg(feature = "operator")]
 use clap::ValueEnum;
 use clap::{Args, Subcommand};
-use gatehouse_operator::boot::{self, BootConfig};
 #[cfg(feature = "operator")]
 use gatehouse_operator::{
     Context, Settings,
     edge::{EdgeRoutes, HttpEdge},
     mesh::ControlMesh,
 };
+use gatehouse_proxy_boot::{self as boot, BootConfig};
 #[cfg(feature = "operator")]
 use gatehouse_render::NetpolKind;
 use std::path::PathBuf;

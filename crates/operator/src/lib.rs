@@ -19,7 +19,6 @@
 #![forbid(unsafe_code)]
 
 pub mod annotations;
-pub mod boot;
 pub mod crd;
 pub mod doctor;
 pub mod edge;

@@ -7,6 +7,11 @@
 //! files of the state directory only; the node's local socket is skipped).
 //! The auth key reaches the node in its environment (`GATEHOUSE_AUTHKEY`),
 //! never on a command line or in a log.
+//!
+//! It is a crate of its own so the proxy image's build links neither the
+//! operator's controller nor what that uses (render, lint, reach).
+
+#![forbid(unsafe_code)]
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
