@@ -107,6 +107,25 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
     }
 }
 
+/// Whether a request names its host ambiguously: more than one `Host`
+/// field (RFC 9112 section 3.2 asks for a 400), or an HTTP/2
+/// `:authority` with a `Host` naming something else (RFC 9113 section
+/// 8.3.1: malformed). An HTTP/1.1 request in absolute form may carry a
+/// different `Host`: its target wins (RFC 9112 section 3.2.2).
+pub fn host_ambiguous<B>(req: &Request<B>) -> bool {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return true;
+    }
+    match (req.version(), req.uri().authority(), first) {
+        (http::Version::HTTP_2, Some(a), Some(h)) => {
+            !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes())
+        }
+        _ => false,
+    }
+}
+
 fn request_id() -> String {
     let b: [u8; 8] = rand::random();
     hex::encode(b)
@@ -154,6 +173,15 @@ impl Public {
         host: &str,
         id: &str,
     ) -> Response<TunnelBody> {
+        if host_ambiguous(&req) {
+            debug!("refused: the request names its host more than once");
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Bad Request",
+                "The request names its host more than once.",
+                id,
+            );
+        }
         let routes = match self.routes.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -210,6 +238,8 @@ impl Public {
         gatehouse_tunnel::heap::keep_freed_buffers();
         let upgrade = is_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        // An upgraded connection leaves hyper but stays under the cap.
+        let slot = req.extensions().get::<gatehouse_limits::Slot>().cloned();
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         // The Host value as hyper parsed it is shared, not copied.
@@ -283,7 +313,7 @@ impl Public {
             };
             match r.next().await {
                 Ok(Some(Frame::ResponseHead(h))) => {
-                    return respond(h, r, w_keep, on_upgrade, id);
+                    return respond(h, r, w_keep, (on_upgrade, slot), id);
                 }
                 Ok(Some(Frame::Reset(msg))) => {
                     warn!(reason = msg, "connector reset the stream");
@@ -322,11 +352,15 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
-/// Sets the forwarding headers. Every `Gatehouse-*` header the client sent
-/// is removed first: those names carry identities (the mesh's serve adds
-/// `Gatehouse-User-Login` and friends, the edge its client address and
-/// request id), and a backend that is also served on the mesh must not
-/// receive them forged from the internet.
+/// Sets the forwarding headers. Every header the client sent whose name is
+/// reserved ([`gatehouse_proto::headers`]: `Gatehouse-*`, `Forwarded`,
+/// `X-Forwarded-*`, `X-Real-IP`, in any spelling that folds to them, such
+/// as `Gatehouse_User_Login`) is dropped first: those names carry
+/// identities (the mesh's serve adds `Gatehouse-User-Login` and friends,
+/// the edge its client address and request id) and where the request came
+/// from, and a backend that is also served on the mesh must not receive
+/// them forged from the internet. Only the client's `X-Forwarded-For`, in
+/// exactly that spelling, is kept, with the client's address appended.
 fn forwarded_headers(
     h: &mut HeaderMap,
     peer: SocketAddr,
@@ -334,13 +368,10 @@ fn forwarded_headers(
     host: Option<HeaderValue>,
     id: &str,
 ) {
-    let forged: Vec<http::HeaderName> = h
-        .keys()
-        .filter(|n| n.as_str().starts_with("gatehouse-"))
-        .cloned()
-        .collect();
-    for n in forged {
-        h.remove(n);
+    let prev_xff = client_xff(h);
+    let dropped = gatehouse_proto::headers::strip_reserved(h);
+    if dropped > 0 {
+        debug!(dropped, "reserved request headers dropped");
     }
     // An address as text fits in 45 bytes (IPv6 with an embedded IPv4
     // address): formatted on the stack, copied once into its value.
@@ -351,9 +382,8 @@ fn forwarded_headers(
         let room = w.len();
         HeaderValue::from_bytes(&buf[..buf.len() - room]).ok()
     };
-    let xff = match (h.get(&X_FORWARDED_FOR), &ip) {
-        (Some(prev), Some(ip)) if prev.to_str().is_ok_and(|p| !p.trim().is_empty()) => {
-            let mut v = prev.as_bytes().to_vec();
+    let xff = match (prev_xff, &ip) {
+        (Some(mut v), Some(ip)) => {
             v.extend_from_slice(b", ");
             v.extend_from_slice(ip.as_bytes());
             HeaderValue::from_bytes(&v).ok()
@@ -372,6 +402,23 @@ fn forwarded_headers(
     set(&REQUEST_ID, HeaderValue::from_str(id).ok());
 }
 
+/// The client's `X-Forwarded-For` fields (this spelling only), joined as
+/// one list; `None` when absent, blank or not text.
+fn client_xff(h: &HeaderMap) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    for v in h.get_all(&X_FORWARDED_FOR) {
+        let t = v.to_str().ok()?.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(t.as_bytes());
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
@@ -382,7 +429,10 @@ fn respond(
     head: ResponseHead,
     r: FrameReader,
     w_keep: Option<FrameWriter>,
-    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    (on_upgrade, slot): (
+        Option<hyper::upgrade::OnUpgrade>,
+        Option<gatehouse_limits::Slot>,
+    ),
     id: &str,
 ) -> Response<TunnelBody> {
     let mut headers = head.headers;
@@ -391,6 +441,7 @@ fn respond(
         (true, Some(on_up), Some(w)) => {
             tokio::spawn(
                 async move {
+                    let _slot = slot;
                     match on_up.await {
                         Ok(up) => {
                             if let Err(e) = bridge(TokioIo::new(up), r, w).await {
@@ -434,6 +485,14 @@ pub fn http_answer(
     http01: &crate::acme::Http01,
     req: &Request<Incoming>,
 ) -> Response<TunnelBody> {
+    if host_ambiguous(req) {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Bad Request",
+            "The request names its host more than once.",
+            "-",
+        );
+    }
     let host = request_host(req).unwrap_or_default();
     if let Some(token) = req
         .uri()
@@ -478,6 +537,12 @@ mod tests {
         }
         h.insert(CLIENT_IP_HEADER, HeaderValue::from_static("6.6.6.6"));
         h.insert("gatehouse-user-login", HeaderValue::from_static("forged"));
+        h.insert("gatehouse_user_login", HeaderValue::from_static("forged"));
+        h.insert("gatehouse_node_tags", HeaderValue::from_static("tag:admin"));
+        h.insert("forwarded", HeaderValue::from_static("for=6.6.6.6"));
+        h.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-prefix", HeaderValue::from_static("/admin"));
         let host = Some(HeaderValue::from_static("app.example.com:8443"));
         forwarded_headers(&mut h, peer.parse().unwrap(), "https", host, "abc123");
         h
@@ -491,11 +556,31 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "app.example.com:8443");
         assert_eq!(h[REQUEST_ID_HEADER], "abc123");
-        assert!(!h.contains_key("gatehouse-user-login"));
+        for forged in [
+            "gatehouse-user-login",
+            "gatehouse_user_login",
+            "gatehouse_node_tags",
+            "forwarded",
+            "x-real-ip",
+            "x_forwarded_for",
+            "x-forwarded-prefix",
+        ] {
+            assert!(!h.contains_key(forged), "{forged} reached the origin");
+        }
+        assert_eq!(h.len(), 5, "{h:?}");
 
         let h = forwarded(Some("203.0.113.1"), "[::ffff:192.0.2.7]:5000");
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.1, 192.0.2.7");
         assert_eq!(h[CLIENT_IP_HEADER], "192.0.2.7");
+
+        let mut two = HeaderMap::new();
+        two.append(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.1"));
+        two.append(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
+        forwarded_headers(&mut two, "192.0.2.7:1".parse().unwrap(), "https", None, "x");
+        assert_eq!(
+            two[&X_FORWARDED_FOR],
+            "203.0.113.1, 198.51.100.2, 192.0.2.7"
+        );
 
         let h = forwarded(Some(" "), "[2001:db8::1]:5000");
         assert_eq!(h[&X_FORWARDED_FOR], "2001:db8::1");
@@ -504,5 +589,50 @@ mod tests {
             forwarded(None, long)[CLIENT_IP_HEADER],
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
         );
+    }
+
+    #[test]
+    fn a_host_named_twice_is_ambiguous() {
+        let req = |v: http::Version, uri: &str, hosts: &[&'static str]| {
+            let mut b = Request::builder().version(v).uri(uri);
+            for h in hosts {
+                b = b.header(http::header::HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        use http::Version;
+        assert!(!host_ambiguous(&req(Version::HTTP_11, "/", &["a.test"])));
+        assert!(!host_ambiguous(&req(Version::HTTP_11, "/", &[])));
+        assert!(host_ambiguous(&req(
+            Version::HTTP_11,
+            "/",
+            &["a.test", "b.test"]
+        )));
+        assert!(host_ambiguous(&req(
+            Version::HTTP_11,
+            "/",
+            &["a.test", "a.test"]
+        )));
+        // Absolute form: the target wins over a single Host.
+        assert!(!host_ambiguous(&req(
+            Version::HTTP_11,
+            "https://a.test/",
+            &["b.test"]
+        )));
+        assert!(!host_ambiguous(&req(
+            Version::HTTP_2,
+            "https://a.test:8443/",
+            &["A.test:8443"]
+        )));
+        assert!(host_ambiguous(&req(
+            Version::HTTP_2,
+            "https://a.test/",
+            &["b.test"]
+        )));
+        assert!(!host_ambiguous(&req(
+            Version::HTTP_2,
+            "https://a.test/",
+            &[]
+        )));
     }
 }

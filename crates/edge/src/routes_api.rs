@@ -332,32 +332,27 @@ async fn handle(s: Shared, req: Request<hyper::body::Incoming>) -> Response<Full
     reply(code, out)
 }
 
-/// Serves the API over TLS until the task is dropped.
+/// Serves the API over TLS until the task is dropped, under `gate`'s limits.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    gate: gatehouse_limits::Gate,
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Shared,
 ) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, _, slot) = gate.accept(&listener).await;
         let acceptor = acceptor.clone();
         let shared = shared.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-            else {
+            let Ok(tls) = gate.handshake(&acceptor, tcp).await else {
                 return;
             };
             let svc = hyper::service::service_fn(move |req| {
                 let s = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(s, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                .await;
+            let _ = gate.serve(tls, slot, svc, std::future::pending()).await;
         });
     }
 }

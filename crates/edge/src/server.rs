@@ -6,9 +6,9 @@ use crate::config::EdgeConfig;
 use crate::proxy::{Public, http_answer};
 use crate::tokens::TokenStore;
 use crate::tunnels::{Registry, TunnelSide};
+use gatehouse_limits::{Gate, ListenerMetrics};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry as Metrics;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -173,6 +173,9 @@ pub async fn start(
 ) -> Result<RunningEdge, EdgeError> {
     let heartbeat = cfg.heartbeat()?;
     let routes = cfg.routes()?;
+    let limits = cfg.limits.limits()?;
+    let listener_metrics = ListenerMetrics::default();
+    let gate = |name: &'static str| Gate::with_metrics(limits.clone(), listener_metrics.gate(name));
     let tokens = TokenStore::load(&cfg.tokens)?;
     let store = Arc::new(CertStore::default());
     load_cert_files(&cfg, &store)?;
@@ -252,11 +255,17 @@ pub async fn start(
         tokio_rustls::TlsAcceptor::from(Arc::new(crate::certs::server_config(store.clone())?));
     let mut listeners = tokio::task::JoinSet::new();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    listeners.spawn(serve_https(https, acceptor, public.clone(), stop_rx));
+    listeners.spawn(serve_https(
+        https,
+        gate("https"),
+        acceptor,
+        public.clone(),
+        stop_rx,
+    ));
     if let Some(addr) = cfg.listen.http {
         let l = bind(addr).await?;
         http_addr = Some(local(&l, addr)?);
-        listeners.spawn(serve_http(l, public.clone(), http01.clone()));
+        listeners.spawn(serve_http(l, gate("http"), public.clone(), http01.clone()));
     }
     if let Some(addr) = cfg.listen.admin {
         let mut metrics = Metrics::with_prefix("gatehouse_edge");
@@ -280,6 +289,7 @@ pub async fn start(
             "Connector connections refused for a bad token",
             registry.metrics.auth_failures.clone(),
         );
+        listener_metrics.register(&mut metrics);
         let reg = registry.clone();
         let ready = Arc::new(move || reg.live() > 0);
         let l = bind(addr).await?;
@@ -318,6 +328,7 @@ pub async fn start(
         });
         tasks.spawn(crate::routes_api::serve(
             listener,
+            gate("route_api").http1_only(),
             acceptor,
             crate::routes_api::Shared {
                 api: api.clone(),
@@ -401,25 +412,23 @@ fn load_cert_files(cfg: &EdgeConfig, store: &CertStore) -> Result<(), EdgeError>
 
 async fn serve_https(
     listener: TcpListener,
+    gate: Gate,
     acceptor: tokio_rustls::TlsAcceptor,
     public: Arc<Public>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, peer, slot) = gate.accept(&listener).await;
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let public = public.clone();
+        let gate = gate.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => return debug!(%peer, "TLS handshake timed out"),
-                };
+            let tls = match gate.handshake(&acceptor, tcp).await {
+                Ok(t) => t,
+                Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
+            };
             if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
                 return; // TLS-ALPN-01 validation: the handshake was the answer.
             }
@@ -427,43 +436,32 @@ async fn serve_https(
                 let public = public.clone();
                 async move { Ok::<_, std::convert::Infallible>(public.handle(req, peer, "https").await) }
             });
-            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // Slow clients may not hold a connection open without sending a head.
-            b.http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
-            b.http2()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .max_concurrent_streams(256);
-            let conn = b.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    // Finish the requests in flight; refuse new ones.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            // On shutdown: finish the requests in flight, refuse new ones.
+            let stopped = async move {
+                let _ = stop.changed().await;
+            };
+            match gate.serve(tls, slot, svc, stopped).await {
+                Ok(ended) => debug!(%peer, ?ended, "connection closed"),
+                Err(e) => debug!(%peer, error = %e, "connection failed"),
             }
         });
     }
 }
 
-async fn serve_http(listener: TcpListener, public: Arc<Public>, http01: Arc<Http01>) {
+async fn serve_http(listener: TcpListener, gate: Gate, public: Arc<Public>, http01: Arc<Http01>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
+        let (tcp, peer, slot) = gate.accept(&listener).await;
         let public = public.clone();
         let http01 = http01.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
                 let resp = http_answer(&public, &http01, &req);
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            if let Err(e) = gate.serve(tcp, slot, svc, std::future::pending()).await {
+                debug!(%peer, error = %e, "plain HTTP connection failed");
+            }
         });
     }
 }

@@ -34,6 +34,7 @@ async fn public_tier_end_to_end() {
 
 async fn checks(s: &mut Stack) {
     routing_and_headers(s).await;
+    reserved_headers(s).await;
     path_rules(s).await;
     origin_kinds(s).await;
     bypass_corpus(s).await;
@@ -150,6 +151,78 @@ async fn routing_and_headers(s: &Stack) {
     let (code, body) = s.get("orphan.test", "/", &[]).await;
     assert_eq!(code, 502);
     assert!(body.contains("No tunnel connection is live"), "{body}");
+}
+
+/// What a client may not tell the origin, through the edge to a WSGI
+/// backend (which reads `Gatehouse_User_Login` as `Gatehouse-User-Login`):
+/// no Gatehouse identity at all, no `Forwarded` or `X-Real-IP`, and only
+/// the edge's own client address; and a request naming two hosts is
+/// refused before any tunnel sees it.
+async fn reserved_headers(s: &Stack) {
+    for version in ["--http1.1", "--http2"] {
+        let out = s
+            .curl()
+            .arg(version)
+            .args(["-H", "Gatehouse_User_Login: admin@example.com"])
+            .args(["-H", "Gatehouse_Node_Tags: tag:admin-ui"])
+            .args(["-H", "Gatehouse-User-Login: admin@example.com"])
+            .args(["-H", "gatehouse.node.name: admin.example.com"])
+            .args(["-H", "Gatehouse_Client_IP: 192.0.2.66"])
+            .args(["-H", "Forwarded: for=192.0.2.66;proto=https"])
+            .args(["-H", "X-Real-IP: 192.0.2.66"])
+            .args(["-H", "X_Forwarded_For: 192.0.2.66"])
+            .args(["-H", "X-Forwarded-Prefix: /admin"])
+            .arg(s.url("wsgi.test", "/"))
+            .output()
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        let env = gatehouse_testkit::wsgi::environ(&body);
+        for forged in [
+            "HTTP_GATEHOUSE_USER_LOGIN",
+            "HTTP_GATEHOUSE_NODE_TAGS",
+            "HTTP_GATEHOUSE_NODE_NAME",
+            "HTTP_FORWARDED",
+            "HTTP_X_REAL_IP",
+            "HTTP_X_FORWARDED_PREFIX",
+        ] {
+            assert!(!env.contains_key(forged), "{version}: {forged} in {env:?}");
+        }
+        let identity: Vec<&str> = env
+            .keys()
+            .map(String::as_str)
+            .filter(|k| k.starts_with("HTTP_GATEHOUSE"))
+            .collect();
+        assert_eq!(
+            identity,
+            ["HTTP_GATEHOUSE_CLIENT_IP", "HTTP_GATEHOUSE_REQUEST_ID"],
+            "{version}: only the edge's own: {env:?}"
+        );
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(
+            get("HTTP_GATEHOUSE_CLIENT_IP"),
+            Some("127.0.0.1"),
+            "{env:?}"
+        );
+        assert_eq!(get("HTTP_X_FORWARDED_FOR"), Some("127.0.0.1"), "{env:?}");
+        assert!(get("HTTP_GATEHOUSE_REQUEST_ID").is_some(), "{env:?}");
+    }
+
+    // Two Host fields: 400 from the edge, nothing reaches the origin.
+    let before = s.origin.seen().len();
+    let mut tls = tls_stream(s, "app.test", &[b"http/1.1"]).await;
+    tls.write_all(b"GET /two-hosts HTTP/1.1\r\nHost: app.test\r\nHost: misc.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 400 "), "{resp}");
+    assert_eq!(
+        s.origin.seen().len(),
+        before,
+        "a request with two hosts was forwarded"
+    );
 }
 
 async fn total_connector_requests(s: &Stack) -> f64 {

@@ -95,7 +95,8 @@ fn start_serve(
     store: Arc<CertStore>,
 ) -> SocketAddr {
     let route = parse_route(&format!("/=http://{backend}")).unwrap();
-    let cfg = Arc::new(ServeConfig::new(FQDN.into(), vec![route], store).unwrap());
+    let cfg =
+        Arc::new(ServeConfig::new(FQDN.into(), vec![route], store, Default::default()).unwrap());
     let caller = Caller {
         addr: "100.64.0.1".parse().unwrap(),
         node_id: "n1".into(),
@@ -109,10 +110,11 @@ fn start_serve(
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
-                let (tcp, remote) = l.accept().await.unwrap();
+                let (tcp, remote, slot) = cfg.gate.accept(&l).await;
                 let _ = tcp.set_nodelay(true);
                 tokio::spawn(serve::handle(
                     tcp,
+                    slot,
                     remote,
                     Some(caller.clone()),
                     Arc::clone(&cfg),

@@ -24,6 +24,8 @@ pub mod plane;
 pub mod serve;
 pub mod socks;
 
+/// Connection limits of `serve`'s listeners (re-exported).
+pub use gatehouse_limits as limits;
 pub use netmap::{Caller, Lookup, MapView, Names, Netmap};
 pub use node::{
     Bound, NodeConfig, NodeError, PlaneInputs, PlaneKind, RunningNode, start, start_with,

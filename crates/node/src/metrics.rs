@@ -108,6 +108,7 @@ impl NodeMetrics {
             "Failed TLS handshakes",
             s.tls_errors.clone(),
         );
+        s.listeners.register(r);
     }
 
     /// Registers the local proxy's counters.

@@ -96,6 +96,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The data plane.
     pub plane: PlaneKind,
+    /// Connection limits of each `serve` listener (HTTPS and HTTP).
+    pub serve_limits: gatehouse_limits::Limits,
 }
 
 impl NodeConfig {
@@ -115,6 +117,7 @@ impl NodeConfig {
             metrics: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             plane: PlaneKind::Mesh,
+            serve_limits: gatehouse_limits::Limits::default(),
         }
     }
 }
@@ -429,6 +432,7 @@ where
             identity.fqdn.clone(),
             cfg.routes.clone(),
             Arc::clone(&certs),
+            cfg.serve_limits.clone(),
         )?))
     };
     let proxy_stats = Arc::new(ProxyStats::default());
@@ -798,16 +802,25 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
             };
             match (conn.local.port(), &self.serve) {
                 (443, Some(cfg)) => {
+                    // Over the cap, the connection is closed at once.
+                    let Some(slot) = cfg.gate.admit() else {
+                        tracing::debug!(remote = %conn.remote, "serve: listener full, connection closed");
+                        continue;
+                    };
                     let who = self.map.current().and_then(|m| m.caller(conn.remote.ip()));
                     spawn_conn(
                         &self.cancel,
-                        serve::handle(conn.stream, conn.remote, who, Arc::clone(cfg)),
+                        serve::handle(conn.stream, slot, conn.remote, who, Arc::clone(cfg)),
                     );
                 }
                 (80, Some(cfg)) if self.cfg.redirect_http => {
+                    let Some(slot) = cfg.redirect_gate.admit() else {
+                        tracing::debug!(remote = %conn.remote, "serve: redirect listener full, connection closed");
+                        continue;
+                    };
                     spawn_conn(
                         &self.cancel,
-                        serve::handle_redirect(conn.stream, conn.remote, Arc::clone(cfg)),
+                        serve::handle_redirect(conn.stream, slot, conn.remote, Arc::clone(cfg)),
                     );
                 }
                 (port, _) => {

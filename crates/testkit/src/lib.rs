@@ -2,9 +2,9 @@
 //! light nodes (a map stream without a data plane), a throwaway PKI written to
 //! a temporary directory, real origins on loopback sockets (HTTP echo,
 //! Server-Sent Events, large bodies, WebSocket echo, gRPC over h2c, TCP
-//! echo), child processes that die with the test, polling with a deadline,
-//! and an in-process Kubernetes object tracker standing in for the API
-//! server. It never fakes the component under test.
+//! echo, a Python WSGI backend), child processes that die with the test,
+//! polling with a deadline, and an in-process Kubernetes object tracker
+//! standing in for the API server. It never fakes the component under test.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
@@ -17,6 +17,7 @@ pub mod origin;
 pub mod pki;
 pub mod process;
 pub mod roles;
+pub mod wsgi;
 
 pub use control::{DEADLINE, LightNode, TestControl, config};
 

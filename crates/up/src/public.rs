@@ -144,6 +144,7 @@ pub async fn start(
         acme: None,
         hostnames,
         route_api: None,
+        limits: Default::default(),
     };
     cfg.routes()
         .map_err(|e| UpError::State(format!("edge config: {e}")))?;

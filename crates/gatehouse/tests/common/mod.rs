@@ -11,6 +11,7 @@
 use gatehouse_testkit::origin::HttpOrigin;
 use gatehouse_testkit::pki::{Leaf, Pki};
 use gatehouse_testkit::process::Proc;
+use gatehouse_testkit::wsgi::WsgiOrigin;
 use gatehouse_testkit::{free_port, wait_for};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,7 +41,10 @@ pub struct Stack {
     pub unix_socket: PathBuf,
     pub grpc: SocketAddr,
     pub tcp: SocketAddr,
+    pub wsgi: WsgiOrigin,
     pub hosts: Vec<&'static str>,
+    /// Extra top-level lines of the edge config (e.g. `limits: {...}`).
+    pub edge_extra: String,
 }
 
 pub const HOSTS: &[&str] = &[
@@ -50,6 +54,7 @@ pub const HOSTS: &[&str] = &[
     "misc.test",
     "orphan.test",
     "localhost",
+    "wsgi.test",
 ];
 
 impl Stack {
@@ -64,6 +69,7 @@ impl Stack {
         HttpOrigin::start_unix("unix", &unix_socket).await;
         let grpc = gatehouse_testkit::grpc::origin().await;
         let tcp = gatehouse_testkit::origin::tcp_echo().await;
+        let wsgi = WsgiOrigin::start().await;
         let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
         let (https, http, tunnel, admin) = (port(0), port(1), port(2), port(3));
         let tokens = dir.path().join("tunnels.json");
@@ -99,7 +105,9 @@ impl Stack {
             unix_socket,
             grpc,
             tcp,
+            wsgi,
             hosts: HOSTS.to_vec(),
+            edge_extra: String::new(),
         };
         s.write_edge_cfg("");
         s.write_conn_cfg(418);
@@ -114,19 +122,26 @@ impl Stack {
             self.site.key.display()
         );
         let mut y = format!(
-            "listen: {{https: {}, http: {}, tunnel: {}, admin: {}}}\ntunnel_tls: {{cert: {}, key: {}}}\ntokens: {}\nheartbeat: 500ms\nhostnames:\n",
+            "listen: {{https: {}, http: {}, tunnel: {}, admin: {}}}\ntunnel_tls: {{cert: {}, key: {}}}\ntokens: {}\nheartbeat: 500ms\n{}hostnames:\n",
             self.https,
             self.http,
             self.tunnel,
             self.admin,
             self.edge_leaf.cert.display(),
             self.edge_leaf.key.display(),
-            self.tokens.display()
+            self.tokens.display(),
+            self.edge_extra,
         );
         y += &format!(
             "  - hostname: app.test\n    tunnel: t1\n    tls: {tls}\n    default: allow\n    rules:\n      - {{path: /admin, action: deny}}\n      - {{path: /admin/*, action: deny}}\n      - {{path: /admin/health, methods: [GET], action: allow}}\n{extra}"
         );
-        for h in ["grpc.test", "tcp.test", "misc.test", "localhost"] {
+        for h in [
+            "grpc.test",
+            "tcp.test",
+            "misc.test",
+            "localhost",
+            "wsgi.test",
+        ] {
             y +=
                 &format!("  - hostname: {h}\n    tunnel: t1\n    tls: {tls}\n    default: allow\n");
         }
@@ -138,8 +153,9 @@ impl Stack {
 
     pub fn write_conn_cfg(&self, teapot: u16) {
         let y = format!(
-            "tunnel: t1\ningress:\n  - hostname: app.test\n    path: ^/teapot\n    service: http_status:{teapot}\n  - hostname: app.test\n    service: http://{}\n  - hostname: localhost\n    service: http://{}\n  - hostname: grpc.test\n    service: http://{}\n    originRequest:\n      http2Origin: true\n  - hostname: tcp.test\n    service: tcp://{}\n{}  - service: http_status:503\n",
+            "tunnel: t1\ningress:\n  - hostname: app.test\n    path: ^/teapot\n    service: http_status:{teapot}\n  - hostname: app.test\n    service: http://{}\n  - hostname: wsgi.test\n    service: http://{}\n  - hostname: localhost\n    service: http://{}\n  - hostname: grpc.test\n    service: http://{}\n    originRequest:\n      http2Origin: true\n  - hostname: tcp.test\n    service: tcp://{}\n{}  - service: http_status:503\n",
             self.origin.addr,
+            self.wsgi.addr,
             self.origin.addr,
             self.grpc,
             self.tcp,

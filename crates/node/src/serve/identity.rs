@@ -9,9 +9,12 @@
 //! | `X-Forwarded-Proto` | `https` | always (replaces any sent) |
 //! | `X-Forwarded-Host` | the `Host` (or `:authority`) the client asked for | when present (replaces any sent) |
 //!
-//! Before they are added, every request header whose name starts with
-//! `Gatehouse-` (in any case), `Forwarded` and every `X-Forwarded-*` are
-//! removed, so a backend reachable only through the node can trust them.
+//! Before they are added, every request header with a reserved name is
+//! dropped ([`gatehouse_proto::headers`]: `Gatehouse-*`, `Forwarded`, every
+//! `X-Forwarded-*`, `X-Real-IP`, compared after folding case and reading
+//! `_` and other separators as `-`, so `Gatehouse_User_Login` goes too), so
+//! a backend reachable only through the node can trust them, even one that
+//! reads names the CGI way.
 //! Values are UTF-8; bytes outside printable ASCII, and `%`, are
 //! percent-encoded.
 
@@ -24,7 +27,6 @@ pub const USER_LOGIN: HeaderName = HeaderName::from_static("gatehouse-user-login
 pub const NODE_NAME: HeaderName = HeaderName::from_static("gatehouse-node-name");
 /// The calling node's tags.
 pub const NODE_TAGS: HeaderName = HeaderName::from_static("gatehouse-node-tags");
-const PREFIX: &str = "gatehouse-";
 
 /// Encodes a value: printable ASCII except `%` as is, the rest as `%XX`.
 pub fn encode_value(s: &str) -> HeaderValue {
@@ -41,16 +43,9 @@ pub fn encode_value(s: &str) -> HeaderValue {
 
 /// Removes the headers a client must not be able to set.
 pub fn strip(h: &mut HeaderMap) {
-    let names: Vec<HeaderName> = h
-        .keys()
-        .filter(|n| {
-            let s = n.as_str();
-            s.starts_with(PREFIX) || s.starts_with("x-forwarded-") || s == "forwarded"
-        })
-        .cloned()
-        .collect();
-    for n in names {
-        h.remove(n);
+    let dropped = gatehouse_proto::headers::strip_reserved(h);
+    if dropped > 0 {
+        tracing::debug!(dropped, "serve: reserved request headers dropped");
     }
 }
 
@@ -86,6 +81,9 @@ mod tests {
         h.insert("Gatehouse-User-Login", HeaderValue::from_static("mallory"));
         h.append("gatehouse-user-login", HeaderValue::from_static("eve"));
         h.insert("GATEHOUSE-ANYTHING", HeaderValue::from_static("x"));
+        h.insert("Gatehouse_User_Login", HeaderValue::from_static("admin"));
+        h.insert("gatehouse_node_tags", HeaderValue::from_static("tag:admin"));
+        h.insert("x_real_ip", HeaderValue::from_static("1.2.3.4"));
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
         h.insert("accept", HeaderValue::from_static("*/*"));

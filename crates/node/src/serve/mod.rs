@@ -16,13 +16,14 @@ use crate::certs::CertStore;
 use crate::netmap::Caller;
 use crate::plane::Stream;
 use bytes::Bytes;
+use gatehouse_limits::{Gate, Limits, ListenerMetrics, Slot};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use route::{Route, Scheme};
 use std::convert::Infallible;
@@ -34,10 +35,6 @@ use tokio_rustls::TlsAcceptor;
 /// The body of responses.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// How long a client may take for the TLS handshake.
-const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request head.
-const HEADER_READ: Duration = Duration::from_secs(30);
 /// How long connecting to a backend may take.
 const BACKEND_CONNECT: Duration = Duration::from_secs(10);
 
@@ -50,6 +47,9 @@ pub enum ServeError {
     /// Routes.
     #[error(transparent)]
     Route(#[from] route::RouteError),
+    /// Connection limits.
+    #[error("serve limits: {0}")]
+    Limits(#[from] gatehouse_limits::LimitsError),
 }
 
 /// Counters of serve.
@@ -63,8 +63,11 @@ pub struct ServeStats {
     pub not_found: Counter,
     /// Requests whose backend could not be reached.
     pub backend_errors: Counter,
-    /// TLS handshakes that failed.
+    /// TLS handshakes that failed (timeouts included).
     pub tls_errors: Counter,
+    /// Connections of the HTTPS and HTTP listeners: open, refused over
+    /// the cap, closed by a timeout.
+    pub listeners: ListenerMetrics,
 }
 
 /// What serve needs: name, routes, certificate, backend clients.
@@ -76,6 +79,10 @@ pub struct ServeConfig {
     pub routes: Vec<Route>,
     /// Counters.
     pub stats: ServeStats,
+    /// Limits of the HTTPS listener (port 443).
+    pub gate: Gate,
+    /// Limits of the redirecting HTTP listener (port 80).
+    pub redirect_gate: Gate,
     tls: Arc<rustls::ServerConfig>,
     http1: Client<HttpConnector, Incoming>,
     h2c: Client<HttpConnector, Incoming>,
@@ -90,13 +97,19 @@ fn connector() -> HttpConnector {
 
 impl ServeConfig {
     /// A configuration serving `routes` as `fqdn` with the certificate in
-    /// `certs`.
+    /// `certs`, each listener under `limits`.
     pub fn new(
         fqdn: String,
         routes: Vec<Route>,
         certs: Arc<CertStore>,
+        limits: Limits,
     ) -> Result<Self, ServeError> {
         route::check_routes(&routes)?;
+        limits.validate()?;
+        let stats = ServeStats::default();
+        let gate = Gate::with_metrics(limits.clone(), stats.listeners.gate("serve_https"));
+        let redirect_gate =
+            Gate::with_metrics(limits, stats.listeners.gate("serve_http")).http1_only();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -107,7 +120,9 @@ impl ServeConfig {
         Ok(ServeConfig {
             fqdn,
             routes,
-            stats: ServeStats::default(),
+            stats,
+            gate,
+            redirect_gate,
             tls: Arc::new(tls),
             http1: Client::builder(exec.clone()).build(connector()),
             h2c: Client::builder(exec).http2_only(true).build(connector()),
@@ -130,29 +145,22 @@ fn text(status: StatusCode, msg: &str) -> Response<Body> {
 }
 
 /// Serves one accepted connection on the HTTPS port: TLS, then HTTP/1.1
-/// or HTTP/2. `who` is the caller as the map names it; requests from a
-/// caller the map does not know are refused.
+/// or HTTP/2, under the limits of [`ServeConfig::gate`] (`slot` is the
+/// connection's place under its cap). `who` is the caller as the map names
+/// it; requests from a caller the map does not know are refused.
 pub async fn handle<S: Stream>(
     stream: S,
+    slot: Slot,
     remote: SocketAddr,
     who: Option<Caller>,
     cfg: Arc<ServeConfig>,
 ) {
-    let tls = match tokio::time::timeout(
-        TLS_HANDSHAKE,
-        TlsAcceptor::from(Arc::clone(&cfg.tls)).accept(stream),
-    )
-    .await
-    {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
+    let acceptor = TlsAcceptor::from(Arc::clone(&cfg.tls));
+    let tls = match cfg.gate.handshake(&acceptor, stream).await {
+        Ok(t) => t,
+        Err(e) => {
             cfg.stats.tls_errors.inc();
             tracing::debug!(%remote, error = %e, "serve: TLS handshake");
-            return;
-        }
-        Err(_) => {
-            cfg.stats.tls_errors.inc();
-            tracing::debug!(%remote, "serve: TLS handshake timed out");
             return;
         }
     };
@@ -163,26 +171,30 @@ pub async fn handle<S: Stream>(
         let who = Arc::clone(&who);
         async move { Ok::<_, Infallible>(proxy(req, remote, &who, &cfg).await) }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+    match cfg
+        .gate
+        .serve(tls, slot, service, std::future::pending())
         .await
     {
-        tracing::debug!(%remote, error = %e, "serve: connection");
+        Ok(ended) => tracing::debug!(%remote, ?ended, "serve: connection closed"),
+        Err(e) => tracing::debug!(%remote, error = %e, "serve: connection"),
     }
 }
 
-/// Serves one connection on the HTTP port: every request is redirected to
-/// the same path over HTTPS on the node's name.
-pub async fn handle_redirect<S: Stream>(stream: S, remote: SocketAddr, cfg: Arc<ServeConfig>) {
+/// Serves one connection on the HTTP port, under the limits of
+/// [`ServeConfig::redirect_gate`]: every request is redirected to the same
+/// path over HTTPS on the node's name.
+pub async fn handle_redirect<S: Stream>(
+    stream: S,
+    slot: Slot,
+    remote: SocketAddr,
+    cfg: Arc<ServeConfig>,
+) {
+    let fqdn = cfg.fqdn.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let target = format!(
             "https://{}{}",
-            cfg.fqdn,
+            fqdn,
             req.uri().path_and_query().map_or("/", |p| p.as_str())
         );
         async move {
@@ -193,12 +205,9 @@ pub async fn handle_redirect<S: Stream>(stream: S, remote: SocketAddr, cfg: Arc<
             Ok::<_, Infallible>(r)
         }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ);
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(stream), service)
+    if let Err(e) = cfg
+        .redirect_gate
+        .serve(stream, slot, service, std::future::pending())
         .await
     {
         tracing::debug!(%remote, error = %e, "serve: redirect connection");
@@ -282,6 +291,8 @@ async fn proxy(
     };
     let upgrade = wants_upgrade(&req);
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    // An upgraded connection leaves hyper but stays under the cap.
+    let slot = req.extensions().get::<Slot>().cloned();
     let host = req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
             .authority()
@@ -340,6 +351,7 @@ async fn proxy(
     {
         let backend_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
+            let _slot = slot;
             match tokio::try_join!(client_upgrade, backend_upgrade) {
                 Ok((c, b)) => {
                     let mut c = TokioIo::new(c);
