@@ -92,6 +92,7 @@ async fn wait_open(s: &Stack, listener: &str, n: u64) {
 }
 
 async fn slow_clients(s: &Stack) {
+    // Three at once: the cap.
     let mut no_tls = TcpStream::connect(s.https).await.unwrap();
     let mut silent = tls(s, &[b"http/1.1"]).await.unwrap();
     let mut unfinished = tls(s, &[b"http/1.1"]).await.unwrap();
@@ -100,6 +101,13 @@ async fn slow_clients(s: &Stack) {
         .await
         .unwrap();
     unfinished.flush().await.unwrap();
+    let mut plain = TcpStream::connect(s.http).await.unwrap();
+    closed(&mut no_tls, "no TLS handshake").await;
+    closed(&mut silent, "silent after TLS").await;
+    closed(&mut unfinished, "unfinished head").await;
+    closed(&mut plain, "silent plain HTTP").await;
+    wait_open(s, "https", 0).await;
+
     let trickle = tls(s, &[b"http/1.1"]).await.unwrap();
     let (mut trickle_r, mut trickle_w) = tokio::io::split(trickle);
     let writer = tokio::spawn(async move {
@@ -110,13 +118,7 @@ async fn slow_clients(s: &Stack) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let mut plain = TcpStream::connect(s.http).await.unwrap();
-
-    closed(&mut no_tls, "no TLS handshake").await;
-    closed(&mut silent, "silent after TLS").await;
-    closed(&mut unfinished, "unfinished head").await;
     closed(&mut trickle_r, "trickled head").await;
-    closed(&mut plain, "silent plain HTTP").await;
     writer.abort();
 
     let m = metrics(s).await;
