@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
-use gatehouse_limits::{Gate, Limits, ListenerMetrics};
+use gatehouse_limits::{Gate, Limits, ListenerMetrics, Slot};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -57,6 +57,9 @@ impl Server {
                     let svc = hyper::service::service_fn(move |req: Request<_>| {
                         let (rel, wait) = (rel.clone(), wait.clone());
                         async move {
+                            if req.uri().path() == "/upgrade" {
+                                return Ok(upgrade(req));
+                            }
                             if req.uri().path() == "/wait" {
                                 let released = rel.notified();
                                 tokio::pin!(released);
@@ -90,6 +93,31 @@ impl Server {
     fn open(&self) -> i64 {
         self.metrics.gate("test").open.get()
     }
+}
+
+/// Answers 101 and echoes on the upgraded connection, holding the
+/// connection's slot as a proxy splicing an upgrade does.
+fn upgrade(mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let slot = req.extensions().get::<Slot>().cloned();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let _slot = slot;
+        if let Ok(up) = on_upgrade.await {
+            let mut io = TokioIo::new(up);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 /// Polls `f` until it holds, failing after [`DEADLINE`].
@@ -277,4 +305,38 @@ async fn over_the_cap_new_connections_close_and_existing_ones_keep_working() {
     until("one connection open", || s.open() == 1).await;
     let mut d = http1(s.addr).await;
     assert_eq!(get(&mut d, "/").await, "ok");
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_keeps_its_place() {
+    let s = Server::start(Limits {
+        max_connections: 1,
+        ..Limits::default()
+    })
+    .await;
+    let mut a = TcpStream::connect(s.addr).await.unwrap();
+    a.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        a.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    a.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    a.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+
+    // hyper is done with the connection, the upgrade is not: still full.
+    let mut b = TcpStream::connect(s.addr).await.unwrap();
+    assert!(closed_by_server(&mut b, "over the cap").await.is_empty());
+    assert_eq!(s.metrics.gate("test").refused.get(), 1);
+
+    drop(a);
+    until("the upgraded connection's place freed", || s.open() == 0).await;
 }
