@@ -56,6 +56,13 @@ pub const STARTER_POLICY: &str = r#"// Gatehouse policy (Tailscale policy-file s
 }
 "#;
 
+/// Control's connection limits: every node holds a connection for its map
+/// stream, so the cap is higher than a web listener's.
+pub const DEFAULT_LIMITS: gatehouse_limits::Limits = gatehouse_limits::Limits {
+    max_connections: 32_768,
+    ..gatehouse_limits::Limits::DEFAULT
+};
+
 /// How control runs.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -91,6 +98,8 @@ pub struct ControlConfig {
     /// Host name patterns (`*` matches any run of characters) reserved for
     /// tagged nodes: a user's device cannot take such a name.
     pub tagged_names: Vec<String>,
+    /// The listener's connection cap and timeouts.
+    pub limits: gatehouse_limits::Limits,
 }
 
 impl ControlConfig {
@@ -112,6 +121,7 @@ impl ControlConfig {
             audit_max_entries: 100_000,
             audit_prune_every: Duration::from_secs(60),
             tagged_names: vec!["k8s-*".into()],
+            limits: DEFAULT_LIMITS,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Audit entries deleted by retention.
     pub audit_pruned: Counter,
+    /// The listener's connections (open, refused, timed out).
+    pub listeners: gatehouse_limits::ListenerMetrics,
 }
 
 impl Metrics {
@@ -41,6 +43,8 @@ impl Metrics {
         let map_messages = Counter::default();
         let rate_limited = Counter::default();
         let audit_pruned = Counter::default();
+        let listeners = gatehouse_limits::ListenerMetrics::default();
+        listeners.register(&mut registry);
         registry.register("registrations", "Node registrations", registrations.clone());
         registry.register(
             "policy_changes",
@@ -67,6 +71,7 @@ impl Metrics {
             map_messages,
             rate_limited,
             audit_pruned,
+            listeners,
         }
     }
 

@@ -3,7 +3,7 @@
 //! background tasks (key expiry).
 
 use crate::{App, ControlError};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use gatehouse_limits::Gate;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use rustls::server::WebPkiClientVerifier;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -118,6 +118,7 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
     let stopper = app.stopping.clone();
     let mut rx = tx.subscribe();
     let expiry_app = Arc::clone(&app);
+    let gate = Gate::with_metrics(app.config.limits.clone(), app.metrics.listeners.gate("api"));
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
         let mut tasks = JoinSet::new();
@@ -125,20 +126,19 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
         loop {
             tokio::select! {
                 _ = rx.changed() => break,
-                accepted = listener.accept() => {
-                    let Ok((tcp, peer)) = accepted else { continue };
+                (tcp, peer, slot) = gate.accept(&listener) => {
                     let acceptor = acceptor.clone();
                     let router = router.clone();
+                    let gate = gate.clone();
                     let mut stop = tx.subscribe();
                     conns.spawn(async move {
                         let _ = tcp.set_nodelay(true);
-                        let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                            Ok(Ok(t)) => t,
-                            Ok(Err(e)) => {
+                        let tls = match gate.handshake(&acceptor, tcp).await {
+                            Ok(t) => t,
+                            Err(e) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                                 return;
                             }
-                            Err(_) => return,
                         };
                         let fp = tls
                             .get_ref()
@@ -156,17 +156,11 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
                             req
                         });
                         let svc = hyper_util::service::TowerToHyperService::new(svc);
-                        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
-                        tokio::pin!(conn);
-                        tokio::select! {
-                            _ = conn.as_mut() => {}
-                            () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                                // Finish what is in flight (map streams end
-                                // after their reconnect hint), then close.
-                                conn.as_mut().graceful_shutdown();
-                                let _ = conn.await;
-                            }
+                        // On shutdown, finish what is in flight (map streams
+                        // end after their reconnect hint), then close.
+                        let stopping = async move { let _ = stop.wait_for(|s| *s).await; };
+                        if let Err(e) = gate.serve(tls, slot, svc, stopping).await {
+                            tracing::debug!(%peer, error = %e, "connection ended");
                         }
                     });
                 }

@@ -131,83 +131,7 @@ pub struct EdgeConfig {
     pub route_api: Option<crate::routes_api::RouteApiConfig>,
     /// Connection limits of the public and route API listeners.
     #[serde(default)]
-    pub limits: LimitsConfig,
-}
-
-/// Connection limits, each listener on its own (`docs/public-tier.md`);
-/// absent values take the defaults of [`gatehouse_limits::Limits`].
-/// Durations are written like `30s`, `500ms`, `1m`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Connections open at once per listener; more are closed at once.
-    #[serde(default)]
-    pub max_connections: Option<usize>,
-    /// Time for a TLS handshake.
-    #[serde(default)]
-    pub handshake_timeout: Option<String>,
-    /// Time for a whole request head.
-    #[serde(default)]
-    pub header_read_timeout: Option<String>,
-    /// Time a connection may stay with no request in flight.
-    #[serde(default)]
-    pub idle_timeout: Option<String>,
-    /// HTTP/2 keep-alive ping interval (`off`: none).
-    #[serde(default)]
-    pub h2_keep_alive_interval: Option<String>,
-    /// How long an HTTP/2 ping may go unanswered.
-    #[serde(default)]
-    pub h2_keep_alive_timeout: Option<String>,
-    /// HTTP/2 streams open at once per connection.
-    #[serde(default)]
-    pub h2_max_concurrent_streams: Option<u32>,
-}
-
-impl LimitsConfig {
-    /// The limits these values give, checked.
-    pub fn limits(&self) -> Result<gatehouse_limits::Limits, ConfigError> {
-        let dur = |name: &str, v: &Option<String>, default: Duration| match v {
-            None => Ok(default),
-            Some(s) => gatehouse_tunnel::ingress::parse_duration(s)
-                .map_err(|e| ConfigError::Invalid(format!("limits.{name}: {e}"))),
-        };
-        let d = gatehouse_limits::Limits::default();
-        let limits = gatehouse_limits::Limits {
-            max_connections: self.max_connections.unwrap_or(d.max_connections),
-            handshake_timeout: dur(
-                "handshake_timeout",
-                &self.handshake_timeout,
-                d.handshake_timeout,
-            )?,
-            header_read_timeout: dur(
-                "header_read_timeout",
-                &self.header_read_timeout,
-                d.header_read_timeout,
-            )?,
-            idle_timeout: dur("idle_timeout", &self.idle_timeout, d.idle_timeout)?,
-            h2_keep_alive_interval: match self.h2_keep_alive_interval.as_deref() {
-                None => d.h2_keep_alive_interval,
-                Some("off") => None,
-                Some(_) => Some(dur(
-                    "h2_keep_alive_interval",
-                    &self.h2_keep_alive_interval,
-                    Duration::ZERO,
-                )?),
-            },
-            h2_keep_alive_timeout: dur(
-                "h2_keep_alive_timeout",
-                &self.h2_keep_alive_timeout,
-                d.h2_keep_alive_timeout,
-            )?,
-            h2_max_concurrent_streams: self
-                .h2_max_concurrent_streams
-                .unwrap_or(d.h2_max_concurrent_streams),
-        };
-        limits
-            .validate()
-            .map_err(|e| ConfigError::Invalid(format!("limits: {e}")))?;
-        Ok(limits)
-    }
+    pub limits: gatehouse_limits::LimitsConfig,
 }
 
 /// A hostname's compiled route.
@@ -235,8 +159,15 @@ impl EdgeConfig {
         }
         cfg.routes()?;
         cfg.heartbeat()?;
-        cfg.limits.limits()?;
+        cfg.limits()?;
         Ok(cfg)
+    }
+
+    /// The connection limits of the public and route API listeners.
+    pub fn limits(&self) -> Result<gatehouse_limits::Limits, ConfigError> {
+        self.limits
+            .resolve(&gatehouse_limits::Limits::default())
+            .map_err(|e| ConfigError::Invalid(format!("limits.{e}")))
     }
 
     /// Reads and validates a file.
@@ -363,15 +294,12 @@ mod tests {
     fn limits_from_the_file() {
         let host = "hostnames:\n  - hostname: a.test\n    tunnel: t\n    tls: {cert: c, key: k}\n";
         let cfg = EdgeConfig::parse(&format!("{BASE}{host}")).unwrap();
-        assert_eq!(
-            cfg.limits.limits().unwrap(),
-            gatehouse_limits::Limits::default()
-        );
+        assert_eq!(cfg.limits().unwrap(), gatehouse_limits::Limits::default());
         let cfg = EdgeConfig::parse(&format!(
             "{BASE}{host}limits: {{max_connections: 10, handshake_timeout: 2s, header_read_timeout: 1500ms, idle_timeout: 1m, h2_keep_alive_interval: \"off\", h2_max_concurrent_streams: 8}}\n"
         ))
         .unwrap();
-        let l = cfg.limits.limits().unwrap();
+        let l = cfg.limits().unwrap();
         assert_eq!(l.max_connections, 10);
         assert_eq!(l.handshake_timeout, Duration::from_secs(2));
         assert_eq!(l.header_read_timeout, Duration::from_millis(1500));

@@ -173,7 +173,7 @@ pub async fn start(
 ) -> Result<RunningEdge, EdgeError> {
     let heartbeat = cfg.heartbeat()?;
     let routes = cfg.routes()?;
-    let limits = cfg.limits.limits()?;
+    let limits = cfg.limits()?;
     let listener_metrics = ListenerMetrics::default();
     let gate = |name: &'static str| Gate::with_metrics(limits.clone(), listener_metrics.gate(name));
     let tokens = TokenStore::load(&cfg.tokens)?;

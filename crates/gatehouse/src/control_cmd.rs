@@ -50,6 +50,10 @@ pub struct ControlArgs {
     /// none by pattern.
     #[arg(long, default_values_t = ["k8s-*".to_string()])]
     tagged_names: Vec<String>,
+    /// Connection limits of control's listener (every node holds one
+    /// connection for its map stream: the default cap is 32768).
+    #[command(flatten)]
+    limits: crate::limit_flags::LimitFlags,
     /// Print the admin API's OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -76,6 +80,11 @@ pub async fn run(a: ControlArgs) -> Result<()> {
         .into_iter()
         .filter(|p| !p.is_empty())
         .collect();
+    cfg.limits = a
+        .limits
+        .over(Default::default())
+        .resolve(&gatehouse_control::DEFAULT_LIMITS)
+        .context("connection limits")?;
     let domain = cfg.domain();
     let (running, info) = gatehouse_control::start(cfg)
         .await

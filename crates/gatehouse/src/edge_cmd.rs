@@ -13,48 +13,12 @@ pub struct EdgeArgs {
     /// Edge configuration (YAML); re-read on SIGHUP.
     #[arg(long, env = "GATEHOUSE_EDGE_CONFIG")]
     config: Option<PathBuf>,
+    /// Connection limits of the public and route API listeners; each flag
+    /// replaces the config file's `limits:` value (docs/public-tier.md).
     #[command(flatten)]
-    limits: LimitFlags,
+    limits: crate::limit_flags::LimitFlags,
     #[command(subcommand)]
     command: Option<EdgeCommand>,
-}
-
-/// Connection limits of the public and route API listeners; each one
-/// replaces the config file's `limits:` value (docs/public-tier.md).
-#[derive(Debug, Args)]
-struct LimitFlags {
-    /// Connections open at once per listener; more are closed at once.
-    #[arg(long, env = "GATEHOUSE_EDGE_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
-    /// Time for a TLS handshake (e.g. 10s).
-    #[arg(long, env = "GATEHOUSE_EDGE_HANDSHAKE_TIMEOUT")]
-    handshake_timeout: Option<String>,
-    /// Time for a whole request head (e.g. 30s).
-    #[arg(long, env = "GATEHOUSE_EDGE_HEADER_READ_TIMEOUT")]
-    header_read_timeout: Option<String>,
-    /// Time a connection may stay with no request in flight (e.g. 60s).
-    #[arg(long, env = "GATEHOUSE_EDGE_IDLE_TIMEOUT")]
-    idle_timeout: Option<String>,
-}
-
-impl LimitFlags {
-    fn apply(self, cfg: &mut EdgeConfig) -> Result<()> {
-        let l = &mut cfg.limits;
-        if let Some(n) = self.max_connections {
-            l.max_connections = Some(n);
-        }
-        for (flag, slot) in [
-            (self.handshake_timeout, &mut l.handshake_timeout),
-            (self.header_read_timeout, &mut l.header_read_timeout),
-            (self.idle_timeout, &mut l.idle_timeout),
-        ] {
-            if flag.is_some() {
-                *slot = flag;
-            }
-        }
-        cfg.limits.limits()?;
-        Ok(())
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,13 +138,14 @@ fn admin(cmd: TunnelAdmin) -> Result<()> {
     Ok(())
 }
 
-fn serve(config: Option<PathBuf>, limits: LimitFlags) -> Result<()> {
+fn serve(config: Option<PathBuf>, limits: crate::limit_flags::LimitFlags) -> Result<()> {
     let Some(path) = config else {
         bail!("give --config edge.yaml (or a subcommand)");
     };
     crate::logging::init();
     let mut cfg = EdgeConfig::load(&path).with_context(|| format!("loading {}", path.display()))?;
-    limits.apply(&mut cfg)?;
+    cfg.limits = limits.over(cfg.limits);
+    cfg.limits()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(gatehouse_edge::run(
         cfg,

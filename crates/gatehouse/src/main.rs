@@ -16,6 +16,8 @@ mod doctor_cmd;
 mod edge_cmd;
 #[cfg(any(feature = "operator", feature = "tools"))]
 mod inputs;
+#[cfg(any(feature = "edge", feature = "control"))]
+mod limit_flags;
 #[cfg(feature = "tools")]
 mod lint_cmd;
 mod logging;

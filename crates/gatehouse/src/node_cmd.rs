@@ -9,7 +9,6 @@ use gatehouse_node::serve::route::{Route, parse_route};
 use gatehouse_node::{NodeConfig, PlaneKind};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The default limits of a node's `serve` listeners.
 const SERVE_DEFAULTS: Limits = Limits::DEFAULT;
@@ -77,18 +76,19 @@ pub struct UpArgs {
     /// With --serve: redirect HTTP on port 80 to HTTPS.
     #[arg(long)]
     redirect_http: bool,
-    /// With --serve: connections open at once on each listener; more are closed at once.
-    #[arg(long, env = "GATEHOUSE_SERVE_MAX_CONNECTIONS", default_value_t = SERVE_DEFAULTS.max_connections)]
-    serve_max_connections: usize,
-    /// With --serve: seconds a client may take for its TLS handshake.
-    #[arg(long, env = "GATEHOUSE_SERVE_HANDSHAKE_SECS", default_value_t = SERVE_DEFAULTS.handshake_timeout.as_secs())]
-    serve_handshake_secs: u64,
-    /// With --serve: seconds a client may take to send a whole request head.
-    #[arg(long, env = "GATEHOUSE_SERVE_HEADER_SECS", default_value_t = SERVE_DEFAULTS.header_read_timeout.as_secs())]
-    serve_header_secs: u64,
-    /// With --serve: seconds a connection may stay open with no request in flight.
-    #[arg(long, env = "GATEHOUSE_SERVE_IDLE_SECS", default_value_t = SERVE_DEFAULTS.idle_timeout.as_secs())]
-    serve_idle_secs: u64,
+    /// With --serve: connections open at once on each listener; more are closed at once
+    /// (default 4096).
+    #[arg(long, env = "GATEHOUSE_SERVE_MAX_CONNECTIONS")]
+    serve_max_connections: Option<usize>,
+    /// With --serve: time a client may take for its TLS handshake (default 10s).
+    #[arg(long, env = "GATEHOUSE_SERVE_HANDSHAKE_TIMEOUT")]
+    serve_handshake_timeout: Option<String>,
+    /// With --serve: time a client may take to send a whole request head (default 30s).
+    #[arg(long, env = "GATEHOUSE_SERVE_HEADER_READ_TIMEOUT")]
+    serve_header_read_timeout: Option<String>,
+    /// With --serve: time a connection may stay open with no request in flight (default 60s).
+    #[arg(long, env = "GATEHOUSE_SERVE_IDLE_TIMEOUT")]
+    serve_idle_timeout: Option<String>,
     /// Local SOCKS5 and HTTP CONNECT proxy into the mesh, e.g. 127.0.0.1:1080.
     #[arg(long)]
     socks5: Option<SocketAddr>,
@@ -150,14 +150,15 @@ async fn up(a: UpArgs) -> Result<()> {
     cfg.shared_name = a.shared_name;
     cfg.routes = a.serve;
     cfg.redirect_http = a.redirect_http;
-    cfg.serve_limits = Limits {
+    cfg.serve_limits = gatehouse_limits::LimitsConfig {
         max_connections: a.serve_max_connections,
-        handshake_timeout: Duration::from_secs(a.serve_handshake_secs),
-        header_read_timeout: Duration::from_secs(a.serve_header_secs),
-        idle_timeout: Duration::from_secs(a.serve_idle_secs),
-        ..Limits::default()
-    };
-    cfg.serve_limits.validate().context("serve limits")?;
+        handshake_timeout: a.serve_handshake_timeout,
+        header_read_timeout: a.serve_header_read_timeout,
+        idle_timeout: a.serve_idle_timeout,
+        ..Default::default()
+    }
+    .resolve(&SERVE_DEFAULTS)
+    .context("serve limits")?;
     cfg.socks5 = a.socks5;
     cfg.dns = a.dns;
     cfg.metrics = a.metrics;

@@ -31,9 +31,11 @@
 #![forbid(unsafe_code)]
 
 mod activity;
+mod config;
 mod conn;
 
 pub use activity::Expiry;
+pub use config::{LimitsConfig, LimitsConfigError};
 pub use conn::{BoxError, Ended, ServeError};
 
 use prometheus_client::metrics::counter::Counter;

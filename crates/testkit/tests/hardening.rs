@@ -401,3 +401,109 @@ async fn a_stopping_control_asks_its_nodes_to_come_back_soon() {
         other => panic!("expected a reconnect hint last, got {other:?} in {got:?}"),
     }
 }
+
+/// A TLS client trusting control's CA.
+fn tls_client(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
+
+/// Reads until the peer closes (true) or the deadline passes (false).
+async fn closed_by_peer(mut s: impl tokio::io::AsyncRead + Unpin) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE, read).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_closes_slow_and_excess_connections() {
+    use tokio::io::AsyncWriteExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.limits.max_connections = 4;
+    cfg.limits.handshake_timeout = Duration::from_millis(500);
+    cfg.limits.header_read_timeout = Duration::from_millis(500);
+    cfg.limits.idle_timeout = Duration::from_millis(800);
+    let control = TestControl::start_with(cfg, Some(tmp)).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], control.join.port));
+    let tls = tls_client(&control.ca);
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+
+    // No TLS at all.
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // TLS, then nothing.
+    let quiet = tls
+        .connect(
+            name.clone(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await
+        .unwrap();
+    // A request answered, then nothing.
+    let mut idle = tls
+        .connect(
+            name.clone(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await
+        .unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // TLS, then half a request head.
+    let mut partial = tls
+        .connect(
+            name.clone(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await
+        .unwrap();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // The cap is full: a fifth is closed at once.
+    let fifth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(closed_by_peer(fifth).await, "over the cap: still open");
+    assert!(closed_by_peer(silent).await, "no handshake: still open");
+    assert!(closed_by_peer(quiet).await, "silent after TLS: still open");
+    assert!(
+        closed_by_peer(idle).await,
+        "idle after a request: still open"
+    );
+    assert!(closed_by_peer(partial).await, "unfinished head: still open");
+    // Control still serves, and counted what it closed.
+    let metrics = wait_for("timeouts counted", DEADLINE, || async {
+        let m = String::from_utf8(control.admin.get_raw("/metrics").await.ok()?.to_vec()).ok()?;
+        m.contains("gatehouse_control_connections_refused_total{listener=\"api\"} 1")
+            .then_some(m)
+    })
+    .await;
+    for reason in ["handshake", "header", "idle"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&format!(
+                "gatehouse_control_connections_timed_out_total{{listener=\"api\",reason=\"{reason}\"}}"
+            )) && !l.ends_with(" 0")),
+            "{reason}: {metrics}"
+        );
+    }
+}

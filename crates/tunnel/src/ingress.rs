@@ -499,38 +499,10 @@ fn merge_origin(
     Ok(o)
 }
 
-/// Parses a Go-style duration: `30s`, `1m30s`, `500ms`, `1h`.
+/// Parses a Go-style duration (`gatehouse_ops::parse_duration`) for an
+/// ingress rule.
 pub fn parse_duration(s: &str) -> Result<Duration, IngressError> {
-    let bad = || IngressError::BadDuration(s.to_owned());
-    let mut total = Duration::ZERO;
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let d = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            _ => return Err(bad()),
-        };
-        total = total.saturating_add(d);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    gatehouse_ops::parse_duration(s).map_err(|e| IngressError::BadDuration(e.0))
 }
 
 #[cfg(test)]
