@@ -264,8 +264,14 @@ impl Public {
         let mut body = Some(body);
         let attempts = if retryable { 3 } else { 1 };
         let mut last_err = String::new();
+        // Connectors a stream of this request failed on: a retry goes to
+        // another one (their other connections are likely dead too).
+        let mut failed: Vec<String> = Vec::new();
         for attempt in 0..attempts {
-            let Some(conn) = self.registry.pick(tunnel) else {
+            let Some(conn) = self.registry.pick_excluding(tunnel, &failed) else {
+                if !failed.is_empty() {
+                    break;
+                }
                 warn!(tunnel, "no live tunnel connection");
                 return page(
                     StatusCode::BAD_GATEWAY,
@@ -274,10 +280,15 @@ impl Public {
                     id,
                 );
             };
-            let (mut w, mut r) = match conn.open().await {
+            if attempt > 0 {
+                self.registry.count_retry();
+            }
+            let (mut w, mut r) = match self.registry.watch(&conn, conn.open()).await {
                 Ok(x) => x,
                 Err(e) => {
                     last_err = e.to_string();
+                    self.registry.stream_failed(&conn);
+                    failed.push(conn.connector.clone());
                     continue;
                 }
             };
@@ -291,6 +302,8 @@ impl Public {
             };
             if let Err(e) = sent {
                 last_err = e.to_string();
+                self.registry.stream_failed(&conn);
+                failed.push(conn.connector.clone());
                 continue;
             }
             let w_keep = if upgrade {
@@ -311,7 +324,7 @@ impl Public {
                 }
                 None
             };
-            match r.next().await {
+            match self.registry.watch(&conn, r.next()).await {
                 Ok(Some(Frame::ResponseHead(h))) => {
                     return respond(h, r, w_keep, (on_upgrade, slot), id);
                 }
@@ -328,6 +341,8 @@ impl Public {
                 Ok(None) => last_err = "stream closed before the response".into(),
                 Err(e) => last_err = e.to_string(),
             }
+            self.registry.stream_failed(&conn);
+            failed.push(conn.connector.clone());
             debug!(
                 attempt,
                 conn = conn.id,

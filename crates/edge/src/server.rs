@@ -43,6 +43,9 @@ pub enum EdgeError {
     /// rustls refused the configuration.
     #[error("TLS: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The QUIC stateless reset key could not be derived.
+    #[error(transparent)]
+    ResetKey(#[from] crate::quic_reset::ResetKeyError),
 }
 
 /// How long in-flight public requests may run after a shutdown signal.
@@ -91,6 +94,7 @@ pub struct RunningEdge {
 fn bind_tunnel(
     addr: SocketAddr,
     quic: &quinn::ServerConfig,
+    endpoint_config: &quinn::EndpointConfig,
 ) -> Result<(quinn::Endpoint, std::net::TcpListener), EdgeError> {
     let listen_err = |addr, source| EdgeError::Listen { addr, source };
     let tcp_for = |a: SocketAddr| -> std::io::Result<std::net::TcpListener> {
@@ -99,15 +103,23 @@ fn bind_tunnel(
         Ok(l)
     };
     if addr.port() != 0 {
-        let endpoint = gatehouse_tunnel::transport::quic_endpoint(addr, Some(quic.clone()))
-            .map_err(|e| listen_err(addr, e))?;
+        let endpoint = gatehouse_tunnel::transport::quic_endpoint(
+            addr,
+            Some(quic.clone()),
+            endpoint_config.clone(),
+        )
+        .map_err(|e| listen_err(addr, e))?;
         let tcp = tcp_for(addr).map_err(|e| listen_err(addr, e))?;
         return Ok((endpoint, tcp));
     }
     let mut last = None;
     for _ in 0..32 {
-        let endpoint = gatehouse_tunnel::transport::quic_endpoint(addr, Some(quic.clone()))
-            .map_err(|e| listen_err(addr, e))?;
+        let endpoint = gatehouse_tunnel::transport::quic_endpoint(
+            addr,
+            Some(quic.clone()),
+            endpoint_config.clone(),
+        )
+        .map_err(|e| listen_err(addr, e))?;
         let udp = endpoint.local_addr().map_err(|e| listen_err(addr, e))?;
         match tcp_for(udp) {
             Ok(tcp) => return Ok((endpoint, tcp)),
@@ -140,6 +152,10 @@ impl RunningEdge {
     /// period), then closes the tunnel connections.
     pub async fn shutdown(mut self) {
         let (public, registry, endpoint) = (self.public, self.registry, self.endpoint);
+        // A draining edge takes no new tunnel connections either: they
+        // would be cut when it exits.
+        info!("edge draining: refusing new public and tunnel connections");
+        registry.refuse_new();
         self.listeners.abort_all();
         let _ = self.stop_tx.send(true);
         let inflight = public.inflight.clone();
@@ -230,7 +246,10 @@ pub async fn start(
             .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut quic = quinn::ServerConfig::with_crypto(Arc::new(qsc));
     quic.transport_config(gatehouse_tunnel::transport::quic_transport(heartbeat, 1));
-    let (endpoint, tunnel_tcp) = bind_tunnel(cfg.listen.tunnel, &quic)?;
+    // Stateless resets a restarted edge sends are recognised by connectors
+    // of the crashed one: the keys are derived from the tunnel TLS key.
+    let endpoint_config = crate::quic_reset::endpoint_config(&key)?;
+    let (endpoint, tunnel_tcp) = bind_tunnel(cfg.listen.tunnel, &quic, &endpoint_config)?;
     let tunnel_tcp = TcpListener::from_std(tunnel_tcp).map_err(|source| EdgeError::Listen {
         addr: cfg.listen.tunnel,
         source,
@@ -290,6 +309,16 @@ pub async fn start(
             registry.metrics.auth_failures.clone(),
         );
         listener_metrics.register(&mut metrics);
+        metrics.register(
+            "tunnel_probe_failures",
+            "Connector connections closed for not answering a liveness probe",
+            registry.metrics.probe_failures.clone(),
+        );
+        metrics.register(
+            "tunnel_retries",
+            "Requests sent again on another connector after a tunnel stream failed",
+            registry.metrics.retries.clone(),
+        );
         let reg = registry.clone();
         let ready = Arc::new(move || reg.live() > 0);
         let l = bind(addr).await?;

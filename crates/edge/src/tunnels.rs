@@ -1,11 +1,15 @@
 //! The tunnel endpoint: accepts connector connections (QUIC, or TLS/TCP
 //! with HTTP/2 streams), checks their token, keeps the live connections of
-//! each tunnel, and opens one stream per proxied request.
+//! each tunnel, opens one stream per proxied request, and drops connections
+//! whose connector stopped answering ([`crate::liveness`]).
 
+use crate::liveness::{self, Expiry, Heard, Prober, Start};
 use crate::tokens::TokenStore;
-use gatehouse_proto::{CLOSE_EDGE_SHUTDOWN, CLOSE_PROTOCOL, CLOSE_REFUSED, Frame, Welcome};
+use gatehouse_proto::{
+    CLOSE_EDGE_SHUTDOWN, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_UNRESPONSIVE, Frame, Welcome,
+};
 use gatehouse_tunnel::stream::{FrameReader, FrameWriter, StreamError, TunnelBody};
-use gatehouse_tunnel::transport;
+use gatehouse_tunnel::transport::{self, CONTROL_PRIORITY};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -13,7 +17,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 enum Kind {
@@ -36,6 +40,15 @@ pub struct LiveConn {
     draining: AtomicBool,
     dead: AtomicBool,
     closed: tokio::sync::Notify,
+    /// A probe is out (or asked for): new requests go elsewhere if they can.
+    suspect: AtomicBool,
+    /// Asks the control task to probe.
+    probe: tokio::sync::Notify,
+    /// Frames received on the control stream.
+    heard: AtomicU64,
+    /// Smoothed round trip of answered probes, in microseconds (the HTTP/2
+    /// fallback's only measure; QUIC keeps its own).
+    srtt_us: AtomicU64,
 }
 
 impl std::fmt::Debug for LiveConn {
@@ -48,6 +61,22 @@ impl std::fmt::Debug for LiveConn {
 }
 
 impl LiveConn {
+    fn new(id: u64, tunnel: String, connector: String, kind: Kind) -> Self {
+        Self {
+            id,
+            tunnel,
+            connector,
+            kind,
+            draining: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            closed: tokio::sync::Notify::new(),
+            suspect: AtomicBool::new(false),
+            probe: tokio::sync::Notify::new(),
+            heard: AtomicU64::new(0),
+            srtt_us: AtomicU64::new(duration_us(liveness::INITIAL_RTT)),
+        }
+    }
+
     /// Opens a stream for one request.
     pub async fn open(&self) -> Result<(FrameWriter, FrameReader), StreamError> {
         match &self.kind {
@@ -61,6 +90,37 @@ impl LiveConn {
 
     fn usable(&self) -> bool {
         !self.draining.load(Ordering::Relaxed) && !self.dead.load(Ordering::Relaxed)
+    }
+
+    fn suspect(&self) -> bool {
+        self.suspect.load(Ordering::Relaxed)
+    }
+
+    /// The round-trip time to the connector.
+    fn rtt(&self) -> Duration {
+        match &self.kind {
+            Kind::Quic(c) => c.rtt(),
+            Kind::H2 { .. } => Duration::from_micros(self.srtt_us.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// A count that grows whenever anything arrives from the connector: its
+    /// control frames, and on QUIC every datagram (acknowledgements of the
+    /// edge's own packets included).
+    fn heard_mark(&self) -> u64 {
+        let frames = self.heard.load(Ordering::Relaxed);
+        match &self.kind {
+            Kind::Quic(c) => frames.wrapping_add(c.stats().udp_rx.datagrams),
+            Kind::H2 { .. } => frames,
+        }
+    }
+
+    /// Marks the connection suspect and asks for a probe (once until it is
+    /// answered).
+    fn ask_probe(&self) {
+        if !self.suspect.swap(true, Ordering::Relaxed) {
+            self.probe.notify_one();
+        }
     }
 
     /// Closes the connection.
@@ -81,6 +141,11 @@ pub struct TunnelMetrics {
     pub connections: Gauge,
     /// Connections refused for a bad token.
     pub auth_failures: Counter,
+    /// Connections closed because they did not answer a liveness probe.
+    pub probe_failures: Counter,
+    /// Requests sent again on another connector's connection after a
+    /// stream failed before its response.
+    pub retries: Counter,
 }
 
 /// Live connections by tunnel.
@@ -89,6 +154,8 @@ pub struct Registry {
     conns: RwLock<HashMap<String, Vec<Arc<LiveConn>>>>,
     rr: AtomicUsize,
     next_id: AtomicU64,
+    /// Set when the edge starts shutting down: new connections are refused.
+    closing: tokio::sync::watch::Sender<bool>,
     /// Metrics.
     pub metrics: TunnelMetrics,
 }
@@ -96,14 +163,81 @@ pub struct Registry {
 impl Registry {
     /// A live connection of `tunnel`, round-robin over the usable ones.
     pub fn pick(&self, tunnel: &str) -> Option<Arc<LiveConn>> {
+        self.pick_excluding(tunnel, &[])
+    }
+
+    /// A live connection of `tunnel` whose connector is not in `exclude`,
+    /// round-robin over the usable ones that are not suspect, else over the
+    /// suspect ones.
+    pub fn pick_excluding(&self, tunnel: &str, exclude: &[String]) -> Option<Arc<LiveConn>> {
         let g = self.conns.read().ok()?;
         let list = g.get(tunnel)?;
-        let usable = list.iter().filter(|c| c.usable()).count();
-        if usable == 0 {
-            return None;
+        let allowed = |c: &&Arc<LiveConn>| c.usable() && !exclude.contains(&c.connector);
+        let healthy = |c: &&Arc<LiveConn>| allowed(c) && !c.suspect();
+        let rr = self.rr.fetch_add(1, Ordering::Relaxed);
+        match list.iter().filter(healthy).count() {
+            0 => {
+                let n = list.iter().filter(allowed).count();
+                (n > 0)
+                    .then(|| list.iter().filter(allowed).nth(rr % n).cloned())
+                    .flatten()
+            }
+            n => list.iter().filter(healthy).nth(rr % n).cloned(),
         }
-        let n = self.rr.fetch_add(1, Ordering::Relaxed) % usable;
-        list.iter().filter(|c| c.usable()).nth(n).cloned()
+    }
+
+    /// Suspects `conn`'s connector: each of its usable connections to this
+    /// edge is probed (a connector whose process died leaves all of them
+    /// dead; the live ones answer within a round trip).
+    pub fn suspect(&self, conn: &LiveConn) {
+        let Ok(g) = self.conns.read() else { return };
+        for c in g.get(&conn.tunnel).into_iter().flatten() {
+            if c.connector == conn.connector && c.usable() {
+                c.ask_probe();
+            }
+        }
+    }
+
+    /// A stream on `conn` failed before its response: its connector is
+    /// suspected, and the request may be retried elsewhere.
+    pub fn stream_failed(&self, conn: &LiveConn) {
+        self.suspect(conn);
+    }
+
+    /// A request's retry goes to another connector.
+    pub fn count_retry(&self) {
+        self.metrics.retries.inc();
+    }
+
+    /// Runs `fut` (a step of a request on `conn`), suspecting `conn`'s
+    /// connector whenever it has sent nothing at all for a while
+    /// ([`liveness::probe_after`], doubling each time).
+    pub async fn watch<F: std::future::Future>(&self, conn: &LiveConn, fut: F) -> F::Output {
+        tokio::pin!(fut);
+        let mut wait = liveness::probe_after(conn.rtt());
+        loop {
+            let mark = conn.heard_mark();
+            tokio::select! {
+                biased;
+                out = &mut fut => return out,
+                () = tokio::time::sleep(wait) => {}
+            }
+            if conn.heard_mark() == mark {
+                debug!(conn = conn.id, waited = ?wait, "nothing heard from the connector: probing");
+                self.suspect(conn);
+            }
+            wait = wait.saturating_mul(2);
+        }
+    }
+
+    /// Refuses new tunnel connections from now on (the edge is shutting
+    /// down); established ones stay.
+    pub fn refuse_new(&self) {
+        self.closing.send_replace(true);
+    }
+
+    fn refusing(&self) -> bool {
+        *self.closing.borrow()
     }
 
     /// Number of live connections of every tunnel.
@@ -203,9 +337,15 @@ impl TunnelSide {
     }
 }
 
-/// Accepts QUIC connections until the endpoint closes.
+/// Accepts QUIC connections until the endpoint closes; once the edge is
+/// shutting down, new ones are refused.
 pub async fn accept_quic(side: Arc<TunnelSide>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
+        if side.registry.refusing() {
+            debug!(peer = %incoming.remote_address(), "QUIC connection refused: edge shutting down");
+            incoming.refuse();
+            continue;
+        }
         let side = side.clone();
         tokio::spawn(async move {
             let peer = incoming.remote_address();
@@ -223,6 +363,8 @@ pub async fn accept_quic(side: Arc<TunnelSide>, endpoint: quinn::Endpoint) {
 async fn quic_conn(side: Arc<TunnelSide>, conn: quinn::Connection, peer: SocketAddr) {
     let hs = async {
         let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        // Heartbeats and probes go ahead of request data.
+        let _ = send.set_priority(CONTROL_PRIORITY);
         let w = FrameWriter::quic(send);
         let mut r = FrameReader::new(Box::new(recv));
         let hello = match r.next().await {
@@ -246,33 +388,47 @@ async fn quic_conn(side: Arc<TunnelSide>, conn: quinn::Connection, peer: SocketA
             return;
         }
     };
+    if side.registry.refusing() {
+        debug!("tunnel connection dropped before registration: edge shutting down");
+        conn.close(
+            quinn::VarInt::from_u32(CLOSE_EDGE_SHUTDOWN),
+            b"edge shutting down",
+        );
+        return;
+    }
     let id = side.registry.next_id.fetch_add(1, Ordering::Relaxed) + 1;
     if w.send(&side.welcome(&tunnel, id)).await.is_err() {
         return;
     }
-    let live = Arc::new(LiveConn {
+    let live = Arc::new(LiveConn::new(
         id,
         tunnel,
-        connector: hello.connector_id,
-        kind: Kind::Quic(conn.clone()),
-        draining: AtomicBool::new(false),
-        dead: AtomicBool::new(false),
-        closed: tokio::sync::Notify::new(),
-    });
+        hello.connector_id,
+        Kind::Quic(conn.clone()),
+    ));
     let closed = async move {
         conn.closed().await;
     };
     control(side, live, w, r, closed).await;
 }
 
-/// Accepts TLS/TCP fallback connections.
+/// Accepts TLS/TCP fallback connections until the edge starts shutting
+/// down, then closes the listener (connectors get "connection refused").
 pub async fn accept_tcp(
     side: Arc<TunnelSide>,
     listener: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
 ) {
+    let mut closing = side.registry.closing.subscribe();
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = closing.wait_for(|c| *c) => {
+                debug!("tunnel TCP listener closed: edge shutting down");
+                return;
+            }
+        };
+        let Ok((tcp, peer)) = accepted else {
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -311,6 +467,9 @@ async fn tcp_conn(
             return;
         }
     };
+    if side.registry.refusing() {
+        return debug!("tunnel connection dropped before registration: edge shutting down");
+    }
     let id = side.registry.next_id.fetch_add(1, Ordering::Relaxed) + 1;
     if transport::write_raw(&mut s, &side.welcome(&tunnel, id))
         .await
@@ -340,26 +499,23 @@ async fn tcp_conn(
         task.abort();
         return;
     };
-    let live = Arc::new(LiveConn {
+    let live = Arc::new(LiveConn::new(
         id,
         tunnel,
-        connector: hello.connector_id,
-        kind: Kind::H2 {
+        hello.connector_id,
+        Kind::H2 {
             sender,
             task: task.abort_handle(),
         },
-        draining: AtomicBool::new(false),
-        dead: AtomicBool::new(false),
-        closed: tokio::sync::Notify::new(),
-    });
+    ));
     let closed = async move {
         let _ = task.await;
     };
     control(side, live, w, r, closed).await;
 }
 
-/// Registers the connection, answers heartbeats and drain requests, and
-/// unregisters it when it ends.
+/// Registers the connection, answers heartbeats, drain requests and
+/// probes, and unregisters it when it ends.
 async fn control(
     side: Arc<TunnelSide>,
     live: Arc<LiveConn>,
@@ -375,32 +531,68 @@ async fn control(
     );
     side.registry.add(live.clone());
     let dead_after = side.heartbeat * 3;
+    let mut prober = Prober::default();
     tokio::pin!(closed);
     let reason = loop {
+        let probe_deadline = prober.deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = &mut closed => break "connection closed".to_owned(),
             _ = live.closed.notified() => break "closed by the edge".to_owned(),
-            f = tokio::time::timeout(dead_after, r.next()) => match f {
-                Err(_) => break "heartbeat timeout".to_owned(),
-                Ok(Ok(Some(Frame::Ping(n)))) => {
-                    if w.send(&Frame::Pong(n)).await.is_err() {
-                        break "control write failed".to_owned();
+            _ = live.probe.notified() => {
+                let mark = live.heard_mark();
+                if let Start::Send(nonce) = prober.start(Instant::now(), live.rtt(), mark) {
+                    let until = prober.deadline().map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
+                    match tokio::time::timeout_at(until, w.send(&Frame::Ping(nonce))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break "control write failed".to_owned(),
+                        Err(_) => break unresponsive(&side, &live),
                     }
                 }
-                Ok(Ok(Some(Frame::Pong(_)))) => {}
-                Ok(Ok(Some(Frame::GoAway))) => {
-                    live.draining.store(true, Ordering::Relaxed);
-                    info!(tunnel = live.tunnel, conn = live.id, "connector draining this connection");
-                    if w.send(&Frame::GoAwayAck).await.is_err() {
-                        break "control write failed".to_owned();
+            }
+            _ = sleep_until_some(probe_deadline) => {
+                match prober.expire(Instant::now(), live.heard_mark()) {
+                    Some(Expiry::Dead) => break unresponsive(&side, &live),
+                    Some(Expiry::Alive) => {
+                        debug!(conn = live.id, "probe unanswered, but the connector's packets arrive");
+                        live.suspect.store(false, Ordering::Relaxed);
+                    }
+                    None => {}
+                }
+            }
+            f = tokio::time::timeout(dead_after, r.next()) => {
+                if let Ok(Ok(Some(frame))) = &f {
+                    live.heard.fetch_add(1, Ordering::Relaxed);
+                    if let Heard::Answered { rtt } = prober.heard(frame, Instant::now()) {
+                        if let Some(sample) = rtt {
+                            let srtt = liveness::smoothed(live.rtt(), sample);
+                            live.srtt_us.store(duration_us(srtt), Ordering::Relaxed);
+                        }
+                        debug!(conn = live.id, ?rtt, "connector answered the probe");
+                        live.suspect.store(false, Ordering::Relaxed);
                     }
                 }
-                Ok(Ok(Some(_))) => {
-                    live.close(CLOSE_PROTOCOL, "unexpected control frame");
-                    break "protocol violation".to_owned();
+                match f {
+                    Err(_) => break "heartbeat timeout".to_owned(),
+                    Ok(Ok(Some(Frame::Ping(n)))) => {
+                        if w.send(&Frame::Pong(n)).await.is_err() {
+                            break "control write failed".to_owned();
+                        }
+                    }
+                    Ok(Ok(Some(Frame::Pong(_)))) => {}
+                    Ok(Ok(Some(Frame::GoAway))) => {
+                        live.draining.store(true, Ordering::Relaxed);
+                        info!(tunnel = live.tunnel, conn = live.id, "connector draining this connection");
+                        if w.send(&Frame::GoAwayAck).await.is_err() {
+                            break "control write failed".to_owned();
+                        }
+                    }
+                    Ok(Ok(Some(_))) => {
+                        live.close(CLOSE_PROTOCOL, "unexpected control frame");
+                        break "protocol violation".to_owned();
+                    }
+                    Ok(Ok(None)) => break "control stream ended".to_owned(),
+                    Ok(Err(e)) => break format!("control stream: {e}"),
                 }
-                Ok(Ok(None)) => break "control stream ended".to_owned(),
-                Ok(Err(e)) => break format!("control stream: {e}"),
             }
         }
     };
@@ -412,4 +604,26 @@ async fn control(
         reason,
         "tunnel connection unregistered"
     );
+    // The connector's other connections may be gone too: check them now
+    // rather than wait for a request to stall on them.
+    side.registry.suspect(&live);
+}
+
+/// Closes a connection that did not answer its probe.
+fn unresponsive(side: &TunnelSide, live: &LiveConn) -> String {
+    side.registry.metrics.probe_failures.inc();
+    live.close(CLOSE_UNRESPONSIVE, "no answer to a liveness probe");
+    "no answer to a liveness probe".to_owned()
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn duration_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -30,6 +30,9 @@ pub const CLOSE_REFUSED: u32 = 0x11;
 pub const CLOSE_PROTOCOL: u32 = 0x12;
 /// Application error code for an edge shutting down.
 pub const CLOSE_EDGE_SHUTDOWN: u32 = 0x13;
+/// Application error code for a connection the edge found unresponsive (a
+/// liveness probe went unanswered).
+pub const CLOSE_UNRESPONSIVE: u32 = 0x14;
 
 /// First frame of a connection, from the connector.
 #[derive(Debug, Clone, PartialEq, Eq)]

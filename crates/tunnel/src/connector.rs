@@ -95,6 +95,8 @@ pub enum ConnectorError {
 pub struct Metrics {
     /// Live tunnel connections.
     pub connections: Gauge,
+    /// Live tunnel connections on the TLS/TCP fallback.
+    pub tcp_connections: Gauge,
     /// Requests received through the tunnel.
     pub requests: Counter,
     /// Requests whose origin could not be reached.
@@ -145,6 +147,11 @@ pub async fn run(
         "connections",
         "Live tunnel connections",
         metrics.connections.clone(),
+    );
+    registry.register(
+        "tcp_connections",
+        "Live tunnel connections on the TLS/TCP fallback",
+        metrics.tcp_connections.clone(),
     );
     registry.register(
         "requests",
@@ -231,7 +238,7 @@ impl Dialer {
         } else {
             SocketAddr::from(([0u16; 8], 0))
         };
-        let endpoint = transport::quic_endpoint(bind, None)?;
+        let endpoint = transport::quic_endpoint(bind, None, quinn::EndpointConfig::default())?;
         let rustls_quic =
             crate::tls::client_config(Some(roots.clone()), &[gatehouse_proto::ALPN_QUIC])?;
         let qc = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_quic)
@@ -268,12 +275,36 @@ enum DialError {
     Handshake(String),
 }
 
+/// Delays between attempts to return to QUIC while a connection is on the
+/// TLS/TCP fallback (`--transport auto`): from about a second, doubling up
+/// to 30 s, jittered like reconnections.
+pub const QUIC_RETRY: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
+
 async fn slot(
     shared: Arc<Shared>,
     dialer: Arc<Dialer>,
     index: usize,
     edge: SocketAddr,
+    stop: watch::Receiver<bool>,
+) {
+    // Fallback connections still draining after QUIC took over.
+    let mut draining = Vec::new();
+    connect_loop(&shared, &dialer, index, edge, stop, &mut draining).await;
+    for t in draining {
+        let _ = t.await;
+    }
+}
+
+async fn connect_loop(
+    shared: &Arc<Shared>,
+    dialer: &Arc<Dialer>,
+    index: usize,
+    edge: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    draining: &mut Vec<tokio::task::JoinHandle<Result<Ended, DialError>>>,
 ) {
     let cfg = &shared.cfg;
     let mut attempt = 0u32;
@@ -282,11 +313,12 @@ async fn slot(
         if *stop.borrow() {
             return;
         }
+        draining.retain(|t| !t.is_finished());
         let started = Instant::now();
-        let result = if use_tcp {
-            dial_tcp(&shared, &dialer, index, edge, stop.clone()).await
-        } else {
-            dial_quic(&shared, &dialer, index, edge, stop.clone()).await
+        let result = match (use_tcp, cfg.transport) {
+            (true, Transport::Auto) => fallback(shared, dialer, index, edge, &stop, draining).await,
+            (true, _) => dial_tcp(shared, dialer, index, edge, stop.clone()).await,
+            (false, _) => dial_quic(shared, dialer, index, edge, stop.clone()).await,
         };
         match result {
             Ok(Ended::Drained) => return,
@@ -337,6 +369,14 @@ fn welcome(frame: Option<Frame>) -> Result<gatehouse_proto::Welcome, DialError> 
     }
 }
 
+/// A QUIC connection whose hello the edge welcomed, not served yet.
+struct QuicSetup {
+    conn: quinn::Connection,
+    w: FrameWriter,
+    r: FrameReader,
+    wel: gatehouse_proto::Welcome,
+}
+
 async fn dial_quic(
     shared: &Arc<Shared>,
     dialer: &Dialer,
@@ -344,6 +384,17 @@ async fn dial_quic(
     edge: SocketAddr,
     stop: watch::Receiver<bool>,
 ) -> Result<Ended, DialError> {
+    let q = connect_quic(shared, dialer, index, edge).await?;
+    Ok(serve_quic(shared, q, stop).await)
+}
+
+/// The QUIC handshake, then hello and welcome on the control stream.
+async fn connect_quic(
+    shared: &Arc<Shared>,
+    dialer: &Dialer,
+    index: usize,
+    edge: SocketAddr,
+) -> Result<QuicSetup, DialError> {
     let hs = shared.cfg.handshake_timeout;
     let connecting = dialer
         .endpoint
@@ -358,6 +409,8 @@ async fn dial_quic(
             .open_bi()
             .await
             .map_err(|e| DialError::Handshake(e.to_string()))?;
+        // Heartbeats and the drain go ahead of response data.
+        let _ = send.set_priority(transport::CONTROL_PRIORITY);
         let mut w = FrameWriter::quic(send);
         let mut r = FrameReader::new(Box::new(recv));
         w.send(&hello(shared, index))
@@ -372,6 +425,12 @@ async fn dial_quic(
     let (w, r, wel) = tokio::time::timeout(hs, setup)
         .await
         .map_err(|_| DialError::Handshake("timed out".into()))??;
+    Ok(QuicSetup { conn, w, r, wel })
+}
+
+/// Serves a welcomed QUIC connection until it ends.
+async fn serve_quic(shared: &Arc<Shared>, q: QuicSetup, stop: watch::Receiver<bool>) -> Ended {
+    let QuicSetup { conn, w, r, wel } = q;
     info!(
         tunnel = wel.tunnel,
         connection_id = wel.connection_id,
@@ -403,7 +462,65 @@ async fn dial_quic(
     })
     .await;
     acceptor.abort();
-    Ok(ended)
+    ended
+}
+
+/// Serves a TLS/TCP fallback connection (`--transport auto`) while trying
+/// QUIC again in the background ([`QUIC_RETRY`]). Once a QUIC connection is
+/// welcomed, it takes over: the TCP connection drains in the background
+/// (`GoAway`; its requests in flight finish, `draining` keeps its task for
+/// the shutdown to wait on) and the QUIC one is served.
+async fn fallback(
+    shared: &Arc<Shared>,
+    dialer: &Arc<Dialer>,
+    index: usize,
+    edge: SocketAddr,
+    stop: &watch::Receiver<bool>,
+    draining: &mut Vec<tokio::task::JoinHandle<Result<Ended, DialError>>>,
+) -> Result<Ended, DialError> {
+    let (drain_tcp, tcp_stop) = watch::channel(false);
+    let mut tcp = {
+        let (shared, dialer) = (shared.clone(), dialer.clone());
+        tokio::spawn(
+            async move { dial_tcp(&shared, &dialer, index, edge, tcp_stop).await }
+                .in_current_span(),
+        )
+    };
+    let retry_quic = async {
+        let mut attempt = 0u32;
+        loop {
+            tokio::time::sleep(QUIC_RETRY.delay(attempt, rand::random::<f64>())).await;
+            attempt = attempt.saturating_add(1);
+            match connect_quic(shared, dialer, index, edge).await {
+                Ok(q) => return q,
+                Err(e) => debug!(error = %e, "QUIC still unavailable; staying on TLS/TCP"),
+            }
+        }
+    };
+    let joined = |r: Result<Result<Ended, DialError>, tokio::task::JoinError>| {
+        r.unwrap_or_else(|e| Ok(Ended::Lost(format!("connection task: {e}"))))
+    };
+    let mut stopping = stop.clone();
+    let stopped = async move {
+        // (The guard `wait_for` returns must not live across an await.)
+        let _ = stopping.wait_for(|s| *s).await.map(|_| ());
+    };
+    tokio::select! {
+        r = &mut tcp => joined(r),
+        q = retry_quic => {
+            info!(
+                connection_id = q.wel.connection_id,
+                "QUIC works again: draining the TLS/TCP connection"
+            );
+            let _ = drain_tcp.send(true);
+            draining.push(tcp);
+            Ok(serve_quic(shared, q, stop.clone()).await)
+        }
+        () = stopped => {
+            let _ = drain_tcp.send(true);
+            joined(tcp.await)
+        }
+    }
 }
 
 async fn dial_tcp(
@@ -506,10 +623,12 @@ async fn dial_tcp(
             Err(e) => e.to_string(),
         }
     };
+    shared.metrics.tcp_connections.inc();
     let ended = serve(shared, wel, w, r, &sink, stop, closed, move || {
         let _ = close_tx.try_send(());
     })
     .await;
+    shared.metrics.tcp_connections.dec();
     if matches!(ended, Ended::Lost(_)) {
         server_handle.abort();
     }
@@ -542,7 +661,12 @@ async fn serve(
             f = ctrl_r.next() => match f {
                 Ok(Some(frame)) => core.handle_frame(frame, Instant::now()),
                 Ok(None) => break Ended::Lost("control stream closed by the edge".into()),
-                Err(e) => break Ended::Lost(format!("control stream: {e}")),
+                // The connection's own end says more ("reset by peer",
+                // "timed out", the edge's close) than the stream's error.
+                Err(e) => break Ended::Lost(
+                    futures::FutureExt::now_or_never(&mut closed)
+                        .unwrap_or_else(|| format!("control stream: {e}")),
+                ),
             },
             _ = tokio::time::sleep_until(wake) => core.poll(
                 Instant::now(),

@@ -59,6 +59,10 @@ pub fn quic_transport(heartbeat: Duration, peer_streams: u32) -> Arc<quinn::Tran
 /// black-hole detection drops the connection to 1,200-byte packets.
 pub const QUIC_MAX_UDP_PAYLOAD: u16 = 6_500;
 
+/// Send priority of the control stream on QUIC, above request streams (0):
+/// heartbeats and liveness probes do not queue behind bulk bodies.
+pub const CONTROL_PRIORITY: i32 = 1;
+
 /// Request streams the edge may open at once on a new QUIC connection.
 /// quinn keeps state for every stream the peer is allowed to open (about
 /// 70 bytes each, allocated up front), so a connection starts with a small
@@ -89,10 +93,12 @@ pub const UDP_SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// A QUIC endpoint on a UDP socket bound to `bind`, with larger socket
 /// buffers ([`UDP_SOCKET_BUFFER`], best effort). A client endpoint
 /// (`server: None`) on an IPv6 address is made dual-stack where the system
-/// allows it.
+/// allows it. `config` carries what the caller sets on the endpoint (the
+/// edge: its stateless reset keys); the largest UDP payload is set here.
 pub fn quic_endpoint(
     bind: std::net::SocketAddr,
     server: Option<quinn::ServerConfig>,
+    mut config: quinn::EndpointConfig,
 ) -> std::io::Result<quinn::Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
@@ -110,7 +116,6 @@ pub fn quic_endpoint(
         }
     }
     socket.bind(&bind.into())?;
-    let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(QUIC_MAX_UDP_PAYLOAD)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -216,7 +221,7 @@ mod tests {
         ));
         server.transport_config(quic_transport(Duration::from_secs(5), 1));
         let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let edge = quic_endpoint(loopback, Some(server)).unwrap();
+        let edge = quic_endpoint(loopback, Some(server), quinn::EndpointConfig::default()).unwrap();
         let edge_addr = edge.local_addr().unwrap();
 
         let mut roots = rustls::RootCertStore::empty();
@@ -226,7 +231,7 @@ mod tests {
             quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap(),
         ));
         client.transport_config(quic_transport(Duration::from_secs(5), 1));
-        let connector = quic_endpoint(loopback, None).unwrap();
+        let connector = quic_endpoint(loopback, None, quinn::EndpointConfig::default()).unwrap();
 
         const TOTAL: usize = 64 << 20;
         let receiver = tokio::spawn(async move {

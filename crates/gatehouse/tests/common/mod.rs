@@ -8,6 +8,8 @@
     clippy::print_stderr
 )]
 
+pub mod faults;
+
 use gatehouse_testkit::origin::HttpOrigin;
 use gatehouse_testkit::pki::{Leaf, Pki};
 use gatehouse_testkit::process::Proc;
