@@ -240,3 +240,24 @@ impl TunnelPort {
         self.udp.store(on, Ordering::Relaxed);
     }
 }
+
+/// After the edge was restarted: waits until the new edge has `n` tunnel
+/// connections and connector `i` has `n`, none on the TLS/TCP fallback
+/// when `quic`; returns how long that took. (A connector's own count alone
+/// would still include connections to the dead edge it has not noticed.)
+pub async fn wait_recovered(s: &Stack, i: usize, n: f64, quic: bool) -> Duration {
+    let t0 = Instant::now();
+    wait_for(
+        &format!("connector {i} back with {n} connections"),
+        Duration::from_secs(60),
+        || async move {
+            let edge = edge_metric(s, "gatehouse_edge_tunnel_connections").await;
+            let live = connector_metric(s, i, "gatehouse_connector_connections").await;
+            let tcp = connector_metric(s, i, "gatehouse_connector_tcp_connections").await;
+            let transport_ok = !quic || tcp == Some(0.0);
+            (edge == Some(n) && live == Some(n) && transport_ok).then_some(())
+        },
+    )
+    .await;
+    t0.elapsed()
+}
