@@ -532,6 +532,7 @@ async fn control(
     side.registry.add(live.clone());
     let dead_after = side.heartbeat * 3;
     let mut prober = Prober::default();
+    let mut last_frame = tokio::time::Instant::now();
     tokio::pin!(closed);
     let reason = loop {
         let probe_deadline = prober.deadline().map(tokio::time::Instant::from_std);
@@ -559,8 +560,12 @@ async fn control(
                     None => {}
                 }
             }
-            f = tokio::time::timeout(dead_after, r.next()) => {
-                if let Ok(Ok(Some(frame))) = &f {
+            () = tokio::time::sleep_until(last_frame + dead_after) => {
+                break "heartbeat timeout".to_owned();
+            }
+            f = r.next() => {
+                if let Ok(Some(frame)) = &f {
+                    last_frame = tokio::time::Instant::now();
                     live.heard.fetch_add(1, Ordering::Relaxed);
                     if let Heard::Answered { rtt } = prober.heard(frame, Instant::now()) {
                         if let Some(sample) = rtt {
@@ -572,26 +577,25 @@ async fn control(
                     }
                 }
                 match f {
-                    Err(_) => break "heartbeat timeout".to_owned(),
-                    Ok(Ok(Some(Frame::Ping(n)))) => {
+                    Ok(Some(Frame::Ping(n))) => {
                         if w.send(&Frame::Pong(n)).await.is_err() {
                             break "control write failed".to_owned();
                         }
                     }
-                    Ok(Ok(Some(Frame::Pong(_)))) => {}
-                    Ok(Ok(Some(Frame::GoAway))) => {
+                    Ok(Some(Frame::Pong(_))) => {}
+                    Ok(Some(Frame::GoAway)) => {
                         live.draining.store(true, Ordering::Relaxed);
                         info!(tunnel = live.tunnel, conn = live.id, "connector draining this connection");
                         if w.send(&Frame::GoAwayAck).await.is_err() {
                             break "control write failed".to_owned();
                         }
                     }
-                    Ok(Ok(Some(_))) => {
+                    Ok(Some(_)) => {
                         live.close(CLOSE_PROTOCOL, "unexpected control frame");
                         break "protocol violation".to_owned();
                     }
-                    Ok(Ok(None)) => break "control stream ended".to_owned(),
-                    Ok(Err(e)) => break format!("control stream: {e}"),
+                    Ok(None) => break "control stream ended".to_owned(),
+                    Err(e) => break format!("control stream: {e}"),
                 }
             }
         }
