@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::http::ClientError;
 use crate::join::Join;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use gatehouse_ops::tls::provider;
 
 /// SHA-256 of a PEM certificate, lowercase hex.
 pub fn ca_fingerprint(ca_pem: &str) -> Result<String, ClientError> {

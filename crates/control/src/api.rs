@@ -1019,7 +1019,10 @@ async fn metrics(State(app): AppState) -> Response {
         .streams
         .set(i64::try_from(app.hub.stream_count()).unwrap_or(i64::MAX));
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            gatehouse_ops::server::METRICS_CONTENT_TYPE,
+        )],
         app.metrics.encode(),
     )
         .into_response()

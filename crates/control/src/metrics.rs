@@ -77,10 +77,7 @@ impl Metrics {
 
     /// Text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        gatehouse_ops::server::encode(&self.registry)
     }
 
     /// Counts an outcome.

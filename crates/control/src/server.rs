@@ -73,7 +73,7 @@ fn tls_config(app: &App, local: SocketAddr) -> Result<rustls::ServerConfig, Cont
         CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|_| bad("certificate"))?;
     let ca = CertificateDer::from(app.ca.cert_der().to_vec());
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| bad("key"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = gatehouse_ops::tls::provider();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone())?;
     let verifier =

@@ -105,7 +105,7 @@ impl ResolvesServerCert for Resolver {
 
 /// The public listener's TLS configuration.
 pub fn server_config(store: Arc<CertStore>) -> Result<rustls::ServerConfig, CertError> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(gatehouse_tunnel::tls::provider())
+    let mut cfg = rustls::ServerConfig::builder_with_provider(gatehouse_ops::tls::provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(store)));

@@ -112,13 +112,12 @@ mod tests {
 
     /// An edge endpoint: with the derived keys, or quinn's random ones.
     fn edge(cert: &rcgen::CertifiedKey<rcgen::KeyPair>, derived: bool) -> quinn::Endpoint {
-        let mut tls =
-            rustls::ServerConfig::builder_with_provider(gatehouse_tunnel::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.cert.der().clone()], key_der(&cert.signing_key))
-                .unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(gatehouse_ops::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key_der(&cert.signing_key))
+            .unwrap();
         tls.alpn_protocols = vec![b"test".to_vec()];
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(
             quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap(),

@@ -234,7 +234,7 @@ pub async fn start(
     let chain = gatehouse_tunnel::tls::load_certs(&cfg.tunnel_tls.cert)?;
     let key = gatehouse_tunnel::tls::load_key(&cfg.tunnel_tls.key)?;
     let server_tls = |alpn: &[u8]| -> Result<rustls::ServerConfig, EdgeError> {
-        let mut c = rustls::ServerConfig::builder_with_provider(gatehouse_tunnel::tls::provider())
+        let mut c = rustls::ServerConfig::builder_with_provider(gatehouse_ops::tls::provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain.clone(), key.clone_key())?;
@@ -320,10 +320,21 @@ pub async fn start(
             registry.metrics.retries.clone(),
         );
         let reg = registry.clone();
-        let ready = Arc::new(move || reg.live() > 0);
+        let ready: gatehouse_ops::server::Readiness = Arc::new(move || {
+            if reg.live() > 0 {
+                Ok(())
+            } else {
+                Err("no live tunnel connection".into())
+            }
+        });
         let l = bind(addr).await?;
         admin_addr = Some(local(&l, addr)?);
-        tasks.spawn(gatehouse_tunnel::admin::serve(l, Arc::new(metrics), ready));
+        tasks.spawn(gatehouse_ops::server::serve(
+            l,
+            gatehouse_ops::server::registry_metrics(Arc::new(metrics)),
+            ready,
+            std::future::pending(),
+        ));
     }
     if let Some(api) = route_api.clone() {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(b"http/1.1")?));

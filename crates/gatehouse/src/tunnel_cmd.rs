@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use gatehouse_ops::Backoff;
 use gatehouse_proto::Token;
-use gatehouse_tunnel::backoff::Backoff;
 use gatehouse_tunnel::ingress::{Ingress, parse_duration};
 use gatehouse_tunnel::{ConnectorConfig, Transport};
 use std::net::SocketAddr;

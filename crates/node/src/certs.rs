@@ -86,7 +86,7 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, Cert
     let certs = pem_certs(cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| CertError::Pem(e.to_string()))?;
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = gatehouse_ops::tls::provider();
     Ok(CertifiedKey::from_der(certs, key, &provider)?)
 }
 

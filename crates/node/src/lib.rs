@@ -13,7 +13,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod backoff;
 pub mod certs;
 pub mod dns;
 pub mod fuzz;

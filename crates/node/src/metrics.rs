@@ -1,24 +1,14 @@
-//! Prometheus metrics of the node, and the small HTTP server that exposes
-//! them with `/healthz` (the process runs) and `/readyz` (the node serves).
+//! Prometheus metrics of the node (served with `/healthz` and `/readyz` by
+//! `gatehouse_ops::server`).
 
 use crate::dns::Outcome;
 use crate::serve::ServeStats;
 use crate::socks::ProxyStats;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::convert::Infallible;
-use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 /// Label of a DNS outcome.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,50 +132,6 @@ impl NodeMetrics {
 
     /// Text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
-}
-
-fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r
-}
-
-/// Serves `/healthz`, `/readyz` and `/metrics` until `cancel`.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<NodeMetrics>,
-    ready: watch::Receiver<bool>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
-        };
-        let metrics = Arc::clone(&metrics);
-        let ready = ready.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let r = match req.uri().path() {
-                "/healthz" => respond(StatusCode::OK, "ok\n".into()),
-                "/readyz" if *ready.borrow() => respond(StatusCode::OK, "ready\n".into()),
-                "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
-                "/metrics" => respond(StatusCode::OK, metrics.encode()),
-                _ => respond(StatusCode::NOT_FOUND, "not found\n".into()),
-            };
-            async move { Ok::<_, Infallible>(r) }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
+        gatehouse_ops::server::encode(&self.registry)
     }
 }

@@ -6,10 +6,9 @@
 use crate::api::{
     self, ApiRequest, ApiResponse, CertStatus, ControlStatus, NodeStatus, PeerStatus, PlaneSummary,
 };
-use crate::backoff::Backoff;
 use crate::certs::{self, CertError, CertStore};
 use crate::dns;
-use crate::metrics::{self, NodeMetrics};
+use crate::metrics::NodeMetrics;
 use crate::netmap::{MapView, Netmap};
 use crate::plane::loopback::{LoopbackConfig, LoopbackPlane};
 use crate::plane::mesh::{MeshPlane, MeshPlaneConfig};
@@ -19,6 +18,7 @@ use crate::socks::{self, ProxyContext, ProxyStats};
 use gatehouse_client::{
     ClientError, Identity, IdentityError, IdentityOrClientError, Join, NodeClient,
 };
+use gatehouse_ops::Retries;
 use gatehouse_proto::control::{MapMessage, MapState, Peer};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -532,11 +532,20 @@ where
         )));
     }
     if let Some(l) = metrics_listener {
-        tasks.push(tokio::spawn(metrics::serve(
+        let m = Arc::clone(&metrics);
+        let r = ready.clone();
+        let stop = cancel.clone();
+        tasks.push(tokio::spawn(gatehouse_ops::server::serve(
             l,
-            Arc::clone(&metrics),
-            ready.clone(),
-            cancel.clone(),
+            Arc::new(move || m.encode()),
+            Arc::new(move || {
+                if *r.borrow() {
+                    Ok(())
+                } else {
+                    Err("not ready".into())
+                }
+            }),
+            async move { stop.cancelled().await },
         )));
     }
     let owner = {
@@ -584,7 +593,7 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
     }
 
     async fn control_loop(self: Arc<Self>) {
-        let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_CAP);
+        let mut backoff = Retries::new(RECONNECT_BASE, RECONNECT_CAP);
         let mut state: Option<MapState> = None;
         loop {
             let result = self.run_stream(&mut state, &mut backoff).await;
@@ -624,7 +633,7 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
     async fn run_stream(
         &self,
         state: &mut Option<MapState>,
-        backoff: &mut Backoff,
+        backoff: &mut Retries,
     ) -> Result<StreamEnd, ClientError> {
         let mut stream = tokio::select! {
             () = self.cancel.cancelled() => return Ok(StreamEnd::Stopped),
@@ -761,7 +770,7 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
 
     async fn renew_loop(self: Arc<Self>) {
         let mut just_renewed = false;
-        let mut retry = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut retry = Retries::new(Duration::from_secs(1), Duration::from_secs(60));
         loop {
             let Some(info) = self.certs.info() else {
                 return;

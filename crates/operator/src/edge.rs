@@ -13,7 +13,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// Why the edge could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,7 +139,7 @@ impl HttpEdge {
     /// # Errors
     /// When the CA cannot be read.
     pub fn new(base: &str, ca_pem: Option<&str>, token: &str) -> Result<Self, EdgeError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = gatehouse_ops::tls::provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| EdgeError::Unavailable(e.to_string()))?;

@@ -1,11 +1,17 @@
 //! What every long-running Gatehouse process shares, whatever its role:
-//! the duration syntax of its config files and flags.
+//! the operations endpoints (`/healthz`, `/readyz`, `/metrics`), backoff
+//! for reconnecting, the TLS provider, and the duration syntax of config
+//! files and flags.
 //!
 //! Protocol logic stays with the components; this crate holds only the
 //! plumbing they would otherwise each write again.
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 mod duration;
+pub mod server;
+pub mod tls;
 
+pub use backoff::{Backoff, Retries};
 pub use duration::{DurationError, parse_duration};

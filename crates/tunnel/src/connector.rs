@@ -1,13 +1,13 @@
 //! The connector's shell: HA connections to the edges, the control stream
 //! (hello, heartbeats, drain), hot reload of the ingress rules, and shutdown.
 
-use crate::backoff::Backoff;
 use crate::control::{Action, ControlCore};
 use crate::ingress::Ingress;
 use crate::origin::Origins;
 use crate::proxy::{self, Loaded};
 use crate::stream::{FrameReader, FrameWriter, TunnelBody, h2pipe};
 use crate::transport;
+use gatehouse_ops::Backoff;
 use gatehouse_proto::{CLOSE_DRAINED, Frame, Hello, Token};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -185,10 +185,21 @@ pub async fn run(
 
     let mut background = tokio::task::JoinSet::new();
     if let Some(addr) = cfg.metrics_addr {
-        let listener = crate::admin::bind(addr).await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let s = shared.clone();
-        let ready = Arc::new(move || s.live.load(Ordering::Relaxed) > 0);
-        background.spawn(crate::admin::serve(listener, Arc::new(registry), ready));
+        let ready: gatehouse_ops::server::Readiness = Arc::new(move || {
+            if s.live.load(Ordering::Relaxed) > 0 {
+                Ok(())
+            } else {
+                Err("no live tunnel connection".into())
+            }
+        });
+        background.spawn(gatehouse_ops::server::serve(
+            listener,
+            gatehouse_ops::server::registry_metrics(Arc::new(registry)),
+            ready,
+            std::future::pending(),
+        ));
     }
     background.spawn(crate::reload::watch(shared.clone()));
 

@@ -9,8 +9,6 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
-pub mod admin;
-pub mod backoff;
 pub mod connector;
 pub mod control;
 pub mod heap;

@@ -166,7 +166,7 @@ pub async fn start(
         grace_period: Duration::from_secs(5),
         config_path: ingress,
         metrics_addr: None,
-        backoff: gatehouse_tunnel::backoff::Backoff {
+        backoff: gatehouse_ops::Backoff {
             base: Duration::from_millis(50),
             max: Duration::from_secs(2),
         },

@@ -192,7 +192,7 @@ fn tls_err(e: impl std::fmt::Display) -> LoopbackError {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    gatehouse_ops::tls::provider()
 }
 
 fn roots(ca_pem: &str) -> Result<Arc<rustls::RootCertStore>, LoopbackError> {

@@ -110,7 +110,7 @@ impl ServeConfig {
         let gate = Gate::with_metrics(limits.clone(), stats.listeners.gate("serve_https"));
         let redirect_gate =
             Gate::with_metrics(limits, stats.listeners.gate("serve_http")).http1_only();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = gatehouse_ops::tls::provider();
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
