@@ -17,7 +17,7 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 pub enum CertError {
     /// The PEM files are unusable.
     #[error(transparent)]
-    Tls(#[from] gatehouse_tunnel::tls::TlsError),
+    Tls(#[from] gatehouse_ops::tls::TlsError),
     /// The key type is not supported.
     #[error("unsupported private key: {0}")]
     Key(#[from] rustls::Error),
@@ -45,8 +45,8 @@ pub fn certified(
 impl CertStore {
     /// Installs the certificate of `host` from PEM files.
     pub fn load_files(&self, host: &str, cert: &Path, key: &Path) -> Result<(), CertError> {
-        let chain = gatehouse_tunnel::tls::load_certs(cert)?;
-        let key = gatehouse_tunnel::tls::load_key(key)?;
+        let chain = gatehouse_ops::tls::load_certs(cert)?;
+        let key = gatehouse_ops::tls::load_key(key)?;
         self.set(host, certified(chain, &key)?);
         Ok(())
     }

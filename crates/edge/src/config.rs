@@ -184,7 +184,7 @@ impl EdgeConfig {
         match &self.heartbeat {
             None => Ok(Duration::from_secs(2)),
             Some(s) => {
-                let d = gatehouse_tunnel::ingress::parse_duration(s)
+                let d = gatehouse_ops::parse_duration(s)
                     .map_err(|e| ConfigError::Invalid(e.to_string()))?;
                 if d < Duration::from_millis(100) {
                     return Err(ConfigError::Invalid(

@@ -5,10 +5,10 @@ use crate::config::Route;
 use crate::path::{Action, canonicalize};
 use crate::tunnels::Registry;
 use bytes::Bytes;
+use gatehouse_proto::headers::{is_upgrade, strip_hop_by_hop};
 use gatehouse_proto::{Frame, RequestHead, ResponseHead};
-use gatehouse_tunnel::stream::{
-    FrameReader, FrameWriter, TunnelBody, bridge, empty, full, is_upgrade, pump_body,
-    strip_hop_by_hop,
+use gatehouse_tunnel_io::stream::{
+    FrameReader, FrameWriter, TunnelBody, bridge, empty, full, pump_body,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
@@ -61,7 +61,7 @@ impl Drop for Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = gatehouse_tunnel::stream::BoxError;
+    type Error = gatehouse_tunnel_io::stream::BoxError;
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -235,7 +235,7 @@ impl Public {
         id: &str,
     ) -> Response<TunnelBody> {
         self.metrics.forwarded.inc();
-        gatehouse_tunnel::heap::keep_freed_buffers();
+        gatehouse_ops::heap::keep_freed_buffers();
         let upgrade = is_upgrade(req.headers());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         // An upgraded connection leaves hyper but stays under the cap.
@@ -249,6 +249,8 @@ impl Public {
         }
         .or_else(|| HeaderValue::from_str(host).ok());
         strip_hop_by_hop(&mut headers, upgrade);
+        // The authority travels in the tunnel head; the connector sets Host.
+        headers.remove(http::header::HOST);
         forwarded_headers(&mut headers, peer, scheme, client_host, id);
         let head = Frame::RequestHead(RequestHead {
             request_id: id.to_owned(),

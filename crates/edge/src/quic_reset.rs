@@ -122,7 +122,7 @@ mod tests {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(
             quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap(),
         ));
-        server.transport_config(gatehouse_tunnel::transport::quic_transport(
+        server.transport_config(gatehouse_tunnel_io::transport::quic_transport(
             Duration::from_secs(10),
             1,
         ));
@@ -132,7 +132,7 @@ mod tests {
         } else {
             quinn::EndpointConfig::default()
         };
-        gatehouse_tunnel::transport::quic_endpoint(loopback, Some(server), config).unwrap()
+        gatehouse_tunnel_io::transport::quic_endpoint(loopback, Some(server), config).unwrap()
     }
 
     /// A UDP relay standing for the edge's port: the client talks to it, and
@@ -179,16 +179,16 @@ mod tests {
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.cert.der().clone()).unwrap();
-        let tls = gatehouse_tunnel::tls::client_config(Some(roots), &[b"test"]).unwrap();
+        let tls = gatehouse_ops::tls::client_config(Some(roots), &[b"test"]).unwrap();
         let mut client = quinn::ClientConfig::new(Arc::new(
             quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
         ));
-        client.transport_config(gatehouse_tunnel::transport::quic_transport(
+        client.transport_config(gatehouse_tunnel_io::transport::quic_transport(
             Duration::from_millis(250),
             1,
         ));
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let connector = gatehouse_tunnel::transport::quic_endpoint(
+        let connector = gatehouse_tunnel_io::transport::quic_endpoint(
             loopback,
             None,
             quinn::EndpointConfig::default(),

@@ -31,7 +31,7 @@ pub enum EdgeError {
     Cert(#[from] crate::certs::CertError),
     /// TLS material is unusable.
     #[error(transparent)]
-    Tls(#[from] gatehouse_tunnel::tls::TlsError),
+    Tls(#[from] gatehouse_ops::tls::TlsError),
     /// A listener could not be opened.
     #[error("listen {addr}: {source}")]
     Listen {
@@ -103,7 +103,7 @@ fn bind_tunnel(
         Ok(l)
     };
     if addr.port() != 0 {
-        let endpoint = gatehouse_tunnel::transport::quic_endpoint(
+        let endpoint = gatehouse_tunnel_io::transport::quic_endpoint(
             addr,
             Some(quic.clone()),
             endpoint_config.clone(),
@@ -114,7 +114,7 @@ fn bind_tunnel(
     }
     let mut last = None;
     for _ in 0..32 {
-        let endpoint = gatehouse_tunnel::transport::quic_endpoint(
+        let endpoint = gatehouse_tunnel_io::transport::quic_endpoint(
             addr,
             Some(quic.clone()),
             endpoint_config.clone(),
@@ -231,8 +231,8 @@ pub async fn start(
     }
 
     // Tunnel endpoint: QUIC on UDP, TLS + HTTP/2 on TCP, same port.
-    let chain = gatehouse_tunnel::tls::load_certs(&cfg.tunnel_tls.cert)?;
-    let key = gatehouse_tunnel::tls::load_key(&cfg.tunnel_tls.key)?;
+    let chain = gatehouse_ops::tls::load_certs(&cfg.tunnel_tls.cert)?;
+    let key = gatehouse_ops::tls::load_key(&cfg.tunnel_tls.key)?;
     let server_tls = |alpn: &[u8]| -> Result<rustls::ServerConfig, EdgeError> {
         let mut c = rustls::ServerConfig::builder_with_provider(gatehouse_ops::tls::provider())
             .with_safe_default_protocol_versions()?
@@ -245,7 +245,7 @@ pub async fn start(
         quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(gatehouse_proto::ALPN_QUIC)?)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut quic = quinn::ServerConfig::with_crypto(Arc::new(qsc));
-    quic.transport_config(gatehouse_tunnel::transport::quic_transport(heartbeat, 1));
+    quic.transport_config(gatehouse_tunnel_io::transport::quic_transport(heartbeat, 1));
     // Stateless resets a restarted edge sends are recognised by connectors
     // of the crashed one: the keys are derived from the tunnel TLS key.
     let endpoint_config = crate::quic_reset::endpoint_config(&key)?;

@@ -8,8 +8,8 @@ use crate::tokens::TokenStore;
 use gatehouse_proto::{
     CLOSE_EDGE_SHUTDOWN, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_UNRESPONSIVE, Frame, Welcome,
 };
-use gatehouse_tunnel::stream::{FrameReader, FrameWriter, StreamError, TunnelBody};
-use gatehouse_tunnel::transport::{self, CONTROL_PRIORITY};
+use gatehouse_tunnel_io::stream::{FrameReader, FrameWriter, StreamError, TunnelBody};
+use gatehouse_tunnel_io::transport::{self, CONTROL_PRIORITY};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -480,9 +480,9 @@ async fn tcp_conn(
     let hb = side.heartbeat;
     let Ok((sender, conn)) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
-        .initial_stream_window_size(gatehouse_tunnel::transport::H2_STREAM_WINDOW)
-        .initial_connection_window_size(gatehouse_tunnel::transport::H2_CONNECTION_WINDOW)
-        .max_frame_size(gatehouse_tunnel::transport::H2_MAX_FRAME)
+        .initial_stream_window_size(gatehouse_tunnel_io::transport::H2_STREAM_WINDOW)
+        .initial_connection_window_size(gatehouse_tunnel_io::transport::H2_CONNECTION_WINDOW)
+        .max_frame_size(gatehouse_tunnel_io::transport::H2_MAX_FRAME)
         .keep_alive_interval(Some(hb))
         .keep_alive_timeout(hb * 3)
         .handshake::<_, TunnelBody>(TokioIo::new(s))

@@ -101,7 +101,7 @@ fn admin(cmd: TunnelAdmin) -> Result<()> {
             let mut s = TokenStore::load(&path)?;
             let lifetime = match expires_in {
                 Some(d) => Some(
-                    gatehouse_tunnel::ingress::parse_duration(&d)
+                    gatehouse_ops::parse_duration(&d)
                         .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?
                         .as_secs(),
                 ),

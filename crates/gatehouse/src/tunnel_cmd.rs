@@ -3,8 +3,9 @@
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use gatehouse_ops::Backoff;
+use gatehouse_ops::parse_duration;
 use gatehouse_proto::Token;
-use gatehouse_tunnel::ingress::{Ingress, parse_duration};
+use gatehouse_tunnel::ingress::Ingress;
 use gatehouse_tunnel::{ConnectorConfig, Transport};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -241,8 +242,8 @@ fn access_tcp(a: AccessTcpArgs) -> Result<ExitCode> {
         None => resolve(&format!("{}:443", a.hostname))?[0],
     };
     let roots = match &a.cacert {
-        Some(p) => gatehouse_tunnel::tls::load_roots(p)?,
-        None => gatehouse_tunnel::tls::system_roots(),
+        Some(p) => gatehouse_ops::tls::load_roots(p)?,
+        None => gatehouse_ops::tls::system_roots(),
     };
     let cfg = gatehouse_tunnel::access::AccessConfig {
         hostname: a.hostname,

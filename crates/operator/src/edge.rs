@@ -154,7 +154,7 @@ impl HttpEdge {
                 }
             }
             None => {
-                roots = gatehouse_tunnel::tls::system_roots();
+                roots = gatehouse_ops::tls::system_roots();
             }
         }
         let tls = builder.with_root_certificates(roots).with_no_client_auth();

@@ -1,7 +1,8 @@
 //! What every long-running Gatehouse process shares, whatever its role:
 //! the operations endpoints (`/healthz`, `/readyz`, `/metrics`), backoff
-//! for reconnecting, the TLS provider, and the duration syntax of config
-//! files and flags.
+//! for reconnecting, TLS plumbing (the provider, PEM loading, root stores),
+//! heap settings for bulk relaying, and the duration syntax of config files
+//! and flags.
 //!
 //! Protocol logic stays with the components; this crate holds only the
 //! plumbing they would otherwise each write again.
@@ -10,6 +11,7 @@
 
 pub mod backoff;
 mod duration;
+pub mod heap;
 pub mod server;
 pub mod tls;
 

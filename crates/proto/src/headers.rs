@@ -17,6 +17,10 @@
 //! fold `_` into `-`. A name is therefore compared after *folding*: ASCII
 //! letters to lower case, and every character that is neither a letter nor
 //! a digit to `-`. Any spelling that folds to a reserved name is reserved.
+//!
+//! It also holds the rule every proxy of Gatehouse (the edge, the
+//! connector, `serve`) applies to hop-by-hop fields ([`strip_hop_by_hop`],
+//! [`is_upgrade`]).
 
 use http::HeaderMap;
 
@@ -83,10 +87,86 @@ pub fn strip_reserved(h: &mut HeaderMap) -> usize {
     names.len()
 }
 
+/// Hop-by-hop header fields a proxy must not forward (RFC 9110 §7.6.1),
+/// besides those `Connection` lists.
+const HOP_BY_HOP: [http::HeaderName; 6] = [
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+];
+
+/// Removes the hop-by-hop header fields a proxy must not forward (RFC 9110
+/// §7.6.1): the fixed ones and every field `Connection` names. `TE` stays
+/// only as `trailers`; `Connection: upgrade` and `Upgrade` stay when asked.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Collecting nothing allocates nothing: no cost without `Connection`,
+    // nor for names the fixed list below removes anyway (`keep-alive`).
+    let listed: Vec<String> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| {
+            !s.is_empty()
+                && !s.eq_ignore_ascii_case("upgrade")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|n| s.eq_ignore_ascii_case(n.as_str()))
+        })
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for name in listed {
+        h.remove(name.as_str());
+    }
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+    // `remove` drops every `TE` value and returns the first.
+    if let Some(te) = h.remove(http::header::TE)
+        && te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+        })
+    {
+        h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    if !keep_upgrade {
+        h.remove(http::header::CONNECTION);
+        h.remove(http::header::UPGRADE);
+    } else {
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+    }
+}
+
+/// Whether a request or response head asks for a protocol upgrade.
+pub fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(http::header::UPGRADE)
+        && h.get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|s| s.trim().eq_ignore_ascii_case("upgrade"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
     use proptest::prelude::*;
 
     #[test]
@@ -182,5 +262,46 @@ mod tests {
             let name = format!("{stem}{sep}{tail}");
             prop_assert_eq!(reserved(&name), reference(&name));
         }
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_stripped() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("transfer-encoding", "chunked"),
+            ("host", "example.com"),
+            ("te", "gzip, trailers"),
+            ("upgrade", "websocket"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        // Host is not hop-by-hop: it stays (the edge moves it into the tunnel
+        // head itself).
+        assert_eq!(
+            left,
+            [
+                ("te", "trailers"),
+                ("accept", "*/*"),
+                ("host", "example.com")
+            ]
+        );
+
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert!(!h.contains_key("te"), "TE without trailers is dropped");
     }
 }

@@ -4,7 +4,7 @@
 //! connector joins to its `tcp://` origin.
 
 use crate::proxy::TCP_UPGRADE;
-use crate::stream::{TunnelBody, empty};
+use gatehouse_tunnel_io::stream::{TunnelBody, empty};
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -42,7 +42,7 @@ pub enum AccessError {
     Name,
     /// TLS setup failed.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] gatehouse_ops::tls::TlsError),
 }
 
 /// Listens on `cfg.listen` and forwards every connection until the task is
@@ -50,7 +50,7 @@ pub enum AccessError {
 pub async fn serve(cfg: AccessConfig) -> Result<(), AccessError> {
     let listener = TcpListener::bind(cfg.listen).await?;
     info!(listen = %listener.local_addr()?, hostname = cfg.hostname, "access tcp listening");
-    let tls = Arc::new(crate::tls::client_config(
+    let tls = Arc::new(gatehouse_ops::tls::client_config(
         Some(cfg.roots.clone()),
         &[b"http/1.1"],
     )?);

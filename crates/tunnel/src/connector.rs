@@ -5,10 +5,10 @@ use crate::control::{Action, ControlCore};
 use crate::ingress::Ingress;
 use crate::origin::Origins;
 use crate::proxy::{self, Loaded};
-use crate::stream::{FrameReader, FrameWriter, TunnelBody, h2pipe};
-use crate::transport;
 use gatehouse_ops::Backoff;
 use gatehouse_proto::{CLOSE_DRAINED, Frame, Hello, Token};
+use gatehouse_tunnel_io::stream::{FrameReader, FrameWriter, TunnelBody, h2pipe};
+use gatehouse_tunnel_io::transport;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -81,7 +81,7 @@ pub enum ConnectorError {
     Origin(#[from] crate::origin::OriginError),
     /// TLS material for the edge is unusable.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] gatehouse_ops::tls::TlsError),
     /// A socket could not be opened.
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
@@ -138,8 +138,8 @@ pub async fn run(
     }
     let (ing, origins, text) = load(&cfg.config_path)?;
     let roots = match &cfg.edge_ca {
-        Some(p) => crate::tls::load_roots(p)?,
-        None => crate::tls::system_roots(),
+        Some(p) => gatehouse_ops::tls::load_roots(p)?,
+        None => gatehouse_ops::tls::system_roots(),
     };
     let metrics = Metrics::default();
     let mut registry = Registry::with_prefix("gatehouse_connector");
@@ -251,7 +251,7 @@ impl Dialer {
         };
         let endpoint = transport::quic_endpoint(bind, None, quinn::EndpointConfig::default())?;
         let rustls_quic =
-            crate::tls::client_config(Some(roots.clone()), &[gatehouse_proto::ALPN_QUIC])?;
+            gatehouse_ops::tls::client_config(Some(roots.clone()), &[gatehouse_proto::ALPN_QUIC])?;
         let qc = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_quic)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut quic = quinn::ClientConfig::new(Arc::new(qc));
@@ -259,7 +259,8 @@ impl Dialer {
             Duration::from_secs(1),
             transport::CONNECTOR_STREAMS_INITIAL,
         ));
-        let rustls_tcp = crate::tls::client_config(Some(roots), &[gatehouse_proto::ALPN_TCP])?;
+        let rustls_tcp =
+            gatehouse_ops::tls::client_config(Some(roots), &[gatehouse_proto::ALPN_TCP])?;
         Ok(Self {
             endpoint,
             quic,
@@ -742,7 +743,7 @@ impl StreamSink {
         self.last_stream_ms.store(ms, Ordering::Relaxed);
         let guard = InflightGuard::new(self.inflight.clone());
         let shared = self.shared.clone();
-        crate::heap::keep_freed_buffers();
+        gatehouse_ops::heap::keep_freed_buffers();
         tokio::spawn(async move {
             let _guard = guard;
             proxy::handle_stream(&shared, w, r).await;

@@ -2,8 +2,8 @@
 //! from inside the cluster (QUIC, or TLS/TCP with HTTP/2 streams when UDP is
 //! blocked), authenticates with a tunnel token, and answers each tunnel
 //! stream by proxying it to an origin chosen by cloudflared-compatible
-//! ingress rules. It also holds the stream glue the edge shares (frames to
-//! and from HTTP bodies). Path rules, TLS for the public and hostnames are
+//! ingress rules. The stream I/O it shares with the edge is
+//! `gatehouse-tunnel-io`'s; path rules, TLS for the public and hostnames are
 //! the edge's.
 
 #![forbid(unsafe_code)]
@@ -11,14 +11,10 @@
 pub mod access;
 pub mod connector;
 pub mod control;
-pub mod heap;
 pub mod ingress;
 pub mod origin;
 mod proxy;
 mod reload;
-pub mod stream;
-pub mod tls;
-pub mod transport;
 
 pub use connector::{ConnectorConfig, ConnectorError, Transport, run};
 pub use proxy::TCP_UPGRADE;

@@ -10,8 +10,8 @@
 //! Upgrades, TLS and HTTP/2 origins keep hyper-util's pooled client.
 
 use crate::ingress::{Ingress, OriginRequest, Service};
-use crate::stream::TunnelBody;
-use crate::tls;
+use gatehouse_ops::tls;
+use gatehouse_tunnel_io::stream::TunnelBody;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -473,7 +473,9 @@ mod tests {
 
     /// One request through rule 0, its whole body read inside the lease.
     async fn get(o: &Origins, path: &str, release: bool) -> String {
-        let req = Request::get(path).body(crate::stream::empty()).unwrap();
+        let req = Request::get(path)
+            .body(gatehouse_tunnel_io::stream::empty())
+            .unwrap();
         let (resp, mut lease) = o.send(0, req, false).await.unwrap();
         let body = lease.drive(resp.into_body().collect()).await.unwrap();
         if release {
@@ -539,7 +541,11 @@ mod tests {
         ))
         .unwrap();
         let o = Origins::build(&ing).unwrap();
-        let req = || Request::get("/").body(crate::stream::empty()).unwrap();
+        let req = || {
+            Request::get("/")
+                .body(gatehouse_tunnel_io::stream::empty())
+                .unwrap()
+        };
         let (r1, mut l1) = o.send(0, req(), false).await.unwrap();
         let (r2, mut l2) = o.send(0, req(), false).await.unwrap();
         l1.drive(r1.into_body().collect()).await.unwrap();

@@ -4,10 +4,9 @@
 use crate::connector::Shared;
 use crate::ingress::{Ingress, Service};
 use crate::origin::Origins;
-use crate::stream::{
-    FrameReader, FrameWriter, bridge, empty, is_upgrade, pump_body, strip_hop_by_hop,
-};
+use gatehouse_proto::headers::{is_upgrade, strip_hop_by_hop};
 use gatehouse_proto::{Frame, RequestHead, ResponseHead};
+use gatehouse_tunnel_io::stream::{FrameReader, FrameWriter, bridge, empty, pump_body};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;

@@ -17,7 +17,8 @@ use crate::netmap::Caller;
 use crate::plane::Stream;
 use bytes::Bytes;
 use gatehouse_limits::{Gate, Limits, ListenerMetrics, Slot};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use gatehouse_proto::headers::{is_upgrade, strip_hop_by_hop};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -214,47 +215,8 @@ pub async fn handle_redirect<S: Stream>(
     }
 }
 
-/// Headers that belong to one connection and are never forwarded (RFC 9110
-/// section 7.6.1), plus those the `Connection` header names.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        h.remove(n);
-    }
-    for n in ["keep-alive", "proxy-connection"] {
-        h.remove(n);
-    }
-}
-
 fn wants_upgrade(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
-        return None;
-    }
-    let conn_upgrade = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if !conn_upgrade {
+    if req.version() != Version::HTTP_11 || !is_upgrade(req.headers()) {
         return None;
     }
     req.headers().get(header::UPGRADE).cloned()
@@ -311,12 +273,14 @@ async fn proxy(
     parts.uri = uri;
     parts.extensions = http::Extensions::new();
     let h = &mut parts.headers;
-    strip_hop_by_hop(h);
+    strip_hop_by_hop(h, false);
     identity::strip(h);
     identity::add(h, caller, host.as_ref());
     match route.backend.scheme {
         Scheme::Http => {
             parts.version = Version::HTTP_11;
+            // Trailers are asked for only from h2c backends (gRPC).
+            h.remove(header::TE);
             if let Some(host) = host {
                 h.insert(header::HOST, host);
             }
@@ -368,6 +332,6 @@ async fn proxy(
         );
     }
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, body.boxed())
 }

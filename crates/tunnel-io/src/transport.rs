@@ -227,7 +227,7 @@ mod tests {
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(der).unwrap();
-        let client_tls = crate::tls::client_config(Some(roots), &[b"test"]).unwrap();
+        let client_tls = gatehouse_ops::tls::client_config(Some(roots), &[b"test"]).unwrap();
         let mut client = quinn::ClientConfig::new(Arc::new(
             quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).unwrap(),
         ));

@@ -32,7 +32,7 @@ fn freed_buffers_are_reused_without_faulting_pages_again() {
     // On a thread of its own, so the buffers come from a thread heap as in
     // a tokio worker.
     std::thread::spawn(|| {
-        gatehouse_tunnel::heap::keep_freed_buffers();
+        gatehouse_ops::heap::keep_freed_buffers();
         // One round brings the pages in; later rounds should fault almost
         // none (a trimmed heap faults ~512 per round).
         churn(1);

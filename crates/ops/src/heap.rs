@@ -1,4 +1,5 @@
-//! Heap settings for the processes that relay bulk data (edge, connector).
+//! Heap settings for the processes that relay bulk data (edge, connector,
+//! relay).
 //!
 //! Relaying a large body allocates and frees buffers of a few hundred KiB
 //! over and over: hyper's read buffer for each read from a socket, freed
