@@ -104,25 +104,6 @@ fn engine_node(r: &NodeRow) -> Node {
     }
 }
 
-/// Reduces a requested host name to a DNS label: lowercase letters, digits
-/// and dashes, at most 63 characters, never empty.
-pub fn dns_label(hostname: &str) -> String {
-    let mut out = String::new();
-    for c in hostname.chars() {
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') && !out.is_empty() {
-            out.push('-');
-        }
-    }
-    let mut out: String = out.trim_matches('-').chars().take(63).collect();
-    while out.ends_with('-') {
-        out.pop();
-    }
-    if out.is_empty() { "node".into() } else { out }
-}
-
 impl State {
     fn peer_of(&self, e: &Entry) -> Peer {
         let r = &e.row;
@@ -318,7 +299,7 @@ impl Hub {
     /// names of replicas count as taken.
     pub fn allocate(&self, hostname: &str) -> (String, Ipv4Addr, Ipv6Addr) {
         let st = self.lock();
-        let base = dns_label(hostname);
+        let base = gatehouse_names::to_label(hostname);
         let mut name = base.clone();
         let mut k = 1;
         let taken = |n: &str| {
@@ -671,19 +652,5 @@ impl Hub {
             }
         }
         Ok(d)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels() {
-        assert_eq!(dns_label("Alice's MacBook Pro"), "alice-s-macbook-pro");
-        assert_eq!(dns_label("--x--"), "x");
-        assert_eq!(dns_label("..."), "node");
-        assert_eq!(dns_label(&"a".repeat(80)).len(), 63);
-        assert_eq!(dns_label("k8s-grafana"), "k8s-grafana");
     }
 }

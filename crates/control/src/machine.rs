@@ -274,7 +274,7 @@ async fn reserved_for_tags(
     app: &App,
     hostname: &str,
 ) -> Result<Option<ApiErr>, crate::store::StoreError> {
-    let label = crate::hub::dns_label(hostname);
+    let label = gatehouse_names::to_label(hostname);
     if let Some(p) = app
         .config
         .tagged_names
@@ -308,7 +308,7 @@ fn shared_name(
             "only tagged nodes share a name (the auth key has a user)",
         ));
     }
-    let label = crate::hub::dns_label(hostname);
+    let label = gatehouse_names::to_label(hostname);
     let mut want: Vec<&String> = tags.iter().collect();
     want.sort();
     for (service, holder_tags) in app.hub.name_holders(&label) {

@@ -201,14 +201,7 @@ impl EdgeConfig {
         let mut out = BTreeMap::new();
         for h in &self.hostnames {
             let name = &h.hostname;
-            let valid = !name.is_empty()
-                && name.len() <= 253
-                && name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-                })
-                && !name.starts_with('.')
-                && !name.ends_with('.');
-            if !valid {
+            if !gatehouse_names::is_name(name) {
                 return Err(ConfigError::Invalid(format!(
                     "hostname {name:?} must be a lower-case DNS name without port or wildcard"
                 )));

@@ -76,17 +76,6 @@ fn pattern_allows(pattern: &str, host: &str) -> bool {
     }
 }
 
-fn valid_host(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with('.')
-        && !name.ends_with('.')
-        && !name.contains("..")
-}
-
 fn compile(r: &Registered) -> Result<Route, String> {
     let rules = PathRules::new(&r.rules, r.default).map_err(|e| e.to_string())?;
     Ok(Route {
@@ -186,7 +175,7 @@ impl RouteApi {
                     Ok(r) => r,
                     Err(e) => return err(StatusCode::BAD_REQUEST, format!("invalid route: {e}")),
                 };
-                if r.hostname != host || !valid_host(&host) {
+                if r.hostname != host || !gatehouse_names::is_name(&host) {
                     return err(
                         StatusCode::BAD_REQUEST,
                         format!("{host:?}: the path and body must name one lower-case host name"),

@@ -33,8 +33,8 @@ pub enum TokenStoreError {
     /// No tunnel of that name.
     #[error("no tunnel named {0:?}")]
     Unknown(String),
-    /// The name is not `[a-z0-9-]`, 1–63 characters.
-    #[error("tunnel names are 1-63 characters of a-z, 0-9 and '-'")]
+    /// The name is not a DNS label (`gatehouse_names::is_label`).
+    #[error("tunnel names are DNS labels: 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")]
     BadName,
 }
 
@@ -160,12 +160,7 @@ impl TokenStore {
         now_unix: u64,
         lifetime_secs: Option<u64>,
     ) -> Result<Token, TokenStoreError> {
-        let valid = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid {
+        if !gatehouse_names::is_label(name) {
             return Err(TokenStoreError::BadName);
         }
         if self

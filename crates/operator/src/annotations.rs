@@ -2,7 +2,8 @@
 //! parsed and checked whole: an invalid value is refused with the name of
 //! the annotation, and nothing is changed for that Ingress.
 
-use gatehouse_render::catalog::{check_path, is_dns_label, is_dns_name, is_port_name};
+use gatehouse_names::{is_label as is_dns_label, is_name as is_dns_name};
+use gatehouse_render::catalog::{check_path, is_port_name};
 use std::collections::BTreeMap;
 
 /// `gatehouse.dev/proxy-class`.

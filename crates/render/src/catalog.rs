@@ -189,21 +189,6 @@ fn invalid(path: impl Into<String>, message: impl Into<String>) -> CatalogError 
     }
 }
 
-/// RFC 1123 label: lower-case alphanumerics and `-`, 1–63, alphanumeric ends.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// A DNS name of RFC 1123 labels (`*.` not allowed), at most 253 bytes.
-pub fn is_dns_name(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
 /// An IANA service name as Kubernetes accepts for port names.
 pub fn is_port_name(s: &str) -> bool {
     !s.is_empty()
@@ -290,7 +275,7 @@ fn validate_settings(s: &Settings) -> Result<(), CatalogError> {
         ("settings.connector.namespace", &s.connector.namespace),
     ] {
         if let Some(v) = v {
-            if !is_dns_label(v) {
+            if !gatehouse_names::is_label(v) {
                 return Err(invalid(path, format!("{v:?} is not a namespace name")));
             }
         }
@@ -332,20 +317,20 @@ fn validate_exposure(
     mesh_hosts: &mut BTreeSet<String>,
 ) -> Result<(), CatalogError> {
     let at = format!("services[{i}] ({})", e.name);
-    if !is_dns_label(&e.name) || e.name.len() > 50 {
+    if !gatehouse_names::is_label(&e.name) || e.name.len() > 50 {
         return Err(invalid(
             &at,
             "name must be a DNS label of at most 50 characters",
         ));
     }
-    if !is_dns_label(&e.namespace) {
+    if !gatehouse_names::is_label(&e.namespace) {
         return Err(invalid(format!("{at}.namespace"), "not a namespace name"));
     }
     if !names.insert((e.namespace.clone(), e.name.clone())) {
         return Err(invalid(&at, "duplicate name in this namespace"));
     }
     if let Some(n) = &e.service.name {
-        if !is_dns_label(n) {
+        if !gatehouse_names::is_label(n) {
             return Err(invalid(format!("{at}.service.name"), "not a Service name"));
         }
     }
@@ -380,7 +365,7 @@ fn validate_exposure(
     }
     if let Some(p) = &e.private {
         let h = mesh_hostname(e, p);
-        if !is_dns_label(&h) {
+        if !gatehouse_names::is_label(&h) {
             return Err(invalid(
                 format!("{at}.private.hostname"),
                 format!("{h:?} must be a single DNS label"),
@@ -394,7 +379,7 @@ fn validate_exposure(
         }
     }
     if let Some(p) = &e.public {
-        if !is_dns_name(&p.hostname) || !p.hostname.contains('.') {
+        if !gatehouse_names::is_name(&p.hostname) || !p.hostname.contains('.') {
             return Err(invalid(
                 format!("{at}.public.hostname"),
                 format!("{:?} is not a fully qualified host name", p.hostname),

@@ -272,19 +272,6 @@ fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
-fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn dns_name(s: &str) -> bool {
-    s.contains('.') && s.len() <= 253 && s.split('.').all(dns_label)
-}
-
 /// Checks a path prefix: canonical, starting with `/`, no `*`.
 fn check_prefix(p: &str) -> Result<(), String> {
     if !p.starts_with('/') || p.contains('*') {
@@ -376,13 +363,13 @@ impl StackConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !dns_label(&self.network) {
+        if !gatehouse_names::is_label(&self.network) {
             return Err(invalid(
                 "network",
                 format!("{:?} is not a DNS label", self.network),
             ));
         }
-        if !dns_name(&self.domain) && !dns_label(&self.domain) {
+        if !gatehouse_names::is_name(&self.domain) {
             return Err(invalid(
                 "domain",
                 format!("{:?} is not a DNS name", self.domain),
@@ -401,7 +388,7 @@ impl StackConfig {
         let mut publics = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = |f: &str| format!("services[{i}].{f}");
-            if !dns_label(&s.name) {
+            if !gatehouse_names::is_label(&s.name) {
                 return Err(invalid(
                     format!("services[{i}].name"),
                     format!("{:?} is not a DNS label", s.name),
@@ -437,7 +424,7 @@ impl StackConfig {
                 }
             }
             if let Some(h) = s.mesh_hostname() {
-                if !dns_label(&h) {
+                if !gatehouse_names::is_label(&h) {
                     return Err(invalid(
                         at("private.hostname"),
                         format!("{h:?} is not a DNS label"),
@@ -448,7 +435,7 @@ impl StackConfig {
                 }
             }
             if let Some(p) = &s.public {
-                if !dns_name(&p.hostname) {
+                if !gatehouse_names::is_qualified_name(&p.hostname) {
                     return Err(invalid(
                         at("public.hostname"),
                         format!("{:?} is not a fully qualified DNS name", p.hostname),
