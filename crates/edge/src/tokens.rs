@@ -34,7 +34,9 @@ pub enum TokenStoreError {
     #[error("no tunnel named {0:?}")]
     Unknown(String),
     /// The name is not a DNS label (`gatehouse_names::is_label`).
-    #[error("tunnel names are DNS labels: 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")]
+    #[error(
+        "tunnel names are DNS labels: 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+    )]
     BadName,
 }
 

@@ -105,6 +105,11 @@ async fn reserved_spellings_stripped_and_connections_limited() {
     )
     .await;
     stage(
+        "canonical paths",
+        canonical_paths(socks, ca_path.to_str().unwrap(), &tight_host),
+    )
+    .await;
+    stage(
         "slow and idle connections",
         slow_and_idle_connections(socks, &ca, &tight_host),
     )
@@ -150,6 +155,49 @@ async fn stage(what: &str, f: impl std::future::Future<Output = ()>) {
 
 /// The forged spellings through serve to the WSGI backend, over HTTP/1.1
 /// and HTTP/2.
+/// serve routes and forwards the edge's canonical form of a path, and
+/// refuses a path that has none.
+async fn canonical_paths(socks: std::net::SocketAddr, ca: &str, host: &str) {
+    let proxy = format!("socks5h://{socks}");
+    let curl = |path: &'static str| {
+        let url = format!("https://{host}{path}");
+        let proxy = proxy.clone();
+        async move {
+            run(
+                "curl",
+                &[
+                    "-sS",
+                    "--path-as-is",
+                    "--max-time",
+                    "20",
+                    "--proxy",
+                    &proxy,
+                    "--cacert",
+                    ca,
+                    "-w",
+                    "\n%{http_code}",
+                    &url,
+                ],
+            )
+            .await
+        }
+    };
+    let (out, err, ok) = curl("/%61pi//x/./y").await;
+    assert!(ok, "{err}");
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{out}");
+    assert_eq!(
+        environ(body).get("PATH_INFO").map(String::as_str),
+        Some("/api/x/y"),
+        "{out}"
+    );
+    for refused in ["/a%2Fb", "/a;b", "/..%2f/etc", "/%252e%252e/x"] {
+        let (out, err, ok) = curl(refused).await;
+        assert!(ok, "{err}");
+        assert!(out.ends_with("\n400"), "{refused}: {out}");
+    }
+}
+
 async fn identity_spellings(
     socks: std::net::SocketAddr,
     ca: &str,

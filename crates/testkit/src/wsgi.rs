@@ -1,6 +1,6 @@
 //! A WSGI backend: Python's reference WSGI server (`wsgiref`) running an
 //! application that answers every request with the `HTTP_*` keys of its
-//! WSGI environ, as JSON. The server builds those keys the CGI way
+//! WSGI environ and `PATH_INFO`, as JSON. The server builds those keys the CGI way
 //! (upper-cased, `-` read as `_`, repeated names joined with a comma), so
 //! the answer shows what a CGI- or WSGI-style backend believes the request
 //! said: `Gatehouse_User_Login` and `Gatehouse-User-Login` both arrive as
@@ -24,7 +24,7 @@ class Handler(WSGIRequestHandler):
         pass
 
 def app(environ, start_response):
-    seen = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
+    seen = {k: v for k, v in environ.items() if k.startswith("HTTP_") or k == "PATH_INFO"}
     body = json.dumps(seen, sort_keys=True).encode()
     start_response("200 OK", [("Content-Type", "application/json"),
                               ("Content-Length", str(len(body)))])

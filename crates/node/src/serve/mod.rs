@@ -243,10 +243,12 @@ async fn proxy(
             "forbidden: caller unknown to the mesh",
         );
     };
-    let path = route::canonical_path(req.uri().path());
-    if !req.uri().path().starts_with('/') {
-        return text(StatusCode::BAD_REQUEST, "bad request target");
-    }
+    // Routes match, and the backend receives, the one canonical form the
+    // edge uses too (`gatehouse-paths`); a path without one is refused.
+    let path = match gatehouse_paths::canonicalize(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad request path: {e}")),
+    };
     let Some(route) = route::select(&cfg.routes, &path) else {
         cfg.stats.not_found.inc();
         return text(StatusCode::NOT_FOUND, "no route for this path");

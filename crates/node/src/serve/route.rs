@@ -3,10 +3,8 @@
 //! one to one: an `Exact` path matches only itself; a `Prefix` path matches
 //! itself and everything below it, element by element (`/api` matches
 //! `/api` and `/api/x`, never `/apix`); an exact match wins, then the
-//! longest prefix. Requests are matched and forwarded in one canonical form
-//! of their path: duplicate slashes merged, `.` and `..` segments (also
-//! percent-encoded) resolved. Percent-encoded slashes stay as they are: they
-//! are part of a segment, not separators.
+//! longest prefix. Requests are matched and forwarded in the canonical form
+//! of their path the edge uses too (`gatehouse_paths::canonicalize`).
 
 use std::fmt;
 
@@ -95,7 +93,8 @@ pub fn parse_route(s: &str) -> Result<Route, RouteError> {
     if path.contains(['?', '#']) || !path.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(fail("the path must be printable ASCII without ? or #"));
     }
-    let canonical = canonical_path(path);
+    let canonical = gatehouse_paths::canonicalize(path)
+        .map_err(|e| fail(&format!("the path has no canonical form: {e}")))?;
     let path = if canonical.len() > 1 {
         canonical.trim_end_matches('/').to_string()
     } else {
@@ -151,48 +150,6 @@ pub fn check_routes(routes: &[Route]) -> Result<(), RouteError> {
         }
     }
     Ok(())
-}
-
-fn is_dot(seg: &str) -> bool {
-    seg == "." || seg.eq_ignore_ascii_case("%2e")
-}
-
-fn is_dotdot(seg: &str) -> bool {
-    matches!(
-        seg.to_ascii_lowercase().as_str(),
-        ".." | "%2e." | ".%2e" | "%2e%2e"
-    )
-}
-
-/// The canonical form of a request path: starts with `/`, duplicate
-/// slashes merged, dot segments (RFC 3986 section 5.2.4, also
-/// percent-encoded) resolved; a trailing slash is kept.
-pub fn canonical_path(path: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let trailing = path.ends_with('/')
-        || segs
-            .last()
-            .is_some_and(|last| is_dot(last) || is_dotdot(last));
-    for seg in segs {
-        if is_dot(seg) {
-            continue;
-        }
-        if is_dotdot(seg) {
-            out.pop();
-            continue;
-        }
-        out.push(seg);
-    }
-    let mut s = String::with_capacity(path.len() + 1);
-    for seg in &out {
-        s.push('/');
-        s.push_str(seg);
-    }
-    if s.is_empty() || trailing {
-        s.push('/');
-    }
-    s
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -258,20 +215,11 @@ mod tests {
     }
 
     #[test]
-    fn canonical() {
-        for (raw, want) in [
-            ("/", "/"),
-            ("", "/"),
-            ("//a///b", "/a/b"),
-            ("/a/./b/../c", "/a/c"),
-            ("/a/%2e%2E/b", "/b"),
-            ("/../../x", "/x"),
-            ("/a/b/..", "/a/"),
-            ("/a/", "/a/"),
-            ("/a%2Fb/..", "/"),
-            ("/a/.", "/a/"),
-        ] {
-            assert_eq!(canonical_path(raw), want, "{raw}");
+    fn route_paths_take_the_edges_canonical_form() {
+        assert_eq!(parse_route("/a//b/./c/=1").unwrap().path, "/a/b/c");
+        assert_eq!(parse_route("/%61pi=1").unwrap().path, "/api");
+        for bad in ["/a%2Fb=1", "/../x=1", "/a;b=1"] {
+            assert!(parse_route(bad).is_err(), "{bad}");
         }
     }
 
