@@ -8,8 +8,13 @@
 
 #![forbid(unsafe_code)]
 
-mod api;
+mod admin;
+mod audit;
+mod auth;
 pub mod ca;
+pub mod clock;
+mod error;
+mod extract;
 pub mod hub;
 pub mod limit;
 mod machine;
@@ -24,20 +29,12 @@ use crate::hub::Hub;
 use crate::store::{Store, TokenRow};
 use gatehouse_policy::check_policy;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use api::openapi_json;
+pub use admin::openapi_json;
 pub use server::Running;
-
-/// Unix time in seconds.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// The policy a new network starts with: default deny, people reach their
 /// own devices and the HTTP(S) of service proxies; only admins own the
@@ -100,6 +97,8 @@ pub struct ControlConfig {
     pub tagged_names: Vec<String>,
     /// The listener's connection cap and timeouts.
     pub limits: gatehouse_limits::Limits,
+    /// Where control reads the time.
+    pub clock: Arc<dyn clock::Clock>,
 }
 
 impl ControlConfig {
@@ -122,6 +121,7 @@ impl ControlConfig {
             audit_prune_every: Duration::from_secs(60),
             tagged_names: vec!["k8s-*".into()],
             limits: DEFAULT_LIMITS,
+            clock: Arc::new(clock::SystemClock),
         }
     }
 
@@ -154,6 +154,19 @@ pub enum ControlError {
     /// The stored state does not fit the configuration, or is corrupt.
     #[error("{0}")]
     State(String),
+    /// The stored policy no longer validates.
+    #[error("stored policy is not valid")]
+    StoredPolicy(#[source] gatehouse_policy::PolicyRefused),
+    /// The stored nodes do not fit the stored policy.
+    #[error("stored nodes do not fit the stored policy")]
+    StoredNodes(#[source] gatehouse_policy::EngineError),
+}
+
+impl App {
+    /// Now, on control's clock (Unix seconds).
+    pub fn now(&self) -> i64 {
+        self.config.clock.now()
+    }
 }
 
 /// Shared state of a running control server.
@@ -208,98 +221,23 @@ fn random_ula() -> [u16; 3] {
 
 /// Opens (or creates) control's state and starts serving.
 pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), ControlError> {
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
-    // The database holds credential hashes, keys and the audit log: owner
-    // only, like the CA key beside it.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_err(format!("securing {}", config.state_dir.display())))?;
-    }
-    let store = Store::open_sqlite(&config.state_dir.join("control.db")).await?;
-    let domain = config.domain();
-    match store.meta("domain").await? {
-        Some(d) if d != domain => {
-            return Err(ControlError::State(format!(
-                "state in {} belongs to network domain {d:?}, not {domain:?}",
-                config.state_dir.display()
-            )));
-        }
-        Some(_) => {}
-        None => {
-            store.set_meta("domain", &domain).await?;
-            let ula = random_ula();
-            store
-                .set_meta(
-                    "ula",
-                    &format!("{:04x}:{:04x}:{:04x}", ula[0], ula[1], ula[2]),
-                )
-                .await?;
-        }
-    }
-    let ula_text = store
-        .meta("ula")
-        .await?
-        .ok_or_else(|| ControlError::State("missing ULA prefix".into()))?;
-    let ula: Vec<u16> = ula_text
-        .split(':')
-        .filter_map(|p| u16::from_str_radix(p, 16).ok())
-        .collect();
-    let ula: [u16; 3] = ula
-        .try_into()
-        .map_err(|_| ControlError::State(format!("corrupt ULA prefix {ula_text:?}")))?;
-
+    secure_state_dir(&config)?;
+    let store = Store::open_sqlite(
+        &config.state_dir.join("control.db"),
+        Arc::clone(&config.clock),
+    )
+    .await?;
+    let ula = network_prefix(&store, &config).await?;
     let dns_names: Vec<String> = config
         .advertise
         .iter()
         .filter(|a| a.parse::<IpAddr>().is_err())
         .cloned()
         .collect();
-    let ca = MeshCa::load_or_create(&config.state_dir, &domain, &dns_names)?;
-
-    // The admin token, created once.
+    let ca = MeshCa::load_or_create(&config.state_dir, &config.domain(), &dns_names)?;
     let token_file = config.state_dir.join("admin.token");
-    let mut new_admin_token = None;
-    if !store.has_admin_token().await? {
-        let m = secret::mint(secret::Kind::Admin);
-        store
-            .insert_token(&TokenRow {
-                id: m.id.clone(),
-                secret_hash: m.hash.clone(),
-                kind: "admin".into(),
-                client_id: None,
-                scopes: vec!["*".into()],
-                expires_at: None,
-                revoked_at: None,
-            })
-            .await?;
-        ca::write_private(&token_file, &format!("{}\n", m.text))
-            .map_err(io_err(format!("writing {}", token_file.display())))?;
-        new_admin_token = Some(m.text);
-    }
-
-    let policy_text = match store.policy().await? {
-        Some((_, t)) => t,
-        None => {
-            store.set_policy(STARTER_POLICY, "control").await?;
-            STARTER_POLICY.to_string()
-        }
-    };
-    let rows = store.nodes().await?;
-    let inventory: Vec<gatehouse_policy::Node> = Vec::new();
-    let policy = check_policy(&policy_text, &inventory)
-        .map_err(|e| ControlError::State(format!("stored policy is not valid: {e}")))?;
-    let hub = Hub::new(
-        domain.clone(),
-        config.relays.clone(),
-        ula,
-        policy,
-        rows,
-        now(),
-    )
-    .map_err(|e| ControlError::State(format!("stored nodes do not fit the stored policy: {e}")))?;
-
+    let new_admin_token = ensure_admin_token(&store, &token_file).await?;
+    let hub = load_hub(&store, &config, ula).await?;
     let app = Arc::new(App {
         metrics: metrics::Metrics::new(),
         limiter: limit::RefusalLimiter::new(config.refusals_per_minute),
@@ -327,4 +265,101 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
             admin_token_file: token_file,
         },
     ))
+}
+
+/// Creates the state directory, owner only: the database holds credential
+/// hashes, keys and the audit log, like the CA key beside it.
+fn secure_state_dir(config: &ControlConfig) -> Result<(), ControlError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(io_err(format!("creating {}", config.state_dir.display())))?;
+    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("securing {}", config.state_dir.display())))
+}
+
+/// The network's IPv6 ULA prefix, chosen at random on first start; refuses
+/// a state made for another network domain.
+async fn network_prefix(store: &Store, config: &ControlConfig) -> Result<[u16; 3], ControlError> {
+    let domain = config.domain();
+    match store.meta("domain").await? {
+        Some(d) if d != domain => {
+            return Err(ControlError::State(format!(
+                "state in {} belongs to network domain {d:?}, not {domain:?}",
+                config.state_dir.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            store.set_meta("domain", &domain).await?;
+            let ula = random_ula();
+            store
+                .set_meta(
+                    "ula",
+                    &format!("{:04x}:{:04x}:{:04x}", ula[0], ula[1], ula[2]),
+                )
+                .await?;
+        }
+    }
+    let text = store
+        .meta("ula")
+        .await?
+        .ok_or_else(|| ControlError::State("missing ULA prefix".into()))?;
+    let corrupt = || ControlError::State(format!("corrupt ULA prefix {text:?}"));
+    let mut parts = text.split(':').map(|p| u16::from_str_radix(p, 16));
+    let mut next = || parts.next().and_then(Result::ok).ok_or_else(corrupt);
+    let ula = [next()?, next()?, next()?];
+    if parts.next().is_some() {
+        return Err(corrupt());
+    }
+    Ok(ula)
+}
+
+/// Creates the admin token on first start (saved to `file`, 0600), and
+/// returns it then.
+async fn ensure_admin_token(store: &Store, file: &Path) -> Result<Option<String>, ControlError> {
+    if store.has_admin_token().await? {
+        return Ok(None);
+    }
+    let m = secret::mint(secret::Kind::Admin);
+    store
+        .insert_token(&TokenRow {
+            id: m.id.clone(),
+            secret_hash: m.hash.clone(),
+            kind: "admin".into(),
+            client_id: None,
+            scopes: vec!["*".into()],
+            expires_at: None,
+            revoked_at: None,
+        })
+        .await?;
+    ca::write_private(file, &format!("{}\n", m.text))
+        .map_err(io_err(format!("writing {}", file.display())))?;
+    Ok(Some(m.text))
+}
+
+/// The live mesh from the stored policy (the starter policy on first start)
+/// and nodes.
+async fn load_hub(
+    store: &Store,
+    config: &ControlConfig,
+    ula: [u16; 3],
+) -> Result<Hub, ControlError> {
+    let policy_text = match store.policy().await? {
+        Some((_, t)) => t,
+        None => {
+            store.set_policy(STARTER_POLICY, "control").await?;
+            STARTER_POLICY.to_string()
+        }
+    };
+    let rows = store.nodes().await?;
+    let policy = check_policy(&policy_text, &[]).map_err(ControlError::StoredPolicy)?;
+    Hub::new(
+        config.domain(),
+        config.relays.clone(),
+        ula,
+        policy,
+        rows,
+        config.clock.now(),
+    )
+    .map_err(ControlError::StoredNodes)
 }

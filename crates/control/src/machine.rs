@@ -2,15 +2,16 @@
 //! authenticated by the machine certificate, the map stream, endpoint
 //! updates and serving-certificate renewal.
 
-use crate::api::{
-    ApiErr, ApiResult, JsonBody, Minter, audit, check_tag_ownership, key_minter_tags,
-};
+use crate::App;
+use crate::audit::audit;
+use crate::auth::{Minter, check_tag_ownership, key_minter_tags};
+use crate::error::{ApiErr, ApiResult};
+use crate::extract::JsonBody;
 use crate::hub::StreamHandle;
 use crate::metrics::Metrics;
 use crate::secret::{self, Kind};
 use crate::server::{PeerAddr, PeerCert};
-use crate::store::NodeRow;
-use crate::{App, now};
+use crate::store::{KeyRow, NodeRow};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
@@ -99,7 +100,15 @@ pub(crate) async fn register(
         Ok(resp) => Ok(Json(resp)),
         Err(Refusal::Failed(e)) => Err(e),
         Err(Refusal::Refused { actor, err }) => {
-            audit(&app, &actor, "node.register", &req.hostname, false, &err.1).await;
+            audit(
+                &app,
+                &actor,
+                "node.register",
+                &req.hostname,
+                false,
+                &err.to_string(),
+            )
+            .await;
             Metrics::outcome(&app.metrics.registrations, false);
             Err(err)
         }
@@ -108,10 +117,23 @@ pub(crate) async fn register(
 
 /// Judges a well-formed registration and, if it passes, stores the node.
 async fn admit(app: &App, req: &RegisterRequest) -> Result<RegisterResponse, Refusal> {
-    let refused = |actor: &str, err: ApiErr| Refusal::Refused {
+    let (key, actor) = check_key(app, req).await?;
+    let _serial = app.register_lock.lock().await;
+    store_node(app, req, &key, &actor).await
+}
+
+fn refused(actor: &str, err: ApiErr) -> Refusal {
+    Refusal::Refused {
         actor: actor.to_string(),
         err,
-    };
+    }
+}
+
+/// The pre-auth key of a registration, if it may register this node: known,
+/// unrevoked, unexpired, unused if one-off, its tags still owned by its
+/// minter, and the name asked for allowed to its owner. Also the actor the
+/// audit log names (`key:<id>`).
+async fn check_key(app: &App, req: &RegisterRequest) -> Result<(KeyRow, String), Refusal> {
     let Some((key_id, key_secret)) = secret::parse(Kind::AuthKey, &req.auth_key) else {
         return Err(refused(
             "anonymous",
@@ -123,7 +145,7 @@ async fn admit(app: &App, req: &RegisterRequest) -> Result<RegisterResponse, Ref
     let Some(key) = key.filter(|k| secret::verify(key_secret, &k.secret_hash)) else {
         return Err(refused(&actor, ApiErr::unauthorized("invalid auth key")));
     };
-    let t = now();
+    let t = app.now();
     if key.revoked_at.is_some() {
         return Err(refused(&actor, ApiErr::unauthorized("auth key revoked")));
     }
@@ -157,8 +179,20 @@ async fn admit(app: &App, req: &RegisterRequest) -> Result<RegisterResponse, Ref
     {
         return Err(refused(&actor, err));
     }
+    Ok((key, actor))
+}
 
-    let _serial = app.register_lock.lock().await;
+/// Allocates the node's name and addresses, signs its certificates and
+/// stores it, spending one use of its key. The caller holds the
+/// registration lock.
+async fn store_node(
+    app: &App,
+    req: &RegisterRequest,
+    key: &KeyRow,
+    actor: &str,
+) -> Result<RegisterResponse, Refusal> {
+    let actor = actor.to_string();
+    let t = app.now();
     if app.hub.has_wireguard_key(&req.wireguard_key) {
         return Err(refused(
             &actor,
@@ -460,7 +494,7 @@ pub(crate) async fn map(
         .hub
         .open_stream(&node.id)
         .ok_or_else(|| ApiErr::unauthorized("unknown, deleted or expired node"))?;
-    app.store.touch_node(&node.id, now()).await?;
+    app.store.touch_node(&node.id, app.now()).await?;
     app.metrics.streams.inc();
     let s = Streaming {
         app: Arc::clone(&app),
@@ -526,7 +560,7 @@ pub(crate) async fn endpoints(
     eps.sort();
     eps.dedup();
     if eps != node.endpoints {
-        app.store.set_endpoints(&node.id, &eps, now()).await?;
+        app.store.set_endpoints(&node.id, &eps, app.now()).await?;
         app.hub.set_endpoints(&node.id, eps);
     }
     Ok(axum::http::StatusCode::NO_CONTENT)

@@ -113,7 +113,7 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
             ip => ip.to_string(),
         });
     let url = format!("https://{host}:{}", local.port());
-    let router = crate::api::router(Arc::clone(&app));
+    let router = crate::admin::router(Arc::clone(&app));
     let tx = app.stopping.clone();
     let stopper = app.stopping.clone();
     let mut rx = tx.subscribe();
@@ -185,7 +185,7 @@ async fn prune_audit(app: &App) {
     let before = app
         .config
         .audit_max_age
-        .map(|age| crate::now() - i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2));
+        .map(|age| app.now() - i64::try_from(age.as_secs()).unwrap_or(i64::MAX / 2));
     match app
         .store
         .prune_audit(before, app.config.audit_max_entries)
@@ -209,10 +209,10 @@ async fn expiry_loop(app: Arc<App>) {
             prune_audit(&app).await;
             last_prune = Some(tokio::time::Instant::now());
         }
-        let now = crate::now();
+        let now = app.now();
         for id in app.hub.due_for_expiry(now) {
             app.hub.expire_node(&id, now);
-            crate::api::audit(
+            crate::audit::audit(
                 &app,
                 "control",
                 "node.expire",

@@ -3,9 +3,11 @@
 //! integers for times and flags, `TEXT` for JSON), and a schema migrated in
 //! order at start.
 
+use crate::clock::Clock;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -240,11 +242,13 @@ pub struct Store {
     pool: AnyPool,
     /// Next audit id (one writer: this process).
     audit_seq: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Where creation times are read.
+    clock: Arc<dyn Clock>,
 }
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
-    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+    pub async fn open_sqlite(path: &Path, clock: Arc<dyn Clock>) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=rwc", path.display());
         let pool = AnyPoolOptions::new()
@@ -271,6 +275,7 @@ impl Store {
         let store = Store {
             pool,
             audit_seq: Default::default(),
+            clock,
         };
         store.migrate().await?;
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM audit")
@@ -303,7 +308,7 @@ impl Store {
             }
             sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
                 .bind(*version)
-                .bind(crate::now())
+                .bind(self.clock.now())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -358,7 +363,7 @@ impl Store {
     pub async fn create_user(&self, login: &str) -> Result<bool> {
         let n = sqlx::query("INSERT INTO users (login, created_at) SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM users WHERE login = $1)")
             .bind(login)
-            .bind(crate::now())
+            .bind(self.clock.now())
             .execute(&self.pool)
             .await?
             .rows_affected();
@@ -670,7 +675,7 @@ impl Store {
         .bind(&t.kind)
         .bind(t.client_id.clone())
         .bind(to_json(&t.scopes))
-        .bind(crate::now())
+        .bind(self.clock.now())
         .bind(t.expires_at)
         .bind(t.revoked_at)
         .execute(&self.pool)
@@ -754,7 +759,7 @@ impl Store {
         )
         .bind(version)
         .bind(text)
-        .bind(crate::now())
+        .bind(self.clock.now())
         .bind(by)
         .execute(&self.pool)
         .await?;

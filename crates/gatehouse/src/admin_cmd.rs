@@ -198,7 +198,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 }
 
 fn when(t: i64) -> String {
-    let d = gatehouse_control::now() - t;
+    let d = gatehouse_control::clock::unix_now() - t;
     match d {
         d if d < 0 => format!("in {}", human(-d)),
         d => format!("{} ago", human(d)),
@@ -301,7 +301,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 };
                 let state = if k.revoked_at.is_some() {
                     "revoked"
-                } else if k.expires_at <= gatehouse_control::now() {
+                } else if k.expires_at <= gatehouse_control::clock::unix_now() {
                     "expired"
                 } else if !k.reusable && k.uses > 0 {
                     "used"

@@ -81,7 +81,7 @@ async fn registration_refusals_write_nothing() {
         })
         .await
         .unwrap();
-    while gatehouse_control::now() < k.expires_at {
+    while gatehouse_control::clock::unix_now() < k.expires_at {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let e = c.node(k.key.as_deref().unwrap(), "late").await.unwrap_err();

@@ -507,3 +507,55 @@ async fn control_closes_slow_and_excess_connections() {
         );
     }
 }
+
+/// Control reads time from the clock it is given: moving a test clock
+/// expires keys and nodes without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_follows_the_clock_it_is_given() {
+    let clock = std::sync::Arc::new(gatehouse_control::clock::ManualClock::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.clock = clock.clone();
+    cfg.node_key_lifetime = Duration::from_secs(3600);
+    let control = TestControl::start_with(cfg, Some(tmp)).await;
+    control
+        .admin
+        .set_policy(r#"{"tagOwners": {"tag:web": []}, "acls": []}"#)
+        .await
+        .unwrap();
+    let key = control
+        .admin
+        .create_key(&CreateKey {
+            tags: vec!["tag:web".into()],
+            reusable: true,
+            expiry_seconds: Some(600),
+            ..CreateKey::default()
+        })
+        .await
+        .unwrap()
+        .key
+        .unwrap();
+    let mut node = control.node(&key, "web").await.unwrap();
+    assert_eq!(
+        node.identity.key_expiry,
+        gatehouse_control::clock::Clock::now(&*clock) + 3600,
+        "the node key's expiry is on control's clock"
+    );
+    // Past the pre-auth key's expiry: refused.
+    clock.advance(601);
+    let e = control.node(&key, "web2").await.unwrap_err();
+    assert_eq!(reg_status(&e), 401, "{e}");
+    assert!(e.to_string().contains("expired"), "{e}");
+    // Past the node key's expiry: the node leaves the mesh.
+    clock.advance(3600);
+    node.wait_until("the stream closed", |s| s.is_none()).await;
+    assert!(
+        control
+            .admin
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| !n.online)
+    );
+}
