@@ -174,7 +174,9 @@ async fn check_key(app: &App, req: &RegisterRequest) -> Result<(KeyRow, String),
             ApiErr::bad("the key has neither a user nor tags"),
         ));
     }
+    // (A user's key asking for a shared name is refused for that, later.)
     if key.tags.is_empty()
+        && !req.shared_name
         && let Some(err) = reserved_for_tags(app, &req.hostname).await?
     {
         return Err(refused(&actor, err));
