@@ -241,28 +241,10 @@ impl Public {
         // An upgraded connection leaves hyper but stays under the cap.
         let slot = req.extensions().get::<gatehouse_limits::Slot>().cloned();
         let (parts, body) = req.into_parts();
-        let mut headers = parts.headers;
-        // The Host value as hyper parsed it is shared, not copied.
-        let client_host = match parts.uri.authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => headers.get(http::header::HOST).cloned(),
-        }
-        .or_else(|| HeaderValue::from_str(host).ok());
-        strip_hop_by_hop(&mut headers, upgrade);
-        // The authority travels in the tunnel head; the connector sets Host.
-        headers.remove(http::header::HOST);
-        forwarded_headers(&mut headers, peer, scheme, client_host, id);
-        let head = Frame::RequestHead(RequestHead {
-            request_id: id.to_owned(),
-            method: parts.method.clone(),
-            scheme: scheme.to_owned(),
-            authority: host.to_owned(),
-            path,
-            client_addr: peer.to_string(),
-            headers,
-        });
+        let retryable_method = is_idempotent(&parts.method);
+        let head = tunnel_head(parts, upgrade, peer, scheme, host, path, id);
         let no_body = upgrade || body.is_end_stream();
-        let retryable = no_body && is_idempotent(&parts.method);
+        let retryable = no_body && retryable_method;
         let mut body = Some(body);
         let attempts = if retryable { 3 } else { 1 };
         let mut last_err = String::new();
@@ -367,6 +349,39 @@ fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// The head of a request as it goes through the tunnel: hop-by-hop fields
+/// stripped, the authority in the head (the connector sets `Host`), the
+/// forwarding headers set.
+fn tunnel_head(
+    parts: http::request::Parts,
+    upgrade: bool,
+    peer: SocketAddr,
+    scheme: &'static str,
+    host: &str,
+    path: String,
+    id: &str,
+) -> Frame {
+    let mut headers = parts.headers;
+    // The Host value as hyper parsed it is shared, not copied.
+    let client_host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => headers.get(http::header::HOST).cloned(),
+    }
+    .or_else(|| HeaderValue::from_str(host).ok());
+    strip_hop_by_hop(&mut headers, upgrade);
+    headers.remove(http::header::HOST);
+    forwarded_headers(&mut headers, peer, scheme, client_host, id);
+    Frame::RequestHead(RequestHead {
+        request_id: id.to_owned(),
+        method: parts.method,
+        scheme: scheme.to_owned(),
+        authority: host.to_owned(),
+        path,
+        client_addr: peer.to_string(),
+        headers,
+    })
 }
 
 /// Sets the forwarding headers. Every header the client sent whose name is

@@ -2,7 +2,7 @@
 
 use crate::acme::Http01;
 use crate::certs::{ACME_TLS_ALPN, CertStore};
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, Route};
 use crate::proxy::{Public, http_answer};
 use crate::tokens::TokenStore;
 use crate::tunnels::{Registry, TunnelSide};
@@ -10,6 +10,7 @@ use gatehouse_limits::{Gate, ListenerMetrics};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use prometheus_client::registry::Registry as Metrics;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -209,62 +210,15 @@ pub async fn start(
         heartbeat,
     });
     let statics = Arc::new(RwLock::new(cfg.routes()?));
-    let route_api = match &cfg.route_api {
-        None => None,
-        Some(rc) => {
-            let api = crate::routes_api::RouteApi::load(
-                rc.clone(),
-                cfg.hostnames.iter().map(|h| h.hostname.clone()).collect(),
-            )
-            .map_err(|source| EdgeError::Listen {
-                addr: rc.listen,
-                source,
-            })?;
-            Some(Arc::new(api))
-        }
-    };
+    let route_api = load_route_api(&cfg, &store)?;
     if let Some(api) = &route_api {
-        for h in api.hostnames() {
-            crate::routes_api::install_cert(api, &store, &h)?;
-        }
         publish_routes(&public, &statics, Some(api));
     }
 
-    // Tunnel endpoint: QUIC on UDP, TLS + HTTP/2 on TCP, same port.
-    let chain = gatehouse_ops::tls::load_certs(&cfg.tunnel_tls.cert)?;
-    let key = gatehouse_ops::tls::load_key(&cfg.tunnel_tls.key)?;
-    let server_tls = |alpn: &[u8]| -> Result<rustls::ServerConfig, EdgeError> {
-        let mut c = rustls::ServerConfig::builder_with_provider(gatehouse_ops::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain.clone(), key.clone_key())?;
-        c.alpn_protocols = vec![alpn.to_vec()];
-        Ok(c)
-    };
-    let qsc =
-        quinn::crypto::rustls::QuicServerConfig::try_from(server_tls(gatehouse_proto::ALPN_QUIC)?)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let mut quic = quinn::ServerConfig::with_crypto(Arc::new(qsc));
-    quic.transport_config(gatehouse_tunnel_io::transport::quic_transport(heartbeat, 1));
-    // Stateless resets a restarted edge sends are recognised by connectors
-    // of the crashed one: the keys are derived from the tunnel TLS key.
-    let endpoint_config = crate::quic_reset::endpoint_config(&key)?;
-    let (endpoint, tunnel_tcp) = bind_tunnel(cfg.listen.tunnel, &quic, &endpoint_config)?;
-    let tunnel_tcp = TcpListener::from_std(tunnel_tcp).map_err(|source| EdgeError::Listen {
-        addr: cfg.listen.tunnel,
-        source,
-    })?;
-    let tunnel_addr = local(&tunnel_tcp, cfg.listen.tunnel)?;
-    let tunnel_acceptor =
-        tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(gatehouse_proto::ALPN_TCP)?));
-
+    let tunnel_tls = TunnelTls::load(&cfg)?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(crate::tunnels::accept_quic(side.clone(), endpoint.clone()));
-    tasks.spawn(crate::tunnels::accept_tcp(
-        side.clone(),
-        tunnel_tcp,
-        tunnel_acceptor,
-    ));
+    let (endpoint, tunnel_addr) =
+        start_tunnel_endpoint(&cfg, &tunnel_tls, heartbeat, &side, &mut tasks)?;
 
     let https = bind(cfg.listen.https).await?;
     let https_addr = local(&https, cfg.listen.https)?;
@@ -287,38 +241,7 @@ pub async fn start(
         listeners.spawn(serve_http(l, gate("http"), public.clone(), http01.clone()));
     }
     if let Some(addr) = cfg.listen.admin {
-        let mut metrics = Metrics::with_prefix("gatehouse_edge");
-        metrics.register(
-            "responses",
-            "Public responses by status code",
-            public.metrics.responses.clone(),
-        );
-        metrics.register(
-            "forwarded_requests",
-            "Public requests forwarded over a tunnel",
-            public.metrics.forwarded.clone(),
-        );
-        metrics.register(
-            "tunnel_connections",
-            "Live connector connections",
-            registry.metrics.connections.clone(),
-        );
-        metrics.register(
-            "tunnel_auth_failures",
-            "Connector connections refused for a bad token",
-            registry.metrics.auth_failures.clone(),
-        );
-        listener_metrics.register(&mut metrics);
-        metrics.register(
-            "tunnel_probe_failures",
-            "Connector connections closed for not answering a liveness probe",
-            registry.metrics.probe_failures.clone(),
-        );
-        metrics.register(
-            "tunnel_retries",
-            "Requests sent again on another connector after a tunnel stream failed",
-            registry.metrics.retries.clone(),
-        );
+        let metrics = ops_metrics(&public, &registry, &listener_metrics);
         let reg = registry.clone();
         let ready: gatehouse_ops::server::Readiness = Arc::new(move || {
             if reg.live() > 0 {
@@ -337,35 +260,10 @@ pub async fn start(
         ));
     }
     if let Some(api) = route_api.clone() {
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls(b"http/1.1")?));
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(tunnel_tls.server_config(b"http/1.1")?));
         let listener = bind(api.listen()).await?;
-        let (public2, statics2, store2, http012) = (
-            public.clone(),
-            statics.clone(),
-            store.clone(),
-            http01.clone(),
-        );
-        let acme = cfg.acme.clone();
-        let api2 = api.clone();
-        let changed = Arc::new(move |reg: Option<&crate::routes_api::Registered>| {
-            if let Some(r) = reg {
-                if api2.tls().is_some() {
-                    if let Err(e) = crate::routes_api::install_cert(&api2, &store2, &r.hostname) {
-                        error!(error = %e, host = %r.hostname, "certificate for a registered route");
-                    }
-                } else if let Some(a) = acme.clone() {
-                    if !store2.has(&r.hostname) {
-                        tokio::spawn(crate::acme::maintain(
-                            a,
-                            vec![r.hostname.clone()],
-                            store2.clone(),
-                            http012.clone(),
-                        ));
-                    }
-                }
-            }
-            publish_routes(&public2, &statics2, Some(&api2));
-        });
+        let changed = route_changes(&api, &cfg, &public, &statics, &store, &http01);
         tasks.spawn(crate::routes_api::serve(
             listener,
             gate("route_api").http1_only(),
@@ -379,23 +277,14 @@ pub async fn start(
         info!(listen = %api.listen(), "route API ready");
     }
     if let Some(acme) = cfg.acme.clone() {
-        let mut hosts: Vec<String> = cfg
-            .hostnames
-            .iter()
-            .filter(|h| h.tls.is_none())
-            .map(|h| h.hostname.clone())
-            .collect();
-        if let Some(api) = route_api.as_ref().filter(|a| a.tls().is_none()) {
-            hosts.extend(api.hostnames());
-        }
-        if !hosts.is_empty() {
-            tasks.spawn(crate::acme::maintain(
-                acme,
-                hosts,
-                store.clone(),
-                http01.clone(),
-            ));
-        }
+        spawn_acme(
+            acme,
+            &cfg,
+            route_api.as_deref(),
+            &store,
+            &http01,
+            &mut tasks,
+        );
     }
     tasks.spawn(watch(
         cfg.tokens.clone(),
@@ -418,6 +307,191 @@ pub async fn start(
         listeners,
         stop_tx,
     })
+}
+
+/// The route API's registrations, with their certificates installed.
+fn load_route_api(
+    cfg: &EdgeConfig,
+    store: &Arc<CertStore>,
+) -> Result<Option<Arc<crate::routes_api::RouteApi>>, EdgeError> {
+    let Some(rc) = &cfg.route_api else {
+        return Ok(None);
+    };
+    let api = crate::routes_api::RouteApi::load(
+        rc.clone(),
+        cfg.hostnames.iter().map(|h| h.hostname.clone()).collect(),
+    )
+    .map_err(|source| EdgeError::Listen {
+        addr: rc.listen,
+        source,
+    })?;
+    for h in api.hostnames() {
+        crate::routes_api::install_cert(&api, store, &h)?;
+    }
+    Ok(Some(Arc::new(api)))
+}
+
+/// The tunnel endpoint's certificate and key (also the route API's).
+struct TunnelTls {
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl TunnelTls {
+    fn load(cfg: &EdgeConfig) -> Result<Self, EdgeError> {
+        Ok(TunnelTls {
+            chain: gatehouse_ops::tls::load_certs(&cfg.tunnel_tls.cert)?,
+            key: gatehouse_ops::tls::load_key(&cfg.tunnel_tls.key)?,
+        })
+    }
+
+    fn server_config(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, EdgeError> {
+        let mut c = rustls::ServerConfig::builder_with_provider(gatehouse_ops::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Ok(c)
+    }
+}
+
+/// The tunnel endpoint: QUIC on UDP, TLS + HTTP/2 on TCP, same port; its
+/// accept loops go into `tasks`.
+fn start_tunnel_endpoint(
+    cfg: &EdgeConfig,
+    tls: &TunnelTls,
+    heartbeat: Duration,
+    side: &Arc<TunnelSide>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<(quinn::Endpoint, SocketAddr), EdgeError> {
+    let qsc = quinn::crypto::rustls::QuicServerConfig::try_from(
+        tls.server_config(gatehouse_proto::ALPN_QUIC)?,
+    )
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut quic = quinn::ServerConfig::with_crypto(Arc::new(qsc));
+    quic.transport_config(gatehouse_tunnel_io::transport::quic_transport(heartbeat, 1));
+    // Stateless resets a restarted edge sends are recognised by connectors
+    // of the crashed one: the keys are derived from the tunnel TLS key.
+    let endpoint_config = crate::quic_reset::endpoint_config(&tls.key)?;
+    let (endpoint, tunnel_tcp) = bind_tunnel(cfg.listen.tunnel, &quic, &endpoint_config)?;
+    let tunnel_tcp = TcpListener::from_std(tunnel_tcp).map_err(|source| EdgeError::Listen {
+        addr: cfg.listen.tunnel,
+        source,
+    })?;
+    let tunnel_addr = local(&tunnel_tcp, cfg.listen.tunnel)?;
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls.server_config(gatehouse_proto::ALPN_TCP)?));
+    tasks.spawn(crate::tunnels::accept_quic(side.clone(), endpoint.clone()));
+    tasks.spawn(crate::tunnels::accept_tcp(
+        side.clone(),
+        tunnel_tcp,
+        acceptor,
+    ));
+    Ok((endpoint, tunnel_addr))
+}
+
+/// The edge's metrics, served on its operations listener.
+fn ops_metrics(public: &Public, registry: &Registry, listeners: &ListenerMetrics) -> Metrics {
+    let mut metrics = Metrics::with_prefix("gatehouse_edge");
+    metrics.register(
+        "responses",
+        "Public responses by status code",
+        public.metrics.responses.clone(),
+    );
+    metrics.register(
+        "forwarded_requests",
+        "Public requests forwarded over a tunnel",
+        public.metrics.forwarded.clone(),
+    );
+    metrics.register(
+        "tunnel_connections",
+        "Live connector connections",
+        registry.metrics.connections.clone(),
+    );
+    metrics.register(
+        "tunnel_auth_failures",
+        "Connector connections refused for a bad token",
+        registry.metrics.auth_failures.clone(),
+    );
+    listeners.register(&mut metrics);
+    metrics.register(
+        "tunnel_probe_failures",
+        "Connector connections closed for not answering a liveness probe",
+        registry.metrics.probe_failures.clone(),
+    );
+    metrics.register(
+        "tunnel_retries",
+        "Requests sent again on another connector after a tunnel stream failed",
+        registry.metrics.retries.clone(),
+    );
+    metrics
+}
+
+/// What a registration through the route API sets off: its certificate
+/// (from the route API's files, or ACME), and the routes republished.
+fn route_changes(
+    api: &Arc<crate::routes_api::RouteApi>,
+    cfg: &EdgeConfig,
+    public: &Arc<Public>,
+    statics: &Arc<RwLock<BTreeMap<String, Route>>>,
+    store: &Arc<CertStore>,
+    http01: &Arc<Http01>,
+) -> crate::routes_api::OnChange {
+    let (public, statics, store, http01) = (
+        public.clone(),
+        statics.clone(),
+        store.clone(),
+        http01.clone(),
+    );
+    let acme = cfg.acme.clone();
+    let api = api.clone();
+    Arc::new(move |reg: Option<&crate::routes_api::Registered>| {
+        if let Some(r) = reg {
+            if api.tls().is_some() {
+                if let Err(e) = crate::routes_api::install_cert(&api, &store, &r.hostname) {
+                    error!(error = %e, host = %r.hostname, "certificate for a registered route");
+                }
+            } else if let Some(a) = acme.clone()
+                && !store.has(&r.hostname)
+            {
+                tokio::spawn(crate::acme::maintain(
+                    a,
+                    vec![r.hostname.clone()],
+                    store.clone(),
+                    http01.clone(),
+                ));
+            }
+        }
+        publish_routes(&public, &statics, Some(&api));
+    })
+}
+
+/// Keeps ACME certificates for the hostnames without certificate files.
+fn spawn_acme(
+    acme: crate::config::AcmeConfig,
+    cfg: &EdgeConfig,
+    route_api: Option<&crate::routes_api::RouteApi>,
+    store: &Arc<CertStore>,
+    http01: &Arc<Http01>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    let mut hosts: Vec<String> = cfg
+        .hostnames
+        .iter()
+        .filter(|h| h.tls.is_none())
+        .map(|h| h.hostname.clone())
+        .collect();
+    if let Some(api) = route_api.filter(|a| a.tls().is_none()) {
+        hosts.extend(api.hostnames());
+    }
+    if !hosts.is_empty() {
+        tasks.spawn(crate::acme::maintain(
+            acme,
+            hosts,
+            store.clone(),
+            http01.clone(),
+        ));
+    }
 }
 
 /// The routes of the config file.
