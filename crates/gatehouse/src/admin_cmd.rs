@@ -233,170 +233,11 @@ pub async fn run(a: AdminArgs) -> Result<()> {
     }
     let api = AdminClient::new(join, &ca, &token(&a)?)?;
     match a.command {
-        AdminCommand::Users(UsersCmd::List) => {
-            let users = api.users().await?;
-            if a.json {
-                return print_json(&users);
-            }
-            for u in users {
-                println!("{:<40} created {}", u.login, when(u.created_at));
-            }
-        }
-        AdminCommand::Users(UsersCmd::Add { login }) => {
-            api.create_user(&login).await?;
-            println!("user {login} created");
-        }
-        AdminCommand::Users(UsersCmd::Delete { login }) => {
-            api.delete_user(&login).await?;
-            println!("user {login} deleted");
-        }
-        AdminCommand::Nodes(NodesCmd::List) => {
-            let nodes = api.nodes().await?;
-            if a.json {
-                return print_json(&nodes);
-            }
-            println!(
-                "{:<24} {:<16} {:<28} {:<8} OWNER",
-                "NAME", "ID", "ADDRESSES", "ONLINE"
-            );
-            for n in nodes {
-                let addrs: Vec<String> = n.node.addresses.iter().map(ToString::to_string).collect();
-                let owner = if n.node.tags.is_empty() {
-                    n.node.user.clone().unwrap_or_default()
-                } else {
-                    n.node.tags.join(",")
-                };
-                println!(
-                    "{:<24} {:<16} {:<28} {:<8} {}",
-                    n.node.name,
-                    n.node.id,
-                    addrs.first().cloned().unwrap_or_default(),
-                    if n.online { "yes" } else { "no" },
-                    owner
-                );
-            }
-        }
-        AdminCommand::Nodes(NodesCmd::Delete { node }) => {
-            api.delete_node(&node).await?;
-            println!("node {node} deleted");
-        }
-        AdminCommand::Nodes(NodesCmd::Expire { node }) => {
-            api.expire_node(&node).await?;
-            println!("node {node} expired");
-        }
-        AdminCommand::Keys(KeysCmd::List) => {
-            let keys = api.keys().await?;
-            if a.json {
-                return print_json(&keys);
-            }
-            println!(
-                "{:<14} {:<24} {:<20} {:<6} {:<10} EXPIRES",
-                "ID", "OWNER", "BY", "USES", "STATE"
-            );
-            for k in keys {
-                let owner = if k.tags.is_empty() {
-                    k.user.clone().unwrap_or_default()
-                } else {
-                    k.tags.join(",")
-                };
-                let state = if k.revoked_at.is_some() {
-                    "revoked"
-                } else if k.expires_at <= gatehouse_control::clock::unix_now() {
-                    "expired"
-                } else if !k.reusable && k.uses > 0 {
-                    "used"
-                } else {
-                    "active"
-                };
-                println!(
-                    "{:<14} {:<24} {:<20} {:<6} {:<10} {}",
-                    k.id,
-                    owner,
-                    k.created_by,
-                    k.uses,
-                    state,
-                    when(k.expires_at)
-                );
-            }
-        }
-        AdminCommand::Keys(KeysCmd::Create {
-            user,
-            tags,
-            reusable,
-            ephemeral,
-            expiry,
-        }) => {
-            let k = api
-                .create_key(&CreateKey {
-                    user,
-                    tags,
-                    reusable,
-                    ephemeral,
-                    expiry_seconds: expiry,
-                })
-                .await?;
-            if a.json {
-                return print_json(&k);
-            }
-            println!("{}", k.key.unwrap_or_default());
-        }
-        AdminCommand::Keys(KeysCmd::Revoke { id }) => {
-            api.revoke_key(&id).await?;
-            println!("key {id} revoked");
-        }
-        AdminCommand::Oauth(OauthCmd::List) => {
-            let cs = api.oauth_clients().await?;
-            if a.json {
-                return print_json(&cs);
-            }
-            for c in cs {
-                let state = if c.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
-                println!(
-                    "{:<14} {:<8} scopes={} tags={} {}",
-                    c.id,
-                    state,
-                    c.scopes.join(","),
-                    c.tags.join(","),
-                    c.description
-                );
-            }
-        }
-        AdminCommand::Oauth(OauthCmd::Create {
-            scopes,
-            tags,
-            description,
-        }) => {
-            let c = api
-                .create_oauth(&CreateOAuthClient {
-                    scopes,
-                    tags,
-                    description,
-                })
-                .await?;
-            if a.json {
-                return print_json(&c);
-            }
-            println!("client id      {}", c.id);
-            println!(
-                "client secret  {}  (shown once)",
-                c.secret.unwrap_or_default()
-            );
-        }
-        AdminCommand::Oauth(OauthCmd::Revoke { id }) => {
-            api.revoke_oauth(&id).await?;
-            println!("OAuth client {id} revoked");
-        }
-        AdminCommand::Policy(PolicyCmd::Get) => print!("{}", api.policy().await?),
-        AdminCommand::Policy(PolicyCmd::Set { file }) => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let v = api.set_policy(&text).await?;
-            println!("policy version {v} in effect");
-        }
+        AdminCommand::Users(c) => users(&api, c, a.json).await?,
+        AdminCommand::Nodes(c) => nodes(&api, c, a.json).await?,
+        AdminCommand::Keys(c) => keys(&api, c, a.json).await?,
+        AdminCommand::Oauth(c) => oauth(&api, c, a.json).await?,
+        AdminCommand::Policy(c) => policy(&api, c).await?,
         AdminCommand::Audit { limit } => {
             let entries = api.audit(limit).await?;
             if a.json {
@@ -434,7 +275,209 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 None => println!("{}", t.token),
             }
         }
-        AdminCommand::Oauth(OauthCmd::Token { .. }) | AdminCommand::Ca(CaCmd::Export) => {}
+        // Answered above, before a token is needed.
+        AdminCommand::Ca(CaCmd::Export) => {}
+    }
+    Ok(())
+}
+
+/// `gatehouse admin users …`
+async fn users(api: &AdminClient, cmd: UsersCmd, json: bool) -> Result<()> {
+    match cmd {
+        UsersCmd::List => {
+            let users = api.users().await?;
+            if json {
+                return print_json(&users);
+            }
+            for u in users {
+                println!("{:<40} created {}", u.login, when(u.created_at));
+            }
+        }
+        UsersCmd::Add { login } => {
+            api.create_user(&login).await?;
+            println!("user {login} created");
+        }
+        UsersCmd::Delete { login } => {
+            api.delete_user(&login).await?;
+            println!("user {login} deleted");
+        }
+    }
+    Ok(())
+}
+
+/// `gatehouse admin nodes …`
+async fn nodes(api: &AdminClient, cmd: NodesCmd, json: bool) -> Result<()> {
+    match cmd {
+        NodesCmd::List => {
+            let nodes = api.nodes().await?;
+            if json {
+                return print_json(&nodes);
+            }
+            println!(
+                "{:<24} {:<16} {:<28} {:<8} OWNER",
+                "NAME", "ID", "ADDRESSES", "ONLINE"
+            );
+            for n in nodes {
+                let addrs: Vec<String> = n.node.addresses.iter().map(ToString::to_string).collect();
+                let owner = if n.node.tags.is_empty() {
+                    n.node.user.clone().unwrap_or_default()
+                } else {
+                    n.node.tags.join(",")
+                };
+                println!(
+                    "{:<24} {:<16} {:<28} {:<8} {}",
+                    n.node.name,
+                    n.node.id,
+                    addrs.first().cloned().unwrap_or_default(),
+                    if n.online { "yes" } else { "no" },
+                    owner
+                );
+            }
+        }
+        NodesCmd::Delete { node } => {
+            api.delete_node(&node).await?;
+            println!("node {node} deleted");
+        }
+        NodesCmd::Expire { node } => {
+            api.expire_node(&node).await?;
+            println!("node {node} expired");
+        }
+    }
+    Ok(())
+}
+
+/// `gatehouse admin keys …`
+async fn keys(api: &AdminClient, cmd: KeysCmd, json: bool) -> Result<()> {
+    match cmd {
+        KeysCmd::List => {
+            let keys = api.keys().await?;
+            if json {
+                return print_json(&keys);
+            }
+            println!(
+                "{:<14} {:<24} {:<20} {:<6} {:<10} EXPIRES",
+                "ID", "OWNER", "BY", "USES", "STATE"
+            );
+            for k in keys {
+                let owner = if k.tags.is_empty() {
+                    k.user.clone().unwrap_or_default()
+                } else {
+                    k.tags.join(",")
+                };
+                let state = if k.revoked_at.is_some() {
+                    "revoked"
+                } else if k.expires_at <= gatehouse_control::clock::unix_now() {
+                    "expired"
+                } else if !k.reusable && k.uses > 0 {
+                    "used"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<14} {:<24} {:<20} {:<6} {:<10} {}",
+                    k.id,
+                    owner,
+                    k.created_by,
+                    k.uses,
+                    state,
+                    when(k.expires_at)
+                );
+            }
+        }
+        KeysCmd::Create {
+            user,
+            tags,
+            reusable,
+            ephemeral,
+            expiry,
+        } => {
+            let k = api
+                .create_key(&CreateKey {
+                    user,
+                    tags,
+                    reusable,
+                    ephemeral,
+                    expiry_seconds: expiry,
+                })
+                .await?;
+            if json {
+                return print_json(&k);
+            }
+            println!("{}", k.key.unwrap_or_default());
+        }
+        KeysCmd::Revoke { id } => {
+            api.revoke_key(&id).await?;
+            println!("key {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+/// `gatehouse admin oauth …`
+async fn oauth(api: &AdminClient, cmd: OauthCmd, json: bool) -> Result<()> {
+    match cmd {
+        // Answered before a token is needed (`run`).
+        OauthCmd::Token { .. } => {}
+        OauthCmd::List => {
+            let cs = api.oauth_clients().await?;
+            if json {
+                return print_json(&cs);
+            }
+            for c in cs {
+                let state = if c.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<14} {:<8} scopes={} tags={} {}",
+                    c.id,
+                    state,
+                    c.scopes.join(","),
+                    c.tags.join(","),
+                    c.description
+                );
+            }
+        }
+        OauthCmd::Create {
+            scopes,
+            tags,
+            description,
+        } => {
+            let c = api
+                .create_oauth(&CreateOAuthClient {
+                    scopes,
+                    tags,
+                    description,
+                })
+                .await?;
+            if json {
+                return print_json(&c);
+            }
+            println!("client id      {}", c.id);
+            println!(
+                "client secret  {}  (shown once)",
+                c.secret.unwrap_or_default()
+            );
+        }
+        OauthCmd::Revoke { id } => {
+            api.revoke_oauth(&id).await?;
+            println!("OAuth client {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+/// `gatehouse admin policy …`
+async fn policy(api: &AdminClient, cmd: PolicyCmd) -> Result<()> {
+    match cmd {
+        PolicyCmd::Get => print!("{}", api.policy().await?),
+        PolicyCmd::Set { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let v = api.set_policy(&text).await?;
+            println!("policy version {v} in effect");
+        }
     }
     Ok(())
 }
