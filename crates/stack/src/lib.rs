@@ -435,54 +435,68 @@ impl StackConfig {
                 }
             }
             if let Some(p) = &s.public {
-                if !gatehouse_names::is_qualified_name(&p.hostname) {
-                    return Err(invalid(
-                        at("public.hostname"),
-                        format!("{:?} is not a fully qualified DNS name", p.hostname),
-                    ));
-                }
                 if !publics.insert(p.hostname.clone()) {
                     return Err(invalid(
                         at("public.hostname"),
                         format!("{:?} used twice", p.hostname),
                     ));
                 }
-                if p.paths.is_empty() {
-                    return Err(invalid(at("public.paths"), "at least one path"));
-                }
-                for (k, path) in p.paths.iter().enumerate() {
-                    check_prefix(path)
-                        .map_err(|m| invalid(at(&format!("public.paths[{k}]")), m))?;
-                }
-                for (k, path) in p.deny_paths.iter().enumerate() {
-                    check_prefix(path)
-                        .map_err(|m| invalid(at(&format!("public.denyPaths[{k}]")), m))?;
-                    if path == "/" {
-                        return Err(invalid(
-                            at(&format!("public.denyPaths[{k}]")),
-                            "denying / leaves nothing public",
-                        ));
-                    }
-                }
-                PathRules::new(&edge_rules(p), Action::Deny)
-                    .map_err(|e| invalid(at("public"), e.to_string()))?;
+                p.validate(&at)?;
             }
             if let Some(k) = &s.kubernetes {
-                for (f, v) in [
-                    ("workload", Some(&k.workload)),
-                    ("proxy", k.proxy.as_ref()),
-                    ("connector", k.connector.as_ref()),
-                ] {
-                    if let Some(v) = v
-                        && v.split_once('/')
-                            .is_none_or(|(a, b)| a.is_empty() || b.is_empty())
-                    {
-                        return Err(invalid(
-                            at(&format!("kubernetes.{f}")),
-                            format!("{v:?}: expected namespace/name"),
-                        ));
-                    }
-                }
+                k.validate(&at)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Public {
+    /// Checks the public side of a service; `at` names a field of it.
+    fn validate(&self, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        if !gatehouse_names::is_qualified_name(&self.hostname) {
+            return Err(invalid(
+                at("public.hostname"),
+                format!("{:?} is not a fully qualified DNS name", self.hostname),
+            ));
+        }
+        if self.paths.is_empty() {
+            return Err(invalid(at("public.paths"), "at least one path"));
+        }
+        for (k, path) in self.paths.iter().enumerate() {
+            check_prefix(path).map_err(|m| invalid(at(&format!("public.paths[{k}]")), m))?;
+        }
+        for (k, path) in self.deny_paths.iter().enumerate() {
+            check_prefix(path).map_err(|m| invalid(at(&format!("public.denyPaths[{k}]")), m))?;
+            if path == "/" {
+                return Err(invalid(
+                    at(&format!("public.denyPaths[{k}]")),
+                    "denying / leaves nothing public",
+                ));
+            }
+        }
+        PathRules::new(&edge_rules(self), Action::Deny)
+            .map_err(|e| invalid(at("public"), e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl Placement {
+    /// Checks the workloads are `namespace/name`; `at` names a field.
+    fn validate(&self, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+        for (f, v) in [
+            ("workload", Some(&self.workload)),
+            ("proxy", self.proxy.as_ref()),
+            ("connector", self.connector.as_ref()),
+        ] {
+            if let Some(v) = v
+                && v.split_once('/')
+                    .is_none_or(|(a, b)| a.is_empty() || b.is_empty())
+            {
+                return Err(invalid(
+                    at(&format!("kubernetes.{f}")),
+                    format!("{v:?}: expected namespace/name"),
+                ));
             }
         }
         Ok(())
