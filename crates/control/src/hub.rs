@@ -277,17 +277,22 @@ impl Hub {
     /// The inventory the policy is evaluated against (live nodes).
     pub fn inventory(&self) -> Vec<Node> {
         let st = self.lock();
-        st.nodes
+        #[allow(clippy::disallowed_methods)] // sorted below
+        let mut v: Vec<Node> = st
+            .nodes
             .values()
             .filter(|e| e.live)
             .map(|e| engine_node(&e.row))
-            .collect()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// The shared name and tags of every node holding `label` as its name
     /// or as its shared name.
     pub fn name_holders(&self, label: &str) -> Vec<(Option<String>, Vec<String>)> {
         let st = self.lock();
+        #[allow(clippy::disallowed_methods)] // every holder is checked alike
         st.nodes
             .values()
             .filter(|e| e.row.name == label || e.row.service.as_deref() == Some(label))
@@ -303,11 +308,12 @@ impl Hub {
         let mut name = base.clone();
         let mut k = 1;
         let taken = |n: &str| {
-            st.by_name.contains_key(n)
-                || st
-                    .nodes
-                    .values()
-                    .any(|e| e.row.service.as_deref() == Some(n))
+            #[allow(clippy::disallowed_methods)] // `any`: order does not matter
+            let shared = st
+                .nodes
+                .values()
+                .any(|e| e.row.service.as_deref() == Some(n));
+            st.by_name.contains_key(n) || shared
         };
         while taken(&name) {
             let suffix = format!("-{k}");
@@ -346,6 +352,7 @@ impl Hub {
 
     /// Whether a WireGuard key is already registered.
     pub fn has_wireguard_key(&self, key: &str) -> bool {
+        #[allow(clippy::disallowed_methods)] // `any`: order does not matter
         self.lock().nodes.values().any(|e| e.row.wg_key == key)
     }
 
@@ -415,16 +422,21 @@ impl Hub {
 
     /// Nodes whose key has expired by `now` but are still in the mesh.
     pub fn due_for_expiry(&self, now: i64) -> Vec<String> {
-        self.lock()
+        #[allow(clippy::disallowed_methods)] // sorted below
+        let mut due: Vec<String> = self
+            .lock()
             .nodes
             .values()
             .filter(|e| e.live && e.row.key_expiry <= now)
             .map(|e| e.row.id.clone())
-            .collect()
+            .collect();
+        due.sort();
+        due
     }
 
     /// The earliest key expiry among live nodes.
     pub fn next_expiry(&self) -> Option<i64> {
+        #[allow(clippy::disallowed_methods)] // `min`: order does not matter
         self.lock()
             .nodes
             .values()
@@ -459,14 +471,18 @@ impl Hub {
     /// rechecks its peers and filter.
     pub fn set_policy(&self, policy: Arc<Policy>) -> Result<(), EngineError> {
         let mut st = self.lock();
-        let live: Vec<Node> = st
+        #[allow(clippy::disallowed_methods)] // sorted below
+        let mut live: Vec<Node> = st
             .nodes
             .values()
             .filter(|e| e.live)
             .map(|e| engine_node(&e.row))
             .collect();
+        live.sort_by(|a, b| a.name.cmp(&b.name));
         st.engine = Engine::new(Arc::clone(&policy), live)?;
         st.policy = policy;
+        // Every stream is marked and woken: order does not matter.
+        #[allow(clippy::disallowed_methods)]
         for slot in st.streams.values_mut() {
             slot.pending.recheck_peers = true;
             slot.pending.filter = true;
@@ -490,6 +506,7 @@ impl Hub {
     /// Every node with whether it has a stream open, sorted by name.
     pub fn list(&self) -> Vec<(Peer, NodeRow, bool)> {
         let st = self.lock();
+        #[allow(clippy::disallowed_methods)] // sorted below
         let mut out: Vec<(Peer, NodeRow, bool)> = st
             .nodes
             .values()
@@ -609,6 +626,7 @@ impl Hub {
         }
         if pending.recheck_peers {
             let now: HashSet<String> = st.peer_ids(&h.node_id).into_iter().collect();
+            #[allow(clippy::disallowed_methods)] // sorted below
             let mut removed: Vec<String> = h
                 .sent
                 .peers
@@ -620,6 +638,7 @@ impl Hub {
             for p in &removed {
                 h.sent.peers.remove(p);
             }
+            #[allow(clippy::disallowed_methods)] // sorted next
             let mut ids: Vec<&String> = now.iter().collect();
             ids.sort();
             for p in ids {

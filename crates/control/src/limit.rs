@@ -114,10 +114,16 @@ impl RefusalLimiter {
             let refilled = b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec;
             refilled < cap
         });
-        if sources.len() >= MAX_SOURCES
-            && let Some(oldest) = sources.iter().min_by_key(|(_, b)| b.at).map(|(k, _)| *k)
-        {
-            sources.remove(&oldest);
+        if sources.len() >= MAX_SOURCES {
+            // The oldest charge goes (ties broken by address: one answer).
+            #[allow(clippy::disallowed_methods)]
+            let oldest = sources
+                .iter()
+                .min_by_key(|(k, b)| (b.at, **k))
+                .map(|(k, _)| *k);
+            if let Some(oldest) = oldest {
+                sources.remove(&oldest);
+            }
         }
     }
 

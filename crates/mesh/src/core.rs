@@ -280,12 +280,14 @@ impl Core {
             }
         }
         let mut rehandshake = Vec::new();
-        let gone: Vec<u32> = self
+        #[allow(clippy::disallowed_methods)] // sorted below
+        let mut gone: Vec<u32> = self
             .by_key
             .iter()
             .filter(|(k, _)| !keep.contains_key(*k))
             .map(|(_, i)| *i)
             .collect();
+        gone.sort_unstable();
         for i in gone {
             if let Some(p) = self.peers.remove(&i) {
                 self.by_key.remove(&p.key);
@@ -361,11 +363,14 @@ impl Core {
                 self.send(idx, out, now);
             }
         }
-        self.by_ip = self
+        // Into another map: the order does not matter.
+        #[allow(clippy::disallowed_methods)]
+        let by_ip = self
             .peers
             .iter()
             .flat_map(|(i, p)| p.addresses.iter().map(move |a| (*a, *i)))
             .collect();
+        self.by_ip = by_ip;
         if self.next_tick.is_none() {
             self.next_tick = Some(now + TICK);
             self.next_second = Some(now + Duration::from_secs(1));
@@ -690,7 +695,10 @@ impl Core {
             return;
         }
         self.next_tick = Some(now + TICK);
-        let idxs: Vec<u32> = self.peers.keys().copied().collect();
+        // Peers in index order, so what the tick sends comes out in one order.
+        #[allow(clippy::disallowed_methods)]
+        let mut idxs: Vec<u32> = self.peers.keys().copied().collect();
+        idxs.sort_unstable();
         for idx in idxs {
             let Some(peer) = self.peers.get_mut(&idx) else {
                 continue;
@@ -763,6 +771,7 @@ impl Core {
 
     /// Every peer's state, sorted by id.
     pub fn peers(&self) -> Vec<PeerStatus> {
+        #[allow(clippy::disallowed_methods)] // sorted below
         let mut v: Vec<PeerStatus> = self
             .peers
             .values()
