@@ -3,14 +3,16 @@
 //! a temporary directory, real origins on loopback sockets (HTTP echo,
 //! Server-Sent Events, large bodies, WebSocket echo, gRPC over h2c, TCP
 //! echo, a Python WSGI backend), child processes that die with the test,
-//! polling with a deadline, and an in-process Kubernetes object tracker
-//! standing in for the API server. It never fakes the component under test.
+//! polling with a deadline, an in-process Kubernetes object tracker standing
+//! in for the API server, and a real Kubernetes API server
+//! (`kube_apiserver`). It never fakes the component under test.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 pub mod control;
 pub mod grpc;
+pub mod kube_apiserver;
 pub mod kube_realiser;
 pub mod kube_tracker;
 pub mod origin;

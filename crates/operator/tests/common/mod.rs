@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod real;
+
 use futures::future::BoxFuture;
 use gatehouse_operator::edge::{EdgeError, EdgeRoute, EdgeRoutes};
 use gatehouse_operator::mesh::ControlMesh;
