@@ -108,3 +108,318 @@ async fn new_ingress_makes_proxy_policy_and_status_once_online() {
     assert!(w.is_empty(), "{w:?}");
     drop(node);
 }
+
+#[tokio::test]
+async fn hosts_and_paths_change_and_the_old_proxy_goes() {
+    let env = Real::new("hosts").await;
+    let ns = env.ns.clone();
+    blog(&env, json!({})).await;
+    env.apply(service("api", 8080, json!(9000))).await;
+    env.reconcile("blog").await;
+    let first = env.sts_name("blog").await;
+    let key = env.authkey(&first, 0).await;
+    let _node = env.control.node(&key, "k8s-blog").await.unwrap();
+
+    let mut ing = ingress("blog", &["k8s-www", "k8s-api"], json!({}));
+    ing["spec"]["rules"] = json!([
+        {"host": "k8s-api", "http": {"paths": [
+            {"path": "/v1", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 8080}}}},
+            {"path": "/health", "pathType": "Exact", "backend": {"service": {"name": "api", "port": {"name": "http"}}}},
+        ]}},
+        {"http": {"paths": [
+            {"path": "/static", "pathType": "Prefix", "backend": {"service": {"name": "blog", "port": {"number": 80}}}},
+        ]}},
+    ]);
+    env.apply(ing).await;
+    let w = env.reconcile("blog").await;
+    let stss = env.stss("blog").await;
+    assert_eq!(stss.len(), 2, "the old host's proxy is gone");
+    let api = stss
+        .iter()
+        .find(|s| args(s).contains(&"k8s-api".to_string()))
+        .unwrap();
+    let serve: Vec<String> = args(api)
+        .windows(2)
+        .filter(|w| w[0] == "--serve")
+        .map(|w| w[1].clone())
+        .collect();
+    assert_eq!(
+        serve,
+        vec![
+            format!("exact:/health=http://api.{ns}.svc.cluster.local:8080"),
+            format!("/static=http://blog.{ns}.svc.cluster.local:80"),
+            format!("/v1=http://api.{ns}.svc.cluster.local:8080"),
+            format!("/=http://blog.{ns}.svc.cluster.local:80"),
+        ]
+    );
+    // Deleted for real (no garbage collector runs here: the operator deletes
+    // each object itself), and the node removed from control.
+    for (av, kind) in [
+        ("apps/v1", "StatefulSet"),
+        ("v1", "Secret"),
+        ("v1", "ServiceAccount"),
+        ("rbac.authorization.k8s.io/v1", "Role"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ] {
+        assert!(env.get(av, kind, NS, &first).await.is_none(), "{kind} {first} left");
+    }
+    assert!(
+        w.iter()
+            .any(|r| r.line() == format!("DELETE /apis/apps/v1/namespaces/{NS}/statefulsets/{first}") && r.status == 200),
+        "{w:?}"
+    );
+    let nodes = env.control.admin.nodes().await.unwrap();
+    assert!(nodes.iter().all(|n| n.node.name != "k8s-blog"), "{nodes:?}");
+    let np = env
+        .get("networking.k8s.io/v1", "NetworkPolicy", &ns, "gatehouse-blog-api")
+        .await
+        .unwrap();
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 9000);
+
+    // Dropping the rules removes the api backend's policy.
+    env.apply(ingress("blog", &["k8s-www", "k8s-api"], json!({}))).await;
+    env.reconcile("blog").await;
+    assert!(
+        env.get("networking.k8s.io/v1", "NetworkPolicy", &ns, "gatehouse-blog-api")
+            .await
+            .is_none()
+    );
+}
+
+fn proxy_class(name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "gatehouse.dev/v1alpha1", "kind": "ProxyClass",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+#[tokio::test]
+async fn proxy_class_change_updates_the_stateful_set_and_mints_keys_for_new_replicas() {
+    let env = Real::new("class").await;
+    let class = format!("fast-{}", env.ns);
+    blog(&env, json!({"gatehouse.dev/proxy-class": class})).await;
+    let w = env.reconcile("blog").await;
+    assert!(lines(&w).is_empty(), "{w:?}");
+    assert!(env.event_reasons("blog").await.contains(&"ProxyClassNotFound".to_string()));
+    env.apply(proxy_class(&class, json!({"replicas": 1}))).await;
+    env.reconcile("blog").await;
+    let name = env.sts_name("blog").await;
+    env.apply(proxy_class(
+        &class,
+        json!({
+            "replicas": 2,
+            "metrics": {"enabled": true},
+            "statefulSet": {"pod": {
+                "labels": {"team": "web"},
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "priorityClassName": "high",
+                "tolerations": [{"key": "edge", "operator": "Exists", "effect": "NoSchedule"}],
+                "container": {
+                    "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                    "env": [{"name": "RUST_LOG", "value": "debug"}],
+                },
+            }},
+        }),
+    ))
+    .await;
+    env.ctx.forget_pending_class(&class);
+    let w = env.reconcile("blog").await;
+    let ns = NS;
+    assert_eq!(
+        lines(&w),
+        vec![
+            format!("PATCH /api/v1/namespaces/{ns}/secrets/{name}"),
+            format!("PATCH /apis/apps/v1/namespaces/{ns}/statefulsets/{name}"),
+        ]
+    );
+    let sts = env.get("apps/v1", "StatefulSet", NS, &name).await.unwrap();
+    assert_eq!(sts["spec"]["replicas"], 2);
+    let pod = &sts["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["team"], "web");
+    assert_eq!(pod["spec"]["priorityClassName"], "high");
+    assert_eq!(pod["spec"]["containers"][0]["resources"]["limits"]["memory"], "128Mi");
+    let (k0, k1) = (env.authkey(&name, 0).await, env.authkey(&name, 1).await);
+    assert_ne!(k0, k1);
+    env.control.node(&k1, "k8s-blog").await.unwrap();
+}
+
+#[tokio::test]
+async fn public_annotation_added_then_removed() {
+    let env = Real::new("public").await;
+    let ns = env.ns.clone();
+    blog(&env, json!({})).await;
+    env.reconcile("blog").await;
+    env.apply(ingress(
+        "blog",
+        &["k8s-blog"],
+        json!({
+            "gatehouse.dev/public-hostname": format!("{ns}.example.com"),
+            "gatehouse.dev/public-deny-paths": "/ghost",
+        }),
+    ))
+    .await;
+    let w = env.reconcile("blog").await;
+    assert_eq!(
+        lines(&w),
+        vec![
+            format!("PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/gatehouse-blog-blog"),
+            format!("PATCH /api/v1/namespaces/{NS}/configmaps/gatehouse-connector"),
+        ]
+    );
+    let routes = env.edge.routes.lock().unwrap().clone();
+    assert_eq!(routes.len(), 1);
+    let cm = env.get("v1", "ConfigMap", NS, "gatehouse-connector").await.unwrap();
+    let key = format!("ingress.{ns}.blog.json");
+    assert!(cm["data"][&key].is_string(), "{cm}");
+    let cfg = cm["data"]["config.yaml"].as_str().unwrap();
+    gatehouse_tunnel::ingress::Ingress::parse(cfg).expect("connector accepts it");
+    let np = env
+        .get("networking.k8s.io/v1", "NetworkPolicy", &ns, "gatehouse-blog-blog")
+        .await
+        .unwrap();
+    assert_eq!(np["spec"]["ingress"].as_array().unwrap().len(), 2, "{np}");
+
+    // Removing the annotations removes the route, the rule and the access.
+    env.apply(ingress("blog", &["k8s-blog"], json!({}))).await;
+    env.reconcile("blog").await;
+    assert!(env.edge.routes.lock().unwrap().is_empty());
+    let cm = env.get("v1", "ConfigMap", NS, "gatehouse-connector").await.unwrap();
+    assert!(cm["data"][&key].is_null(), "{cm}");
+    let np = env
+        .get("networking.k8s.io/v1", "NetworkPolicy", &ns, "gatehouse-blog-blog")
+        .await
+        .unwrap();
+    assert_eq!(np["spec"]["ingress"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn named_target_port_resolves_through_real_endpoint_slices_and_pods() {
+    let env = Real::new("named").await;
+    let ns = env.ns.clone();
+    env.apply(service("blog", 80, json!("web"))).await;
+    env.apply(ingress("blog", &["k8s-blog"], json!({}))).await;
+    // Nothing tells the number yet: the policy names the port, an event says so.
+    env.reconcile("blog").await;
+    let np = env
+        .get("networking.k8s.io/v1", "NetworkPolicy", &ns, "gatehouse-blog-blog")
+        .await
+        .unwrap();
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], "web");
+    assert!(env.event_reasons("blog").await.contains(&"NamedPortUnresolved".to_string()));
+    // A pod of the Service with the named port (admitted and stored by the
+    // real server; nothing runs it). The finalizer changed the Ingress, so
+    // the next reconcile is a full one.
+    env.apply(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "blog-0", "labels": {"app": "blog"}},
+        "spec": {"containers": [{"name": "c", "image": "ghost:5", "ports": [{"name": "web", "containerPort": 2368}]}]},
+    }))
+    .await;
+    env.reconcile("blog").await;
+    let np = env
+        .get("networking.k8s.io/v1", "NetworkPolicy", &ns, "gatehouse-blog-blog")
+        .await
+        .unwrap();
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 2368);
+    // An EndpointSlice (what the endpoint-slice controller would write) wins.
+    env.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "blog-x1", "labels": {"kubernetes.io/service-name": "blog"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["10.1.0.7"]}],
+        "ports": [{"name": "http", "port": 3000, "protocol": "TCP"}],
+    }))
+    .await;
+    // Nothing watches EndpointSlices: a pending proxy's next full reconcile
+    // (after FULL_RECONCILE_EVERY) reads them again.
+    env.ctx.forget_pending(&ns, "blog");
+    env.reconcile("blog").await;
+    let np = env
+        .get("networking.k8s.io/v1", "NetworkPolicy", &ns, "gatehouse-blog-blog")
+        .await
+        .unwrap();
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], 3000);
+}
+
+#[tokio::test]
+async fn deletion_with_the_finalizer_removes_everything_then_the_ingress_goes() {
+    let env = Real::new("delete").await;
+    let ns = env.ns.clone();
+    let host = format!("{ns}.example.com");
+    blog(&env, json!({"gatehouse.dev/public-hostname": host})).await;
+    env.reconcile("blog").await;
+    let name = env.sts_name("blog").await;
+    let key = env.authkey(&name, 0).await;
+    let node = env.control.node(&key, "k8s-blog").await.unwrap();
+    // kubectl delete: the API server sets deletionTimestamp, the finalizer holds it.
+    env.delete("networking.k8s.io/v1", "Ingress", &ns, "blog").await;
+    let ing = env.get("networking.k8s.io/v1", "Ingress", &ns, "blog").await.unwrap();
+    assert!(ing["metadata"]["deletionTimestamp"].is_string());
+    env.reconcile("blog").await;
+    assert!(
+        env.get("networking.k8s.io/v1", "Ingress", &ns, "blog").await.is_none(),
+        "the finalizer was removed and the Ingress is gone"
+    );
+    for (av, kind) in [
+        ("apps/v1", "StatefulSet"),
+        ("v1", "Secret"),
+        ("v1", "ServiceAccount"),
+        ("rbac.authorization.k8s.io/v1", "Role"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ] {
+        assert!(env.get(av, kind, NS, &name).await.is_none(), "{kind} left");
+    }
+    assert!(env.list("networking.k8s.io/v1", "NetworkPolicy", &ns, "").await.is_empty());
+    assert!(env.control.admin.nodes().await.unwrap().is_empty());
+    assert!(env.edge.routes.lock().unwrap().is_empty());
+    let cm = env.get("v1", "ConfigMap", NS, "gatehouse-connector").await.unwrap();
+    assert!(!cm["data"]["config.yaml"].as_str().unwrap().contains(&host));
+    drop(node);
+}
+
+#[tokio::test]
+async fn control_refusing_the_key_creates_nothing_and_says_why() {
+    let env = Real::new("refused").await;
+    let mut policy = env.control.admin.policy().await.unwrap();
+    policy = policy.replace("\"tag:k8s-operator\": [],", "\"tag:k8s-operator\": [],\n    \"tag:prod\": [],");
+    env.control.admin.set_policy(&policy).await.unwrap();
+    blog(&env, json!({"gatehouse.dev/tags": "tag:prod"})).await;
+    let w = env.reconcile("blog").await;
+    assert!(lines(&w).is_empty(), "nothing but an event: {w:?}");
+    let ev = env.events("blog").await;
+    let refused = ev.iter().find(|e| e["reason"] == "AuthKeyRefused").unwrap();
+    assert_eq!(refused["type"], "Warning");
+    assert!(refused["note"].as_str().unwrap().contains("tag:prod"), "{refused}");
+    let ing = env.get("networking.k8s.io/v1", "Ingress", &env.ns, "blog").await.unwrap();
+    assert!(ing["metadata"]["finalizers"].is_null());
+    assert!(env.stss("blog").await.is_empty());
+}
+
+#[tokio::test]
+async fn cilium_network_policy_with_cilium_s_published_crd() {
+    let env = Real::with("cilium", |_| {}).await;
+    common::real::install_cilium(env.server);
+    let ns = env.ns.clone();
+    blog(&env, json!({"gatehouse.dev/public-hostname": format!("{ns}.example.com")})).await;
+    let w = env.reconcile("blog").await;
+    assert!(
+        w.iter().any(|r| r.path.ends_with("/ciliumnetworkpolicies/gatehouse-blog-blog") && r.status == 201),
+        "{w:?}"
+    );
+    // Stored after Cilium's own schema checked it.
+    let cnp = env
+        .get("cilium.io/v2", "CiliumNetworkPolicy", &ns, "gatehouse-blog-blog")
+        .await
+        .unwrap();
+    assert_eq!(cnp["spec"]["endpointSelector"]["matchLabels"], json!({"app": "blog"}));
+    assert_eq!(cnp["spec"]["ingress"].as_array().unwrap().len(), 2);
+    assert!(env.list("networking.k8s.io/v1", "NetworkPolicy", &ns, "").await.is_empty());
+    // Deleting removes it too.
+    env.delete("networking.k8s.io/v1", "Ingress", &ns, "blog").await;
+    env.reconcile("blog").await;
+    assert!(
+        env.get("cilium.io/v2", "CiliumNetworkPolicy", &ns, "gatehouse-blog-blog")
+            .await
+            .is_none()
+    );
+}
