@@ -5,6 +5,7 @@
 //! `deploy/crds/proxyclasses.gatehouse.dev.yaml`.
 
 use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -103,12 +104,75 @@ pub struct ContainerConfig {
 }
 
 /// What the operator last saw of the class.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyClassStatus {
     /// Generation the operator last used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Valid`: `False` while the API server refuses the proxies this class
+    /// makes (the message names the field), `True` once it accepts them
+    /// again. Written only when a refusal was seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The condition type of [`ProxyClassStatus::conditions`].
+pub const VALID: &str = "Valid";
+
+/// Sets the class's `Valid` condition: `False` with `refused`'s text, or
+/// (`None`) `True` when a `False` one is stored. Writes only on change.
+///
+/// # Errors
+/// When the status cannot be written.
+pub(crate) async fn set_valid(
+    ctx: &crate::Context,
+    class: &ProxyClass,
+    refused: Option<&str>,
+) -> Result<(), crate::Error> {
+    use kube::ResourceExt;
+    use kube::api::{Api, Patch, PatchParams};
+    let cur = class
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == VALID));
+    let (status, reason, message) = match refused {
+        Some(why) => ("False", "ProxyRefused", why.to_string()),
+        None => (
+            "True",
+            "ProxyAccepted",
+            "the API server accepts the proxies of this class".to_string(),
+        ),
+    };
+    let unchanged = match cur {
+        Some(c) => c.status == status && c.message == message,
+        None => refused.is_none(),
+    };
+    if unchanged {
+        return Ok(());
+    }
+    let cond = Condition {
+        type_: VALID.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: class.metadata.generation,
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
+    };
+    let api: Api<ProxyClass> = Api::all(ctx.client.clone());
+    ctx.wrote();
+    api.patch_status(
+        &class.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {
+            "observedGeneration": class.metadata.generation,
+            "conditions": [cond],
+        }})),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The CRD as YAML, as committed in `deploy/`.

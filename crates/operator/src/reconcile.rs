@@ -17,7 +17,7 @@ use crate::objects::{self, ObjectSettings};
 use crate::plan::{self, Observed, Plan, PlanError};
 pub use crate::public::ensure_connector_config;
 use crate::public::publish;
-use crate::writes::{cleanup, remove_finalizer, write_all};
+use crate::writes::{Checked, check_stateful_sets, cleanup, remove_finalizer, write_all};
 use gatehouse_render::NetpolKind;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -135,7 +135,13 @@ pub struct Context {
     netpol: OnceCell<NetpolKind>,
     pub(crate) connector_lock: Mutex<()>,
     pending: std::sync::Mutex<BTreeMap<(String, String), Pending>>,
+    refused: std::sync::Mutex<BTreeMap<(String, String), Refusal>>,
 }
+
+/// The last refusal of an Ingress: the version of the Ingress it was about,
+/// its reason and note. The same refusal of the same version is recorded
+/// once (a resync or a relist does not write its event again).
+type Refusal = (Option<String>, String, String);
 
 /// An Ingress whose proxies were applied but are not online in control
 /// yet: until its resource version changes, its StatefulSet or ProxyClass
@@ -188,6 +194,7 @@ impl Context {
             netpol: OnceCell::new(),
             connector_lock: Mutex::new(()),
             pending: std::sync::Mutex::new(BTreeMap::new()),
+            refused: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -244,6 +251,28 @@ impl Context {
             return Ok(None);
         }
         Ok(Some(Action::requeue(ready_poll(ing, self, now))))
+    }
+
+    /// Records that Ingress `ing` is refused for `reason`: a Warning event,
+    /// unless this version of the Ingress was already refused so.
+    pub(crate) async fn refuse(&self, ing: &Ingress, reason: &str, note: String) {
+        let key = (ing.namespace().unwrap_or_default(), ing.name_any());
+        let entry = (ing.resource_version(), reason.to_string(), note.clone());
+        if let Ok(mut r) = self.refused.lock() {
+            if r.get(&key) == Some(&entry) {
+                return;
+            }
+            r.insert(key, entry);
+        }
+        self.event(ing, EventType::Warning, reason, note).await;
+    }
+
+    /// Forgets the last refusal of Ingress `ns/name` (it was served, or is
+    /// gone).
+    fn forget_refusal(&self, ns: &str, name: &str) {
+        if let Ok(mut r) = self.refused.lock() {
+            r.remove(&(ns.to_string(), name.to_string()));
+        }
     }
 
     pub(crate) fn wrote(&self) {
@@ -345,6 +374,7 @@ pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, E
     let has_finalizer = ing.finalizers().iter().any(|f| f == FINALIZER);
     if ing.metadata.deletion_timestamp.is_some() || !is_ours(&ing, &ctx).await? {
         ctx.forget_pending(&ing.namespace().unwrap_or_default(), &ing.name_any());
+        ctx.forget_refusal(&ing.namespace().unwrap_or_default(), &ing.name_any());
         if has_finalizer {
             cleanup(&ing, &ctx).await?;
             remove_finalizer(&ing, &ctx).await?;
@@ -363,8 +393,7 @@ pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, E
     let annotations = match annotations::parse(&ing.annotations().clone()) {
         Ok(a) => a,
         Err(e) => {
-            ctx.event(&ing, EventType::Warning, "InvalidAnnotation", e.to_string())
-                .await;
+            ctx.refuse(&ing, "InvalidAnnotation", e.to_string()).await;
             return Ok(Action::await_change());
         }
     };
@@ -372,24 +401,22 @@ pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, E
     let plan = match plan::plan(&ing, &obs, &ctx.settings.cluster_domain) {
         Ok(p) => p,
         Err(e @ PlanError::MissingService(_)) => {
-            ctx.event(&ing, EventType::Warning, "BackendNotFound", e.to_string())
-                .await;
+            ctx.refuse(&ing, "BackendNotFound", e.to_string()).await;
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
         Err(e) => {
-            ctx.event(&ing, EventType::Warning, "InvalidIngress", e.to_string())
-                .await;
+            ctx.refuse(&ing, "InvalidIngress", e.to_string()).await;
             return Ok(Action::await_change());
         }
     };
     let pc_api: Api<ProxyClass> = Api::all(ctx.client.clone());
-    let pc = match pc_api.get_opt(&annotations.proxy_class).await? {
-        Some(pc) => pc.spec,
+    let class = pc_api.get_opt(&annotations.proxy_class).await?;
+    let pc = match &class {
+        Some(pc) => pc.spec.clone(),
         None if annotations.proxy_class == "default" => ProxyClassSpec::default(),
         None => {
-            ctx.event(
+            ctx.refuse(
                 &ing,
-                EventType::Warning,
                 "ProxyClassNotFound",
                 format!(
                     "annotation {}: ProxyClass {} does not exist",
@@ -401,6 +428,29 @@ pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, E
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     };
+    // The API server's own validation of the proxies it would write (a
+    // server-side dry run): a class it refuses writes nothing.
+    match check_stateful_sets(&ing, &ctx, &plan, &pc).await? {
+        Checked::Refused(why) => {
+            let name = annotations.proxy_class.clone();
+            if let Some(c) = &class {
+                crate::crd::set_valid(&ctx, c, Some(&why)).await?;
+            }
+            ctx.refuse(
+                &ing,
+                "InvalidProxyClass",
+                format!("ProxyClass {name}: {why}"),
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+        Checked::Accepted => {
+            if let Some(c) = &class {
+                crate::crd::set_valid(&ctx, c, None).await?;
+            }
+        }
+        Checked::Unchanged => {}
+    }
     let kind = ctx.netpol_kind().await?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let mut new_keys: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
@@ -428,9 +478,8 @@ pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, E
     let minted = match mint_all(&ctx, &plan, &mut new_keys).await {
         Ok(m) => m,
         Err(MeshError::Refused(why)) => {
-            ctx.event(
+            ctx.refuse(
                 &ing,
-                EventType::Warning,
                 "AuthKeyRefused",
                 format!(
                     "control refused an auth key for tags {}: {why}",
@@ -444,6 +493,7 @@ pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, E
     };
 
     // 2. Write.
+    ctx.forget_refusal(&ing.namespace().unwrap_or_default(), &ing.name_any());
     let written = write_all(
         &ing,
         &ctx,

@@ -81,6 +81,132 @@ where
     Ok(true)
 }
 
+/// What a server-side dry run of the proxies' StatefulSets said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Checked {
+    /// Every StatefulSet is stored as it would be written: nothing to check.
+    Unchanged,
+    /// The API server would accept every StatefulSet that changes.
+    Accepted,
+    /// It refuses one; why, naming the ProxyClass field where one is at
+    /// fault.
+    Refused(String),
+}
+
+/// Where a refused StatefulSet field comes from in the ProxyClass.
+const CLASS_FIELDS: &[(&str, &str)] = &[
+    (
+        "spec.template.spec.containers[0].resources",
+        "spec.statefulSet.pod.container.resources",
+    ),
+    (
+        "spec.template.spec.containers[0].env",
+        "spec.statefulSet.pod.container.env",
+    ),
+    (
+        "spec.template.spec.affinity",
+        "spec.statefulSet.pod.affinity",
+    ),
+    (
+        "spec.template.spec.tolerations",
+        "spec.statefulSet.pod.tolerations",
+    ),
+    (
+        "spec.template.spec.nodeSelector",
+        "spec.statefulSet.pod.nodeSelector",
+    ),
+    (
+        "spec.template.spec.priorityClassName",
+        "spec.statefulSet.pod.priorityClassName",
+    ),
+    (
+        "spec.template.metadata.labels",
+        "spec.statefulSet.pod.labels",
+    ),
+    (
+        "spec.template.metadata.annotations",
+        "spec.statefulSet.pod.annotations",
+    ),
+    ("metadata.labels", "spec.statefulSet.labels"),
+    ("metadata.annotations", "spec.statefulSet.annotations"),
+    ("spec.replicas", "spec.replicas"),
+];
+
+/// The ProxyClass field a StatefulSet field comes from.
+pub(crate) fn class_field(sts_field: &str) -> Option<&'static str> {
+    CLASS_FIELDS
+        .iter()
+        .find(|(f, _)| {
+            sts_field == *f
+                || sts_field
+                    .strip_prefix(f)
+                    .is_some_and(|r| r.starts_with(['.', '[']))
+        })
+        .map(|(_, c)| *c)
+}
+
+/// The API server's refusal of a StatefulSet, in the ProxyClass's terms.
+fn describe_refusal(s: &kube::core::Status) -> String {
+    let causes: Vec<String> = s
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .map(|c| match class_field(&c.field) {
+            Some(cf) => format!("{cf}: the proxy's {}: {}", c.field, c.message),
+            None => format!("the proxy's {}: {}", c.field, c.message),
+        })
+        .collect();
+    if causes.is_empty() {
+        format!(
+            "the API server refused the proxy's StatefulSet: {}",
+            s.message
+        )
+    } else {
+        format!(
+            "the API server refused the proxy's StatefulSet: {}",
+            causes.join("; ")
+        )
+    }
+}
+
+/// Server-side dry run of every proxy StatefulSet whose content changed,
+/// before anything is written or minted: the API server validates what
+/// the ProxyClass put there (resources, labels, tolerations, …) as it
+/// would on the real write.
+pub(crate) async fn check_stateful_sets(
+    ing: &Ingress,
+    ctx: &Context,
+    plan: &Plan,
+    pc: &ProxyClassSpec,
+) -> Result<Checked, Error> {
+    let ns = ing.namespace().unwrap_or_default();
+    let name = ing.name_any();
+    let os = ctx.settings.objects();
+    let join = ctx.mesh.join();
+    let stss: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let mut out = Checked::Unchanged;
+    for p in &plan.proxies {
+        let labels = objects::proxy_labels(&ns, &name, &p.name);
+        let (obj, hash) = objects::seal(objects::stateful_set(&os, &labels, p, pc, &join));
+        if let Some(cur) = stss.get_opt(&p.name).await?
+            && stored_hash(cur.meta()) == Some(hash.as_str())
+        {
+            continue;
+        }
+        match stss
+            .patch(&p.name, &apply_params().dry_run(), &Patch::Apply(&obj))
+            .await
+        {
+            Ok(_) => out = Checked::Accepted,
+            Err(kube::Error::Api(s)) if s.code == 422 => {
+                return Ok(Checked::Refused(describe_refusal(&s)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) async fn delete_if_present<K>(
     ctx: &Context,
     api: &Api<K>,
@@ -332,5 +458,27 @@ pub(crate) async fn remove_finalizer(ing: &Ingress, ctx: &Context) -> Result<(),
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn refused_fields_name_the_proxy_class_field() {
+        use super::class_field;
+        assert_eq!(
+            class_field("spec.template.spec.containers[0].resources.requests"),
+            Some("spec.statefulSet.pod.container.resources")
+        );
+        assert_eq!(
+            class_field("spec.template.metadata.labels"),
+            Some("spec.statefulSet.pod.labels")
+        );
+        assert_eq!(
+            class_field("metadata.labels"),
+            Some("spec.statefulSet.labels")
+        );
+        assert_eq!(class_field("spec.template.spec.containersX"), None);
+        assert_eq!(class_field("spec.serviceName"), None);
     }
 }

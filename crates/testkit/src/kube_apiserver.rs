@@ -111,10 +111,7 @@ pub fn tools() -> &'static Tools {
             &format!("Cilium {} CRDs", cilium_v.trim()),
         );
         Tools {
-            kube_apiserver: must_exist(
-                kd.join("kube-apiserver"),
-                &format!("kube-apiserver {k8s}"),
-            ),
+            kube_apiserver: must_exist(kd.join("kube-apiserver"), &format!("kube-apiserver {k8s}")),
             kubectl: must_exist(kd.join("kubectl"), &format!("kubectl {k8s}")),
             kine: must_exist(
                 c.join(format!("kine-{kine}")).join("kine"),
@@ -527,7 +524,10 @@ impl ApiServer {
             let out = Command::new("curl")
                 .args(["-sf", "--max-time", "2", "-o", "/dev/null", "--cacert"])
                 .arg(&self.ca)
-                .args(["-H", &format!("Authorization: Bearer {}", self.tokens["admin"])])
+                .args([
+                    "-H",
+                    &format!("Authorization: Bearer {}", self.tokens["admin"]),
+                ])
                 .arg(format!("{}/readyz", self.url))
                 .status()
                 .expect("curl (scripts/install-test-deps installs it)");
@@ -724,7 +724,10 @@ impl ApiServer {
 
     /// The audited requests of `user`.
     pub fn audit_of(&self, user: &str) -> Vec<Audited> {
-        self.audit().into_iter().filter(|a| a.user == user).collect()
+        self.audit()
+            .into_iter()
+            .filter(|a| a.user == user)
+            .collect()
     }
 }
 

@@ -38,9 +38,15 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    /// Whether the request changed (or tried to change) state.
+    /// Whether the request changed (or tried to change) state: not a
+    /// read, not a dry run.
     pub fn is_write(&self) -> bool {
-        self.method != "GET"
+        self.method != "GET" && !self.is_dry_run()
+    }
+
+    /// Whether it was a dry run (`dryRun=All`).
+    pub fn is_dry_run(&self) -> bool {
+        self.query.split('&').any(|kv| kv == "dryRun=All")
     }
 
     /// `METHOD path` (for assertions).
@@ -66,8 +72,10 @@ struct WatchEvent {
     object: Value,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct State {
+    /// A copy answering a dry run: nothing it does is kept or watched.
+    dry_run: bool,
     rv: u64,
     objects: BTreeMap<Key, Value>,
     groups: BTreeMap<String, Vec<(String, String, bool)>>,
@@ -384,6 +392,9 @@ impl Tracker {
             plural: key.plural.clone(),
             object,
         };
+        if s.dry_run {
+            return;
+        }
         s.history.push_back(ev.clone());
         if s.history.len() > 10_000 {
             s.history.pop_front();
@@ -410,10 +421,16 @@ impl Tracker {
             .unwrap_or("")
             .to_string();
         let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+        let dry_run = query.split('&').any(|kv| kv == "dryRun=All");
         let (code, out) = {
             let mut s = self.state.lock().unwrap();
+            let mut copy = dry_run.then(|| State {
+                dry_run: true,
+                log: Vec::new(),
+                ..s.clone()
+            });
             let r = self.answer(
-                &mut s,
+                copy.as_mut().unwrap_or(&mut s),
                 &parts.method,
                 &path,
                 &query,

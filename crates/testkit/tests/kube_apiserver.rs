@@ -27,23 +27,36 @@ async fn identities_rbac_tokens_and_audit() {
     }
     // A ServiceAccount's token authenticates as that ServiceAccount.
     let sas: Api<ServiceAccount> = Api::default_namespaced(admin.clone());
-    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "robot"}})).unwrap();
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "robot"}})).unwrap();
     sas.create(&Default::default(), &sa).await.unwrap();
     let token = s.service_account_token(&ns, "robot").await;
-    let robot: Api<ConfigMap> = Api::default_namespaced(s.client(&Who::Token(token.clone()), &ns).await);
+    let robot: Api<ConfigMap> =
+        Api::default_namespaced(s.client(&Who::Token(token.clone()), &ns).await);
     assert!(robot.get("a").await.is_err());
     let user = service_account_user(&ns, "robot");
     let audited = s.audit_of(&user);
     assert!(
-        audited
-            .iter()
-            .any(|a| a.verb == "get" && a.resource == "configmaps" && a.name == "a" && a.code == 403),
+        audited.iter().any(|a| a.verb == "get"
+            && a.resource == "configmaps"
+            && a.name == "a"
+            && a.code == 403),
         "{audited:?}"
     );
     // kubectl as documented, with the same identity.
-    let out = run_ok(s.kubectl(&Who::Admin, &ns).args(["get", "configmap", "a", "-o", "jsonpath={.data.k}"]));
+    let out = run_ok(s.kubectl(&Who::Admin, &ns).args([
+        "get",
+        "configmap",
+        "a",
+        "-o",
+        "jsonpath={.data.k}",
+    ]));
     assert_eq!(out, "v");
-    let out = s.kubectl(&Who::Token(token), &ns).args(["auth", "can-i", "get", "configmaps"]).output().unwrap();
+    let out = s
+        .kubectl(&Who::Token(token), &ns)
+        .args(["auth", "can-i", "get", "configmaps"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
 }
 
@@ -57,6 +70,12 @@ async fn a_restart_loses_every_object() {
         .args(["get", "namespace", &ns])
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{ns} survived: kine's memory is gone");
-    run_ok(s.kubectl(&Who::Admin, "default").args(["get", "namespace", "kube-system"]));
+    assert!(
+        !out.status.success(),
+        "{ns} survived: kine's memory is gone"
+    );
+    run_ok(
+        s.kubectl(&Who::Admin, "default")
+            .args(["get", "namespace", "kube-system"]),
+    );
 }

@@ -11,8 +11,8 @@ use gatehouse_testkit::TestControl;
 use gatehouse_testkit::kube_apiserver::{ApiServer, Recording, Who, run_ok};
 use gatehouse_testkit::kube_tracker::Recorded;
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
@@ -107,7 +107,9 @@ impl Real {
         let ns = server.namespace(prefix).await;
         let admin = server.client(&Who::Admin, &ns).await;
         let token = server.service_account_token(NS, OPERATOR_SA).await;
-        let (client, rec) = server.recording_client(&Who::Token(token.clone()), NS).await;
+        let (client, rec) = server
+            .recording_client(&Who::Token(token.clone()), NS)
+            .await;
         let control = TestControl::start().await;
         let oauth_secret = control.operator_secret().await;
         let mesh = ControlMesh::connect(&control.info.join, &oauth_secret)
@@ -144,7 +146,13 @@ impl Real {
     }
 
     /// Server-side apply of `obj` by `client` as field manager `manager`.
-    pub async fn apply_as(&self, client: &Client, manager: &str, mut obj: Value, force: bool) -> Value {
+    pub async fn apply_as(
+        &self,
+        client: &Client,
+        manager: &str,
+        mut obj: Value,
+        force: bool,
+    ) -> Value {
         let (api, name) = self.dynamic(client, &mut obj).await;
         let mut pp = PatchParams::apply(manager);
         pp.force = force;
@@ -198,11 +206,14 @@ impl Real {
         let (ar, caps) =
             kube::discovery::pinned_kind(&self.admin, &GroupVersionKind::gvk(group, version, kind))
                 .await
-                .unwrap_or((ar, kube::discovery::ApiCapabilities {
-                    scope: kube::discovery::Scope::Namespaced,
-                    subresources: vec![],
-                    operations: vec![],
-                }));
+                .unwrap_or((
+                    ar,
+                    kube::discovery::ApiCapabilities {
+                        scope: kube::discovery::Scope::Namespaced,
+                        subresources: vec![],
+                        operations: vec![],
+                    },
+                ));
         let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
             Api::namespaced_with(self.admin.clone(), ns, &ar)
         } else {
@@ -215,7 +226,13 @@ impl Real {
     }
 
     /// Every object of `kind` in namespace `ns` whose labels match `selector`.
-    pub async fn list(&self, api_version: &str, kind: &str, ns: &str, selector: &str) -> Vec<Value> {
+    pub async fn list(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        selector: &str,
+    ) -> Vec<Value> {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
         let (ar, _) =
             kube::discovery::pinned_kind(&self.admin, &GroupVersionKind::gvk(group, version, kind))
@@ -266,7 +283,12 @@ impl Real {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
             .map(|e| serde_json::to_value(e).unwrap())
             .collect();
-        ev.sort_by_key(|e| e["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string());
+        ev.sort_by_key(|e| {
+            e["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        });
         ev
     }
 
@@ -300,7 +322,10 @@ impl Real {
     }
 
     pub fn name_of(v: &Value) -> String {
-        v["metadata"]["name"].as_str().unwrap_or_default().to_string()
+        v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Deletes `kind/name` as the admin.
@@ -321,4 +346,3 @@ pub fn names(l: &[Value]) -> Vec<String> {
     n.sort();
     n
 }
-
