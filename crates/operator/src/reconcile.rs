@@ -136,6 +136,9 @@ pub struct Context {
     pub(crate) connector_lock: Mutex<()>,
     pending: std::sync::Mutex<BTreeMap<(String, String), Pending>>,
     refused: std::sync::Mutex<BTreeMap<(String, String), Refusal>>,
+    /// What the operator's applies left it owning, per object: see
+    /// [`Context::lost_fields`].
+    owned: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 /// The last refusal of an Ingress: the version of the Ingress it was about,
@@ -195,6 +198,7 @@ impl Context {
             connector_lock: Mutex::new(()),
             pending: std::sync::Mutex::new(BTreeMap::new()),
             refused: std::sync::Mutex::new(BTreeMap::new()),
+            owned: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -272,6 +276,40 @@ impl Context {
     fn forget_refusal(&self, ns: &str, name: &str) {
         if let Ok(mut r) = self.refused.lock() {
             r.remove(&(ns.to_string(), name.to_string()));
+        }
+    }
+
+    /// Whether another field manager took fields of object `key` (its
+    /// URL) from the operator since the operator last applied it: the
+    /// operator's field set in `managedFields` is no longer what its apply
+    /// left (a forced apply or an edit of a field it set moves ownership).
+    /// The first sight of an object (after a restart) is the baseline.
+    pub(crate) fn lost_fields(&self, key: &str, meta: &kube::api::ObjectMeta) -> bool {
+        let now = crate::writes::owned_fields(meta);
+        let Ok(mut owned) = self.owned.lock() else {
+            return false;
+        };
+        match owned.get(key) {
+            Some(before) => *before != now,
+            None => {
+                owned.insert(key.to_string(), now);
+                false
+            }
+        }
+    }
+
+    /// Remembers the operator's field set of object `key` after an apply
+    /// (None: the object is gone).
+    pub(crate) fn remember_fields(&self, key: &str, meta: Option<&kube::api::ObjectMeta>) {
+        if let Ok(mut owned) = self.owned.lock() {
+            match meta {
+                Some(m) => {
+                    owned.insert(key.to_string(), crate::writes::owned_fields(m));
+                }
+                None => {
+                    owned.remove(key);
+                }
+            }
         }
     }
 

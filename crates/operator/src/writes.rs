@@ -21,6 +21,7 @@ use kube::runtime::events::EventType;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use tracing::info;
 
@@ -59,7 +60,29 @@ pub(crate) fn stored_hash(m: &ObjectMeta) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// Applies `obj` unless the stored object carries the same content hash.
+/// The field set the operator's applies own in `meta.managedFields`, as
+/// a digest ("" when it owns nothing).
+pub(crate) fn owned_fields(meta: &ObjectMeta) -> String {
+    meta.managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(FIELD_MANAGER)
+                && m.operation.as_deref() == Some("Apply")
+                && m.subresource.as_deref().unwrap_or("").is_empty()
+        })
+        .map(|m| {
+            let fields = m.fields_v1.as_ref().map(|f| f.0.to_string());
+            hex::encode(Sha256::digest(fields.unwrap_or_default().as_bytes()))
+        })
+        .next()
+        .unwrap_or_default()
+}
+
+/// Applies `obj` unless the stored object carries the same content hash
+/// and the operator still owns every field it applied (another manager's
+/// forced apply or edit of one of them is taken back; fields only others
+/// set are kept, server-side apply never drops them).
 pub(crate) async fn ensure<K>(ctx: &Context, api: &Api<K>, obj: Value) -> Result<bool, Error>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
@@ -69,15 +92,19 @@ where
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let key = format!("{}/{name}", api.resource_url());
     if let Some(cur) = api.get_opt(&name).await?
         && stored_hash(cur.meta()) == Some(hash.as_str())
         && cur.meta().deletion_timestamp.is_none()
+        && !ctx.lost_fields(&key, cur.meta())
     {
         return Ok(false);
     }
     ctx.wrote();
-    api.patch(&name, &apply_params(), &Patch::Apply(&obj))
+    let applied = api
+        .patch(&name, &apply_params(), &Patch::Apply(&obj))
         .await?;
+    ctx.remember_fields(&key, Some(applied.meta()));
     Ok(true)
 }
 
@@ -216,6 +243,7 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     ctx.wrote();
+    ctx.remember_fields(&format!("{}/{name}", api.resource_url()), None);
     match api.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -343,14 +371,18 @@ pub(crate) async fn ensure_dynamic(
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let key = format!("{}/{name}", api.resource_url());
     if let Some(cur) = api.get_opt(&name).await?
         && stored_hash(&cur.metadata) == Some(hash.as_str())
+        && !ctx.lost_fields(&key, &cur.metadata)
     {
         return Ok(false);
     }
     ctx.wrote();
-    api.patch(&name, &apply_params(), &Patch::Apply(&obj))
+    let applied = api
+        .patch(&name, &apply_params(), &Patch::Apply(&obj))
         .await?;
+    ctx.remember_fields(&key, Some(&applied.metadata));
     Ok(true)
 }
 

@@ -791,3 +791,146 @@ async fn invalid_annotations_and_ingresses_change_nothing_and_name_the_field() {
         "no key minted"
     );
 }
+
+/// The field managers of an object and the top-level fields each owns.
+fn managers(obj: &Value) -> Vec<(String, String)> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap().to_string(),
+                m["operation"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_second_field_manager_keeps_its_fields_and_the_operator_keeps_its_own() {
+    let env = Real::new("ssa").await;
+    blog(&env, json!({})).await;
+    env.reconcile("blog").await;
+    let name = env.sts_name("blog").await;
+    let sts_ref = |extra: Value| {
+        let mut o = json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": name, "namespace": NS},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            o[k] = v.clone();
+        }
+        o
+    };
+    // A person's `kubectl apply --server-side` adds a field the operator
+    // does not set: an annotation, and a pod annotation.
+    let mut mine = sts_ref(json!({}));
+    mine["metadata"]["annotations"] = json!({"example.com/owner": "web-team"});
+    env.apply(mine.clone()).await;
+    let sts = env.get("apps/v1", "StatefulSet", NS, &name).await.unwrap();
+    assert!(
+        managers(&sts).contains(&("kubectl".into(), "Apply".into())),
+        "{:?}",
+        managers(&sts)
+    );
+    // The operator does not fight it: nothing to write.
+    env.ctx.forget_pending(&env.ns, "blog");
+    let w = env.reconcile("blog").await;
+    assert!(w.is_empty(), "{w:?}");
+    // Nor drop it when it applies the StatefulSet again (its content changed).
+    let mut ing = ingress("blog", &["k8s-blog"], json!({}));
+    ing["spec"]["rules"] = json!([{"http": {"paths": [
+        {"path": "/x", "pathType": "Prefix", "backend": {"service": {"name": "blog", "port": {"number": 80}}}},
+    ]}}]);
+    env.apply(ing).await;
+    let w = env.reconcile("blog").await;
+    assert!(
+        w.iter()
+            .any(|r| r.path.ends_with(&format!("/statefulsets/{name}"))),
+        "{w:?}"
+    );
+    let sts = env.get("apps/v1", "StatefulSet", NS, &name).await.unwrap();
+    assert_eq!(
+        sts["metadata"]["annotations"]["example.com/owner"],
+        "web-team"
+    );
+    assert!(args(&sts).iter().any(|a| a.starts_with("/x=")));
+
+    // A field the operator owns: a plain apply (the person's manifest, now
+    // with replicas) conflicts, naming the owner.
+    let mut scale = mine.clone();
+    scale["spec"] = json!({"replicas": 3});
+    let e = env
+        .try_apply_as(&env.admin, "kubectl", scale.clone(), false)
+        .await
+        .unwrap_err();
+    let kube::Error::Api(s) = e else {
+        panic!("{e}")
+    };
+    assert_eq!(s.code, 409, "{s:?}");
+    assert!(
+        s.message.contains("gatehouse-operator") && s.message.contains(".spec.replicas"),
+        "{}",
+        s.message
+    );
+    // Forced (`--force-conflicts`), the person takes it; the operator's
+    // next reconcile takes it back (the ProxyClass decides replicas), once.
+    env.try_apply_as(&env.admin, "kubectl", scale, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        env.get("apps/v1", "StatefulSet", NS, &name).await.unwrap()["spec"]["replicas"],
+        3
+    );
+    env.ctx.forget_pending(&env.ns, "blog");
+    let w = env.reconcile("blog").await;
+    assert_eq!(
+        lines(&w),
+        vec![format!(
+            "PATCH /apis/apps/v1/namespaces/{NS}/statefulsets/{name}"
+        )],
+    );
+    let sts = env.get("apps/v1", "StatefulSet", NS, &name).await.unwrap();
+    assert_eq!(sts["spec"]["replicas"], 1);
+    assert_eq!(
+        sts["metadata"]["annotations"]["example.com/owner"],
+        "web-team"
+    );
+    env.ctx.forget_pending(&env.ns, "blog");
+    let w = env.reconcile("blog").await;
+    assert!(w.is_empty(), "no fight: {w:?}");
+
+    // An edit of the proxy's Role (a broader grant) is taken back too.
+    let mut role = env
+        .get("rbac.authorization.k8s.io/v1", "Role", NS, &name)
+        .await
+        .unwrap();
+    role["rules"][0]["resourceNames"] = json!([]);
+    role["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("managedFields");
+    let api: kube::Api<k8s_openapi::api::rbac::v1::Role> =
+        kube::Api::namespaced(env.admin.clone(), NS);
+    api.replace(
+        &name,
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(role).unwrap(),
+    )
+    .await
+    .unwrap();
+    env.ctx.forget_pending(&env.ns, "blog");
+    let w = env.reconcile("blog").await;
+    assert_eq!(
+        lines(&w),
+        vec![format!(
+            "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/{name}"
+        )],
+    );
+    let role = env
+        .get("rbac.authorization.k8s.io/v1", "Role", NS, &name)
+        .await
+        .unwrap();
+    assert_eq!(role["rules"][0]["resourceNames"], json!([name]));
+}
