@@ -38,6 +38,11 @@ pub async fn controller(
     let c = Controller::new(ingresses, watcher::Config::default()).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
     );
+    // Recreated when missing (the API server's storage was lost), so that
+    // connector pods can start before the first public Ingress.
+    if let Err(e) = crate::reconcile::ensure_connector_config(&ctx).await {
+        warn!(error = %e, "the connector's ConfigMap");
+    }
     let store = c.store();
     let (c1, c2) = (ctx.clone(), ctx.clone());
     c.watches(
@@ -82,56 +87,138 @@ pub async fn controller(
 /// namespace; a replica that loses the lease stops reconciling until it
 /// holds it again.
 ///
+/// A leader also steps down when the lease cannot be read or renewed (the
+/// API is unreachable, or refuses) or is gone (deleted, or the API
+/// server's storage was lost or restored): its controller stops, with its
+/// caches, and the replica competes again with a new lease manager, which
+/// creates the lease when it is missing. A controller started afterwards
+/// lists everything afresh, so nothing is reconciled from a stale cache.
+///
 /// # Errors
-/// [`RunError`] when the lease cannot be managed.
+/// [`RunError`] when the lease cannot be managed at start.
 pub async fn with_leader_election(
     ctx: Arc<Context>,
     lease: &str,
     identity: &str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let manager = LeaseManagerBuilder::new(ctx.client.clone(), lease)
-        .with_namespace(&ctx.settings.namespace)
-        .with_identity(identity)
-        .with_field_manager(format!("{}-lease", names::FIELD_MANAGER))
-        .build()
-        .await?;
-    let (mut channel, task) = manager.watch().await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let build = || {
+        LeaseManagerBuilder::new(ctx.client.clone(), lease)
+            .with_namespace(&ctx.settings.namespace)
+            .with_identity(identity)
+            .with_field_manager(format!("{}-lease", names::FIELD_MANAGER))
+            .build()
+    };
+    let mut manager = Some(build().await?);
     let mut shutdown = Box::pin(shutdown);
+    let mut retry = RETRY_MIN;
     loop {
-        let leader = *channel.borrow_and_update();
-        if leader {
-            info!(identity, "leading: reconciling");
-            let mut rx = stop_rx.clone();
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            let run = tokio::spawn(controller(ctx.clone(), stop));
-            let lost = async { channel.wait_for(|l| !*l).await.is_ok() };
-            tokio::select! {
-                _ = lost => {
-                    warn!("lost the lease: stopping");
-                    let _ = stop_tx.send(true);
-                    let _ = run.await;
-                    let _ = stop_tx.send(false);
-                }
-                () = &mut shutdown => {
-                    let _ = stop_tx.send(true);
-                    let _ = run.await;
-                    break;
+        let m = match manager.take() {
+            Some(m) => m,
+            None => {
+                tokio::select! {
+                    r = build() => match r {
+                        Ok(m) => m,
+                        Err(e) => {
+                            warn!(error = %e, "leader election: lease unavailable, retrying");
+                            tokio::select! {
+                                () = tokio::time::sleep(retry) => {}
+                                () = &mut shutdown => return Ok(()),
+                            }
+                            retry = (retry * 2).min(RETRY_MAX);
+                            continue;
+                        }
+                    },
+                    () = &mut shutdown => return Ok(()),
                 }
             }
-        } else {
-            tokio::select! {
-                r = channel.changed() => if r.is_err() { break },
-                () = &mut shutdown => break,
+        };
+        match lead_while_held(&ctx, &m, identity, &mut shutdown).await {
+            Round::Shutdown => {
+                if let Err(e) = m.release().await {
+                    warn!(error = %e, "releasing the lease");
+                }
+                return Ok(());
+            }
+            Round::Lost(e, led) => {
+                warn!(error = %e, "leader election: lease unavailable or gone; competing again");
+                if led {
+                    retry = RETRY_MIN;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
+                retry = (retry * 2).min(RETRY_MAX);
             }
         }
     }
-    drop(channel);
-    if let Ok(r) = task.await {
-        r?;
+}
+
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How one lease manager's round ended.
+enum Round {
+    /// The operator is shutting down.
+    Shutdown,
+    /// The lease could not be read or renewed, or is gone; whether this
+    /// replica led during the round.
+    Lost(kube_lease_manager::LeaseManagerError, bool),
+}
+
+/// Follows one lease manager: the controller runs while it reports this
+/// replica as the holder; any error ends the round with the controller
+/// stopped.
+async fn lead_while_held(
+    ctx: &Arc<Context>,
+    m: &kube_lease_manager::LeaseManager,
+    identity: &str,
+    shutdown: &mut std::pin::Pin<Box<impl std::future::Future<Output = ()> + Send + 'static>>,
+) -> Round {
+    let mut running: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )> = None;
+    let mut led = false;
+    let stop = |r: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>| async move {
+        if let Some((tx, task)) = r {
+            let _ = tx.send(());
+            let _ = task.await;
+        }
+    };
+    loop {
+        tokio::select! {
+            r = m.changed() => match r {
+                Ok(true) => {
+                    if running.is_none() {
+                        info!(identity, "leading: reconciling");
+                        led = true;
+                        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                        let task = tokio::spawn(controller(ctx.clone(), async move {
+                            let _ = rx.await;
+                        }));
+                        running = Some((tx, task));
+                    }
+                }
+                Ok(false) => {
+                    if running.is_some() {
+                        warn!(identity, "lost the lease: stopping");
+                        stop(running.take()).await;
+                    }
+                }
+                Err(e) => {
+                    stop(running.take()).await;
+                    return Round::Lost(e, led);
+                }
+            },
+            () = shutdown.as_mut() => {
+                stop(running.take()).await;
+                return Round::Shutdown;
+            }
+        }
     }
-    Ok(())
 }

@@ -512,7 +512,7 @@ async fn control_refusing_the_key_creates_nothing_and_says_why() {
 #[tokio::test]
 async fn cilium_network_policy_with_cilium_s_published_crd() {
     let env = Real::with("cilium", |_| {}).await;
-    common::real::install_cilium(env.server);
+    common::real::shared_cilium();
     let ns = env.ns.clone();
     blog(
         &env,

@@ -226,6 +226,10 @@ pub enum Who {
     /// The holder of a bearer token (a ServiceAccount's, from
     /// [`ApiServer::service_account_token`]).
     Token(String),
+    /// A user of the token file named in [`Options::users`], by name (a
+    /// ServiceAccount's user name works across restarts, where a
+    /// `TokenRequest` token dies with the ServiceAccount object).
+    Static(String),
 }
 
 /// One audited request.
@@ -304,6 +308,7 @@ pub struct ApiServer {
     kine_port: Mutex<u16>,
     procs: Mutex<Option<Procs>>,
     tokens: BTreeMap<&'static str, String>,
+    static_tokens: BTreeMap<String, String>,
     extra_args: Vec<String>,
     /// Removed when the test process ends (the shared server's directory).
     cleanup: Option<PathBuf>,
@@ -330,11 +335,14 @@ const IDENTITIES: [(&str, &str, &str); 2] = [
     ("user", "alice", "people"),
 ];
 
-/// Storage and audit settings of a server.
+/// Settings of a server of a test's own.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Extra `kube-apiserver` flags.
     pub apiserver_args: Vec<String>,
+    /// More users of the token file: (user name, comma-separated groups),
+    /// for [`Who::Static`].
+    pub users: Vec<(String, String)>,
 }
 
 impl ApiServer {
@@ -397,6 +405,12 @@ impl ApiServer {
             csv.push_str(&format!("{t},{user},{user}-uid,\"{group}\"\n"));
             tokens.insert(id, t);
         }
+        let mut static_tokens = BTreeMap::new();
+        for (i, (user, groups)) in opts.users.iter().enumerate() {
+            let t = random_token();
+            csv.push_str(&format!("{t},{user},static-{i},\"{groups}\"\n"));
+            static_tokens.insert(user.clone(), t);
+        }
         std::fs::write(dir.join("tokens.csv"), csv).unwrap();
         // Metadata of every request, once it is answered.
         std::fs::write(
@@ -415,6 +429,7 @@ impl ApiServer {
             kine_port: Mutex::new(0),
             procs: Mutex::new(None),
             tokens,
+            static_tokens,
             extra_args: opts.apiserver_args,
             cleanup,
         };
@@ -468,9 +483,18 @@ impl ApiServer {
     }
 
     fn start_apiserver(&self) -> Guarded {
-        let t = tools();
+        let args = self.apiserver_args(self.port(), &self.audit_log);
+        Guarded::start(
+            &self.dir.join("kube-apiserver.log"),
+            &tools().kube_apiserver,
+            &args,
+            self.cleanup.as_deref(),
+        )
+    }
+
+    fn apiserver_args(&self, port: u16, audit_log: &Path) -> Vec<String> {
         let d = |f: &str| self.dir.join(f).display().to_string();
-        let port = self.port();
+        let issuer = self.port();
         let mut args: Vec<String> = vec![
             format!("--etcd-servers={}", self.etcd()),
             "--bind-address=127.0.0.1".into(),
@@ -481,24 +505,69 @@ impl ApiServer {
             format!("--tls-private-key-file={}", d("server.key")),
             format!("--token-auth-file={}", d("tokens.csv")),
             "--authorization-mode=RBAC".into(),
-            format!("--service-account-issuer=https://127.0.0.1:{port}"),
+            format!("--service-account-issuer=https://127.0.0.1:{issuer}"),
             format!("--service-account-key-file={}", d("sa.pub")),
             format!("--service-account-signing-key-file={}", d("sa.key")),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
             "--allow-privileged=true".into(),
             "--disable-admission-plugins=ServiceAccount".into(),
             format!("--audit-policy-file={}", d("audit-policy.yaml")),
-            format!("--audit-log-path={}", self.audit_log.display()),
+            format!("--audit-log-path={}", audit_log.display()),
             "--audit-log-mode=blocking".into(),
             "--profiling=false".into(),
         ];
         args.extend(self.extra_args.iter().cloned());
-        Guarded::start(
-            &self.dir.join("kube-apiserver.log"),
-            &t.kube_apiserver,
-            &args,
-            self.cleanup.as_deref(),
-        )
+        args
+    }
+
+    /// Stops the API server only (its storage keeps running), as during an
+    /// upgrade of one replica of an HA control plane; `crash`: SIGKILL
+    /// (a graceful stop takes kube-apiserver about 25 s here).
+    pub fn stop_apiserver(&self, crash: bool) {
+        if let Some(p) = self.procs.lock().unwrap().as_mut() {
+            if crash {
+                p.apiserver.kill();
+            } else {
+                p.apiserver.stop();
+            }
+        }
+    }
+
+    /// Starts the API server again after [`ApiServer::stop_apiserver`], on
+    /// its address.
+    pub fn start_apiserver_again(&self) {
+        assert!(
+            self.start_procs(false),
+            "kube-apiserver did not come back: see {}",
+            self.dir.join("kube-apiserver.log").display()
+        );
+    }
+
+    /// A second API server on the same storage, on a port of its own (the
+    /// other replica of an HA control plane), with the same certificates,
+    /// identities and ServiceAccount keys. Stopped when dropped.
+    pub fn start_peer(&self) -> Peer {
+        let port = free_port();
+        let log = self.dir.join(format!("peer-{port}.log"));
+        let args = self.apiserver_args(port, &self.dir.join(format!("peer-{port}-audit.log")));
+        let guard = Guarded::start(&log, &tools().kube_apiserver, &args, None);
+        let peer = Peer {
+            url: format!("https://127.0.0.1:{port}"),
+            guard,
+            dir: self.dir.clone(),
+            ca: self.ca.clone(),
+            admin_token: self.tokens["admin"].clone(),
+        };
+        let end = Instant::now() + START_DEADLINE;
+        while !curl_ready(&peer.url, &peer.ca, &peer.admin_token) {
+            assert!(
+                Instant::now() < end,
+                "peer kube-apiserver not ready: see {}",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        peer
     }
 
     /// Starts both processes and waits for `/readyz`; false when the API
@@ -565,14 +634,8 @@ impl ApiServer {
     /// Restarts only the API server (the storage keeps every object and its
     /// history, as an API server upgrade would).
     pub fn restart_apiserver(&self) {
-        if let Some(p) = self.procs.lock().unwrap().as_mut() {
-            p.apiserver.stop();
-        }
-        assert!(
-            self.start_procs(false),
-            "kube-apiserver did not come back: see {}",
-            self.dir.join("kube-apiserver.log").display()
-        );
+        self.stop_apiserver(false);
+        self.start_apiserver_again();
     }
 
     /// Stops the API server and its storage (`crash`: SIGKILL).
@@ -599,6 +662,11 @@ impl ApiServer {
             Who::Admin => self.tokens["admin"].clone(),
             Who::User => self.tokens["user"].clone(),
             Who::Token(t) => t.clone(),
+            Who::Static(u) => self
+                .static_tokens
+                .get(u)
+                .unwrap_or_else(|| panic!("{u} is not a user of this server (Options::users)"))
+                .clone(),
         }
     }
 
@@ -611,7 +679,7 @@ impl ApiServer {
         let tag = match who {
             Who::Admin => "admin".to_string(),
             Who::User => "user".to_string(),
-            Who::Token(t) => {
+            Who::Token(t) | Who::Static(t) => {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 t.hash(&mut h);
@@ -824,6 +892,59 @@ where
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.stop(false);
+    }
+}
+
+/// Whether `url/readyz` answers 200 to `token`.
+fn curl_ready(url: &str, ca: &Path, token: &str) -> bool {
+    Command::new("curl")
+        .args(["-sf", "--max-time", "2", "-o", "/dev/null", "--cacert"])
+        .arg(ca)
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("{url}/readyz"))
+        .status()
+        .expect("curl (scripts/install-test-deps installs it)")
+        .success()
+}
+
+/// A second API server on an [`ApiServer`]'s storage.
+#[derive(Debug)]
+pub struct Peer {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    guard: Guarded,
+    dir: PathBuf,
+    ca: PathBuf,
+    admin_token: String,
+}
+
+impl Peer {
+    /// The admin's client through this peer.
+    pub async fn admin(&self) -> kube::Client {
+        let path = self.dir.join(format!(
+            "kubeconfig-peer-{}",
+            self.url.rsplit(':').next().unwrap_or("0")
+        ));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: peer\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {}\ncontexts:\n- name: peer\n  context: {{cluster: peer, user: admin, namespace: default}}\ncurrent-context: peer\n",
+                self.url,
+                self.ca.display(),
+                self.admin_token
+            ),
+        )
+        .unwrap();
+        let kc = kube::config::Kubeconfig::read_from(&path).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+
+    /// Stops it.
+    pub fn stop(mut self) {
+        self.guard.stop();
     }
 }
 

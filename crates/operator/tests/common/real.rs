@@ -8,7 +8,7 @@ use gatehouse_operator::edge::EdgeRoutes;
 use gatehouse_operator::mesh::ControlMesh;
 use gatehouse_operator::{Context, Settings};
 use gatehouse_testkit::TestControl;
-use gatehouse_testkit::kube_apiserver::{ApiServer, Recording, Who, run_ok};
+use gatehouse_testkit::kube_apiserver::{ApiServer, Options, Recording, Who, run_ok};
 use gatehouse_testkit::kube_tracker::Recorded;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
@@ -27,11 +27,9 @@ pub fn root() -> PathBuf {
 }
 
 /// `deploy/` applied as docs/operator.md says (namespace and CRDs first,
-/// then the rest), once per test binary, and the ProxyClass CRD
-/// established.
+/// then the rest), and the ProxyClass CRD established.
 pub fn install(s: &ApiServer) {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
+    {
         let d = root().join("deploy");
         run_ok(
             s.kubectl(&Who::Admin, "default")
@@ -51,14 +49,13 @@ pub fn install(s: &ApiServer) {
             "--timeout=60s",
             "crd/proxyclasses.gatehouse.dev",
         ]));
-    });
+    }
 }
 
 /// Installs Cilium's published CRDs (CiliumNetworkPolicy and
-/// CiliumClusterwideNetworkPolicy) once.
+/// CiliumClusterwideNetworkPolicy).
 pub fn install_cilium(s: &ApiServer) {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
+    {
         let dir = &gatehouse_testkit::kube_apiserver::tools().cilium_crds;
         run_ok(
             s.kubectl(&Who::Admin, "default")
@@ -73,11 +70,41 @@ pub fn install_cilium(s: &ApiServer) {
             "--timeout=60s",
             "crd/ciliumnetworkpolicies.cilium.io",
         ]));
-    });
+    }
+}
+
+/// The shared server of this test binary, with `deploy/` installed once.
+pub fn shared() -> &'static ApiServer {
+    static ONCE: Once = Once::new();
+    let s = ApiServer::shared();
+    ONCE.call_once(|| install(s));
+    s
+}
+
+/// Cilium's CRDs on the shared server, once.
+pub fn shared_cilium() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| install_cilium(shared()));
+}
+
+/// The binary's shared server, or a test's own.
+pub enum Server {
+    Shared(&'static ApiServer),
+    Own(Box<ApiServer>),
+}
+
+impl std::ops::Deref for Server {
+    type Target = ApiServer;
+    fn deref(&self) -> &ApiServer {
+        match self {
+            Server::Shared(s) => s,
+            Server::Own(s) => s,
+        }
+    }
 }
 
 pub struct Real {
-    pub server: &'static ApiServer,
+    pub server: Server,
     /// The test's own namespace (its Ingresses and Services).
     pub ns: String,
     pub admin: Client,
@@ -89,6 +116,49 @@ pub struct Real {
     pub ctx: Arc<Context>,
     /// The operator's bearer token.
     pub token: String,
+    pub settings: Settings,
+    pub oauth_secret: String,
+    /// Who the operator is.
+    pub operator: Who,
+}
+
+/// An operator replica running the controller (leader election included)
+/// as `gatehouse operator run` wires it.
+pub struct Replica {
+    pub ctx: Arc<Context>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), gatehouse_operator::run::RunError>>>,
+}
+
+impl Replica {
+    /// Stops it (as SIGTERM does) and waits.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(30), t)
+                .await
+                .expect("the replica stops");
+            r.unwrap().unwrap();
+        }
+    }
+
+    /// Stops it without waiting for anything (a crash: the lease is not
+    /// released).
+    pub fn crash(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
 }
 
 impl Real {
@@ -102,14 +172,46 @@ impl Real {
     }
 
     pub async fn with(prefix: &str, tweak: impl FnOnce(&mut Settings)) -> Real {
-        let server = ApiServer::shared();
-        install(server);
+        Self::on(Server::Shared(shared()), prefix, None, tweak).await
+    }
+
+    /// On a server of the test's own, with `deploy/` installed. With
+    /// `static_identity`, the operator authenticates with a token-file
+    /// token for its ServiceAccount's user name (it survives a restart that
+    /// loses the ServiceAccount object), else with a `TokenRequest` token.
+    pub async fn own(
+        prefix: &str,
+        static_identity: bool,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Real {
+        let user = gatehouse_testkit::kube_apiserver::service_account_user(NS, OPERATOR_SA);
+        let mut opts = Options::default();
+        if static_identity {
+            opts.users.push((
+                user.clone(),
+                format!("system:serviceaccounts,system:serviceaccounts:{NS}"),
+            ));
+        }
+        let s = ApiServer::start(opts);
+        install(&s);
+        let who = static_identity.then_some(Who::Static(user));
+        Self::on(Server::Own(Box::new(s)), prefix, who, tweak).await
+    }
+
+    pub async fn on(
+        server: Server,
+        prefix: &str,
+        operator: Option<Who>,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Real {
         let ns = server.namespace(prefix).await;
         let admin = server.client(&Who::Admin, &ns).await;
-        let token = server.service_account_token(NS, OPERATOR_SA).await;
-        let (client, rec) = server
-            .recording_client(&Who::Token(token.clone()), NS)
-            .await;
+        let operator = match operator {
+            Some(w) => w,
+            None => Who::Token(server.service_account_token(NS, OPERATOR_SA).await),
+        };
+        let token = server.token(&operator);
+        let (client, rec) = server.recording_client(&operator, NS).await;
         let control = TestControl::start().await;
         let oauth_secret = control.operator_secret().await;
         let mesh = ControlMesh::connect(&control.info.join, &oauth_secret)
@@ -123,9 +225,12 @@ impl Real {
             client.clone(),
             Arc::new(mesh),
             Some(edge.clone() as Arc<dyn EdgeRoutes>),
-            settings,
+            settings.clone(),
         ));
         Real {
+            operator,
+            settings,
+            oauth_secret,
             server,
             ns,
             admin,
@@ -135,6 +240,75 @@ impl Real {
             edge,
             ctx,
             token,
+        }
+    }
+
+    /// A new operator context (a replica of its own): its own client with
+    /// a fresh token of the operator's ServiceAccount, the same control
+    /// and edge.
+    pub async fn context(&self) -> Arc<Context> {
+        let who = match &self.operator {
+            Who::Token(_) => Who::Token(self.server.service_account_token(NS, OPERATOR_SA).await),
+            w => w.clone(),
+        };
+        let client = self.server.client(&who, NS).await;
+        let mesh = ControlMesh::connect(&self.control.info.join, &self.oauth_secret)
+            .await
+            .unwrap();
+        Arc::new(Context::new(
+            client,
+            Arc::new(mesh),
+            Some(self.edge.clone() as Arc<dyn EdgeRoutes>),
+            self.settings.clone(),
+        ))
+    }
+
+    /// Starts a replica named `identity` with its own context.
+    pub async fn replica(&self, identity: &str) -> Replica {
+        let ctx = self.context().await;
+        gatehouse_operator::reconcile::ensure_connector_config(&ctx)
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (c, id) = (ctx.clone(), identity.to_string());
+        let task = tokio::spawn(async move {
+            gatehouse_operator::run::with_leader_election(
+                c,
+                "gatehouse-operator",
+                &id,
+                async move {
+                    let _ = rx.await;
+                },
+            )
+            .await
+        });
+        Replica {
+            ctx,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts the controller alone, without leader election (`gatehouse
+    /// operator run --lease none`).
+    pub async fn controller(&self) -> Replica {
+        let ctx = self.context().await;
+        gatehouse_operator::reconcile::ensure_connector_config(&ctx)
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let c = ctx.clone();
+        let task = tokio::spawn(async move {
+            gatehouse_operator::run::controller(c, async move {
+                let _ = rx.await;
+            })
+            .await;
+            Ok(())
+        });
+        Replica {
+            ctx,
+            stop: Some(tx),
+            task: Some(task),
         }
     }
 
