@@ -300,3 +300,200 @@ async fn five_hundred_ingresses_at_once() {
     assert!(reads.values().all(|n| *n == 1), "{reads:?}");
     op.stop().await;
 }
+
+/// A grant of a Role or ClusterRole: (API group, resource, verb).
+type Grant = (String, String, String);
+
+/// The rules `deploy/rbac.yaml` grants the operator: cluster-wide (the
+/// ClusterRole) and in its namespace (the Role).
+fn granted() -> (Vec<Grant>, Vec<Grant>) {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(common::real::root().join("deploy/rbac.yaml")).unwrap();
+    let (mut cluster, mut ns) = (Vec::new(), Vec::new());
+    for d in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = Value::deserialize(d).unwrap();
+        let out = match v["kind"].as_str() {
+            Some("ClusterRole") => &mut cluster,
+            Some("Role") => &mut ns,
+            _ => continue,
+        };
+        for r in v["rules"].as_array().unwrap() {
+            for g in r["apiGroups"].as_array().unwrap() {
+                for res in r["resources"].as_array().unwrap() {
+                    for verb in r["verbs"].as_array().unwrap() {
+                        out.push((
+                            g.as_str().unwrap().to_string(),
+                            res.as_str().unwrap().to_string(),
+                            verb.as_str().unwrap().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    (cluster, ns)
+}
+
+/// Drives the operator (leader election on, as deploy/ runs it) through
+/// every path that calls the API, then compares what it called (the API
+/// server's audit log) with what deploy/rbac.yaml grants: nothing it
+/// calls is refused, and nothing granted goes unused, except what it must
+/// hold to grant it to the proxies' Roles (RBAC lets nobody grant more
+/// than they hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_grants_exactly_what_the_operator_uses() {
+    let env = Real::own("rbac", false, settings).await;
+    let ns = env.ns.clone();
+    let op = env.replica("op").await;
+    // A named target port nothing resolves (EndpointSlices, then Pods are
+    // listed; the event repeats on the next full reconcile), public.
+    let (mut svc, mut ing) = app(&ns, "blog");
+    svc["spec"]["ports"][0]["targetPort"] = json!("web");
+    ing["metadata"]["annotations"] = json!({"gatehouse.dev/public-hostname": "blog.example.com"});
+    env.apply(svc).await;
+    env.apply(ing.clone()).await;
+    applied(&env, &ns, "blog", Duration::from_secs(30)).await;
+    // Online: the status is written.
+    let sts = env.sts_name("blog").await;
+    let key = env.authkey(&sts, 0).await;
+    let _node = env.control.node(&key, "k8s-blog").await.unwrap();
+    wait_for("status", Duration::from_secs(30), || async {
+        let i = env
+            .get("networking.k8s.io/v1", "Ingress", &ns, "blog")
+            .await?;
+        i["status"]["loadBalancer"]["ingress"][0]["hostname"]
+            .as_str()
+            .map(|_| ())
+    })
+    .await;
+    // An Ingress naming no class (the IngressClass is read).
+    let (svc, mut plain) = app(&ns, "plain");
+    plain["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ingressClassName");
+    env.apply(svc).await;
+    env.apply(plain).await;
+    // A ProxyClass the API server refuses in the StatefulSet (its status).
+    let class = format!("bad-{ns}");
+    env.apply(json!({
+        "apiVersion": "gatehouse.dev/v1alpha1", "kind": "ProxyClass",
+        "metadata": {"name": class},
+        "spec": {"statefulSet": {"pod": {"container": {"resources": {
+            "requests": {"cpu": "200m"}, "limits": {"cpu": "100m"}}}}}},
+    }))
+    .await;
+    let (svc, mut bad) = app(&ns, "bad");
+    bad["metadata"]["annotations"] = json!({"gatehouse.dev/proxy-class": class});
+    env.apply(svc).await;
+    env.apply(bad).await;
+    wait_for("class refused", Duration::from_secs(30), || async {
+        let pc = env
+            .get("gatehouse.dev/v1alpha1", "ProxyClass", "", &class)
+            .await?;
+        (pc["status"]["conditions"][0]["status"] == "False").then_some(())
+    })
+    .await;
+    // Hosts change: the old proxy's objects are deleted; an annotation
+    // change reconciles blog again (the same NamedPortUnresolved event).
+    ing["spec"]["tls"] = json!([{"hosts": ["k8s-www"]}]);
+    ing["metadata"]["annotations"]["example.com/rev"] = json!("2");
+    env.apply(ing).await;
+    wait_for("old proxy gone", Duration::from_secs(30), || async {
+        env.get("apps/v1", "StatefulSet", NS, &sts)
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // Deleted: cleanup, finalizer.
+    env.delete("networking.k8s.io/v1", "Ingress", &ns, "blog")
+        .await;
+    wait_for("blog gone", Duration::from_secs(30), || async {
+        env.get("networking.k8s.io/v1", "Ingress", &ns, "blog")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    op.stop().await;
+
+    // Cilium installed later, the operator restarted: CiliumNetworkPolicies.
+    common::real::install_cilium(&env.server);
+    let mut s2 = env.settings.clone();
+    s2.netpol = None;
+    let env2 = Real {
+        settings: s2,
+        ..env
+    };
+    let op = env2.replica("op").await;
+    apply_app(&env2, &env2.admin, &ns, "cil").await;
+    wait_for("CiliumNetworkPolicy", Duration::from_secs(30), || async {
+        env2.get(
+            "cilium.io/v2",
+            "CiliumNetworkPolicy",
+            &ns,
+            "gatehouse-cil-cil",
+        )
+        .await
+    })
+    .await;
+    env2.delete("networking.k8s.io/v1", "Ingress", &ns, "cil")
+        .await;
+    wait_for("cil gone", Duration::from_secs(30), || async {
+        env2.get("networking.k8s.io/v1", "Ingress", &ns, "cil")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    op.stop().await;
+
+    // What it called, against what it is granted.
+    let user =
+        gatehouse_testkit::kube_apiserver::service_account_user(NS, common::real::OPERATOR_SA);
+    let calls: Vec<_> = env2
+        .server
+        .audit_of(&user)
+        .into_iter()
+        .filter(|a| !a.resource.is_empty())
+        .collect();
+    let refused: Vec<_> = calls.iter().filter(|a| a.code == 403).collect();
+    assert!(refused.is_empty(), "refused: {refused:#?}");
+    let (cluster, in_ns) = granted();
+    let mut used: std::collections::BTreeSet<(Grant, bool)> = Default::default();
+    for a in &calls {
+        let res = if a.subresource.is_empty() {
+            a.resource.clone()
+        } else {
+            format!("{}/{}", a.resource, a.subresource)
+        };
+        let in_own_ns = a.namespace == NS;
+        used.insert(((a.group.clone(), res.clone(), a.verb.clone()), in_own_ns));
+        // A server-side apply that creates is authorised as create too.
+        if a.verb == "patch" && a.code == 201 {
+            used.insert(((a.group.clone(), res, "create".into()), in_own_ns));
+        }
+    }
+    for (g, in_ns_call) in &used {
+        let ok = cluster.contains(g) || (*in_ns_call && in_ns.contains(g));
+        assert!(ok, "called without a grant: {g:?}");
+    }
+    // What the operator grants the proxies' Roles it must hold itself.
+    let held_to_grant: Vec<Grant> = ["get", "update", "patch"]
+        .iter()
+        .map(|v| (String::new(), "secrets".to_string(), v.to_string()))
+        .collect();
+    let unused_cluster: Vec<_> = cluster
+        .iter()
+        .filter(|g| !used.iter().any(|(u, _)| u == *g))
+        .collect();
+    let unused_ns: Vec<_> = in_ns
+        .iter()
+        .filter(|g| !used.contains(&((*g).clone(), true)) && !held_to_grant.contains(g))
+        .collect();
+    assert!(
+        unused_cluster.is_empty() && unused_ns.is_empty(),
+        "granted but never used: cluster-wide {unused_cluster:?}, in {NS} {unused_ns:?}"
+    );
+}
