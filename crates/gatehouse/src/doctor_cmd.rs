@@ -24,6 +24,10 @@ pub struct DoctorArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// The operator's namespace (with --cluster: its ServiceAccount's
+    /// permissions are checked).
+    #[arg(long, default_value = "gatehouse")]
+    namespace: String,
 }
 
 pub fn run(a: DoctorArgs) -> ExitCode {
@@ -46,14 +50,17 @@ pub fn run(a: DoctorArgs) -> ExitCode {
         }
     };
     let control = rt.block_on(async {
+        let mut install = Vec::new();
         if a.cluster {
             let client = kube::Client::try_default().await?;
             inputs.extend(doctor::collect(&client).await?);
+            install = doctor::check_install(&client, &a.namespace).await;
         }
-        let c = match &a.control {
-            Some(j) => doctor::check_control(j).await,
-            None => None,
+        let mut c: Vec<doctor::Finding> = match &a.control {
+            Some(j) => doctor::check_control(j).await.into_iter().collect(),
+            None => Vec::new(),
         };
+        c.extend(install);
         Ok::<_, kube::Error>(c)
     });
     let control = match control {

@@ -38,6 +38,151 @@ pub const CONTROL_UNREACHABLE: &str = "DR002";
 /// `DR003`: Talos nodes (1.8 or later: `forwardKubeDNSToHost` on by default)
 /// while `cilium-config` does not enable host legacy routing.
 pub const TALOS_DNS_FORWARDING: &str = "DR003";
+/// `DR004`: the ProxyClass CRD is not installed.
+pub const MISSING_CRD: &str = "DR004";
+/// `DR005`: the operator's ServiceAccount may not do what it needs (its
+/// RBAC is missing or incomplete), or this could not be checked.
+pub const MISSING_RBAC: &str = "DR005";
+
+/// The RBAC the operator needs, as `deploy/` ships it.
+const RBAC: &str = include_str!("../../../deploy/rbac.yaml");
+
+/// What the operator needs: (API group, resource, verb, cluster-wide) for
+/// every rule of `deploy/rbac.yaml` (its ClusterRole: cluster-wide; its
+/// Role: in the operator's namespace).
+pub fn needed_permissions() -> Vec<(String, String, String, bool)> {
+    let mut out = Vec::new();
+    for d in serde_yaml_ng::Deserializer::from_str(RBAC) {
+        let Ok(v) = serde_json::Value::deserialize(d) else {
+            continue;
+        };
+        let cluster = match v["kind"].as_str() {
+            Some("ClusterRole") => true,
+            Some("Role") => false,
+            _ => continue,
+        };
+        for r in v["rules"].as_array().into_iter().flatten() {
+            let strs = |k: &str| -> Vec<String> {
+                r[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            };
+            for g in strs("apiGroups") {
+                for res in strs("resources") {
+                    for verb in strs("verbs") {
+                        out.push((g.clone(), res.clone(), verb, cluster));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// DR004 and DR005 against a running cluster: the ProxyClass CRD is
+/// served, and the operator's ServiceAccount (`namespace`/gatehouse-operator)
+/// may do everything `deploy/rbac.yaml` grants, as the cluster's own
+/// authorizer answers (SubjectAccessReviews).
+pub async fn check_install(client: &Client, namespace: &str) -> Vec<Finding> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let mut out = Vec::new();
+    let served = match client
+        .list_api_group_resources("gatehouse.dev/v1alpha1")
+        .await
+    {
+        Ok(l) => l.resources.iter().any(|r| r.name == "proxyclasses"),
+        Err(_) => false,
+    };
+    if !served {
+        out.push(Finding {
+            rule: MISSING_CRD.into(),
+            level: Level::Error,
+            at: "cluster".into(),
+            message: "the ProxyClass CRD (proxyclasses.gatehouse.dev) is not installed: the operator cannot read ProxyClasses and reconciles nothing".into(),
+            fix: "kubectl apply -f deploy/crds/ (helm installs it from the chart's crds/)".into(),
+        });
+    }
+    let sa = format!("system:serviceaccount:{namespace}:gatehouse-operator");
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for (group, resource, verb, cluster) in needed_permissions() {
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((r, s)) => (r.to_string(), Some(s.to_string())),
+            None => (resource, None),
+        };
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(sa.clone()),
+                groups: Some(vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{namespace}"),
+                    "system:authenticated".into(),
+                ]),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(group.clone()),
+                    resource: Some(resource.clone()),
+                    subresource: subresource.clone(),
+                    verb: Some(verb.clone()),
+                    namespace: (!cluster).then(|| namespace.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match api.create(&Default::default(), &review).await {
+            Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => {}
+            Ok(_) => {
+                let what = match &subresource {
+                    Some(s) => format!("{resource}/{s}"),
+                    None => resource.clone(),
+                };
+                let g = if group.is_empty() {
+                    "core".to_string()
+                } else {
+                    group.clone()
+                };
+                let scope = if cluster {
+                    "cluster-wide".to_string()
+                } else {
+                    format!("in {namespace}")
+                };
+                missing.push(format!("{verb} {g}/{what} ({scope})"));
+            }
+            Err(e) => {
+                out.push(Finding {
+                    rule: MISSING_RBAC.into(),
+                    level: Level::Warning,
+                    at: "cluster".into(),
+                    message: format!(
+                        "could not check the operator's permissions (SubjectAccessReview): {e}"
+                    ),
+                    fix:
+                        "run gatehouse doctor with an identity that may create subjectaccessreviews"
+                            .into(),
+                });
+                return out;
+            }
+        }
+    }
+    if !missing.is_empty() {
+        out.push(Finding {
+            rule: MISSING_RBAC.into(),
+            level: Level::Error,
+            at: format!("cluster:serviceaccount/{namespace}/gatehouse-operator"),
+            message: format!(
+                "the operator's ServiceAccount may not: {}",
+                missing.join(", ")
+            ),
+            fix: "kubectl apply -f deploy/rbac.yaml (or helm install/upgrade the chart)".into(),
+        });
+    }
+    out
+}
 
 fn has_ingress_class(inputs: &[(&str, &str)]) -> bool {
     inputs.iter().any(|(_, text)| {
@@ -269,6 +414,19 @@ mod tests {
         let class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: gatehouse}\nspec: {controller: gatehouse.dev/ingress}\n";
         let f = check_manifests(&[("c.yaml", class)]);
         assert!(f.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn needed_permissions_are_deploy_s_rbac() {
+        let p = needed_permissions();
+        assert!(p.contains(&(
+            "networking.k8s.io".into(),
+            "ingresses/status".into(),
+            "patch".into(),
+            true
+        )));
+        assert!(p.contains(&("apps".into(), "statefulsets".into(), "create".into(), false)));
+        assert!(p.len() > 30, "{p:?}");
     }
 
     #[test]
