@@ -1,11 +1,14 @@
-//! The "local cluster": the operator, unchanged, against testkit's object
-//! tracker served over HTTP (standing in for the API server), with a real
-//! control (in-process), a real edge (a process of this binary) and a real
-//! connector (the connector image's build) on loopback, and StatefulSets
-//! realised by testkit's realiser as processes of the binary their image
-//! holds (the proxy image: the proxy build). An Ingress applied to the tracker must
-//! become reachable publicly over HTTPS through the edge and privately over
-//! the mesh.
+//! The "local cluster": the operator, unchanged, against a real API server
+//! (testkit's `kube_apiserver`: kube-apiserver on kine) with `deploy/`
+//! applied as docs/operator.md says and the operator acting as the
+//! ServiceAccount it grants, a real control (in-process), a real edge (a
+//! process of this binary) and a real connector (the connector image's
+//! build) on loopback, and testkit's pod runner creating each StatefulSet
+//! replica's Pod through the API (Pod Security admission included) and
+//! running it as a process of the binary its image holds (the proxy image:
+//! the proxy build) with a token of the pod's ServiceAccount. An Ingress
+//! applied to the API server must become reachable publicly over HTTPS
+//! through the edge and privately over the mesh.
 //!
 //! What it proves and what it does not: see docs/operator.md.
 
@@ -17,15 +20,16 @@ use common::BIN;
 use gatehouse_operator::edge::HttpEdge;
 use gatehouse_operator::mesh::ControlMesh;
 use gatehouse_operator::{Context, Settings};
-use gatehouse_testkit::kube_realiser::{Realiser, rewrite};
-use gatehouse_testkit::kube_tracker::Tracker;
+use gatehouse_testkit::kube_apiserver::{ApiServer, Who, run_ok, service_account_user};
+use gatehouse_testkit::kube_pods::PodRunner;
+use gatehouse_testkit::kube_realiser::rewrite;
 use gatehouse_testkit::origin::HttpOrigin;
 use gatehouse_testkit::pki::Pki;
 use gatehouse_testkit::process::Proc;
 use gatehouse_testkit::roles;
 use gatehouse_testkit::{TestControl, free_port, wait_for};
 use k8s_openapi::api::networking::v1::Ingress;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::process::Command;
@@ -35,6 +39,35 @@ use std::sync::Arc;
 /// build.
 const PROXY_IMAGE: &str = "ghcr.io/gatehouse-dev/gatehouse-proxy:0.1.0";
 use std::time::{Duration, Instant};
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Server-side apply as the admin (as `kubectl apply --server-side`).
+async fn apply_as_admin(admin: &kube::Client, mut obj: serde_json::Value) {
+    let av = obj["apiVersion"].as_str().unwrap().to_string();
+    let kind = obj["kind"].as_str().unwrap().to_string();
+    let (group, version) = av.split_once('/').unwrap_or(("", &av));
+    let (ar, caps) =
+        kube::discovery::pinned_kind(admin, &GroupVersionKind::gvk(group, version, &kind))
+            .await
+            .unwrap();
+    let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+    let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
+        Some(ns) if caps.scope == kube::discovery::Scope::Namespaced => {
+            Api::namespaced_with(admin.clone(), ns, &ar)
+        }
+        _ => Api::all_with(admin.clone(), &ar),
+    };
+    obj["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    api.patch(&name, &PatchParams::apply("kubectl"), &Patch::Apply(&obj))
+        .await
+        .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+}
 
 async fn curl(ca: &std::path::Path, resolve: &str, url: &str) -> (u16, String) {
     let out = tokio::process::Command::new("curl")
@@ -96,18 +129,39 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     })
     .await;
 
-    // The API server stand-in, and a kubeconfig for processes.
-    let tracker = Tracker::new();
-    let addr = tracker.serve().await;
-    let kubeconfig = d.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!("apiVersion: v1\nkind: Config\nclusters: [{{name: local, cluster: {{server: 'http://{addr}'}}}}]\nusers: [{{name: local, user: {{}}}}]\ncontexts: [{{name: local, context: {{cluster: local, user: local, namespace: gatehouse}}}}]\ncurrent-context: local\n"),
-    )
-    .unwrap();
-    let mut config = kube::Config::new(format!("http://{addr}").parse().unwrap());
-    config.default_namespace = "gatehouse".into();
-    let client = kube::Client::try_from(config).unwrap();
+    // The API server, with deploy/ applied as docs/operator.md says; the
+    // operator acts as the ServiceAccount deploy/rbac.yaml grants.
+    let server = ApiServer::shared();
+    let d_ = root().join("deploy");
+    run_ok(
+        server
+            .kubectl(&Who::Admin, "default")
+            .args(["apply", "-f"])
+            .arg(d_.join("namespace.yaml"))
+            .arg("-f")
+            .arg(d_.join("crds")),
+    );
+    run_ok(server.kubectl(&Who::Admin, "default").args([
+        "wait",
+        "--for=condition=established",
+        "crd/proxyclasses.gatehouse.dev",
+    ]));
+    run_ok(
+        server
+            .kubectl(&Who::Admin, "default")
+            .args(["apply", "-f"])
+            .arg(&d_),
+    );
+    let admin = server.client(&Who::Admin, "default").await;
+    let sa_token = server
+        .service_account_token("gatehouse", "gatehouse-operator")
+        .await;
+    let client = server.client(&Who::Token(sa_token), "gatehouse").await;
+    let apply = |obj: serde_json::Value| {
+        let admin = admin.clone();
+        async move { apply_as_admin(&admin, obj).await }
+    };
+    apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "blog"}})).await;
 
     // Workloads: Service names map to loopback, container paths to pod dirs.
     let map = vec![(
@@ -115,12 +169,9 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
         format!("http://{}", origin.addr),
     )];
     let map2 = map.clone();
-    let kc = kubeconfig.clone();
     let node_bin = roles::bin("proxy");
-    let realiser = Arc::new(Realiser::new(
-        tracker.clone(),
-        &d.join("pods"),
-        move |pod| {
+    let realiser = Arc::new(
+        PodRunner::new(server, &d.join("pods"), move |pod| {
             let mut m = map2.clone();
             m.push((
                 "/var/lib/gatehouse".into(),
@@ -139,12 +190,11 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
             );
             let mut c = Command::new(&node_bin);
             c.args(pod.args.iter().map(|a| rewrite(a, &m)));
-            c.envs(pod.env.iter().cloned())
-                .env("KUBECONFIG", &kc)
-                .env("RUST_LOG", "info");
+            c.envs(pod.env.iter().cloned()).env("RUST_LOG", "info");
             c
-        },
-    ));
+        })
+        .await,
+    );
     let rules_dir = d.join("connector");
     let map3 = map.clone();
     realiser.mirror_config_map("gatehouse", "gatehouse-connector", &rules_dir, move |v| {
@@ -201,18 +251,20 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     let _connector = Proc::start("connector", d, cmd);
 
     // Apply the Ingress.
-    tracker.insert(json!({
+    apply(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "blog", "namespace": "blog"},
         "spec": {"selector": {"app": "blog"}, "ports": [{"name": "http", "port": 80, "targetPort": 2368}]},
-    }));
+    }))
+    .await;
     // Two replicas per proxy: both serve the Ingress's name.
-    tracker.insert(json!({
+    apply(json!({
         "apiVersion": "gatehouse.dev/v1alpha1", "kind": "ProxyClass",
         "metadata": {"name": "default"}, "spec": {"replicas": 2},
-    }));
+    }))
+    .await;
     let applied = Instant::now();
-    tracker.insert(json!({
+    let ingress = json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
         "metadata": {"name": "blog", "namespace": "blog", "annotations": {
             "gatehouse.dev/public-hostname": "blog.example.com",
@@ -223,7 +275,8 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
             "defaultBackend": {"service": {"name": "blog", "port": {"number": 80}}},
             "tls": [{"hosts": ["k8s-blog"]}],
         },
-    }));
+    });
+    apply(ingress.clone()).await;
     let resolve = format!("blog.example.com:{}:127.0.0.1", https.port());
     let url = format!("https://blog.example.com:{}", https.port());
     let (ca_path, r2, u2) = (pki.ca.clone(), resolve.clone(), url.clone());
@@ -258,10 +311,11 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
     })
     .await;
     let pod = &pods[0];
+    let ingresses: Api<Ingress> = Api::namespaced(admin.clone(), "blog");
     let fqdn = wait_for("Ingress status", Duration::from_secs(30), || {
-        let t = tracker.clone();
+        let api = ingresses.clone();
         async move {
-            let ing = t.get("networking.k8s.io/v1", "Ingress", "blog", "blog")?;
+            let ing = serde_json::to_value(api.get_opt("blog").await.ok()??).ok()?;
             ing["status"]["loadBalancer"]["ingress"][0]["hostname"]
                 .as_str()
                 .filter(|h| h.starts_with("k8s-blog."))
@@ -381,10 +435,12 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
         .unwrap()
         .0
         .to_string();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(admin.clone(), "gatehouse");
     wait_for("node state in the Secret", Duration::from_secs(10), || {
-        let (t, s) = (tracker.clone(), secret.clone());
+        let (api, s) = (secrets.clone(), secret.clone());
         async move {
-            let sec = t.get("v1", "Secret", "gatehouse", &s)?;
+            let sec = serde_json::to_value(api.get_opt(&s).await.ok()??).ok()?;
             sec["data"]
                 .as_object()?
                 .keys()
@@ -396,23 +452,15 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
 
     // The backend's policy admits this Ingress's proxies and the connector
     // (stored only: nothing enforces policies here).
-    let np = tracker
-        .get(
-            "networking.k8s.io/v1",
-            "NetworkPolicy",
-            "blog",
-            "gatehouse-blog-blog",
-        )
-        .unwrap();
+    let nps: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(admin.clone(), "blog");
+    let np = serde_json::to_value(nps.get("gatehouse-blog-blog").await.unwrap()).unwrap();
     assert_eq!(np["spec"]["ingress"].as_array().unwrap().len(), 2, "{np}");
 
     // Removing the annotation removes the route and the connector rule.
-    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), "blog");
-    let mut ing = tracker
-        .get("networking.k8s.io/v1", "Ingress", "blog", "blog")
-        .unwrap();
+    let mut ing = ingress.clone();
     ing["metadata"]["annotations"] = json!({});
-    tracker.insert(ing);
+    apply(ing).await;
     let (ca_path, r2, u2) = (pki.ca.clone(), resolve.clone(), url.clone());
     wait_for("public route removed", Duration::from_secs(30), || {
         let (c, r, u) = (ca_path.clone(), r2.clone(), u2.clone());
@@ -425,12 +473,13 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
         .delete("blog", &DeleteParams::default())
         .await
         .unwrap();
+    let stss: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(admin.clone(), "gatehouse");
     wait_for("Ingress and proxy gone", Duration::from_secs(30), || {
-        let (t, r) = (tracker.clone(), realiser.clone());
+        let (i, s, r) = (ingresses.clone(), stss.clone(), realiser.clone());
         async move {
-            (t.get("networking.k8s.io/v1", "Ingress", "blog", "blog")
-                .is_none()
-                && t.list("apps/v1", "StatefulSet").is_empty()
+            (i.get_opt("blog").await.ok()?.is_none()
+                && s.list(&Default::default()).await.ok()?.items.is_empty()
                 && r.pods().is_empty())
             .then_some(())
         }
@@ -443,9 +492,29 @@ async fn ingress_becomes_reachable_in_a_local_cluster() {
         "{nodes:?}"
     );
     assert!(
-        tracker
-            .list("networking.k8s.io/v1", "NetworkPolicy")
+        nps.list(&Default::default())
+            .await
+            .unwrap()
+            .items
             .is_empty()
+    );
+    // Every pod was admitted (restricted Pod Security in gatehouse) and
+    // ran as its own ServiceAccount, which may touch only its Secret.
+    assert!(realiser.errors().is_empty(), "{:?}", realiser.errors());
+    let proxy_user = service_account_user("gatehouse", &secret);
+    let calls = server.audit_of(&proxy_user);
+    assert!(
+        calls.iter().any(|a| a.verb == "patch"
+            && a.resource == "secrets"
+            && a.name == secret
+            && a.code == 200),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|a| a.resource == "secrets" && a.name == secret),
+        "{calls:?}"
     );
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), operator).await;

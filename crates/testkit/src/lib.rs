@@ -13,6 +13,7 @@
 pub mod control;
 pub mod grpc;
 pub mod kube_apiserver;
+pub mod kube_pods;
 pub mod kube_realiser;
 pub mod kube_tracker;
 pub mod origin;
