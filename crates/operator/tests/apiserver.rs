@@ -934,3 +934,34 @@ async fn a_second_field_manager_keeps_its_fields_and_the_operator_keeps_its_own(
         .unwrap();
     assert_eq!(role["rules"][0]["resourceNames"], json!([name]));
 }
+
+#[tokio::test]
+async fn an_ingress_without_class_is_served_when_gatehouse_is_the_default_class() {
+    let env = Real::new("noclass").await;
+    env.apply(service("blog", 80, json!(2368))).await;
+    let mut ing = ingress("blog", &["k8s-blog"], json!({}));
+    ing["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ingressClassName");
+    env.apply(ing).await;
+    let w = env.reconcile("blog").await;
+    assert!(
+        w.is_empty(),
+        "not ours while gatehouse is not the default: {w:?}"
+    );
+    // Marked the default class (kubectl annotate), by another field manager.
+    let default = |v: &str| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "gatehouse", "annotations": {"ingressclass.kubernetes.io/is-default-class": v}},
+        })
+    };
+    env.apply_as(&env.admin, "default-class-test", default("true"), false)
+        .await;
+    env.reconcile("blog").await;
+    let stss = env.stss("blog").await;
+    env.apply_as(&env.admin, "default-class-test", default("false"), false)
+        .await;
+    assert_eq!(stss.len(), 1);
+}
