@@ -72,7 +72,7 @@ struct WatchEvent {
     object: Value,
 }
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct State {
     /// A copy answering a dry run: nothing it does is kept or watched.
     dry_run: bool,
@@ -424,11 +424,34 @@ impl Tracker {
         let dry_run = query.split('&').any(|kv| kv == "dryRun=All");
         let (code, out) = {
             let mut s = self.state.lock().unwrap();
-            let mut copy = dry_run.then(|| State {
+            // A dry run of a named object is answered on the store and
+            // undone (that object and the resource version restored); any
+            // other on a copy of the objects.
+            let named = match parse_path(&path) {
+                Some(Ok(Target {
+                    group,
+                    plural,
+                    namespace,
+                    name: Some(name),
+                    ..
+                })) if dry_run => Some(Key {
+                    group,
+                    plural,
+                    namespace: namespace.unwrap_or_default(),
+                    name,
+                }),
+                _ => None,
+            };
+            let mut copy = (dry_run && named.is_none()).then(|| State {
                 dry_run: true,
+                rv: s.rv,
+                objects: s.objects.clone(),
+                groups: s.groups.clone(),
                 log: Vec::new(),
-                ..s.clone()
+                history: VecDeque::new(),
             });
+            let saved = named.as_ref().map(|k| (s.objects.get(k).cloned(), s.rv));
+            s.dry_run = dry_run;
             let r = self.answer(
                 copy.as_mut().unwrap_or(&mut s),
                 &parts.method,
@@ -437,6 +460,18 @@ impl Tracker {
                 &content_type,
                 parsed.clone(),
             );
+            s.dry_run = false;
+            if let (Some(k), Some((old, rv))) = (named, saved) {
+                match old {
+                    Some(o) => {
+                        s.objects.insert(k, o);
+                    }
+                    None => {
+                        s.objects.remove(&k);
+                    }
+                }
+                s.rv = rv;
+            }
             s.log.push(Recorded {
                 method: parts.method.to_string(),
                 path: path.clone(),
@@ -955,6 +990,39 @@ mod tests {
         ));
         assert!(t.get("v1", "ConfigMap", "n", "a").is_none());
         assert_eq!(t.writes().len(), 4);
+    }
+
+    #[test]
+    fn dry_runs_store_nothing_and_are_not_writes() {
+        let t = Tracker::new();
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "1"}});
+        let r = t.handle(req(
+            "PATCH",
+            "/api/v1/namespaces/n/configmaps/a",
+            "application/apply-patch+yaml",
+            cm.clone(),
+        ));
+        assert_eq!(r.status(), 201);
+        let mut changed = cm.clone();
+        changed["data"]["k"] = json!("2");
+        for path in [
+            "/api/v1/namespaces/n/configmaps/a?dryRun=All",
+            "/api/v1/namespaces/n/configmaps/b?dryRun=All",
+        ] {
+            let (p, q) = path.split_once('?').unwrap();
+            let r = t.handle(
+                http::Request::builder()
+                    .method("PATCH")
+                    .uri(format!("{p}?{q}"))
+                    .header("content-type", "application/apply-patch+yaml")
+                    .body(Bytes::from(changed.to_string()))
+                    .unwrap(),
+            );
+            assert!(r.status().is_success(), "{path}");
+        }
+        assert_eq!(t.get("v1", "ConfigMap", "n", "a").unwrap()["data"]["k"], "1");
+        assert!(t.get("v1", "ConfigMap", "n", "b").is_none());
+        assert_eq!(t.writes().len(), 1, "{:?}", t.requests());
     }
 
     #[test]
