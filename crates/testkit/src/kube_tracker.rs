@@ -1020,7 +1020,10 @@ mod tests {
             );
             assert!(r.status().is_success(), "{path}");
         }
-        assert_eq!(t.get("v1", "ConfigMap", "n", "a").unwrap()["data"]["k"], "1");
+        assert_eq!(
+            t.get("v1", "ConfigMap", "n", "a").unwrap()["data"]["k"],
+            "1"
+        );
         assert!(t.get("v1", "ConfigMap", "n", "b").is_none());
         assert_eq!(t.writes().len(), 1, "{:?}", t.requests());
     }
