@@ -87,7 +87,7 @@ pub struct Tools {
 fn must_exist(p: PathBuf, what: &str) -> PathBuf {
     assert!(
         p.is_file(),
-        "{what} is not installed at {}: run {INSTALL} (it builds it from Go modules, once; CI always does)",
+        "{what} missing at {}: run {INSTALL} (it installs the test cluster's programs from Go modules, once; CI always runs it)",
         p.display()
     );
     p
@@ -106,21 +106,26 @@ pub fn tools() -> &'static Tools {
             .unwrap_or_else(|e| panic!("interop/kube/cilium/VERSION: {e}"));
         let kd = c.join(format!("kubernetes-{k8s}"));
         let cilium = c.join(format!("cilium-{}", cilium_v.trim()));
+        let kube_apiserver =
+            must_exist(kd.join("kube-apiserver"), &format!("kube-apiserver {k8s}"));
+        let kubectl = must_exist(kd.join("kubectl"), &format!("kubectl {k8s}"));
+        let kine = must_exist(
+            c.join(format!("kine-{kine}")).join("kine"),
+            &format!("kine {kine}"),
+        );
+        let helm = must_exist(
+            c.join(format!("helm-{helm}")).join("helm"),
+            &format!("helm {helm}"),
+        );
         must_exist(
             cilium.join("ciliumnetworkpolicies.yaml"),
-            &format!("Cilium {} CRDs", cilium_v.trim()),
+            &format!("Cilium {}'s CRDs", cilium_v.trim()),
         );
         Tools {
-            kube_apiserver: must_exist(kd.join("kube-apiserver"), &format!("kube-apiserver {k8s}")),
-            kubectl: must_exist(kd.join("kubectl"), &format!("kubectl {k8s}")),
-            kine: must_exist(
-                c.join(format!("kine-{kine}")).join("kine"),
-                &format!("kine {kine}"),
-            ),
-            helm: must_exist(
-                c.join(format!("helm-{helm}")).join("helm"),
-                &format!("helm {helm}"),
-            ),
+            kube_apiserver,
+            kubectl,
+            kine,
+            helm,
             cilium_crds: cilium,
             kubernetes: k8s,
         }
