@@ -356,6 +356,7 @@ impl ApiServer {
     pub fn shared() -> &'static ApiServer {
         static SHARED: OnceLock<ApiServer> = OnceLock::new();
         SHARED.get_or_init(|| {
+            tools();
             let dir = tempfile::Builder::new()
                 .prefix("kube-apiserver-")
                 .tempdir()
@@ -367,6 +368,7 @@ impl ApiServer {
 
     /// A server of the test's own (for tests that restart it).
     pub fn start(opts: Options) -> ApiServer {
+        tools();
         let tmp = tempfile::Builder::new()
             .prefix("kube-apiserver-")
             .tempdir()
