@@ -16,4 +16,4 @@ pub mod stun;
 
 pub use classify::{Datagram, classify};
 pub use disco::{DiscoError, Message};
-pub use key::{DiscoPrivateKey, DiscoPublicKey, DiscoShared, KeyError};
+pub use key::{DiscoPrivateKey, DiscoPublicKey, DiscoShared, KeyError, NodePublicKey};
