@@ -11,6 +11,7 @@
 
 mod classify;
 pub mod disco;
+pub mod fuzzing;
 mod key;
 pub mod stun;
 

@@ -11,6 +11,7 @@
 
 pub mod client;
 pub mod frame;
+pub mod fuzzing;
 pub mod handshake;
 pub mod ratelimit;
 pub mod server;
