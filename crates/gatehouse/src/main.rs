@@ -29,6 +29,8 @@ mod operator_cmd;
 mod policy_cmd;
 #[cfg(feature = "tools")]
 mod reach_cmd;
+#[cfg(feature = "relay")]
+mod relay_cmd;
 #[cfg(feature = "tools")]
 mod render_cmd;
 mod secrets;
@@ -46,11 +48,12 @@ mod up_cmd;
     feature = "control",
     feature = "operator",
     feature = "proxy",
+    feature = "relay",
     feature = "tools",
     feature = "up"
 )))]
 compile_error!(
-    "build at least one command: features node, proxy, connector, edge, control, operator, tools or up"
+    "build at least one command: features node, proxy, connector, edge, control, operator, relay, tools or up"
 );
 
 use clap::{Parser, Subcommand};
@@ -76,6 +79,9 @@ enum Command {
     #[cfg(feature = "control")]
     /// Administer a running control server (users, nodes, keys, OAuth, policy, audit, CA).
     Admin(admin_cmd::AdminArgs),
+    #[cfg(feature = "relay")]
+    /// Run a standalone relay (DERP over HTTPS, STUN) for the network's nodes.
+    Relay(relay_cmd::RelayArgs),
     #[cfg(feature = "node")]
     /// Run a mesh node (serve, SOCKS5, DNS) and talk to a running one.
     #[command(subcommand)]
@@ -144,6 +150,8 @@ fn main() -> ExitCode {
         Command::Control(a) => run_async(control_cmd::run(a)),
         #[cfg(feature = "control")]
         Command::Admin(a) => run_async(admin_cmd::run(a)),
+        #[cfg(feature = "relay")]
+        Command::Relay(a) => run_async(relay_cmd::run(a)),
         #[cfg(feature = "node")]
         Command::Node(cmd) => run_async(node_cmd::run(cmd)),
         #[cfg(feature = "edge")]

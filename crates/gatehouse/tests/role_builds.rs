@@ -11,9 +11,9 @@ mod common;
 use gatehouse_testkit::roles;
 use std::process::Command;
 
-const COMMANDS: [&str; 13] = [
+const COMMANDS: [&str; 14] = [
     "policy", "control", "admin", "node", "edge", "tunnel", "lint", "reach", "render", "operator",
-    "doctor", "up", "status",
+    "doctor", "up", "status", "relay",
 ];
 
 #[test]

@@ -10,11 +10,17 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+#[cfg(feature = "standalone")]
+pub mod config;
 pub mod frame;
 pub mod fuzzing;
 pub mod handshake;
 pub mod ratelimit;
 pub mod server;
+#[cfg(feature = "standalone")]
+pub mod standalone;
+#[cfg(feature = "standalone")]
+pub mod sync;
 pub mod wire;
 
 pub use client::{ClientConfig, ClientError, Event, RelayClient};

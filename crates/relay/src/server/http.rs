@@ -85,7 +85,9 @@ impl RelayServer {
     /// is 404. Mount it on a hyper server that serves upgrades
     /// (`serve_connection_with_upgrades`): `/derp` upgrades to DERP or to a
     /// WebSocket and the connection then runs here, on its own task.
-    /// `remote` is the client's address (for logs).
+    /// `remote` is the client's address (for logs). The request's extensions
+    /// are kept until the relay connection ends, so a connection-limit slot
+    /// the server attached keeps counting it.
     pub async fn handle<B: Send + 'static>(
         self: &Arc<Self>,
         mut req: Request<B>,
@@ -104,8 +106,12 @@ impl RelayServer {
             };
             let accept = derive_accept_key(key.as_bytes());
             let on_upgrade = hyper::upgrade::on(&mut req);
+            let extensions = std::mem::take(req.extensions_mut());
             let server = Arc::clone(self);
             tokio::spawn(async move {
+                // Whatever the embedding server put in the request (a
+                // connection-limit slot) lives as long as the connection.
+                let _extensions = extensions;
                 let Ok(upgraded) = on_upgrade.await else {
                     return;
                 };
@@ -151,8 +157,10 @@ impl RelayServer {
             );
         }
         let on_upgrade = hyper::upgrade::on(&mut req);
+        let extensions = std::mem::take(req.extensions_mut());
         let server = Arc::clone(self);
         tokio::spawn(async move {
+            let _extensions = extensions;
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
