@@ -18,7 +18,6 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -316,18 +315,15 @@ impl NodeClient {
         self.join.is_local()
     }
 
-    /// Announces the node's direct endpoints.
-    pub async fn set_endpoints(&self, endpoints: &[SocketAddr]) -> Result<(), ClientError> {
-        let body = EndpointsRequest {
-            endpoints: endpoints.to_vec(),
-        };
+    /// Announces the node's direct endpoints, disco key and home relay.
+    pub async fn set_endpoints(&self, body: &EndpointsRequest) -> Result<(), ClientError> {
         call(
             &self.join,
             &self.cfg,
             Method::POST,
             "/machine/v1/endpoints",
             &[],
-            json_body(&body)?,
+            json_body(body)?,
         )
         .await?;
         Ok(())

@@ -6,7 +6,7 @@
 
 use crate::store::NodeRow;
 use gatehouse_policy::{Engine, EngineError, Node, NodeFilter, Policy};
-use gatehouse_proto::control::{DnsConfig, FullMap, MapDelta, Peer, SelfNode};
+use gatehouse_proto::control::{DnsConfig, FullMap, MapDelta, Peer, RelayMap, SelfNode};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +23,11 @@ struct Entry {
     version: u64,
     /// Whether the node is in the compiled policy (not expired).
     live: bool,
+    /// Its disco public key, as it last announced (kept in memory: a node
+    /// announces it again on every new map stream).
+    disco_key: Option<String>,
+    /// Its home relay region, as it last announced.
+    home_relay: Option<u16>,
 }
 
 /// What a stream still has to look at.
@@ -32,6 +37,7 @@ struct Pending {
     changed_peers: HashSet<String>,
     filter: bool,
     self_node: bool,
+    relays: bool,
     closed: bool,
 }
 
@@ -48,6 +54,7 @@ pub struct Sent {
     peers: HashMap<String, u64>,
     filter: NodeFilter,
     self_version: u64,
+    relays_version: u64,
 }
 
 /// A node's open map stream.
@@ -69,7 +76,8 @@ pub struct Closed;
 #[derive(Debug)]
 struct State {
     domain: String,
-    relays: Vec<String>,
+    relays: RelayMap,
+    relays_version: u64,
     ula: [u16; 3],
     policy: Arc<Policy>,
     engine: Engine,
@@ -125,7 +133,8 @@ impl State {
                 .iter()
                 .filter_map(|s| s.parse::<SocketAddr>().ok())
                 .collect(),
-            relays: self.relays.clone(),
+            disco_key: e.disco_key.clone(),
+            home_relay: e.home_relay,
             user: if r.tags.is_empty() {
                 r.user.clone()
             } else {
@@ -215,7 +224,7 @@ impl Hub {
     /// Nodes whose key expired before `now` are kept but not in the mesh.
     pub fn new(
         domain: String,
-        relays: Vec<String>,
+        relays: RelayMap,
         ula: [u16; 3],
         policy: Arc<Policy>,
         rows: Vec<NodeRow>,
@@ -230,6 +239,7 @@ impl Hub {
         let mut st = State {
             domain,
             relays,
+            relays_version: 0,
             ula,
             policy,
             engine,
@@ -255,6 +265,8 @@ impl Hub {
                     live: r.key_expiry > now,
                     row: r,
                     version: st.next_version,
+                    disco_key: None,
+                    home_relay: None,
                 },
             );
         }
@@ -375,6 +387,8 @@ impl Hub {
                 row,
                 version,
                 live: true,
+                disco_key: None,
+                home_relay: None,
             },
         );
         st.apply_changes(cs);
@@ -445,16 +459,50 @@ impl Hub {
             .min()
     }
 
-    /// Replaces a node's endpoints; its peers get the change.
-    pub fn set_endpoints(&self, id: &str, endpoints: Vec<String>) {
+    /// Replaces a node's endpoints, disco key and home relay; its peers
+    /// get the change.
+    pub fn set_endpoints(
+        &self,
+        id: &str,
+        endpoints: Vec<String>,
+        disco_key: Option<String>,
+        home_relay: Option<u16>,
+    ) {
         let mut st = self.lock();
         if let Some(e) = st.nodes.get_mut(id) {
+            if e.row.endpoints == endpoints
+                && e.disco_key == disco_key
+                && e.home_relay == home_relay
+            {
+                return;
+            }
             e.row.endpoints = endpoints;
+            e.disco_key = disco_key;
+            e.home_relay = home_relay;
         } else {
             return;
         }
         st.bump(id);
         st.peer_changed(id);
+    }
+
+    /// Replaces the relay map; every stream gets it.
+    pub fn set_relays(&self, relays: RelayMap) {
+        let mut st = self.lock();
+        if st.relays == relays {
+            return;
+        }
+        st.relays = relays;
+        st.relays_version += 1;
+        for slot in st.streams.values_mut() {
+            slot.pending.relays = true;
+            slot.notify.notify_one();
+        }
+    }
+
+    /// The relay map nodes are given.
+    pub fn relays(&self) -> RelayMap {
+        self.lock().relays.clone()
     }
 
     /// Replaces a node's serving certificate; its own stream gets it.
@@ -555,6 +603,7 @@ impl Hub {
             peers,
             filter: filter.clone(),
             dns: st.dns(),
+            relays: st.relays.clone(),
         };
         st.next_generation += 1;
         let generation = st.next_generation;
@@ -580,6 +629,7 @@ impl Hub {
                     peers: sent_peers,
                     filter,
                     self_version: e.version,
+                    relays_version: st.relays_version,
                 },
             },
         ))
@@ -616,6 +666,10 @@ impl Hub {
         if pending.self_node || me.version != h.sent.self_version {
             d.self_node = Some(Self::self_node(&st, &me));
             h.sent.self_version = me.version;
+        }
+        if pending.relays && h.sent.relays_version != st.relays_version {
+            h.sent.relays_version = st.relays_version;
+            d.relays = Some(st.relays.clone());
         }
         if pending.filter {
             let f = st.filter_of(&h.node_id);

@@ -20,6 +20,7 @@ pub mod limit;
 mod machine;
 mod metrics;
 mod openapi;
+pub mod relay;
 pub mod secret;
 mod server;
 pub mod store;
@@ -73,8 +74,8 @@ pub struct ControlConfig {
     pub suffix: String,
     /// Extra DNS names and addresses control's certificate covers.
     pub advertise: Vec<String>,
-    /// Relay URLs handed to nodes.
-    pub relays: Vec<String>,
+    /// The relays nodes are given.
+    pub relay: relay::RelayMode,
     /// Lifetime of node keys (machine certificates).
     pub node_key_lifetime: Duration,
     /// Lifetime of nodes' serving certificates.
@@ -110,7 +111,7 @@ impl ControlConfig {
             network: "gatehouse".into(),
             suffix: "internal".into(),
             advertise: Vec::new(),
-            relays: Vec::new(),
+            relay: relay::RelayMode::default(),
             node_key_lifetime: Duration::from_secs(180 * 86_400),
             serving_cert_lifetime: Duration::from_secs(7 * 86_400),
             keepalive: Duration::from_secs(25),
@@ -355,7 +356,7 @@ async fn load_hub(
     let policy = check_policy(&policy_text, &[]).map_err(ControlError::StoredPolicy)?;
     Hub::new(
         config.domain(),
-        config.relays.clone(),
+        gatehouse_proto::control::RelayMap::default(),
         ula,
         policy,
         rows,

@@ -561,10 +561,19 @@ pub(crate) async fn endpoints(
     let mut eps: Vec<String> = req.endpoints.iter().map(ToString::to_string).collect();
     eps.sort();
     eps.dedup();
+    let disco_key = match &req.disco_key {
+        Some(k) => Some(
+            k.parse::<gatehouse_disco::DiscoPublicKey>()
+                .map_err(|e| ApiErr::bad(format!("disco_key: {e}")))?
+                .to_string(),
+        ),
+        None => None,
+    };
     if eps != node.endpoints {
         app.store.set_endpoints(&node.id, &eps, app.now()).await?;
-        app.hub.set_endpoints(&node.id, eps);
     }
+    app.hub
+        .set_endpoints(&node.id, eps, disco_key, req.home_relay);
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 

@@ -24,9 +24,18 @@ pub struct ControlArgs {
     /// Extra DNS names or addresses nodes use to reach control (the first is in the join string).
     #[arg(long)]
     advertise: Vec<String>,
-    /// Relay URLs handed to nodes.
+    /// UDP address of the embedded relay's STUN responder.
+    #[arg(long, default_value = "0.0.0.0:3478", conflicts_with_all = ["relay_map", "no_relay"])]
+    stun_listen: SocketAddr,
+    /// Hand nodes the relays of this map (YAML or JSON, Tailscale's DERP
+    /// map shape: regions with id, code, name, nodes) instead of running
+    /// the embedded relay; re-read on SIGHUP.
+    #[arg(long, conflicts_with = "no_relay")]
+    relay_map: Option<PathBuf>,
+    /// Run no relay and hand nodes none: peers reach each other only at
+    /// the endpoints they announce.
     #[arg(long)]
-    relay: Vec<String>,
+    no_relay: bool,
     /// Node key lifetime, in days.
     #[arg(long, default_value_t = 180)]
     key_days: u64,
@@ -68,7 +77,15 @@ pub async fn run(a: ControlArgs) -> Result<()> {
     cfg.network = a.network;
     cfg.suffix = a.domain;
     cfg.advertise = a.advertise;
-    cfg.relays = a.relay;
+    cfg.relay = if a.no_relay {
+        gatehouse_control::relay::RelayMode::Off
+    } else if let Some(path) = &a.relay_map {
+        gatehouse_control::relay::RelayMode::Map(gatehouse_control::relay::load_map(path)?)
+    } else {
+        gatehouse_control::relay::RelayMode::Embedded {
+            stun: a.stun_listen,
+        }
+    };
     cfg.node_key_lifetime = Duration::from_secs(a.key_days * 86_400);
     cfg.serving_cert_lifetime = Duration::from_secs(a.cert_hours * 3600);
     cfg.refusals_per_minute = a.refusals_per_minute;

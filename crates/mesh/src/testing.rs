@@ -63,7 +63,8 @@ impl TestNode {
             wireguard_key: crate::public_key(&self.private_key),
             addresses: self.addresses.clone(),
             endpoints: endpoint.into_iter().collect(),
-            relays: Vec::new(),
+            disco_key: None,
+            home_relay: None,
             user: if self.tags.is_empty() {
                 self.user.clone()
             } else {

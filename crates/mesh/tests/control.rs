@@ -26,7 +26,12 @@ async fn start(node: &LightNode) -> Mesh {
     })
     .await
     .unwrap();
-    node.client.set_endpoints(&mesh.endpoints()).await.unwrap();
+    node.client
+        .set_endpoints(&gatehouse_proto::control::EndpointsRequest::direct(
+            mesh.endpoints(),
+        ))
+        .await
+        .unwrap();
     mesh
 }
 

@@ -251,7 +251,8 @@ pub(crate) mod tests {
             wireguard_key: String::new(),
             addresses: vec![v4.parse().unwrap(), v6.parse().unwrap()],
             endpoints: Vec::new(),
-            relays: Vec::new(),
+            disco_key: None,
+            home_relay: None,
             user: None,
             tags: Vec::new(),
             key_expiry: 0,
@@ -280,6 +281,7 @@ pub(crate) mod tests {
                 nameserver: "100.100.100.100".parse().unwrap(),
                 search: vec!["test.gatehouse.internal".into()],
             },
+            relays: Default::default(),
         }))
     }
 

@@ -54,9 +54,28 @@ pub struct RegisterResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndpointsRequest {
-    /// Addresses where the node can be reached directly.
+    /// Addresses where the node can be reached directly (local and
+    /// reflexive ones; never loopback or link-local).
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub endpoints: Vec<SocketAddr>,
+    /// The node's disco public key (`discokey:<hex>`), which authenticates
+    /// its path discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disco_key: Option<String>,
+    /// The relay region it is connected to (its home relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_relay: Option<u16>,
+}
+
+impl EndpointsRequest {
+    /// Only direct endpoints (no disco key, no home relay).
+    pub fn direct(endpoints: Vec<SocketAddr>) -> Self {
+        EndpointsRequest {
+            endpoints,
+            disco_key: None,
+            home_relay: None,
+        }
+    }
 }
 
 /// Body of `POST /machine/v1/renew`.
@@ -94,9 +113,12 @@ pub struct Peer {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub endpoints: Vec<SocketAddr>,
-    /// Relays through which it can be reached.
-    #[serde(default)]
-    pub relays: Vec<String>,
+    /// Its disco public key (`discokey:<hex>`), if it announced one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disco_key: Option<String>,
+    /// The relay region where it can be reached (its home relay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_relay: Option<u16>,
     /// Owning user (untagged nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -132,6 +154,45 @@ pub struct DnsConfig {
     pub search: Vec<String>,
 }
 
+/// The relays of a network, shaped like Tailscale's DERP map.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayMap {
+    /// Regions, sorted by id.
+    #[serde(default)]
+    pub regions: Vec<RelayRegion>,
+}
+
+/// A relay region: relays that share their clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayRegion {
+    /// Region id (1–65535), unique in the map.
+    pub id: u16,
+    /// Short code shown to people (`home`, `fra`).
+    pub code: String,
+    /// Longer name.
+    #[serde(default)]
+    pub name: String,
+    /// Its relays, tried in order.
+    pub nodes: Vec<RelayNode>,
+}
+
+/// One relay server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RelayNode {
+    /// Its name (unique in the map).
+    pub name: String,
+    /// Host name (or address) for TLS and for dialling.
+    pub host: String,
+    /// HTTPS port of `GET /derp`.
+    pub port: u16,
+    /// UDP port of its STUN responder, if it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stun_port: Option<u16>,
+}
+
 /// A message of the map stream (newline-delimited JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -164,6 +225,9 @@ pub struct FullMap {
     pub filter: NodeFilter,
     /// DNS configuration.
     pub dns: DnsConfig,
+    /// The relays nodes connect to.
+    #[serde(default)]
+    pub relays: RelayMap,
 }
 
 /// Changes to a node's map. Absent fields are unchanged.
@@ -184,6 +248,9 @@ pub struct MapDelta {
     /// New DNS configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
+    /// A new relay map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relays: Option<RelayMap>,
 }
 
 impl MapDelta {
@@ -194,6 +261,7 @@ impl MapDelta {
             && self.peers_removed.is_empty()
             && self.filter.is_none()
             && self.dns.is_none()
+            && self.relays.is_none()
     }
 }
 
@@ -208,6 +276,8 @@ pub struct MapState {
     pub filter: NodeFilter,
     /// DNS configuration.
     pub dns: DnsConfig,
+    /// The relays.
+    pub relays: RelayMap,
 }
 
 impl MapState {
@@ -218,6 +288,7 @@ impl MapState {
             peers: m.peers.into_iter().map(|p| (p.id.clone(), p)).collect(),
             filter: m.filter,
             dns: m.dns,
+            relays: m.relays,
         }
     }
 
@@ -240,6 +311,9 @@ impl MapState {
                 }
                 if let Some(dns) = d.dns {
                     self.dns = dns;
+                }
+                if let Some(r) = d.relays {
+                    self.relays = r;
                 }
             }
             MapMessage::Keepalive | MapMessage::Reconnect { .. } => {}

@@ -295,7 +295,12 @@ async fn netmaps_hold_exactly_the_allowed_peers_and_follow_changes() {
 
     // Endpoint change reaches the peers.
     let ep: SocketAddr = "192.0.2.7:41641".parse().unwrap();
-    blog.client.set_endpoints(&[ep]).await.unwrap();
+    blog.client
+        .set_endpoints(&gatehouse_proto::control::EndpointsRequest::direct(vec![
+            ep,
+        ]))
+        .await
+        .unwrap();
     alice
         .wait_until("blog's endpoint", |s| {
             s.is_some_and(|s| {

@@ -338,7 +338,9 @@ async fn endpoints_nobody_can_use_are_refused() {
     ] {
         let e = node
             .client
-            .set_endpoints(&[bad.parse().unwrap()])
+            .set_endpoints(&gatehouse_proto::control::EndpointsRequest::direct(vec![
+                bad.parse().unwrap(),
+            ]))
             .await
             .unwrap_err();
         assert_eq!(status_of(&e), 400, "{bad}: {e}");
@@ -347,16 +349,22 @@ async fn endpoints_nobody_can_use_are_refused() {
         .map(|p| std::net::SocketAddr::from(([192, 0, 2, 1], p)))
         .collect();
     assert_eq!(
-        status_of(&node.client.set_endpoints(&many).await.unwrap_err()),
+        status_of(
+            &node
+                .client
+                .set_endpoints(&gatehouse_proto::control::EndpointsRequest::direct(many))
+                .await
+                .unwrap_err()
+        ),
         400
     );
     // This node talks to control over loopback: its loopback endpoint is of
     // use to peers on this machine, and is accepted.
     node.client
-        .set_endpoints(&[
+        .set_endpoints(&gatehouse_proto::control::EndpointsRequest::direct(vec![
             "127.0.0.1:41641".parse().unwrap(),
             "192.0.2.1:41641".parse().unwrap(),
-        ])
+        ]))
         .await
         .unwrap();
     let listed = control.admin.nodes().await.unwrap();

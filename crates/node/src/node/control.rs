@@ -151,8 +151,13 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
             .into_iter()
             .filter(|ep| local || !ep.ip().to_canonical().is_loopback())
             .collect();
+        let body = gatehouse_proto::control::EndpointsRequest {
+            endpoints,
+            disco_key: None,
+            home_relay: None,
+        };
         tokio::spawn(async move {
-            if let Err(e) = client.set_endpoints(&endpoints).await {
+            if let Err(e) = client.set_endpoints(&body).await {
                 tracing::warn!(error = %e, "control: announcing endpoints");
             }
         });
