@@ -84,6 +84,8 @@ struct State {
     nodes: HashMap<String, Entry>,
     by_name: HashMap<String, String>,
     by_fingerprint: HashMap<String, String>,
+    /// Node ids by WireGuard public key (base64).
+    by_wg_key: HashMap<String, String>,
     used_v4: BTreeSet<u32>,
     streams: HashMap<String, Slot>,
     next_generation: u64,
@@ -94,6 +96,9 @@ struct State {
 #[derive(Debug)]
 pub struct Hub {
     state: Mutex<State>,
+    /// Bumped whenever a node leaves the mesh (removed, expired): whoever
+    /// admits nodes (the embedded relay) checks its clients again.
+    members: tokio::sync::watch::Sender<u64>,
 }
 
 fn engine_node(r: &NodeRow) -> Node {
@@ -246,6 +251,7 @@ impl Hub {
             nodes: HashMap::new(),
             by_name: HashMap::new(),
             by_fingerprint: HashMap::new(),
+            by_wg_key: HashMap::new(),
             used_v4: BTreeSet::new(),
             streams: HashMap::new(),
             next_generation: 0,
@@ -259,6 +265,7 @@ impl Hub {
             st.by_name.insert(r.name.clone(), r.id.clone());
             st.by_fingerprint
                 .insert(r.cert_fingerprint.clone(), r.id.clone());
+            st.by_wg_key.insert(r.wg_key.clone(), r.id.clone());
             st.nodes.insert(
                 r.id.clone(),
                 Entry {
@@ -272,6 +279,7 @@ impl Hub {
         }
         Ok(Hub {
             state: Mutex::new(st),
+            members: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -364,8 +372,22 @@ impl Hub {
 
     /// Whether a WireGuard key is already registered.
     pub fn has_wireguard_key(&self, key: &str) -> bool {
-        #[allow(clippy::disallowed_methods)] // `any`: order does not matter
-        self.lock().nodes.values().any(|e| e.row.wg_key == key)
+        self.lock().by_wg_key.contains_key(key)
+    }
+
+    /// Whether the node with this WireGuard public key (base64) is in the
+    /// mesh now (registered, key not expired): who may use the relay.
+    pub fn is_member(&self, wg_key: &str) -> bool {
+        let st = self.lock();
+        st.by_wg_key
+            .get(wg_key)
+            .and_then(|id| st.nodes.get(id))
+            .is_some_and(|e| e.live)
+    }
+
+    /// Changes whenever a node leaves the mesh.
+    pub fn departures(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.members.subscribe()
     }
 
     /// Adds a freshly registered node.
@@ -379,6 +401,7 @@ impl Hub {
         st.by_name.insert(row.name.clone(), row.id.clone());
         st.by_fingerprint
             .insert(row.cert_fingerprint.clone(), row.id.clone());
+        st.by_wg_key.insert(row.wg_key.clone(), row.id.clone());
         let id = row.id.clone();
         let version = st.next_version;
         st.nodes.insert(
@@ -417,9 +440,14 @@ impl Hub {
         let e = st.nodes.remove(id)?;
         st.by_name.remove(&e.row.name);
         st.by_fingerprint.remove(&e.row.cert_fingerprint);
+        if st.by_wg_key.get(&e.row.wg_key).is_some_and(|i| i == id) {
+            st.by_wg_key.remove(&e.row.wg_key);
+        }
         if let Ok(a) = e.row.ipv4.parse::<Ipv4Addr>() {
             st.used_v4.remove(&u32::from(a));
         }
+        drop(st);
+        self.members.send_modify(|g| *g += 1);
         Some(e.row)
     }
 
@@ -431,6 +459,8 @@ impl Hub {
         };
         e.row.key_expiry = at;
         Self::take_out(&mut st, id);
+        drop(st);
+        self.members.send_modify(|g| *g += 1);
         true
     }
 
@@ -494,6 +524,7 @@ impl Hub {
         }
         st.relays = relays;
         st.relays_version += 1;
+        #[allow(clippy::disallowed_methods)] // every stream is marked: order does not matter
         for slot in st.streams.values_mut() {
             slot.pending.relays = true;
             slot.notify.notify_one();
@@ -531,6 +562,7 @@ impl Hub {
         st.policy = policy;
         // Every stream is marked and woken: order does not matter.
         #[allow(clippy::disallowed_methods)]
+        #[allow(clippy::disallowed_methods)] // every stream is marked: order does not matter
         for slot in st.streams.values_mut() {
             slot.pending.recheck_peers = true;
             slot.pending.filter = true;

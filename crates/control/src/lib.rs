@@ -111,7 +111,10 @@ impl ControlConfig {
             network: "gatehouse".into(),
             suffix: "internal".into(),
             advertise: Vec::new(),
-            relay: relay::RelayMode::default(),
+            // STUN beside control's listener, on a port of its own.
+            relay: relay::RelayMode::Embedded {
+                stun: SocketAddr::new(listen.ip(), 0),
+            },
             node_key_lifetime: Duration::from_secs(180 * 86_400),
             serving_cert_lifetime: Duration::from_secs(7 * 86_400),
             keepalive: Duration::from_secs(25),
@@ -178,6 +181,8 @@ pub(crate) struct App {
     pub hub: Hub,
     pub ca: MeshCa,
     pub metrics: metrics::Metrics,
+    /// The embedded relay (`RelayMode::Embedded`).
+    pub relay: Option<Arc<gatehouse_relay::RelayServer>>,
     /// Refusals per source address.
     pub limiter: limit::RefusalLimiter,
     /// Serialises policy changes.
@@ -239,16 +244,24 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
     let token_file = config.state_dir.join("admin.token");
     let new_admin_token = ensure_admin_token(&store, &token_file).await?;
     let hub = load_hub(&store, &config, ula).await?;
-    let app = Arc::new(App {
-        metrics: metrics::Metrics::new(),
-        limiter: limit::RefusalLimiter::new(config.refusals_per_minute),
-        config,
-        store,
-        hub,
-        ca,
-        policy_lock: tokio::sync::Mutex::new(()),
-        register_lock: tokio::sync::Mutex::new(()),
-        stopping: tokio::sync::watch::Sender::new(false),
+    let relay_key = match config.relay {
+        relay::RelayMode::Embedded { .. } => Some(relay::load_or_create_key(&config.state_dir)?),
+        _ => None,
+    };
+    let app = Arc::new_cyclic(|me: &std::sync::Weak<App>| {
+        let relay = relay_key.and_then(|key| relay::embedded(key, me.clone()));
+        App {
+            metrics: metrics::Metrics::new(relay.as_ref().map(|r| r.metrics())),
+            relay,
+            limiter: limit::RefusalLimiter::new(config.refusals_per_minute),
+            config,
+            store,
+            hub,
+            ca,
+            policy_lock: tokio::sync::Mutex::new(()),
+            register_lock: tokio::sync::Mutex::new(()),
+            stopping: tokio::sync::watch::Sender::new(false),
+        }
     });
     let running = server::serve(Arc::clone(&app)).await?;
     let url = running.url.clone();

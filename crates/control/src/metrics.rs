@@ -34,9 +34,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
-    pub fn new() -> Self {
+    /// Registers every metric (the embedded relay's under `relay_`).
+    pub fn new(relay: Option<&gatehouse_relay::RelayMetrics>) -> Self {
         let mut registry = Registry::with_prefix("gatehouse_control");
+        if let Some(r) = relay {
+            r.register(registry.sub_registry_with_prefix("relay"));
+        }
         let registrations = Family::<Outcome, Counter>::default();
         let policy_changes = Family::<Outcome, Counter>::default();
         let streams = Gauge::default();

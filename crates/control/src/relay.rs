@@ -23,14 +23,6 @@ pub enum RelayMode {
     Off,
 }
 
-impl Default for RelayMode {
-    fn default() -> Self {
-        RelayMode::Embedded {
-            stun: SocketAddr::from(([0, 0, 0, 0], 0)),
-        }
-    }
-}
-
 /// The map for control's embedded relay reached at `host:port`, its STUN
 /// responder on `stun_port`.
 pub fn embedded_map(host: &str, port: u16, stun_port: u16) -> RelayMap {
@@ -139,6 +131,62 @@ pub fn check_map(map: &RelayMap) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The embedded relay's key: kept in the state directory (owner only) so
+/// clients see the same relay across restarts.
+pub(crate) fn load_or_create_key(
+    state_dir: &std::path::Path,
+) -> Result<gatehouse_relay::PrivateKey, crate::ControlError> {
+    let path = state_dir.join("relay.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes: [u8; 32] = hex::decode(text.trim())
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| {
+                    crate::ControlError::State(format!(
+                        "{} does not hold a 32-byte hex key",
+                        path.display()
+                    ))
+                })?;
+            Ok(gatehouse_relay::PrivateKey::from_bytes(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = gatehouse_relay::PrivateKey::generate();
+            crate::ca::write_private(&path, &hex::encode(key.to_bytes()))
+                .map_err(crate::io_err(format!("writing {}", path.display())))?;
+            Ok(key)
+        }
+        Err(e) => Err(crate::ControlError::Io {
+            what: format!("reading {}", path.display()),
+            source: e,
+        }),
+    }
+}
+
+/// Control's embedded relay: it admits the nodes that are in the mesh now
+/// (registered, key not expired), asking the hub on each connection.
+pub(crate) fn embedded(
+    key: gatehouse_relay::PrivateKey,
+    app: std::sync::Weak<crate::App>,
+) -> Option<std::sync::Arc<gatehouse_relay::RelayServer>> {
+    let admit = move |k: &gatehouse_relay::NodePublicKey| {
+        app.upgrade()
+            .is_some_and(|app| app.hub.is_member(&k.to_base64()))
+    };
+    match gatehouse_relay::RelayServer::new(
+        key,
+        gatehouse_relay::RelayConfig::default(),
+        std::sync::Arc::new(admit),
+    ) {
+        Ok(r) => Some(r),
+        // The default configuration is always valid.
+        Err(e) => {
+            tracing::error!(error = %e, "embedded relay");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ pub struct Running {
     pub url: String,
     /// The bound address.
     pub local_addr: SocketAddr,
+    /// The embedded relay's STUN address, when it runs.
+    pub stun_addr: Option<SocketAddr>,
+    app: Arc<App>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -48,6 +51,86 @@ impl Running {
     /// Waits until the server stops (it stops only on shutdown).
     pub async fn wait(self) {
         let _ = self.task.await;
+    }
+
+    /// Hands nodes a new relay map (running nodes get it on their map
+    /// stream). Refused whole, changing nothing, when it is not usable.
+    pub fn set_relay_map(&self, map: gatehouse_proto::control::RelayMap) -> Result<(), String> {
+        crate::relay::check_map(&map)?;
+        self.app.hub.set_relays(map);
+        Ok(())
+    }
+
+    /// The relay map nodes are given now.
+    pub fn relay_map(&self) -> gatehouse_proto::control::RelayMap {
+        self.app.hub.relays()
+    }
+}
+
+/// Mounts the embedded relay's paths (`/derp` and its probes) on control's
+/// router.
+fn with_relay(mut router: axum::Router, relay: &Arc<gatehouse_relay::RelayServer>) -> axum::Router {
+    for path in gatehouse_relay::PATHS {
+        let relay = Arc::clone(relay);
+        router = router.route(
+            path,
+            axum::routing::any(move |req: axum::extract::Request| async move {
+                let remote = req
+                    .extensions()
+                    .get::<PeerAddr>()
+                    .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |a| a.0);
+                relay.handle(req, remote).await
+            }),
+        );
+    }
+    router
+}
+
+/// Starts the embedded relay's STUN responder and hands nodes the map of
+/// the relay reached at `host:port`.
+async fn start_relay(
+    app: &Arc<App>,
+    host: &str,
+    port: u16,
+    tasks: &mut JoinSet<()>,
+) -> Result<Option<SocketAddr>, ControlError> {
+    match &app.config.relay {
+        crate::relay::RelayMode::Off => Ok(None),
+        crate::relay::RelayMode::Map(map) => {
+            app.hub.set_relays(map.clone());
+            Ok(None)
+        }
+        crate::relay::RelayMode::Embedded { stun } => {
+            let Some(relay) = app.relay.clone() else {
+                return Ok(None);
+            };
+            let socket =
+                tokio::net::UdpSocket::bind(stun)
+                    .await
+                    .map_err(|source| ControlError::Io {
+                        what: format!("STUN socket on {stun}"),
+                        source,
+                    })?;
+            let stun_addr = socket.local_addr().map_err(|source| ControlError::Io {
+                what: "STUN socket address".into(),
+                source,
+            })?;
+            tasks.spawn(gatehouse_relay::serve_stun(socket, relay.metrics().clone()));
+            // Nodes leaving the mesh lose the relay at once.
+            let mut departures = app.hub.departures();
+            tasks.spawn(async move {
+                while departures.changed().await.is_ok() {
+                    let n = relay.revalidate();
+                    if n > 0 {
+                        tracing::info!(dropped = n, "relay: clients no longer in the mesh dropped");
+                    }
+                }
+            });
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            app.hub
+                .set_relays(crate::relay::embedded_map(host, port, stun_addr.port()));
+            Ok(Some(stun_addr))
+        }
     }
 }
 
@@ -113,7 +196,13 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
             ip => ip.to_string(),
         });
     let url = format!("https://{host}:{}", local.port());
-    let router = crate::admin::router(Arc::clone(&app));
+    let mut tasks = JoinSet::new();
+    let stun_addr = start_relay(&app, &host, local.port(), &mut tasks).await?;
+    let mut router = crate::admin::router(Arc::clone(&app));
+    if let Some(relay) = &app.relay {
+        router = with_relay(router, relay);
+    }
+    let relay = app.relay.clone();
     let tx = app.stopping.clone();
     let stopper = app.stopping.clone();
     let mut rx = tx.subscribe();
@@ -121,7 +210,6 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
     let gate = Gate::with_metrics(app.config.limits.clone(), app.metrics.listeners.gate("api"));
     let task = tokio::spawn(async move {
         let mut conns = JoinSet::new();
-        let mut tasks = JoinSet::new();
         tasks.spawn(expiry_loop(expiry_app));
         loop {
             tokio::select! {
@@ -167,6 +255,12 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
+        if let Some(relay) = &relay {
+            // Relay clients that understand it reconnect soon (Restarting).
+            relay
+                .shutdown(Duration::from_millis(500), Duration::from_secs(30))
+                .await;
+        }
         let _ =
             tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
         conns.shutdown().await;
@@ -175,6 +269,8 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
     Ok(Running {
         url,
         local_addr: local,
+        stun_addr,
+        app,
         shutdown: stopper,
         task,
     })

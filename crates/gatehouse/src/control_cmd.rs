@@ -68,6 +68,31 @@ pub struct ControlArgs {
     openapi: bool,
 }
 
+/// Waits for SIGTERM or SIGINT, re-reading the relay map on each SIGHUP:
+/// a map that does not load is refused whole and the old one stays.
+async fn reload_relay_map_on_hangup(running: &gatehouse_control::Running, path: &std::path::Path) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return crate::logging::shutdown_signal().await;
+    };
+    let stop = crate::logging::shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = hup.recv() => {
+                let loaded = gatehouse_control::relay::load_map(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|map| running.set_relay_map(map));
+                match loaded {
+                    Ok(()) => tracing::info!(path = %path.display(), "relay map reloaded"),
+                    Err(e) => tracing::error!(error = %e, "relay map refused; the previous one stays"),
+                }
+            }
+        }
+    }
+}
+
 pub async fn run(a: ControlArgs) -> Result<()> {
     if a.openapi {
         println!("{}", gatehouse_control::openapi_json());
@@ -126,11 +151,19 @@ pub async fn run(a: ControlArgs) -> Result<()> {
         "  admin API    {}/api/v1 (OpenAPI at /api/v1/openapi.json)",
         info.url
     );
+    match (&running.stun_addr, running.relay_map().regions.len()) {
+        (Some(stun), _) => println!("  relay        {}/derp, STUN on udp {stun}", info.url),
+        (None, 0) => println!("  relay        none (--no-relay)"),
+        (None, n) => println!("  relay        {n} region(s) from the relay map"),
+    }
     println!(
         "  try          gatehouse admin --state {} nodes list",
         a.state.display()
     );
-    crate::logging::shutdown_signal().await;
+    match &a.relay_map {
+        Some(path) => reload_relay_map_on_hangup(&running, path).await,
+        None => crate::logging::shutdown_signal().await,
+    }
     println!("gatehouse control: stopping");
     running.shutdown().await;
     Ok(())
