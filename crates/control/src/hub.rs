@@ -562,7 +562,8 @@ impl Hub {
         st.policy = policy;
         // Every stream is marked and woken: order does not matter.
         #[allow(clippy::disallowed_methods)]
-        #[allow(clippy::disallowed_methods)] // every stream is marked: order does not matter
+        #[allow(clippy::disallowed_methods)]
+        // every stream is marked: order does not matter
         for slot in st.streams.values_mut() {
             slot.pending.recheck_peers = true;
             slot.pending.filter = true;

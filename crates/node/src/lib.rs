@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod netmap;
 mod node;
 pub mod plane;
+pub mod relays;
 pub mod serve;
 pub mod socks;
 
