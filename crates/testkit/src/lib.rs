@@ -16,6 +16,7 @@ pub mod kube_apiserver;
 pub mod kube_pods;
 pub mod kube_realiser;
 pub mod kube_tracker;
+pub mod nat;
 pub mod origin;
 pub mod pki;
 pub mod process;
