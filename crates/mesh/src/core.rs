@@ -14,17 +14,21 @@
 use crate::echo;
 use crate::filter::{CompiledFilter, FilterCounters, FlowTable};
 use crate::packet;
-use crate::path::{Path, PathSet};
+use crate::path::{DISCO_PING_TIMEOUT, HEARTBEAT, Path, PathSet, SESSION_ACTIVE};
 use crate::pool;
 use base64::Engine as _;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet as WgPacket, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use gatehouse_disco::disco::{self, TxId};
+use gatehouse_disco::{
+    Datagram, DiscoPrivateKey, DiscoPublicKey, DiscoShared, Message, NodePublicKey, classify, stun,
+};
 use gatehouse_filter::NodeFilter;
 use gatehouse_proto::control::Peer;
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// How often the sessions' timers are run.
@@ -47,14 +51,29 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_PINGS: usize = 1024;
 /// What a ping request carries after its header.
 const PING_DATA: &[u8] = b"gatehouse mesh ping";
+/// Disco pings waiting for a pong at most.
+const MAX_DISCO_PINGS: usize = 4096;
+/// A session whose last handshake is older than this is gone (WireGuard's
+/// reject-after-time: an active session rekeys every 120 s).
+const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+/// A peer that sent nothing authenticated this long after we sent it
+/// something is no longer reachable (WireGuard's keepalive, 10 s, plus its
+/// rekey timeout, 5 s: a live peer answers within that).
+const UNANSWERED: Duration = Duration::from_secs(15);
+/// The address a pong names for a ping that came through a relay
+/// (Tailscale's: port = region).
+pub const RELAY_MAGIC_IP: Ipv4Addr = Ipv4Addr::new(127, 3, 3, 40);
 
 /// A datagram to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
     /// Where to.
     pub path: Path,
-    /// The WireGuard message.
+    /// The WireGuard message or disco packet.
     pub payload: Vec<u8>,
+    /// The peer's public key: the address of a relayed datagram (`None`
+    /// only for answers to senders the core does not know, over UDP).
+    pub to: Option<NodePublicKey>,
 }
 
 /// Something the shell should know.
@@ -80,6 +99,31 @@ pub enum Event {
         /// Round-trip time on the core's clock.
         rtt: Duration,
     },
+    /// The pong to a [`Core::disco_ping`] arrived.
+    DiscoPong {
+        /// The id [`Core::disco_ping`] returned.
+        id: u64,
+        /// Round-trip time on the core's clock.
+        rtt: Duration,
+        /// The path the ping went (and its pong came back) over.
+        path: Path,
+    },
+    /// A STUN binding response arrived on the UDP socket.
+    Stun {
+        /// Its transaction id.
+        tx_id: TxId,
+        /// This node's address as the STUN server saw it.
+        reflexive: SocketAddr,
+        /// Where it came from.
+        from: SocketAddr,
+    },
+    /// Data to a peer now takes another path.
+    PathChanged {
+        /// Peer id.
+        peer: String,
+        /// The new path.
+        path: Path,
+    },
 }
 
 /// Why a ping could not be sent.
@@ -94,6 +138,12 @@ pub enum PingError {
     /// Too many pings wait for an answer.
     #[error("too many pings in flight")]
     Busy,
+    /// The peer announced no disco key: disco pings cannot reach it.
+    #[error("the peer with the address {0} takes no part in path discovery")]
+    NoDisco(IpAddr),
+    /// The peer has neither a relay nor a direct address to ping.
+    #[error("no path to the peer with the address {0}")]
+    NoPath(IpAddr),
 }
 
 /// Why the core could not start.
@@ -119,6 +169,36 @@ pub struct CoreCounters {
     pub handshakes: u64,
     /// Echo requests from peers answered by the core itself.
     pub echo_answered: u64,
+    /// Bytes of datagrams (WireGuard and disco) sent over UDP.
+    pub direct_tx_bytes: u64,
+    /// Bytes of datagrams received over UDP.
+    pub direct_rx_bytes: u64,
+    /// Bytes of datagrams sent through relays.
+    pub relay_tx_bytes: u64,
+    /// Bytes of datagrams relays delivered from known peers.
+    pub relay_rx_bytes: u64,
+    /// Times data to a peer moved to another path.
+    pub path_changes: u64,
+    /// Disco pings sent.
+    pub disco_pings_sent: u64,
+    /// Disco pings received (and answered).
+    pub disco_pings_received: u64,
+    /// Disco pongs sent.
+    pub disco_pongs_sent: u64,
+    /// Disco pongs received.
+    pub disco_pongs_received: u64,
+    /// CallMeMaybe messages sent through relays.
+    pub call_me_maybe_sent: u64,
+    /// CallMeMaybe messages received through relays.
+    pub call_me_maybe_received: u64,
+    /// Disco packets dropped: unknown sender, not authentic, malformed.
+    pub bad_disco: u64,
+    /// STUN messages on the UDP socket that are no binding response.
+    pub bad_stun: u64,
+    /// Datagrams a relay delivered from a key of no peer.
+    pub relay_unknown_sender: u64,
+    /// Datagrams for relays dropped because the node's relay queue was full.
+    pub relay_dropped: u64,
 }
 
 /// One peer's state, as reported by [`Core::peers`].
@@ -132,10 +212,23 @@ pub struct PeerStatus {
     pub key: String,
     /// Mesh addresses.
     pub addresses: Vec<IpAddr>,
-    /// The active path, if proven.
+    /// The path data takes now, once a session is up: for a peer with a
+    /// disco key, its trusted direct path or its relay; otherwise the path
+    /// the last authenticated datagram came on.
     pub path: Option<Path>,
-    /// Paths control listed.
+    /// Paths control listed (endpoints, then the home relay).
     pub candidates: Vec<Path>,
+    /// The peer's home relay region.
+    pub home_relay: Option<u16>,
+    /// Whether the peer announced a disco key.
+    pub disco: bool,
+    /// The round trip of the last pong on [`PeerStatus::path`] (direct:
+    /// the last pong of that address; relay: the last pong through it).
+    pub latency: Option<Duration>,
+    /// A session is up and the peer answered what was last sent to it.
+    pub reachable: bool,
+    /// Since when it is reachable (core clock).
+    pub reachable_since: Option<Instant>,
     /// When the last handshake completed (core clock).
     pub last_handshake: Option<Instant>,
     /// Bytes of IP packets sent to it.
@@ -161,6 +254,75 @@ struct PeerState {
     tx_bytes: u64,
     rx_bytes: u64,
     denied_syn: u64,
+    disco_key: Option<DiscoPublicKey>,
+    disco_shared: Option<DiscoShared>,
+    /// When a datagram was last sent to it.
+    last_send: Option<Instant>,
+    /// The first send since the last authenticated datagram from it.
+    unanswered_since: Option<Instant>,
+    reachable_since: Option<Instant>,
+    /// The path the last data datagram took.
+    data_path: Option<Path>,
+    /// The round trip of the last pong through a relay.
+    relay_latency: Option<Duration>,
+    last_call_me_maybe: Option<Instant>,
+}
+
+impl PeerState {
+    fn new(key: [u8; 32], tunn: Tunn) -> Self {
+        PeerState {
+            id: String::new(),
+            name: String::new(),
+            key,
+            addresses: Vec::new(),
+            tunn: Box::new(tunn),
+            paths: PathSet::default(),
+            handshake_sent: None,
+            handshake_started: None,
+            last_handshake: None,
+            tx_bytes: 0,
+            rx_bytes: 0,
+            denied_syn: 0,
+            disco_key: None,
+            disco_shared: None,
+            last_send: None,
+            unanswered_since: None,
+            reachable_since: None,
+            data_path: None,
+            relay_latency: None,
+            last_call_me_maybe: None,
+        }
+    }
+
+    /// Something authenticated came from the peer.
+    fn heard(&mut self, now: Instant) {
+        self.unanswered_since = None;
+        self.update_reachable(now);
+    }
+
+    fn update_reachable(&mut self, now: Instant) {
+        let up = self
+            .last_handshake
+            .is_some_and(|t| now.saturating_duration_since(t) < SESSION_LIFETIME)
+            && self
+                .unanswered_since
+                .is_none_or(|t| now.saturating_duration_since(t) < UNANSWERED);
+        if !up {
+            self.reachable_since = None;
+        } else if self.reachable_since.is_none() {
+            self.reachable_since = Some(now);
+        }
+    }
+}
+
+/// A disco ping waiting for its pong.
+#[derive(Debug, Clone, Copy)]
+struct PendingPing {
+    idx: u32,
+    to: Path,
+    sent: Instant,
+    /// The id of a [`Core::disco_ping`] caller.
+    cli: Option<u64>,
 }
 
 impl std::fmt::Debug for PeerState {
@@ -197,6 +359,14 @@ pub struct Core {
     next_ping_seq: u16,
     /// Pings waiting for an answer: (address, sequence) → when sent.
     pings: HashMap<(IpAddr, u16), Instant>,
+    disco: DiscoPrivateKey,
+    disco_public: DiscoPublicKey,
+    by_disco: HashMap<DiscoPublicKey, u32>,
+    disco_pings: HashMap<TxId, PendingPing>,
+    next_disco_ping: u64,
+    /// This node's endpoints, as CallMeMaybe lists them.
+    disco_endpoints: Vec<SocketAddr>,
+    home_relay: Option<u16>,
 }
 
 impl std::fmt::Debug for Core {
@@ -231,7 +401,15 @@ impl Core {
         let public = PublicKey::from(&private);
         // Derived from the key: stable for the node, different between nodes.
         let ping_id = u16::from_be_bytes([public.as_bytes()[0], public.as_bytes()[1]]);
+        let disco = DiscoPrivateKey::generate();
         Ok(Core {
+            disco_public: disco.public(),
+            disco,
+            by_disco: HashMap::new(),
+            disco_pings: HashMap::new(),
+            next_disco_ping: 1,
+            disco_endpoints: Vec::new(),
+            home_relay: None,
             ping_id,
             next_ping_seq: 0,
             pings: HashMap::new(),
@@ -309,23 +487,7 @@ impl Core {
                         idx,
                         None,
                     );
-                    self.peers.insert(
-                        idx,
-                        PeerState {
-                            id: String::new(),
-                            name: String::new(),
-                            key,
-                            addresses: Vec::new(),
-                            tunn: Box::new(tunn),
-                            paths: PathSet::default(),
-                            handshake_sent: None,
-                            handshake_started: None,
-                            last_handshake: None,
-                            tx_bytes: 0,
-                            rx_bytes: 0,
-                            denied_syn: 0,
-                        },
-                    );
+                    self.peers.insert(idx, PeerState::new(key, tunn));
                     self.by_key.insert(key, idx);
                     idx
                 }
@@ -335,8 +497,25 @@ impl Core {
                 st.name.clone_from(&p.name);
                 st.addresses.clone_from(&p.addresses);
                 let before = st.paths.candidates().to_vec();
-                st.paths
-                    .set_candidates(p.endpoints.iter().map(|e| Path::Direct(*e)).collect());
+                st.paths.set_candidates(
+                    p.endpoints
+                        .iter()
+                        .map(|e| Path::Direct(*e))
+                        .chain(p.home_relay.map(Path::Relay))
+                        .collect(),
+                );
+                let disco_key = p.disco_key.as_deref().and_then(|k| match k.parse() {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::warn!(peer = %p.id, error = %e, "peer has an invalid disco key; ignored");
+                        None
+                    }
+                });
+                if disco_key != st.disco_key {
+                    st.disco_shared = disco_key.map(|k| self.disco.shared(&k));
+                    st.disco_key = disco_key;
+                    st.paths.set_disco(disco_key.is_some());
+                }
                 if st.last_handshake.is_some()
                     && !st.paths.candidates().is_empty()
                     && st.paths.candidates() != before.as_slice()
@@ -371,6 +550,13 @@ impl Core {
             .flat_map(|(i, p)| p.addresses.iter().map(move |a| (*a, *i)))
             .collect();
         self.by_ip = by_ip;
+        #[allow(clippy::disallowed_methods)]
+        let by_disco = self
+            .peers
+            .iter()
+            .filter_map(|(i, p)| Some((p.disco_key?, *i)))
+            .collect();
+        self.by_disco = by_disco;
         if self.next_tick.is_none() {
             self.next_tick = Some(now + TICK);
             self.next_second = Some(now + Duration::from_secs(1));
@@ -382,20 +568,120 @@ impl Core {
         self.filter = CompiledFilter::new(filter);
     }
 
-    /// A datagram arrived on `from`.
+    /// This node's disco public key (announced to control; peers seal their
+    /// disco messages to it).
+    pub fn disco_public(&self) -> DiscoPublicKey {
+        self.disco_public
+    }
+
+    /// Replaces the disco key (a new core makes a random one; tests set a
+    /// fixed one). Every peer's shared key is recomputed.
+    pub fn set_disco_key(&mut self, key: DiscoPrivateKey) {
+        self.disco_public = key.public();
+        self.disco = key;
+        // Each peer on its own: the order does not matter.
+        #[allow(clippy::disallowed_methods)]
+        for p in self.peers.values_mut() {
+            p.disco_shared = p.disco_key.map(|k| self.disco.shared(&k));
+        }
+        self.disco_pings.clear();
+    }
+
+    /// This node's endpoints, as CallMeMaybe messages list them to peers
+    /// (local addresses and the reflexive ones STUN found).
+    pub fn set_disco_endpoints(&mut self, mut endpoints: Vec<SocketAddr>) {
+        endpoints.retain(crate::path::usable_endpoint);
+        endpoints.sort();
+        endpoints.dedup();
+        self.disco_endpoints = endpoints;
+    }
+
+    /// The endpoints CallMeMaybe messages list.
+    pub fn disco_endpoints(&self) -> &[SocketAddr] {
+        &self.disco_endpoints
+    }
+
+    /// This node's home relay region (for status).
+    pub fn set_home_relay(&mut self, region: Option<u16>) {
+        self.home_relay = region;
+    }
+
+    /// This node's home relay region.
+    pub fn home_relay(&self) -> Option<u16> {
+        self.home_relay
+    }
+
+    /// A datagram arrived on `from` (the UDP socket, for a direct path):
+    /// WireGuard, disco or STUN, told apart by
+    /// [`gatehouse_disco::classify`]. Anything else is dropped and counted.
     pub fn handle_datagram(&mut self, from: Path, data: &[u8], now: Instant) {
         self.now = now;
-        let Some(idx) = self.route_datagram(from, data) else {
+        match from {
+            Path::Direct(_) => self.counters.direct_rx_bytes += data.len() as u64,
+            Path::Relay(_) => self.counters.relay_rx_bytes += data.len() as u64,
+        }
+        match (classify(data), from) {
+            (Datagram::WireGuard, _) => self.handle_wireguard(from, None, data, now),
+            (Datagram::Disco, _) => self.handle_disco(from, None, data, now),
+            (Datagram::Stun, Path::Direct(addr)) => match stun::parse_binding_response(data) {
+                Ok((tx_id, reflexive)) => self.events.push_back(Event::Stun {
+                    tx_id,
+                    reflexive,
+                    from: addr,
+                }),
+                Err(e) => {
+                    tracing::trace!(%from, error = %e, "stun message dropped");
+                    self.counters.bad_stun += 1;
+                }
+            },
+            _ => self.counters.bad_datagrams += 1,
+        }
+    }
+
+    /// A datagram a relay of `region` delivered from the node with key
+    /// `from`. Only peers' datagrams are taken: WireGuard for the session
+    /// with that very peer, disco sealed by that peer's disco key.
+    pub fn handle_relay_datagram(
+        &mut self,
+        region: u16,
+        from: NodePublicKey,
+        data: &[u8],
+        now: Instant,
+    ) {
+        self.now = now;
+        let Some(idx) = self.by_key.get(from.as_bytes()).copied() else {
+            self.counters.relay_unknown_sender += 1;
+            return;
+        };
+        self.counters.relay_rx_bytes += data.len() as u64;
+        let path = Path::Relay(region);
+        match classify(data) {
+            Datagram::WireGuard => self.handle_wireguard(path, Some(idx), data, now),
+            Datagram::Disco => self.handle_disco(path, Some(idx), data, now),
+            _ => self.counters.bad_datagrams += 1,
+        }
+    }
+
+    /// A WireGuard message on `from`; `relayed_by` is the peer a relay
+    /// named as its sender (the message must belong to its session).
+    fn handle_wireguard(&mut self, from: Path, relayed_by: Option<u32>, data: &[u8], now: Instant) {
+        let reply_to = relayed_by
+            .and_then(|i| self.peers.get(&i))
+            .map(|p| NodePublicKey(p.key));
+        let Some(idx) = self.route_datagram(from, reply_to, data) else {
             self.counters.bad_datagrams += 1;
             return;
         };
-        let src_ip = match from {
-            Path::Direct(a) => Some(a.ip()),
-        };
+        if relayed_by.is_some_and(|r| r != idx) {
+            self.counters.bad_datagrams += 1;
+            return;
+        }
+        let src_ip = from.direct().map(|a| a.ip());
         let Some(peer) = self.peers.get_mut(&idx) else {
             self.counters.bad_datagrams += 1;
             return;
         };
+        let to = Some(NodePublicKey(peer.key));
         let mut out = pool::take(data.len().max(MIN_WG_BUF));
         let msg_type = data.first().copied().unwrap_or(0);
         let result = peer.tunn.decapsulate(src_ip, data, &mut out);
@@ -412,21 +698,29 @@ impl Core {
                 return;
             }
         };
+        let mut ping_back = false;
         if authenticated {
-            peer.paths.confirmed(from, now);
+            // A disco peer's datagram from a new address: the peer may have
+            // roamed; a ping (if the peer is in use) proves the address.
+            ping_back = peer.paths.confirmed(from, now)
+                && peer
+                    .last_send
+                    .is_some_and(|t| now.saturating_duration_since(t) < SESSION_ACTIVE);
+            peer.heard(now);
         }
         if let Some(len) = send_back {
             out.truncate(len);
             // An answer to a handshake goes back where the handshake came from.
-            self.transmits.push_back(Transmit {
-                path: from,
-                payload: out,
-            });
+            self.push(from, out, to);
+            let Some(peer) = self.peers.get_mut(&idx) else {
+                return;
+            };
             // Type 1 in: we answered as responder; type 2 in: we completed as initiator.
             if msg_type == 1 || msg_type == 2 {
                 peer.handshake_sent = None;
                 peer.handshake_started = None;
                 peer.last_handshake = Some(now);
+                peer.heard(now);
                 self.counters.handshakes += 1;
                 self.events.push_back(Event::SessionUp {
                     peer: peer.id.clone(),
@@ -434,31 +728,35 @@ impl Core {
                 });
                 self.flush_queued(idx);
             }
-            return;
-        }
-        if let Some((len, src)) = inbound {
+        } else if let Some((len, src)) = inbound {
             out.truncate(len);
             peer.rx_bytes += len as u64;
             if !peer.addresses.contains(&src) {
                 self.counters.filter.spoofed += 1;
                 pool::give(out);
-                return;
+            } else {
+                self.inbound(idx, out, now);
             }
-            self.inbound(idx, out, now);
         } else {
             pool::give(out);
+        }
+        if ping_back {
+            self.discover(idx, now, false);
         }
     }
 
     /// Which peer a datagram is for: by receiver index, or, for handshake
     /// initiations, by the static key inside (after the MAC check).
-    fn route_datagram(&mut self, from: Path, data: &[u8]) -> Option<u32> {
+    fn route_datagram(
+        &mut self,
+        from: Path,
+        reply_to: Option<NodePublicKey>,
+        data: &[u8],
+    ) -> Option<u32> {
         let ty = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?);
         match ty {
             1 => {
-                let src = match from {
-                    Path::Direct(a) => Some(a.ip()),
-                };
+                let src = from.direct().map(|a| a.ip());
                 let mut cookie = [0u8; 64];
                 match self.limiter.verify_packet(src, data, &mut cookie) {
                     Ok(WgPacket::HandshakeInit(h)) => {
@@ -467,10 +765,7 @@ impl Core {
                     }
                     Err(TunnResult::WriteToNetwork(c)) => {
                         let payload = c.to_vec();
-                        self.transmits.push_back(Transmit {
-                            path: from,
-                            payload,
-                        });
+                        self.push(from, payload, reply_to);
                         None
                     }
                     _ => None,
@@ -481,6 +776,237 @@ impl Core {
             3 | 4 => Some(u32::from_le_bytes(data.get(4..8)?.try_into().ok()?) >> 8),
             _ => None,
         }
+    }
+
+    /// Queues a datagram, counting its bytes by the kind of path.
+    fn push(&mut self, path: Path, payload: Vec<u8>, to: Option<NodePublicKey>) {
+        match path {
+            Path::Direct(_) => self.counters.direct_tx_bytes += payload.len() as u64,
+            Path::Relay(_) => self.counters.relay_tx_bytes += payload.len() as u64,
+        }
+        self.transmits.push_back(Transmit { path, payload, to });
+    }
+
+    /// A disco packet on `from`; `relayed_by` is the peer a relay named as
+    /// its sender. Dropped (and counted) unless it opens with the disco key
+    /// of a peer (that very peer, through a relay).
+    fn handle_disco(&mut self, from: Path, relayed_by: Option<u32>, data: &[u8], now: Instant) {
+        let Ok(sender) = disco::sender(data) else {
+            self.counters.bad_disco += 1;
+            return;
+        };
+        let Some(idx) = self.by_disco.get(&sender).copied() else {
+            tracing::trace!(%from, "disco packet from an unknown key");
+            self.counters.bad_disco += 1;
+            return;
+        };
+        if relayed_by.is_some_and(|r| r != idx) {
+            self.counters.bad_disco += 1;
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            return;
+        };
+        let Some(shared) = &peer.disco_shared else {
+            self.counters.bad_disco += 1;
+            return;
+        };
+        let msg = match disco::open(shared, data) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::trace!(%from, error = %e, "disco packet dropped");
+                self.counters.bad_disco += 1;
+                return;
+            }
+        };
+        let key = NodePublicKey(peer.key);
+        match msg {
+            Message::Ping {
+                tx_id, node_key, ..
+            } => {
+                if node_key.is_some_and(|k| k != key) {
+                    self.counters.bad_disco += 1;
+                    return;
+                }
+                self.counters.disco_pings_received += 1;
+                let src = match from {
+                    Path::Direct(a) => {
+                        peer.paths.learned(a, now);
+                        a
+                    }
+                    Path::Relay(r) => SocketAddr::new(IpAddr::V4(RELAY_MAGIC_IP), r),
+                };
+                let pong = disco::seal(
+                    &self.disco_public,
+                    shared,
+                    &disco::random_nonce(),
+                    &Message::Pong { tx_id, src },
+                );
+                // Both sides ping at once when a path is being punched: a
+                // peer in use whose direct path is not trusted gets pings
+                // back now.
+                let ping_back = from.direct().is_some()
+                    && !peer.paths.trusted(now)
+                    && peer
+                        .last_send
+                        .is_some_and(|t| now.saturating_duration_since(t) < SESSION_ACTIVE);
+                self.counters.disco_pongs_sent += 1;
+                self.push(from, pong, Some(key));
+                if ping_back {
+                    self.discover(idx, now, false);
+                }
+            }
+            Message::Pong { tx_id, .. } => {
+                self.counters.disco_pongs_received += 1;
+                let Some(p) = self.disco_pings.get(&tx_id).copied() else {
+                    return;
+                };
+                if p.idx != idx {
+                    self.counters.bad_disco += 1;
+                    return;
+                }
+                self.disco_pings.remove(&tx_id);
+                let rtt = now.saturating_duration_since(p.sent);
+                peer.heard(now);
+                match p.to {
+                    Path::Direct(a) => {
+                        if peer.paths.pong(a, rtt, now) {
+                            tracing::debug!(peer = %peer.id, path = %p.to, ?rtt, "direct path proven");
+                        }
+                    }
+                    Path::Relay(_) => peer.relay_latency = Some(rtt),
+                }
+                if let Some(id) = p.cli {
+                    self.events.push_back(Event::DiscoPong {
+                        id,
+                        rtt,
+                        path: p.to,
+                    });
+                }
+            }
+            Message::CallMeMaybe { endpoints } => {
+                // Accepted through a relay only (the relay vouches for the
+                // sender's node key).
+                if from.relay().is_none() {
+                    self.counters.bad_disco += 1;
+                    return;
+                }
+                self.counters.call_me_maybe_received += 1;
+                peer.paths.call_me_maybe(&endpoints);
+                self.discover(idx, now, false);
+            }
+        }
+    }
+
+    /// Sends a disco ping to `peer` over `to`.
+    fn send_disco_ping(&mut self, idx: u32, to: Path, cli: Option<u64>, now: Instant) {
+        if self.disco_pings.len() >= MAX_DISCO_PINGS {
+            return;
+        }
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            return;
+        };
+        let Some(shared) = &peer.disco_shared else {
+            return;
+        };
+        let tx_id = stun::new_tx_id();
+        let ping = Message::Ping {
+            tx_id,
+            node_key: Some(NodePublicKey(*self.public.as_bytes())),
+            padding: 0,
+        };
+        let payload = disco::seal(&self.disco_public, shared, &disco::random_nonce(), &ping);
+        if let Path::Direct(a) = to {
+            peer.paths.pinged(a, now);
+        }
+        let key = NodePublicKey(peer.key);
+        self.disco_pings.insert(
+            tx_id,
+            PendingPing {
+                idx,
+                to,
+                sent: now,
+                cli,
+            },
+        );
+        self.counters.disco_pings_sent += 1;
+        self.push(to, payload, Some(key));
+    }
+
+    /// Path discovery for a disco peer: pings to every direct address not
+    /// pinged lately and, with `call_me_maybe`, this node's endpoints
+    /// through the peer's relay so that it pings back at the same time.
+    fn discover(&mut self, idx: u32, now: Instant, call_me_maybe: bool) {
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            return;
+        };
+        if !peer.paths.disco() {
+            return;
+        }
+        let due = peer.paths.due_pings(now);
+        let cmm = match (peer.paths.relay(), &peer.disco_shared) {
+            (Some(r), Some(shared))
+                if call_me_maybe
+                    && !self.disco_endpoints.is_empty()
+                    && peer.last_call_me_maybe.is_none_or(|t| {
+                        now.saturating_duration_since(t) >= crate::path::DISCO_PING_INTERVAL
+                    }) =>
+            {
+                peer.last_call_me_maybe = Some(now);
+                let msg = Message::CallMeMaybe {
+                    endpoints: self.disco_endpoints.clone(),
+                };
+                Some((
+                    r,
+                    disco::seal(&self.disco_public, shared, &disco::random_nonce(), &msg),
+                    NodePublicKey(peer.key),
+                ))
+            }
+            _ => None,
+        };
+        for a in due {
+            self.send_disco_ping(idx, Path::Direct(a), None, now);
+        }
+        if let Some((r, payload, key)) = cmm {
+            self.counters.call_me_maybe_sent += 1;
+            self.push(Path::Relay(r), payload, Some(key));
+        }
+    }
+
+    /// A disco ping to the peer with mesh address `dst` over every path
+    /// there is (its relay and each direct address), as `tailscale ping`
+    /// does. The first pong comes as [`Event::DiscoPong`] with the id
+    /// returned here, naming the path it took.
+    pub fn disco_ping(&mut self, dst: IpAddr, now: Instant) -> Result<u64, PingError> {
+        self.now = now;
+        let idx = self
+            .by_ip
+            .get(&dst)
+            .copied()
+            .ok_or(PingError::NoRoute(dst))?;
+        let peer = self.peers.get(&idx).ok_or(PingError::NoRoute(dst))?;
+        if !peer.paths.disco() {
+            return Err(PingError::NoDisco(dst));
+        }
+        let paths: Vec<Path> = peer
+            .paths
+            .relay()
+            .map(Path::Relay)
+            .into_iter()
+            .chain(peer.paths.direct_addresses().into_iter().map(Path::Direct))
+            .collect();
+        if paths.is_empty() {
+            return Err(PingError::NoPath(dst));
+        }
+        if self.disco_pings.len() + paths.len() > MAX_DISCO_PINGS {
+            return Err(PingError::Busy);
+        }
+        let id = self.next_disco_ping;
+        self.next_disco_ping += 1;
+        for p in paths {
+            self.send_disco_ping(idx, p, Some(id), now);
+        }
+        Ok(id)
     }
 
     /// A decrypted packet from peer `idx`: checked against this node's
@@ -641,11 +1167,18 @@ impl Core {
         self.send(idx, out, now);
     }
 
-    /// Queues a WireGuard message for a peer on the right paths.
+    /// Queues a WireGuard message for a peer on the right paths: a
+    /// handshake initiation on every path, anything else on the one
+    /// [`PathSet::for_data`] chooses. Sending to a disco peer whose direct
+    /// path is not trusted starts discovery.
     fn send(&mut self, idx: u32, payload: Vec<u8>, now: Instant) {
         let Some(peer) = self.peers.get_mut(&idx) else {
             return;
         };
+        let to = Some(NodePublicKey(peer.key));
+        peer.last_send = Some(now);
+        peer.unanswered_since.get_or_insert(now);
+        let discover = peer.paths.disco() && !peer.paths.trusted(now);
         if payload.first() == Some(&1) {
             peer.handshake_sent = Some(now);
             peer.handshake_started.get_or_insert(now);
@@ -654,13 +1187,24 @@ impl Core {
                 tracing::debug!(peer = %peer.id, "no path to peer");
             }
             for path in paths {
-                self.transmits.push_back(Transmit {
+                self.push(path, payload.clone(), to);
+            }
+        } else if let Some(path) = peer.paths.for_data(now) {
+            if peer.data_path != Some(path) {
+                if peer.data_path.is_some() {
+                    self.counters.path_changes += 1;
+                }
+                tracing::debug!(peer = %peer.id, %path, "data path");
+                peer.data_path = Some(path);
+                self.events.push_back(Event::PathChanged {
+                    peer: peer.id.clone(),
                     path,
-                    payload: payload.clone(),
                 });
             }
-        } else if let Some(path) = peer.paths.for_data() {
-            self.transmits.push_back(Transmit { path, payload });
+            self.push(path, payload, to);
+        }
+        if discover {
+            self.discover(idx, now, true);
         }
     }
 
@@ -689,6 +1233,13 @@ impl Core {
             self.flows.expire(now);
             self.pings
                 .retain(|_, sent| now.saturating_duration_since(*sent) < PING_TIMEOUT);
+            self.expire_disco_pings(now);
+            // Each peer on its own: the order does not matter.
+            #[allow(clippy::disallowed_methods)]
+            for p in self.peers.values_mut() {
+                p.paths.expire(now);
+                p.update_reachable(now);
+            }
             self.next_second = Some(now + Duration::from_secs(1));
         }
         if self.next_tick.is_none_or(|t| t > now) {
@@ -726,7 +1277,67 @@ impl Core {
                 out.truncate(len);
                 self.send(idx, out, now);
             }
+            self.heartbeat(idx, now);
         }
+    }
+
+    /// While a disco peer is in use: its trusted direct path is pinged every
+    /// [`HEARTBEAT`] (each pong renews the trust), and without one,
+    /// discovery runs (its own pacing keeps it to one round per
+    /// [`crate::path::DISCO_PING_INTERVAL`]).
+    fn heartbeat(&mut self, idx: u32, now: Instant) {
+        let Some(peer) = self.peers.get(&idx) else {
+            return;
+        };
+        if !peer.paths.disco()
+            || peer
+                .last_send
+                .is_none_or(|t| now.saturating_duration_since(t) >= SESSION_ACTIVE)
+        {
+            return;
+        }
+        match peer.paths.best() {
+            Some(b) if peer.paths.trusted(now) => {
+                if peer
+                    .paths
+                    .last_ping(b.addr)
+                    .is_none_or(|t| now.saturating_duration_since(t) >= HEARTBEAT)
+                {
+                    self.send_disco_ping(idx, Path::Direct(b.addr), None, now);
+                }
+            }
+            _ => self.discover(idx, now, true),
+        }
+    }
+
+    /// Forgets disco pings without a pong after [`DISCO_PING_TIMEOUT`]; an
+    /// untrusted best path whose ping went unanswered is given up.
+    fn expire_disco_pings(&mut self, now: Instant) {
+        #[allow(clippy::disallowed_methods)] // sorted below
+        let mut late: Vec<(TxId, PendingPing)> = self
+            .disco_pings
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.sent) >= DISCO_PING_TIMEOUT)
+            .map(|(t, p)| (*t, *p))
+            .collect();
+        late.sort_by_key(|(t, _)| *t);
+        for (tx, p) in late {
+            self.disco_pings.remove(&tx);
+            if let (Path::Direct(a), Some(peer)) = (p.to, self.peers.get_mut(&p.idx)) {
+                peer.paths.ping_timed_out(a, now);
+            }
+        }
+    }
+
+    /// Queues a STUN binding request with `tx_id` to `server`, from the
+    /// mesh's UDP socket; the response comes as [`Event::Stun`].
+    pub fn send_stun(&mut self, server: SocketAddr, tx_id: &TxId) {
+        self.push(Path::Direct(server), stun::binding_request(tx_id), None);
+    }
+
+    /// Counts datagrams for relays the shell could not queue.
+    pub fn note_relay_dropped(&mut self, n: u64) {
+        self.counters.relay_dropped += n;
     }
 
     /// When [`Core::handle_timeout`] should run next.
@@ -775,17 +1386,38 @@ impl Core {
         let mut v: Vec<PeerStatus> = self
             .peers
             .values()
-            .map(|p| PeerStatus {
-                id: p.id.clone(),
-                name: p.name.clone(),
-                key: base64::engine::general_purpose::STANDARD.encode(p.key),
-                addresses: p.addresses.clone(),
-                path: p.paths.active(),
-                candidates: p.paths.candidates().to_vec(),
-                last_handshake: p.last_handshake,
-                tx_bytes: p.tx_bytes,
-                rx_bytes: p.rx_bytes,
-                denied_syn: p.denied_syn,
+            .map(|p| {
+                let path = if p.last_handshake.is_none() {
+                    None
+                } else if p.paths.disco() {
+                    p.paths.for_data(self.now)
+                } else {
+                    p.paths.active()
+                };
+                let latency = match path {
+                    Some(Path::Direct(a)) => {
+                        p.paths.best().filter(|b| b.addr == a).map(|b| b.latency)
+                    }
+                    Some(Path::Relay(_)) => p.relay_latency,
+                    None => None,
+                };
+                PeerStatus {
+                    id: p.id.clone(),
+                    name: p.name.clone(),
+                    key: base64::engine::general_purpose::STANDARD.encode(p.key),
+                    addresses: p.addresses.clone(),
+                    path,
+                    candidates: p.paths.candidates().to_vec(),
+                    home_relay: p.paths.relay(),
+                    disco: p.paths.disco(),
+                    latency,
+                    reachable: p.reachable_since.is_some(),
+                    reachable_since: p.reachable_since,
+                    last_handshake: p.last_handshake,
+                    tx_bytes: p.tx_bytes,
+                    rx_bytes: p.rx_bytes,
+                    denied_syn: p.denied_syn,
+                }
             })
             .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));

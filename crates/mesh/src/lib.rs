@@ -37,11 +37,11 @@ pub mod udp;
 
 pub use crate::core::{
     Core, CoreCounters, CoreError, Event, HANDSHAKE_RETRY, PING_TIMEOUT, PeerStatus, PingError,
-    TICK, Transmit, WG_OVERHEAD,
+    RELAY_MAGIC_IP, TICK, Transmit, WG_OVERHEAD,
 };
 pub use crate::filter::{CompiledFilter, FilterCounters};
-pub use crate::path::{Path, PathSet};
-pub use crate::shell::{Mesh, MeshConnection, MeshStatus};
+pub use crate::path::{BestDirect, Path, PathSet};
+pub use crate::shell::{Mesh, MeshConnection, MeshStatus, NetReport, RELAY_QUEUE, RelayOut};
 pub use crate::stack::MeshStream;
 
 use std::net::{IpAddr, SocketAddr};

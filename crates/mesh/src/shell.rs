@@ -8,9 +8,10 @@ use crate::path::Path;
 use crate::stack::{Accepted, MeshStream, Stack, Wake};
 use crate::udp::Udp;
 use crate::{MeshConfig, MeshError, Mode};
+use gatehouse_disco::{DiscoPublicKey, NodePublicKey, stun};
 use gatehouse_filter::NodeFilter;
 use gatehouse_proto::control::Peer;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -23,6 +24,48 @@ use tokio::task::JoinHandle;
 const RX_ROUNDS: usize = 8;
 /// Inbound connections waiting for [`Mesh::accept`].
 const ACCEPT_BACKLOG: usize = 1024;
+/// Datagrams waiting for the node to hand them to relays.
+pub const RELAY_QUEUE: usize = 4096;
+/// Between two STUN requests to a region that has not answered yet.
+const STUN_RETRANSMIT: Duration = Duration::from_millis(250);
+
+/// A datagram (WireGuard or disco) the mesh wants sent through the relay
+/// of `region` to the node with key `to` (see [`Mesh::relay_link`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOut {
+    /// The relay region.
+    pub region: u16,
+    /// The destination's public key (its WireGuard key).
+    pub to: NodePublicKey,
+    /// The datagram.
+    pub payload: Vec<u8>,
+}
+
+/// What [`Mesh::netcheck`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetReport {
+    /// This node's addresses as the STUN servers saw the mesh socket
+    /// (sorted, without duplicates; empty when UDP is blocked).
+    pub reflexive: Vec<SocketAddr>,
+    /// The round trip to each region that answered.
+    pub latency: BTreeMap<u16, Duration>,
+}
+
+/// A STUN request waiting for its response.
+struct StunWait {
+    region: u16,
+    sent: Instant,
+    answer: mpsc::UnboundedSender<(u16, Duration, SocketAddr)>,
+}
+
+/// Where CallMeMaybe endpoints come from.
+#[derive(Default)]
+struct DiscoEndpoints {
+    /// Set by the node; wins over the rest.
+    explicit: Option<Vec<SocketAddr>>,
+    /// From the last netcheck.
+    reflexive: Vec<SocketAddr>,
+}
 
 /// An inbound TCP connection the filter allowed.
 #[derive(Debug)]
@@ -50,6 +93,12 @@ pub struct MeshStatus {
     pub counters: CoreCounters,
     /// TCP sockets in the user-space stacks.
     pub sockets: usize,
+    /// This node's disco public key.
+    pub disco_public: DiscoPublicKey,
+    /// This node's home relay region, as the node set it.
+    pub home_relay: Option<u16>,
+    /// The endpoints CallMeMaybe messages list.
+    pub disco_endpoints: Vec<SocketAddr>,
 }
 
 /// Callers of [`Mesh::ping`] waiting for their answer, by address and
@@ -63,6 +112,15 @@ struct Shared {
     listen: SocketAddr,
     addresses: Vec<IpAddr>,
     pongs: Pongs,
+    disco_pongs: Mutex<HashMap<u64, oneshot::Sender<(Duration, Path)>>>,
+    stun: Mutex<HashMap<stun::TxId, StunWait>>,
+    relay_tx: mpsc::Sender<RelayOut>,
+    relay_rx: Mutex<Option<mpsc::Receiver<RelayOut>>>,
+    disco_endpoints: Mutex<DiscoEndpoints>,
+}
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn lock(core: &Mutex<Core>) -> MutexGuard<'_, Core> {
@@ -121,6 +179,7 @@ impl Mesh {
                 notify: Notify::new(),
             }),
         };
+        let (relay_tx, relay_rx) = mpsc::channel(RELAY_QUEUE);
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             stack,
@@ -128,6 +187,11 @@ impl Mesh {
             listen,
             addresses: cfg.addresses.clone(),
             pongs: Mutex::new(HashMap::new()),
+            disco_pongs: Mutex::new(HashMap::new()),
+            stun: Mutex::new(HashMap::new()),
+            relay_tx,
+            relay_rx: Mutex::new(Some(relay_rx)),
+            disco_endpoints: Mutex::new(DiscoEndpoints::default()),
         });
         let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_BACKLOG);
         let (stop, stop_rx) = watch::channel(false);
@@ -143,12 +207,158 @@ impl Mesh {
         };
         let task = tokio::spawn(driver.run());
         tracing::info!(%listen, addresses = ?cfg.addresses, "mesh data plane started");
-        Ok(Mesh {
+        let mesh = Mesh {
             shared,
             accept: tokio::sync::Mutex::new(accept_rx),
             stop,
             task: Mutex::new(Some(task)),
-        })
+        };
+        mesh.update_disco_endpoints();
+        Ok(mesh)
+    }
+
+    /// This node's disco public key: made at start, never stored (peers
+    /// learn it from control, as the node announces it with its endpoints).
+    pub fn disco_public(&self) -> DiscoPublicKey {
+        lock(&self.shared.core).disco_public()
+    }
+
+    /// The datagrams the mesh wants sent through relays, for the node's
+    /// relay connections. Returns the receiver once (`None` afterwards).
+    /// The queue holds [`RELAY_QUEUE`] datagrams; when it is full, more are
+    /// dropped (counted as `relay_dropped`), never waited for.
+    pub fn relay_link(&self) -> Option<mpsc::Receiver<RelayOut>> {
+        guard(&self.shared.relay_rx).take()
+    }
+
+    /// A datagram the relay of `region` delivered from the node with key
+    /// `from`: WireGuard goes to that peer's session (on the path
+    /// `relay:<region>`), disco to path discovery. Datagrams from keys of
+    /// no peer are dropped and counted (`relay_unknown_sender`).
+    pub fn relay_received(&self, region: u16, from: NodePublicKey, payload: &[u8]) {
+        lock(&self.shared.core).handle_relay_datagram(region, from, payload, Instant::now());
+        self.shared.wake.notify.notify_one();
+    }
+
+    /// This node's home relay region (shown in status).
+    pub fn set_home_relay(&self, region: Option<u16>) {
+        lock(&self.shared.core).set_home_relay(region);
+    }
+
+    /// The endpoints CallMeMaybe messages list to peers. Until the node
+    /// sets them, they are [`Mesh::endpoints`] and the reflexive addresses
+    /// the last [`Mesh::netcheck`] found.
+    pub fn set_endpoints_for_disco(&self, endpoints: Vec<SocketAddr>) {
+        guard(&self.shared.disco_endpoints).explicit = Some(endpoints);
+        self.update_disco_endpoints();
+    }
+
+    fn update_disco_endpoints(&self) {
+        let v = {
+            let d = guard(&self.shared.disco_endpoints);
+            match &d.explicit {
+                Some(v) => v.clone(),
+                None => {
+                    let mut v = self.endpoints();
+                    v.extend(d.reflexive.iter().copied());
+                    v
+                }
+            }
+        };
+        lock(&self.shared.core).set_disco_endpoints(v);
+    }
+
+    /// STUN from the mesh's own UDP socket (so the answers name the
+    /// address peers reach WireGuard at): a binding request to each
+    /// region's server, repeated every 250 ms to regions that have not
+    /// answered, until all answered or `timeout` passed. Regions that never
+    /// answer are absent from the report; with UDP blocked it is empty.
+    pub async fn netcheck(&self, servers: Vec<(u16, SocketAddr)>, timeout: Duration) -> NetReport {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut report = NetReport::default();
+        let mut mine: Vec<stun::TxId> = Vec::new();
+        let mut answered: std::collections::BTreeSet<u16> = std::collections::BTreeSet::new();
+        let regions: std::collections::BTreeSet<u16> = servers.iter().map(|s| s.0).collect();
+        loop {
+            {
+                let now = Instant::now();
+                // Lock order: the core first, as the driver takes them.
+                let mut core = lock(&self.shared.core);
+                let mut waits = guard(&self.shared.stun);
+                for (region, addr) in servers.iter().filter(|s| !answered.contains(&s.0)) {
+                    let tx_id = stun::new_tx_id();
+                    waits.insert(
+                        tx_id,
+                        StunWait {
+                            region: *region,
+                            sent: now,
+                            answer: tx.clone(),
+                        },
+                    );
+                    mine.push(tx_id);
+                    core.send_stun(*addr, &tx_id);
+                }
+            }
+            self.shared.wake.notify.notify_one();
+            let round = (tokio::time::Instant::now() + STUN_RETRANSMIT).min(deadline);
+            while let Ok(Some((region, rtt, addr))) =
+                tokio::time::timeout_at(round, rx.recv()).await
+            {
+                answered.insert(region);
+                let l = report.latency.entry(region).or_insert(rtt);
+                *l = (*l).min(rtt);
+                if !report.reflexive.contains(&addr) {
+                    report.reflexive.push(addr);
+                }
+            }
+            if answered == regions || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        {
+            let mut waits = guard(&self.shared.stun);
+            for t in &mine {
+                waits.remove(t);
+            }
+        }
+        report.reflexive.sort();
+        guard(&self.shared.disco_endpoints)
+            .reflexive
+            .clone_from(&report.reflexive);
+        self.update_disco_endpoints();
+        report
+    }
+
+    /// A disco ping to the peer with mesh address `dst` over its relay and
+    /// every direct address at once (`gatehouse node ping`): the round trip
+    /// of the first pong and the path it came over. Fails with
+    /// `HostUnreachable` for an address of no peer (or a peer with no path),
+    /// `Unsupported` for a peer without a disco key, `TimedOut` after
+    /// [`PING_TIMEOUT`] without a pong.
+    pub async fn disco_ping(&self, dst: IpAddr) -> io::Result<(Duration, Path)> {
+        let (id, rx) = {
+            let mut core = lock(&self.shared.core);
+            let id = core.disco_ping(dst, Instant::now()).map_err(ping_error)?;
+            let (tx, rx) = oneshot::channel();
+            guard(&self.shared.disco_pongs).insert(id, tx);
+            (id, rx)
+        };
+        self.shared.wake.notify.notify_one();
+        match tokio::time::timeout(PING_TIMEOUT, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the data plane stopped",
+            )),
+            Err(_) => {
+                guard(&self.shared.disco_pongs).remove(&id);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no pong from {dst}"),
+                ))
+            }
+        }
     }
 
     /// Peers (WireGuard key, addresses, endpoints) and the inbound filter,
@@ -205,14 +415,7 @@ impl Mesh {
     pub async fn ping(&self, dst: IpAddr) -> io::Result<Duration> {
         let (seq, rx) = {
             let mut core = lock(&self.shared.core);
-            let seq = core.ping(dst, Instant::now()).map_err(|e| {
-                let kind = match e {
-                    PingError::NoRoute(_) => io::ErrorKind::HostUnreachable,
-                    PingError::NoSource(_) => io::ErrorKind::AddrNotAvailable,
-                    PingError::Busy => io::ErrorKind::WouldBlock,
-                };
-                io::Error::new(kind, e)
-            })?;
+            let seq = core.ping(dst, Instant::now()).map_err(ping_error)?;
             // Registered before the core lock is released: the driver, which
             // reports answers, cannot see this one first.
             let (tx, rx) = oneshot::channel();
@@ -236,13 +439,16 @@ impl Mesh {
         }
     }
 
+    #[allow(clippy::type_complexity)]
     fn pongs(&self) -> MutexGuard<'_, HashMap<(IpAddr, u16), oneshot::Sender<Duration>>> {
         self.shared.pongs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Local UDP endpoints to announce to control: the socket's address, or
     /// when it is bound to every address, the host's interface addresses
-    /// (loopback included, mesh addresses and link-local IPv6 excluded).
+    /// except loopback, link-local (169.254/16, fe80::/10) and the mesh
+    /// addresses: a peer on another machine could not reach those, and
+    /// would send to its own loopback.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         let l = self.shared.listen;
         if !l.ip().is_unspecified() {
@@ -255,10 +461,7 @@ impl Mesh {
             .filter_map(|i| i.address.ip_addr())
             .filter(|ip| l.is_ipv6() || ip.is_ipv4())
             .filter(|ip| !self.shared.addresses.contains(ip))
-            .filter(|ip| match ip {
-                IpAddr::V6(a) => (a.segments()[0] & 0xffc0) != 0xfe80,
-                IpAddr::V4(_) => true,
-            })
+            .filter(|ip| announceable(*ip))
             .map(|ip| SocketAddr::new(ip, l.port()))
             .collect();
         v.sort();
@@ -276,6 +479,9 @@ impl Mesh {
             peers: core.peers(),
             counters: core.counters(),
             sockets: self.shared.stack.as_ref().map_or(0, Stack::sockets),
+            disco_public: core.disco_public(),
+            home_relay: core.home_relay(),
+            disco_endpoints: core.disco_endpoints().to_vec(),
         }
     }
 
@@ -293,6 +499,28 @@ impl Mesh {
             let _ = t.await;
         }
         self.pongs().clear();
+        guard(&self.shared.disco_pongs).clear();
+    }
+}
+
+fn ping_error(e: PingError) -> io::Error {
+    let kind = match e {
+        PingError::NoRoute(_) | PingError::NoPath(_) => io::ErrorKind::HostUnreachable,
+        PingError::NoSource(_) => io::ErrorKind::AddrNotAvailable,
+        PingError::Busy => io::ErrorKind::WouldBlock,
+        PingError::NoDisco(_) => io::ErrorKind::Unsupported,
+    };
+    io::Error::new(kind, e)
+}
+
+/// Whether an interface address may be announced to peers on other
+/// machines: not loopback, not link-local, not unspecified.
+fn announceable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local() && !a.is_unspecified(),
+        IpAddr::V6(a) => {
+            !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80 && !a.is_unspecified()
+        }
     }
 }
 
@@ -368,6 +596,34 @@ impl Driver {
         tracing::debug!("mesh driver stopped");
     }
 
+    /// Hands relayed datagrams to the node's relay link (never waiting:
+    /// a full queue drops them, as a congested network would).
+    fn relay_out(&mut self) {
+        if !self.transmits.iter().any(|t| t.path.relay().is_some()) {
+            return;
+        }
+        let mut dropped = 0u64;
+        let mut keep = Vec::with_capacity(self.transmits.len());
+        for t in self.transmits.drain(..) {
+            let (Some(region), Some(to)) = (t.path.relay(), t.to) else {
+                keep.push(t);
+                continue;
+            };
+            let out = RelayOut {
+                region,
+                to,
+                payload: t.payload,
+            };
+            if self.shared.relay_tx.try_send(out).is_err() {
+                dropped += 1;
+            }
+        }
+        self.transmits = keep;
+        if dropped > 0 {
+            lock(&self.shared.core).note_relay_dropped(dropped);
+        }
+    }
+
     fn receive(&mut self, now: Instant) {
         let mut core = lock(&self.shared.core);
         for _ in 0..RX_ROUNDS {
@@ -436,6 +692,22 @@ impl Driver {
                             tracing::debug!(%peer, %path, "session up");
                         }
                         Event::Pong { addr, seq, rtt, .. } => pongs.push((addr, seq, rtt)),
+                        Event::DiscoPong { id, rtt, path } => {
+                            if let Some(tx) = guard(&self.shared.disco_pongs).remove(&id) {
+                                let _ = tx.send((rtt, path));
+                            }
+                        }
+                        Event::Stun {
+                            tx_id, reflexive, ..
+                        } => {
+                            if let Some(w) = guard(&self.shared.stun).get(&tx_id) {
+                                let rtt = now.saturating_duration_since(w.sent);
+                                let _ = w.answer.send((w.region, rtt, reflexive));
+                            }
+                        }
+                        Event::PathChanged { peer, path } => {
+                            tracing::info!(%peer, %path, "path to peer");
+                        }
                     }
                 }
             }
@@ -489,6 +761,7 @@ impl Driver {
             }
             if !self.transmits.is_empty() {
                 busy = true;
+                self.relay_out();
                 self.udp.send_all(&self.transmits).await;
                 for t in self.transmits.drain(..) {
                     crate::pool::give(t.payload);

@@ -94,7 +94,11 @@ impl Udp {
         let mut i = 0;
         let mut batch = std::mem::take(&mut self.batch);
         while i < transmits.len() {
-            let Path::Direct(dst) = transmits[i].path;
+            // Relayed datagrams are the shell's to hand to the node.
+            let Path::Direct(dst) = transmits[i].path else {
+                i += 1;
+                continue;
+            };
             let seg = transmits[i].payload.len();
             batch.clear();
             batch.extend_from_slice(&transmits[i].payload);
