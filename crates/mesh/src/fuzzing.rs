@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 pub const NODE_KEY: [u8; 32] = [2; 32];
 /// Private key of its one peer.
 pub const PEER_KEY: [u8; 32] = [1; 32];
+/// Disco private key of the fuzzed node.
+pub const NODE_DISCO: [u8; 32] = [4; 32];
+/// Disco private key of its peer.
+pub const PEER_DISCO: [u8; 32] = [3; 32];
+/// The peer's home relay region.
+pub const PEER_RELAY: u16 = 9;
 /// The node's address.
 pub const NODE_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(100, 64, 0, 2));
 /// The peer's address.
@@ -56,13 +62,17 @@ pub fn packet(data: &[u8]) {
     }
 }
 
-/// A UDP datagram arriving at a node with one peer, then the same bytes as
-/// an outbound IP packet, then a timer run.
+/// A UDP datagram arriving at a node with one peer (WireGuard, disco or
+/// STUN, as the shared socket classifies it), the same bytes delivered by a
+/// relay from the peer and from a stranger, then as an outbound IP packet,
+/// then a timer run.
 pub fn datagram(data: &[u8]) {
     let now = Instant::now();
     let Ok(mut core) = Core::new(NODE_KEY, vec![NODE_IP], now) else {
         return;
     };
+    core.set_disco_key(gatehouse_disco::DiscoPrivateKey::from_bytes(NODE_DISCO));
+    core.set_disco_endpoints(vec![SocketAddr::from(([192, 0, 2, 2], 41641))]);
     let peer = Peer {
         id: "peer".into(),
         name: "peer".into(),
@@ -70,8 +80,12 @@ pub fn datagram(data: &[u8]) {
         wireguard_key: crate::public_key(&PEER_KEY),
         addresses: vec![PEER_IP],
         endpoints: vec![SocketAddr::from(([192, 0, 2, 1], 51820))],
-        disco_key: None,
-        home_relay: None,
+        disco_key: Some(
+            gatehouse_disco::DiscoPrivateKey::from_bytes(PEER_DISCO)
+                .public()
+                .to_string(),
+        ),
+        home_relay: Some(PEER_RELAY),
         user: None,
         tags: Vec::new(),
         key_expiry: 0,
@@ -81,6 +95,17 @@ pub fn datagram(data: &[u8]) {
     core.set_filter(&filter());
     let from = Path::Direct(SocketAddr::from(([192, 0, 2, 1], 51820)));
     core.handle_datagram(from, data, now);
+    let peer_key = gatehouse_disco::NodePublicKey(
+        *boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from(PEER_KEY))
+            .as_bytes(),
+    );
+    core.handle_relay_datagram(PEER_RELAY, peer_key, data, now);
+    core.handle_relay_datagram(
+        PEER_RELAY,
+        gatehouse_disco::NodePublicKey([7; 32]),
+        data,
+        now,
+    );
     core.handle_packet(data, now);
     core.handle_timeout(now + Duration::from_secs(6));
     while core.poll_transmit().is_some() {}

@@ -6,10 +6,24 @@
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use gatehouse_disco::{DiscoPrivateKey, Message, NodePublicKey, disco, stun};
 use gatehouse_mesh::echo;
 use gatehouse_mesh::fuzzing::{self, NODE_IP, NODE_KEY, PEER_IP, PEER_KEY};
+use gatehouse_mesh::fuzzing::{NODE_DISCO, PEER_DISCO};
 use gatehouse_mesh::packet::{build, tcp_flags};
 use std::path::{Path, PathBuf};
+
+fn peer_node_key() -> NodePublicKey {
+    NodePublicKey(*PublicKey::from(&StaticSecret::from(PEER_KEY)).as_bytes())
+}
+
+/// A disco packet the fuzzed node's peer sealed to it (a fixed nonce, so
+/// the seed is the same on every run).
+fn disco_from_peer(msg: &Message) -> Vec<u8> {
+    let peer = DiscoPrivateKey::from_bytes(PEER_DISCO);
+    let node = DiscoPrivateKey::from_bytes(NODE_DISCO).public();
+    disco::seal(&peer.public(), &peer.shared(&node), &[0x11; 24], msg)
+}
 
 fn dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,6 +113,43 @@ fn write_seeds() {
         ("data-no-session", data),
         ("ip-packet", packets[0].1.clone()),
         ("short", vec![1, 0]),
+        (
+            "disco-ping",
+            disco_from_peer(&Message::Ping {
+                tx_id: [5; 12],
+                node_key: Some(peer_node_key()),
+                padding: 0,
+            }),
+        ),
+        (
+            "disco-pong",
+            disco_from_peer(&Message::Pong {
+                tx_id: [6; 12],
+                src: "192.0.2.2:41641".parse().unwrap(),
+            }),
+        ),
+        (
+            "disco-call-me-maybe",
+            disco_from_peer(&Message::CallMeMaybe {
+                endpoints: vec![
+                    "192.0.2.1:41641".parse().unwrap(),
+                    "[2001:db8::1]:1".parse().unwrap(),
+                ],
+            }),
+        ),
+        (
+            "disco-wrong-node-key",
+            disco_from_peer(&Message::Ping {
+                tx_id: [5; 12],
+                node_key: Some(NodePublicKey([8; 32])),
+                padding: 3,
+            }),
+        ),
+        (
+            "stun-response",
+            stun::binding_response(&[1; 12], "192.0.2.2:41641".parse().unwrap()),
+        ),
+        ("stun-request", stun::binding_request(&[2; 12])),
     ];
     std::fs::create_dir_all(dir("mesh_datagram")).unwrap();
     for (n, p) in &datagrams {
