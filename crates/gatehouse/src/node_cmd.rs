@@ -261,6 +261,17 @@ fn plane_line(p: &api::PlaneSummary) -> String {
     if let Some(k) = &p.public_key {
         s.push_str(&format!(", key {k}"));
     }
+    if !p.reflexive.is_empty() {
+        let r: Vec<String> = p.reflexive.iter().map(ToString::to_string).collect();
+        s.push_str(&format!(", public {}", r.join(", ")));
+    }
+    if let Some(h) = &p.home_relay {
+        let up = p.relays.get(h).is_some_and(|r| r.connected);
+        s.push_str(&format!(
+            ", home relay {h} ({})",
+            if up { "connected" } else { "connecting" }
+        ));
+    }
     s
 }
 
@@ -323,22 +334,14 @@ fn print_status(st: &NodeStatus) {
                     .collect::<Vec<_>>()
                     .join(", "),
                 owner(&p.user, &p.tags),
-                path.endpoint.map_or("-".into(), |e| e.to_string()),
+                path_cell(&path),
                 path.connections_in.to_string(),
                 path.connections_out.to_string(),
                 path.refused_in.to_string(),
             ]
         })
         .collect();
-    let head = [
-        "PEER",
-        "ADDRESSES",
-        "OWNER",
-        "ENDPOINT",
-        "IN",
-        "OUT",
-        "REFUSED",
-    ];
+    let head = ["PEER", "ADDRESSES", "OWNER", "PATH", "IN", "OUT", "REFUSED"];
     let mut widths = head.map(str::len);
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -359,6 +362,31 @@ fn print_status(st: &NodeStatus) {
     }
 }
 
+/// A peer's path as `gatehouse node status` shows it: how data goes now
+/// and its latency, whether the peer answers and since when (`-` before
+/// the first handshake).
+fn path_cell(p: &gatehouse_node::plane::PeerPath) -> String {
+    let Some(via) = p
+        .via
+        .clone()
+        .or_else(|| p.endpoint.map(|e| format!("direct {e}")))
+    else {
+        return "-".into();
+    };
+    let mut cell = via;
+    if let Some(us) = p.latency_us {
+        cell.push_str(&format!(" {:.1}ms", us as f64 / 1000.0));
+    }
+    if p.reachable {
+        if let Some(since) = p.reachable_since {
+            cell.push_str(&format!(", up {}", human(now() - since)));
+        }
+    } else {
+        cell.push_str(", unreachable");
+    }
+    cell
+}
+
 async fn status(local: LocalArgs, json: bool) -> Result<()> {
     match call(&local, ApiRequest::Status).await? {
         ApiResponse::Status(st) => {
@@ -377,9 +405,15 @@ async fn status(local: LocalArgs, json: bool) -> Result<()> {
 async fn ping(local: LocalArgs, peer: String, count: u32) -> Result<()> {
     for _ in 0..count.max(1) {
         match call(&local, ApiRequest::Ping { peer: peer.clone() }).await? {
-            ApiResponse::Pong { peer, addr, rtt_ms } => {
-                println!("pong from {peer} ({addr}) in {rtt_ms:.2} ms");
-            }
+            ApiResponse::Pong {
+                peer,
+                addr,
+                rtt_ms,
+                via,
+            } => match via {
+                Some(via) => println!("pong from {peer} ({addr}) via {via} in {rtt_ms:.2} ms"),
+                None => println!("pong from {peer} ({addr}) in {rtt_ms:.2} ms"),
+            },
             ApiResponse::Error { error } => bail!("{error}"),
             other => bail!("unexpected answer: {other:?}"),
         }

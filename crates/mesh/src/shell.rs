@@ -355,7 +355,7 @@ impl Mesh {
                 guard(&self.shared.disco_pongs).remove(&id);
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("no pong from {dst}"),
+                    format!("no answer from {dst} (no disco pong)"),
                 ))
             }
         }

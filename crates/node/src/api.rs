@@ -49,6 +49,10 @@ pub enum ApiResponse {
         addr: IpAddr,
         /// Round trip, milliseconds.
         rtt_ms: f64,
+        /// How the pong travelled (`relay <region>`, `direct <ip:port>`),
+        /// when the data plane knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<String>,
     },
     /// Done.
     Ok,
@@ -158,6 +162,15 @@ pub struct PlaneSummary {
     /// The TUN device in use (mesh, TUN mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tun: Option<String>,
+    /// The home relay region's code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_relay: Option<String>,
+    /// Open relay connections, by region code.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub relays: std::collections::BTreeMap<String, crate::relays::RelayStatus>,
+    /// The node's public addresses as STUN saw them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reflexive: Vec<SocketAddr>,
 }
 
 /// Why the local API could not be used.

@@ -101,10 +101,15 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
         };
         self.set_control(|c| c.streams += 1);
         let mut first = true;
+        let announce = self.plane.announce_wanted();
         loop {
             let next = tokio::select! {
                 () = self.cancel.cancelled() => return Ok(StreamEnd::Stopped),
                 n = tokio::time::timeout(MAP_SILENCE, stream.next()) => n,
+                () = wanted(announce.as_deref()), if !first => {
+                    self.announce_endpoints();
+                    continue;
+                }
             };
             let msg = match next {
                 Err(_) => return Err(ClientError::Http("map stream silent too long".into())),
@@ -145,17 +150,9 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
         // on this machine (whose other nodes are here too); control refuses
         // it from anywhere else.
         let local = client.control_is_local();
-        let endpoints: Vec<_> = self
-            .plane
-            .endpoints()
-            .into_iter()
-            .filter(|ep| local || !ep.ip().to_canonical().is_loopback())
-            .collect();
-        let body = gatehouse_proto::control::EndpointsRequest {
-            endpoints,
-            disco_key: None,
-            home_relay: None,
-        };
+        let mut body = self.plane.announcement();
+        body.endpoints
+            .retain(|ep| local || !ep.ip().to_canonical().is_loopback());
         tokio::spawn(async move {
             if let Err(e) = client.set_endpoints(&body).await {
                 tracing::warn!(error = %e, "control: announcing endpoints");
@@ -176,8 +173,18 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
         self.adopt_cert_from_map(&s.self_node.serving_cert);
         let peers: Vec<Peer> = s.peers.values().cloned().collect();
         self.plane.apply(&peers, &s.filter);
+        self.plane.apply_relays(&s.relays);
         self.map_tx
             .send_replace(Some(Arc::new(Netmap::new(s.clone()))));
         self.update_ready();
+    }
+}
+
+/// Resolves when the data plane asks for a new announcement (never, for
+/// one that does not).
+async fn wanted(notify: Option<&tokio::sync::Notify>) {
+    match notify {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }

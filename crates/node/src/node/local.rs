@@ -86,11 +86,22 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
                 error: format!("{} has no address", peer.fqdn),
             };
         };
-        match self.plane.ping(addr).await {
-            Ok(rtt) => ApiResponse::Pong {
+        // A disco ping says which path the pong took; peers without path
+        // discovery (or a data plane without it) get the WireGuard-level
+        // probe.
+        let answer = match self.plane.path_ping(addr).await {
+            Ok((rtt, via)) => Ok((rtt, Some(via))),
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                self.plane.ping(addr).await.map(|rtt| (rtt, None))
+            }
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok((rtt, via)) => ApiResponse::Pong {
                 peer: peer.fqdn.clone(),
                 addr,
                 rtt_ms: rtt.as_secs_f64() * 1000.0,
+                via,
             },
             Err(e) => ApiResponse::Error {
                 error: format!("{}: {e}", peer.fqdn),
@@ -156,6 +167,9 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
                 refused: plane.refused,
                 public_key: plane.public_key,
                 tun: plane.tun,
+                home_relay: plane.home_relay,
+                relays: plane.relays,
+                reflexive: plane.reflexive,
             },
             serve: self
                 .serve

@@ -292,9 +292,27 @@ async fn start_mesh(inputs: PlaneInputs, tun: Option<String>) -> Result<MeshPlan
         listen: inputs.listen,
         tun,
         ports: inputs.ports,
+        relay_tls: Some(relay_tls(&inputs.identity.ca_cert)?),
     })
     .await
     .map_err(|e| e.to_string())
+}
+
+/// What relays' certificates must chain to: the mesh CA (control's
+/// embedded relay has control's certificate) or a public CA (standalone
+/// relays with certificates of their own).
+fn relay_tls(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = gatehouse_ops::tls::system_roots();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("the mesh CA in the identity: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("the mesh CA in the identity: {e}"))?;
+    }
+    gatehouse_ops::tls::client_config(Some(roots), &[])
+        .map(Arc::new)
+        .map_err(|e| format!("relay TLS: {e}"))
 }
 
 /// The ports `accept_loop` hands to an application.

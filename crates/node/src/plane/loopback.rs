@@ -518,6 +518,7 @@ impl DataPlane for LoopbackPlane {
             refused: self.shared.refused.load(Ordering::Relaxed),
             public_key: None,
             tun: None,
+            ..PlaneStatus::default()
         }
     }
 

@@ -12,9 +12,10 @@
 //! nowhere else.
 
 use super::{Connection, DataPlane, PeerPath, PlaneStatus};
+use crate::relays::Relays;
 use gatehouse_filter::NodeFilter;
 use gatehouse_mesh::{Mesh, MeshConfig, MeshError, MeshStream, Mode, Path};
-use gatehouse_proto::control::Peer;
+use gatehouse_proto::control::{EndpointsRequest, Peer, RelayMap};
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -24,8 +25,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+/// How often the node measures its relays and its public address again
+/// (and at once when the relay map changes).
+const NETCHECK_EVERY: Duration = Duration::from_secs(30);
+/// How long one measurement waits for STUN answers.
+const NETCHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long opening a connection may take in TUN mode (the user-space stack
 /// has the same limit).
@@ -47,6 +54,9 @@ pub struct MeshPlaneConfig {
     /// TUN mode: the ports the node's applications serve on its mesh
     /// addresses (the kernel's sockets listen there).
     pub ports: Vec<u16>,
+    /// TLS settings for relays (the roots their certificates must chain
+    /// to); `None`: no relays.
+    pub relay_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for MeshPlaneConfig {
@@ -159,7 +169,13 @@ type Incoming = mpsc::Receiver<(TcpStream, SocketAddr, SocketAddr)>;
 /// The mesh data plane.
 #[derive(Debug)]
 pub struct MeshPlane {
-    mesh: Mesh,
+    mesh: Arc<Mesh>,
+    /// Relay connections, when relays are in use.
+    relays: Option<Arc<Relays>>,
+    /// The relay map from control, for the measuring task.
+    relay_map: watch::Sender<RelayMap>,
+    /// Signalled when the announcement changed.
+    announce: Arc<Notify>,
     /// Mesh address → peer id, from the last map.
     owners: RwLock<Arc<HashMap<IpAddr, String>>>,
     counts: Mutex<BTreeMap<String, Counts>>,
@@ -188,14 +204,41 @@ impl MeshPlane {
             Some(name) => Mode::Tun { name: name.clone() },
             None => Mode::Userspace,
         };
-        let mesh = Mesh::start(MeshConfig {
-            private_key: cfg.private_key,
-            addresses: cfg.addresses.clone(),
-            listen: cfg.listen,
-            mode,
-        })
-        .await?;
+        let mesh = Arc::new(
+            Mesh::start(MeshConfig {
+                private_key: cfg.private_key,
+                addresses: cfg.addresses.clone(),
+                listen: cfg.listen,
+                mode,
+            })
+            .await?,
+        );
         let cancel = CancellationToken::new();
+        let relay_map = watch::Sender::new(RelayMap::default());
+        let announce = Arc::new(Notify::new());
+        let relays = cfg.relay_tls.map(|tls| {
+            let into_mesh = Arc::clone(&mesh);
+            let deliver: crate::relays::Deliver =
+                Arc::new(move |region, from, data: bytes::Bytes| {
+                    into_mesh.relay_received(region, from, &data);
+                });
+            let relays = Arc::new(Relays::new(
+                gatehouse_relay::PrivateKey::from_bytes(cfg.private_key),
+                tls,
+                deliver,
+            ));
+            if let Some(out) = mesh.relay_link() {
+                tokio::spawn(relay_out(out, Arc::clone(&relays), cancel.clone()));
+            }
+            tokio::spawn(netcheck_loop(
+                Arc::clone(&mesh),
+                Arc::clone(&relays),
+                relay_map.subscribe(),
+                Arc::clone(&announce),
+                cancel.clone(),
+            ));
+            relays
+        });
         let kernel = match &cfg.tun {
             Some(_) => Some(tokio::sync::Mutex::new(
                 listen_kernel(&cfg.addresses, &cfg.ports, &cancel).await?,
@@ -204,6 +247,9 @@ impl MeshPlane {
         };
         Ok(MeshPlane {
             mesh,
+            relays,
+            relay_map,
+            announce,
             owners: RwLock::new(Arc::new(HashMap::new())),
             counts: Mutex::new(BTreeMap::new()),
             addresses: cfg.addresses,
@@ -216,6 +262,25 @@ impl MeshPlane {
     /// The mesh underneath.
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// A relay region's code (its id when the map does not name it).
+    fn region_code(&self, id: u16) -> String {
+        self.relay_map
+            .borrow()
+            .regions
+            .iter()
+            .find(|r| r.id == id)
+            .map_or_else(|| id.to_string(), |r| r.code.clone())
+    }
+
+    /// A path as people read it: `direct 1.2.3.4:41641`, `relay <code>`.
+    fn describe(&self, p: Path) -> String {
+        match (p.direct(), p.relay()) {
+            (Some(a), _) => format!("direct {a}"),
+            (None, Some(r)) => format!("relay {}", self.region_code(r)),
+            (None, None) => p.to_string(),
+        }
     }
 
     fn owner(&self, ip: IpAddr) -> Option<String> {
@@ -240,6 +305,96 @@ impl MeshPlane {
             })??;
         let _ = s.set_nodelay(true);
         Ok(s)
+    }
+}
+
+/// Datagrams the mesh wants relayed, to the relay connections.
+async fn relay_out(
+    mut out: mpsc::Receiver<gatehouse_mesh::RelayOut>,
+    relays: Arc<Relays>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let o = tokio::select! {
+            () = cancel.cancelled() => return,
+            o = out.recv() => match o {
+                Some(o) => o,
+                None => return,
+            },
+        };
+        relays.send(o.region, o.to, bytes::Bytes::from(o.payload));
+    }
+}
+
+/// The STUN servers of a relay map, resolved (one address per region, of
+/// the family the mesh socket speaks).
+async fn stun_servers(map: &RelayMap, v6: bool) -> Vec<(u16, SocketAddr)> {
+    let mut out = Vec::new();
+    for r in &map.regions {
+        for n in &r.nodes {
+            let Some(port) = n.stun_port else { continue };
+            let found = match tokio::net::lookup_host((n.host.as_str(), port)).await {
+                Ok(addrs) => addrs.into_iter().find(|a| v6 || a.is_ipv4()),
+                Err(e) => {
+                    tracing::debug!(host = %n.host, error = %e, "relay's STUN server does not resolve");
+                    None
+                }
+            };
+            if let Some(a) = found {
+                out.push((r.id, a));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Measures the relays and the node's public address whenever the relay
+/// map changes and every [`NETCHECK_EVERY`]: the region that answers STUN
+/// fastest becomes home (with UDP blocked, the current home stays, else the
+/// map's first region); a changed reflexive address or home asks for a new
+/// announcement. Idle relay connections are closed on the way.
+async fn netcheck_loop(
+    mesh: Arc<Mesh>,
+    relays: Arc<Relays>,
+    mut map_rx: watch::Receiver<RelayMap>,
+    announce: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut last: Option<(Vec<SocketAddr>, Option<u16>)> = None;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = map_rx.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(NETCHECK_EVERY) => {}
+        }
+        let map = map_rx.borrow_and_update().clone();
+        relays.set_map(&map);
+        relays.close_idle(Instant::now());
+        let v6 = mesh.status().listen.is_ipv6();
+        let servers = stun_servers(&map, v6).await;
+        let report = mesh.netcheck(servers, NETCHECK_TIMEOUT).await;
+        let fastest = report
+            .latency
+            .iter()
+            .min_by_key(|(_, d)| **d)
+            .map(|(id, _)| *id);
+        let home = fastest
+            .or_else(|| relays.home())
+            .or_else(|| map.regions.first().map(|r| r.id));
+        if relays.home() != home {
+            tracing::info!(home = ?home, latency = ?report.latency, "home relay chosen");
+        }
+        relays.set_home(home);
+        mesh.set_home_relay(home);
+        let now = (report.reflexive.clone(), home);
+        if last.as_ref() != Some(&now) {
+            if !report.reflexive.is_empty() {
+                tracing::info!(reflexive = ?report.reflexive, "public address learned by STUN");
+            }
+            last = Some(now);
+            announce.notify_one();
+        }
     }
 }
 
@@ -388,6 +543,39 @@ impl DataPlane for MeshPlane {
         self.mesh.endpoints()
     }
 
+    fn announcement(&self) -> EndpointsRequest {
+        let st = self.mesh.status();
+        let mut endpoints = self.mesh.endpoints();
+        endpoints.extend(st.disco_endpoints.iter().copied());
+        endpoints.sort();
+        endpoints.dedup();
+        EndpointsRequest {
+            endpoints,
+            disco_key: Some(self.mesh.disco_public().to_string()),
+            home_relay: self.relays.as_ref().and_then(|r| r.home()),
+        }
+    }
+
+    fn announce_wanted(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.announce))
+    }
+
+    fn apply_relays(&self, relays: &RelayMap) {
+        self.relay_map.send_if_modified(|m| {
+            let changed = m != relays;
+            if changed {
+                *m = relays.clone();
+            }
+            changed
+        });
+    }
+
+    async fn path_ping(&self, dst: IpAddr) -> io::Result<(Duration, String)> {
+        let (rtt, path) = self.mesh.disco_ping(dst).await?;
+        self.count(dst, |n| n.last_ok = Some(unix_now()));
+        Ok((rtt, self.describe(path)))
+    }
+
     fn status(&self) -> PlaneStatus {
         let st = self.mesh.status();
         let counts = self
@@ -410,7 +598,17 @@ impl DataPlane for MeshPlane {
                     .last_handshake
                     .and_then(|t| wall.checked_sub(now.saturating_duration_since(t)))
                     .map(unix);
+                let reachable_since = p
+                    .reachable_since
+                    .and_then(|t| wall.checked_sub(now.saturating_duration_since(t)))
+                    .map(unix);
                 let path = PeerPath {
+                    via: p.path.map(|x| self.describe(x)),
+                    latency_us: p
+                        .latency
+                        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                    reachable: p.reachable,
+                    reachable_since,
                     endpoint,
                     connections_out: c.connections_out,
                     connections_in: c.connections_in,
@@ -430,6 +628,23 @@ impl DataPlane for MeshPlane {
             refused: st.counters.filter.denied_syn,
             public_key: Some(st.public_key),
             tun: self.tun.clone(),
+            home_relay: st.home_relay.map(|h| self.region_code(h)),
+            relays: self
+                .relays
+                .as_ref()
+                .map(|r| {
+                    r.status()
+                        .into_iter()
+                        .map(|(id, s)| (self.region_code(id), s))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            reflexive: st
+                .disco_endpoints
+                .iter()
+                .filter(|e| !self.mesh.endpoints().contains(e))
+                .copied()
+                .collect(),
         }
     }
 

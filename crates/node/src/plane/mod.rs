@@ -13,7 +13,7 @@ pub mod loopback;
 pub mod mesh;
 
 use gatehouse_filter::NodeFilter;
-use gatehouse_proto::control::Peer;
+use gatehouse_proto::control::{EndpointsRequest, Peer, RelayMap};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -60,6 +60,15 @@ pub struct PlaneStatus {
     /// The TUN device in use (mesh, TUN mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tun: Option<String>,
+    /// The home relay region's code (mesh, when relays are in use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_relay: Option<String>,
+    /// Open relay connections, by region code.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub relays: BTreeMap<String, crate::relays::RelayStatus>,
+    /// Addresses the node learned its NAT gives it (STUN).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reflexive: Vec<SocketAddr>,
 }
 
 /// The data plane's view of one peer.
@@ -84,6 +93,20 @@ pub struct PeerPath {
     /// Bytes of IP packets received from it, before filtering (mesh).
     #[serde(default)]
     pub rx_bytes: u64,
+    /// The path data takes now: `direct <ip:port>` or `relay <region>`
+    /// (mesh; none before the first handshake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Round trip of the last disco pong on that path, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    /// Whether the peer answers now (mesh: a recent handshake, and traffic
+    /// sent to it answered).
+    #[serde(default)]
+    pub reachable: bool,
+    /// Since when it is reachable (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable_since: Option<i64>,
 }
 
 /// The interface between the node and its data plane.
@@ -111,6 +134,33 @@ pub trait DataPlane: Send + Sync + 'static {
 
     /// Local endpoints to announce to control.
     fn endpoints(&self) -> Vec<SocketAddr>;
+
+    /// What to announce to control: endpoints (local and reflexive), disco
+    /// key and home relay.
+    fn announcement(&self) -> EndpointsRequest {
+        EndpointsRequest::direct(self.endpoints())
+    }
+
+    /// Signalled when the announcement changed (a new reflexive address or
+    /// home relay) and should be sent again.
+    fn announce_wanted(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
+    /// The relays from control's map.
+    fn apply_relays(&self, _relays: &RelayMap) {}
+
+    /// A disco ping to a peer: round trip, and how the pong travelled
+    /// (`via relay <region>`, `via <ip:port>`), as `tailscale ping` says.
+    fn path_ping(
+        &self,
+        _dst: IpAddr,
+    ) -> impl Future<Output = std::io::Result<(Duration, String)>> + Send {
+        std::future::ready(Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this data plane has no path discovery",
+        )))
+    }
 
     /// Paths and counters.
     fn status(&self) -> PlaneStatus;
