@@ -45,7 +45,11 @@ pub const WAN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 impl Topology {
     /// Builds the WAN and one site per kind.
     pub fn new(kinds: &[NatKind]) -> Self {
-        let id = std::process::id() % 10_000;
+        // Unique per topology: several tests of one process build theirs
+        // at once. Interface names stay within 15 characters.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let id = (std::process::id() % 1_000) * 10 + n;
         let t = Topology {
             id,
             kinds: kinds.to_vec(),
@@ -181,7 +185,7 @@ impl Topology {
             NatKind::Public => "",
         };
         let mut rules = String::from(
-            "table ip gh {\n  chain fwd { type filter hook forward priority 0; policy accept; }\n  chain post { type nat hook postrouting priority 100; policy accept;\n",
+            "table ip gh {\n  chain filt { type filter hook forward priority 0; policy accept; }\n  chain masq { type nat hook postrouting priority 100; policy accept;\n",
         );
         if !masquerade.is_empty() {
             rules.push_str(&format!("    oifname \"{rw}\" {masquerade}\n"));
@@ -208,13 +212,13 @@ impl Topology {
     pub fn block_udp(&self, i: usize) {
         nft(
             &self.router(i),
-            "add rule ip gh fwd meta l4proto udp drop\n",
+            "add rule ip gh filt meta l4proto udp drop\n",
         );
     }
 
     /// Forwards UDP again through site `i`'s router.
     pub fn unblock_udp(&self, i: usize) {
-        nft(&self.router(i), "flush chain ip gh fwd\n");
+        nft(&self.router(i), "flush chain ip gh filt\n");
     }
 
     /// Gives site `i` a new public address (its NAT's mappings are lost, as
