@@ -5,6 +5,12 @@
 use gatehouse_proto::control::{RelayMap, RelayNode, RelayRegion};
 use std::net::SocketAddr;
 
+/// Packets the embedded relay queues per destination before dropping the
+/// oldest. Tailscale's relay keeps 32; a node's user-space TCP sends a
+/// whole window in one burst and recovers from loss slowly, so bursts are
+/// absorbed instead of dropped.
+pub const EMBEDDED_QUEUE_DEPTH: usize = 512;
+
 /// The region id of control's embedded relay in the map nodes get.
 pub const EMBEDDED_REGION: u16 = 900;
 
@@ -175,11 +181,11 @@ pub(crate) fn embedded(
         app.upgrade()
             .is_some_and(|app| app.hub.is_member(&k.to_base64()))
     };
-    match gatehouse_relay::RelayServer::new(
-        key,
-        gatehouse_relay::RelayConfig::default(),
-        std::sync::Arc::new(admit),
-    ) {
+    let config = gatehouse_relay::RelayConfig {
+        queue_depth: EMBEDDED_QUEUE_DEPTH,
+        ..gatehouse_relay::RelayConfig::default()
+    };
+    match gatehouse_relay::RelayServer::new(key, config, std::sync::Arc::new(admit)) {
         Ok(r) => Some(r),
         // The default configuration is always valid.
         Err(e) => {

@@ -505,6 +505,8 @@ async fn udp_blocked_goes_through_the_relay() {
     net.fetch_small(0, 1).await;
     net.fetch_small(1, 0).await;
     net.wait_via(0, 1, "relay ").await;
+    // A long download, relayed all the way.
+    net.big_download(0, 1, 1, async || {}).await;
     let st = net.status(1).await;
     assert!(
         st["plane"]["reflexive"]

@@ -190,7 +190,17 @@ impl Topology {
         if !masquerade.is_empty() {
             rules.push_str(&format!("    oifname \"{rw}\" {masquerade}\n"));
         }
-        rules.push_str("  }\n}\n");
+        rules.push_str("  }\n");
+        if !masquerade.is_empty() {
+            // A home router's firewall: nothing unsolicited from the WAN
+            // reaches the router itself. Dropped before connection tracking
+            // confirms it, such a datagram leaves no entry behind that
+            // would take the public port of a mapping made later.
+            rules.push_str(&format!(
+                "  chain inp {{ type filter hook input priority 0; policy accept;\n    iifname \"{rw}\" ct state new drop\n  }}\n"
+            ));
+        }
+        rules.push_str("}\n");
         nft(&r, &rules);
         if self.kinds[i] == NatKind::Public {
             // The WAN routes the host's private network to its router.
