@@ -13,7 +13,8 @@
 //!   one whose direct path is cut falls back to the relay: both complete
 //!   byte-exact;
 //! - a site whose public address changes mid-transfer: it completes;
-//! - control stopped: the paths keep working; control back: nodes return.
+//! - control stopped (with its relay): direct paths keep working; control
+//!   back: nodes reconnect and relayed traffic resumes.
 
 #![allow(
     clippy::unwrap_used,
@@ -485,13 +486,15 @@ async fn paths_through_nat() {
     })
     .await;
 
-    // Control stopped: existing paths keep working; back: nodes return.
+    // Control stopped (and the relay it embeds): direct paths keep
+    // working. Back on the same state: nodes reconnect to control and to
+    // its relay, and relayed traffic resumes.
     let c = net.control.take().unwrap();
     drop(c);
     net.fetch_small(0, 1).await;
-    net.fetch_small(2, 3).await;
     net.start_control().await;
     net.fetch_small(3, 2).await;
+    net.wait_via(3, 2, "relay ").await;
 }
 
 /// A site where every UDP datagram is dropped: only the relay over TCP.
