@@ -2,7 +2,7 @@
 //! connection per map stream), HTTP/1.1 over rustls.
 
 use crate::identity::Identity;
-use crate::join::Join;
+use crate::join::{Join, JoinError};
 use crate::tls;
 use bytes::Bytes;
 use gatehouse_proto::control::{
@@ -15,7 +15,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::Error as PemError;
+use rustls::pki_types::{InvalidDnsNameError, ServerName};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -25,20 +26,40 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 /// Why a call to control failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Each message names what was being done; the underlying error, where there
+/// is one, is the `source()` (print the chain to see both).
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Connecting failed.
-    #[error("connecting to {addr}: {message}")]
+    #[error("connecting to {addr}")]
     Connect {
         /// Where.
         addr: String,
         /// What happened.
-        message: String,
+        #[source]
+        source: std::io::Error,
     },
+    /// Connecting took longer than allowed.
+    #[error("connecting to {addr}: timed out")]
+    ConnectTimeout {
+        /// Where.
+        addr: String,
+    },
+    /// The control address (of an identity) does not parse.
+    #[error(transparent)]
+    Join(#[from] JoinError),
     /// TLS setup or handshake failed (including a pin mismatch).
-    #[error("TLS: {0}")]
-    Tls(String),
-    /// The HTTP exchange failed.
+    #[error("TLS")]
+    Tls(#[from] TlsError),
+    /// The HTTP exchange failed: the connection broke or closed early.
+    #[error("HTTP")]
+    Transport(#[source] hyper::Error),
+    /// A request could not be built.
+    #[error("building the request")]
+    Request(#[source] http::Error),
+    /// The HTTP exchange went wrong in a way the caller describes (such as
+    /// a stream that fell silent); there is no underlying error.
     #[error("HTTP: {0}")]
     Http(String),
     /// Control answered with an error.
@@ -49,9 +70,60 @@ pub enum ClientError {
         /// Control's message.
         message: String,
     },
+    /// A request body could not be encoded.
+    #[error("encoding the request")]
+    Encode(#[source] serde_json::Error),
     /// An answer did not parse.
+    #[error("unexpected answer")]
+    Json(#[source] serde_json::Error),
+    /// An answer parsed but is not what the protocol allows (described by
+    /// the caller); there is no underlying error.
     #[error("unexpected answer: {0}")]
     Decode(String),
+}
+
+/// What went wrong with TLS towards control.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Control's host is not a name or address TLS can check.
+    #[error("{host:?} is not a valid server name")]
+    ServerName {
+        /// The host.
+        host: String,
+        /// Why.
+        #[source]
+        source: InvalidDnsNameError,
+    },
+    /// The handshake failed (a CA that does not match the pin shows here).
+    #[error("handshake")]
+    Handshake(#[source] std::io::Error),
+    /// The handshake took longer than allowed.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// A PEM object (the CA, the machine certificate or key) does not parse.
+    #[error("{what}")]
+    Pem {
+        /// Which object.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: PemError,
+    },
+    /// A CA certificate was refused as a trust root.
+    #[error("CA")]
+    Root(#[source] rustls::Error),
+    /// The machine certificate and key were refused.
+    #[error("machine certificate")]
+    ClientCert(#[source] rustls::Error),
+    /// The TLS provider offers none of the protocol versions asked for.
+    #[error("protocol versions")]
+    Versions(#[source] rustls::Error),
+    /// The join string carries no CA pin.
+    #[error("the join string has no #sha256: pin")]
+    NoPin,
+    /// The handshake succeeded without the pinned CA being seen.
+    #[error("no pinned CA seen")]
+    NoPinnedCa,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,24 +133,24 @@ pub(crate) async fn connect_tls(
     cfg: Arc<rustls::ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, ClientError> {
     let addr = join.authority();
-    let fail = |message: String| ClientError::Connect {
-        addr: addr.clone(),
-        message,
-    };
+    // `Elapsed` says only that the deadline passed, which the variants say.
     let tcp = tokio::time::timeout(
         CONNECT_TIMEOUT,
         TcpStream::connect((join.host.as_str(), join.port)),
     )
     .await
-    .map_err(|_| fail("timed out".into()))?
-    .map_err(|e| fail(e.to_string()))?;
+    .map_err(|_elapsed| ClientError::ConnectTimeout { addr: addr.clone() })?
+    .map_err(|source| ClientError::Connect { addr, source })?;
     let _ = tcp.set_nodelay(true);
-    let name =
-        ServerName::try_from(join.host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
-    tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(cfg).connect(name, tcp))
+    let name = ServerName::try_from(join.host.clone()).map_err(|source| TlsError::ServerName {
+        host: join.host.clone(),
+        source,
+    })?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, TlsConnector::from(cfg).connect(name, tcp))
         .await
-        .map_err(|_| ClientError::Tls("handshake timed out".into()))?
-        .map_err(|e| ClientError::Tls(e.to_string()))
+        .map_err(|_elapsed| TlsError::HandshakeTimeout)?
+        .map_err(TlsError::Handshake)?;
+    Ok(tls)
 }
 
 async fn open(
@@ -88,7 +160,7 @@ async fn open(
     let tls = connect_tls(join, cfg).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+        .map_err(ClientError::Transport)?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -116,11 +188,11 @@ async fn send(
             .body(Full::new(Bytes::from(bytes))),
         None => b.body(Full::new(Bytes::new())),
     }
-    .map_err(|e| ClientError::Http(e.to_string()))?;
+    .map_err(ClientError::Request)?;
     sender
         .send_request(req)
         .await
-        .map_err(|e| ClientError::Http(e.to_string()))
+        .map_err(ClientError::Transport)
 }
 
 async fn body_bytes(resp: http::Response<Incoming>) -> Result<(StatusCode, Bytes), ClientError> {
@@ -129,7 +201,7 @@ async fn body_bytes(resp: http::Response<Incoming>) -> Result<(StatusCode, Bytes
         .into_body()
         .collect()
         .await
-        .map_err(|e| ClientError::Http(e.to_string()))?
+        .map_err(ClientError::Transport)?
         .to_bytes();
     Ok((status, bytes))
 }
@@ -145,7 +217,7 @@ fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ClientError> {
-    serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    serde_json::from_slice(bytes).map_err(ClientError::Json)
 }
 
 /// One call: connect, send, read the whole answer; non-2xx is an error.
@@ -169,7 +241,7 @@ async fn call(
 fn json_body<B: Serialize>(b: &B) -> Result<Option<(&'static str, Vec<u8>)>, ClientError> {
     Ok(Some((
         "application/json",
-        serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string()))?,
+        serde_json::to_vec(b).map_err(ClientError::Encode)?,
     )))
 }
 
@@ -216,13 +288,12 @@ impl MapStream {
         loop {
             if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
-                let msg = serde_json::from_slice(&line[..i])
-                    .map_err(|e| ClientError::Decode(e.to_string()))?;
+                let msg = serde_json::from_slice(&line[..i]).map_err(ClientError::Json)?;
                 return Ok(Some(msg));
             }
             match self.body.frame().await {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(ClientError::Http(e.to_string())),
+                Some(Err(e)) => return Err(ClientError::Transport(e)),
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         self.buf.extend_from_slice(&data);
@@ -260,7 +331,7 @@ pub(crate) async fn join_mesh(
 impl NodeClient {
     /// A client for a registered node.
     pub fn new(id: &Identity) -> Result<Self, ClientError> {
-        let join = Join::parse(&id.control).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let join = Join::parse(&id.control)?;
         let cfg = tls::config(&id.ca_cert, Some((&id.machine_cert, &id.machine_key)))?;
         Ok(NodeClient { join, cfg })
     }

@@ -18,6 +18,8 @@ pub struct Join {
 pub struct JoinError {
     input: String,
     reason: &'static str,
+    #[source]
+    port: Option<std::num::ParseIntError>,
 }
 
 impl Join {
@@ -26,6 +28,11 @@ impl Join {
         let fail = |reason| JoinError {
             input: s.to_string(),
             reason,
+            port: None,
+        };
+        let bad_port = |e| JoinError {
+            port: Some(e),
+            ..fail("bad port")
         };
         let rest = s
             .strip_prefix("https://")
@@ -41,14 +48,14 @@ impl Join {
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| fail("unclosed ["))?;
             let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| fail("bad port"))?,
+                Some(p) => p.parse().map_err(bad_port)?,
                 None if after.is_empty() => 443,
                 None => return Err(fail("bad port")),
             };
             (h.to_string(), port)
         } else {
             match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().map_err(|_| fail("bad port"))?),
+                Some((h, p)) => (h.to_string(), p.parse().map_err(bad_port)?),
                 None => (hostport.to_string(), 443),
             }
         };

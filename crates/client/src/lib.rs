@@ -12,7 +12,7 @@ mod identity;
 mod join;
 mod tls;
 
-pub use http::{AdminClient, ClientError, MapStream, NodeClient, register};
+pub use http::{AdminClient, ClientError, MapStream, NodeClient, TlsError, register};
 pub use identity::{Identity, IdentityError, PendingIdentity};
 pub use join::{Join, JoinError};
 pub use tls::{ca_fingerprint, fetch_pinned_ca};

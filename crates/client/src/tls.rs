@@ -7,15 +7,18 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 
-use crate::http::ClientError;
+use crate::http::{ClientError, TlsError};
 use crate::join::Join;
 
 use gatehouse_ops::tls::provider;
 
 /// SHA-256 of a PEM certificate, lowercase hex.
 pub fn ca_fingerprint(ca_pem: &str) -> Result<String, ClientError> {
-    let der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
-        .map_err(|e| ClientError::Tls(format!("CA certificate: {e}")))?;
+    let der =
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|source| TlsError::Pem {
+            what: "CA certificate",
+            source,
+        })?;
     Ok(hex::encode(Sha256::digest(der.as_ref())))
 }
 
@@ -46,7 +49,7 @@ impl ServerCertVerifier for PinVerifier {
         roots.add(ca.clone().into_owned())?;
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            .map_err(|e| rustls::Error::Other(rustls::OtherError(Arc::new(e))))?;
         let ok = inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)?;
         if let Ok(mut f) = self.found.lock() {
             *f = Some(ca.clone().into_owned());
@@ -93,16 +96,13 @@ fn base() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVer
 {
     rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(e.to_string()))
+        .map_err(|e| TlsError::Versions(e).into())
 }
 
 /// Connects once to control, checking its CA against the join string's pin,
 /// and returns that CA (PEM) to trust from then on.
 pub async fn fetch_pinned_ca(join: &Join) -> Result<String, ClientError> {
-    let pin = join
-        .ca_sha256
-        .clone()
-        .ok_or_else(|| ClientError::Tls("the join string has no #sha256: pin".into()))?;
+    let pin = join.ca_sha256.clone().ok_or(TlsError::NoPin)?;
     let verifier = Arc::new(PinVerifier {
         pin,
         found: Mutex::new(None),
@@ -118,7 +118,7 @@ pub async fn fetch_pinned_ca(join: &Join) -> Result<String, ClientError> {
         .lock()
         .ok()
         .and_then(|f| f.clone())
-        .ok_or_else(|| ClientError::Tls("no pinned CA seen".into()))?;
+        .ok_or(TlsError::NoPinnedCa)?;
     Ok(pem_encode("CERTIFICATE", ca.as_ref()))
 }
 
@@ -143,10 +143,8 @@ pub(crate) fn config(
 ) -> Result<Arc<rustls::ClientConfig>, ClientError> {
     let mut roots = RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        let c = c.map_err(|e| ClientError::Tls(format!("CA: {e}")))?;
-        roots
-            .add(c)
-            .map_err(|e| ClientError::Tls(format!("CA: {e}")))?;
+        let c = c.map_err(|source| TlsError::Pem { what: "CA", source })?;
+        roots.add(c).map_err(TlsError::Root)?;
     }
     let b = base()?.with_root_certificates(roots);
     let mut cfg = match client {
@@ -155,11 +153,18 @@ pub(crate) fn config(
             let certs: Vec<CertificateDer<'static>> =
                 CertificateDer::pem_slice_iter(cert_pem.as_bytes())
                     .collect::<Result<_, _>>()
-                    .map_err(|e| ClientError::Tls(format!("machine certificate: {e}")))?;
-            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-                .map_err(|e| ClientError::Tls(format!("machine key: {e}")))?;
+                    .map_err(|source| TlsError::Pem {
+                        what: "machine certificate",
+                        source,
+                    })?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| {
+                TlsError::Pem {
+                    what: "machine key",
+                    source,
+                }
+            })?;
             b.with_client_auth_cert(certs, key)
-                .map_err(|e| ClientError::Tls(e.to_string()))?
+                .map_err(TlsError::ClientCert)?
         }
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];

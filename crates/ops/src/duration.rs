@@ -25,7 +25,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
         if digits == 0 {
             return Err(bad());
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        // Only ASCII digits reach the parse, so it fails only on overflow:
+        // an invalid duration, and the message says so.
+        let n: u64 = rest[..digits].parse().ok().ok_or_else(bad)?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())

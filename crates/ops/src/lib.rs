@@ -11,9 +11,11 @@
 
 pub mod backoff;
 mod duration;
+pub mod error;
 pub mod heap;
 pub mod server;
 pub mod tls;
 
 pub use backoff::{Backoff, Retries};
 pub use duration::{DurationError, parse_duration};
+pub use error::{Chain, chain};

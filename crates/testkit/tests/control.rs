@@ -391,7 +391,7 @@ async fn map_stream_requires_a_machine_certificate() {
     assert!(
         matches!(
             e,
-            ClientError::Http(_) | ClientError::Tls(_) | ClientError::Api { status: 401, .. }
+            ClientError::Transport(_) | ClientError::Tls(_) | ClientError::Api { status: 401, .. }
         ),
         "{e}"
     );

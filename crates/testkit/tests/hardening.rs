@@ -105,7 +105,7 @@ async fn a_flood_of_bad_registrations_is_bounded_and_stays_local() {
             .unwrap_err();
         let code = match e {
             // Answered 429 before its body was read: the upload is cut off.
-            ClientError::Http(_) if i % 2 == 0 => 429,
+            ClientError::Transport(_) if i % 2 == 0 => 429,
             e => status_of(&e),
         };
         *seen.entry(code).or_default() += 1;
