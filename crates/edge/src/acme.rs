@@ -6,6 +6,7 @@
 
 use crate::certs::CertStore;
 use crate::config::{AcmeConfig, Challenge};
+use gatehouse_ops::Chain;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy,
@@ -245,7 +246,7 @@ pub async fn maintain(
                 }
                 Err(e) => {
                     all_ok = false;
-                    error!(host = h, error = %e, "could not obtain a certificate");
+                    error!(host = h, error = %Chain(&e), "could not obtain a certificate");
                 }
             }
         }

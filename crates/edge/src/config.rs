@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: String,
@@ -19,19 +19,25 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The YAML does not match the format.
-    #[error("invalid edge config: {0}")]
+    #[error("invalid edge config")]
     Yaml(#[from] serde_yaml_ng::Error),
     /// A semantic problem.
     #[error("invalid edge config: {0}")]
     Invalid(String),
     /// A path rule is invalid.
-    #[error("invalid edge config: hostname {host}: {source}")]
+    #[error("invalid edge config: hostname {host}")]
     Rule {
         /// The hostname whose rule is wrong.
         host: String,
         /// The cause.
         source: RuleError,
     },
+    /// The connection limits are invalid.
+    #[error("invalid edge config: limits")]
+    Limits(#[source] gatehouse_limits::LimitsConfigError),
+    /// The heartbeat is not a duration.
+    #[error("invalid edge config: heartbeat")]
+    Heartbeat(#[source] gatehouse_ops::DurationError),
 }
 
 /// Listening addresses.
@@ -167,7 +173,7 @@ impl EdgeConfig {
     pub fn limits(&self) -> Result<gatehouse_limits::Limits, ConfigError> {
         self.limits
             .resolve(&gatehouse_limits::Limits::default())
-            .map_err(|e| ConfigError::Invalid(format!("limits.{e}")))
+            .map_err(ConfigError::Limits)
     }
 
     /// Reads and validates a file.
@@ -184,8 +190,7 @@ impl EdgeConfig {
         match &self.heartbeat {
             None => Ok(Duration::from_secs(2)),
             Some(s) => {
-                let d = gatehouse_ops::parse_duration(s)
-                    .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+                let d = gatehouse_ops::parse_duration(s).map_err(ConfigError::Heartbeat)?;
                 if d < Duration::from_millis(100) {
                     return Err(ConfigError::Invalid(
                         "heartbeat must be at least 100ms".into(),
@@ -265,9 +270,7 @@ mod tests {
         );
         let bad_rule = ok.replace("/admin/*", "/admin*");
         assert!(
-            EdgeConfig::parse(&bad_rule)
-                .unwrap_err()
-                .to_string()
+            gatehouse_ops::chain(&EdgeConfig::parse(&bad_rule).unwrap_err())
                 .contains("path pattern")
         );
         let acme = format!(
@@ -302,12 +305,14 @@ mod tests {
         for (bad, says) in [
             ("{max_connections: 0}", "max_connections"),
             ("{idle_timeout: 0}", "idle_timeout"),
-            ("{idle_timeout: soon}", "limits.idle_timeout"),
+            (
+                "{idle_timeout: soon}",
+                "limits: idle_timeout: invalid duration",
+            ),
             ("{idle: 1s}", "unknown field"),
         ] {
-            let e = EdgeConfig::parse(&format!("{BASE}{host}limits: {bad}\n"))
-                .unwrap_err()
-                .to_string();
+            let e = EdgeConfig::parse(&format!("{BASE}{host}limits: {bad}\n")).unwrap_err();
+            let e = gatehouse_ops::chain(&e);
             assert!(e.contains(says), "{bad}: {e}");
         }
     }

@@ -5,6 +5,7 @@ use crate::config::Route;
 use crate::path::{Action, canonicalize};
 use crate::tunnels::Registry;
 use bytes::Bytes;
+use gatehouse_ops::Chain;
 use gatehouse_proto::headers::{is_upgrade, strip_hop_by_hop};
 use gatehouse_proto::{Frame, RequestHead, ResponseHead};
 use gatehouse_tunnel_io::stream::{
@@ -197,7 +198,7 @@ impl Public {
         let canonical = match canonicalize(req.uri().path()) {
             Ok(c) => c,
             Err(e) => {
-                debug!(error = %e, "refused path");
+                debug!(error = %Chain(&e), "refused path");
                 return page(
                     StatusCode::BAD_REQUEST,
                     "Bad Request",
@@ -270,7 +271,7 @@ impl Public {
             let (mut w, mut r) = match self.registry.watch(&conn, conn.open()).await {
                 Ok(x) => x,
                 Err(e) => {
-                    last_err = e.to_string();
+                    last_err = gatehouse_ops::chain(&e);
                     self.registry.stream_failed(&conn);
                     failed.push(conn.connector.clone());
                     continue;
@@ -285,7 +286,7 @@ impl Public {
                 w.queue(&head)
             };
             if let Err(e) = sent {
-                last_err = e.to_string();
+                last_err = gatehouse_ops::chain(&e);
                 self.registry.stream_failed(&conn);
                 failed.push(conn.connector.clone());
                 continue;
@@ -300,7 +301,7 @@ impl Public {
                     tokio::spawn(
                         async move {
                             if let Err(e) = pump_body(b, &mut w).await {
-                                debug!(error = %e, "request body ended early");
+                                debug!(error = %Chain(&e), "request body ended early");
                             }
                         }
                         .in_current_span(),
@@ -323,7 +324,7 @@ impl Public {
                 }
                 Ok(Some(_)) => last_err = "unexpected frame".into(),
                 Ok(None) => last_err = "stream closed before the response".into(),
-                Err(e) => last_err = e.to_string(),
+                Err(e) => last_err = gatehouse_ops::chain(&e),
             }
             self.registry.stream_failed(&conn);
             failed.push(conn.connector.clone());
@@ -477,10 +478,10 @@ fn respond(
                     match on_up.await {
                         Ok(up) => {
                             if let Err(e) = bridge(TokioIo::new(up), r, w).await {
-                                debug!(error = %e, "upgraded stream ended");
+                                debug!(error = %Chain(&e), "upgraded stream ended");
                             }
                         }
-                        Err(e) => debug!(error = %e, "client upgrade failed"),
+                        Err(e) => debug!(error = %Chain(&e), "client upgrade failed"),
                     }
                 }
                 .in_current_span(),

@@ -14,9 +14,10 @@
 
 use crate::certs::CertStore;
 use crate::config::{CertFiles, Route};
-use crate::path::{Action, PathRuleSpec, PathRules};
+use crate::path::{Action, PathRuleSpec, PathRules, RuleError};
 use crate::tokens::TokenStore;
 use bytes::Bytes;
+use gatehouse_ops::Chain;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde::{Deserialize, Serialize};
@@ -76,8 +77,8 @@ fn pattern_allows(pattern: &str, host: &str) -> bool {
     }
 }
 
-fn compile(r: &Registered) -> Result<Route, String> {
-    let rules = PathRules::new(&r.rules, r.default).map_err(|e| e.to_string())?;
+fn compile(r: &Registered) -> Result<Route, RuleError> {
+    let rules = PathRules::new(&r.rules, r.default)?;
     Ok(Route {
         tunnel: r.tunnel.clone(),
         rules,
@@ -205,7 +206,7 @@ impl RouteApi {
                 }
                 r.tunnel = tunnel.to_string();
                 if let Err(e) = compile(&r) {
-                    return err(StatusCode::BAD_REQUEST, e);
+                    return err(StatusCode::BAD_REQUEST, gatehouse_ops::chain(&e));
                 }
                 let mut g = self.registered.write().unwrap_or_else(|p| p.into_inner());
                 if let Some(cur) = g.get(&host) {
@@ -301,7 +302,7 @@ async fn handle(s: Shared, req: Request<hyper::body::Incoming>) -> Response<Full
     let tunnel = match tunnel {
         Ok(t) => t,
         Err(e) => {
-            warn!(error = %e, "route API: refused credentials");
+            warn!(error = %Chain(&e), "route API: refused credentials");
             return reply(
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({"error": "a valid tunnel token is required"}).to_string(),

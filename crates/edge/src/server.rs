@@ -7,6 +7,7 @@ use crate::proxy::{Public, http_answer};
 use crate::tokens::TokenStore;
 use crate::tunnels::{Registry, TunnelSide};
 use gatehouse_limits::{Gate, ListenerMetrics};
+use gatehouse_ops::Chain;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use prometheus_client::registry::Registry as Metrics;
@@ -34,7 +35,7 @@ pub enum EdgeError {
     #[error(transparent)]
     Tls(#[from] gatehouse_ops::tls::TlsError),
     /// A listener could not be opened.
-    #[error("listen {addr}: {source}")]
+    #[error("listen {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -42,7 +43,7 @@ pub enum EdgeError {
         source: std::io::Error,
     },
     /// rustls refused the configuration.
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Rustls(#[from] rustls::Error),
     /// The QUIC stateless reset key could not be derived.
     #[error(transparent)]
@@ -449,7 +450,7 @@ fn route_changes(
         if let Some(r) = reg {
             if api.tls().is_some() {
                 if let Err(e) = crate::routes_api::install_cert(&api, &store, &r.hostname) {
-                    error!(error = %e, host = %r.hostname, "certificate for a registered route");
+                    error!(error = %Chain(&e), host = %r.hostname, "certificate for a registered route");
                 }
             } else if let Some(a) = acme.clone()
                 && !store.has(&r.hostname)
@@ -541,7 +542,7 @@ async fn serve_https(
         tokio::spawn(async move {
             let tls = match gate.handshake(&acceptor, tcp).await {
                 Ok(t) => t,
-                Err(e) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(e) => return debug!(%peer, error = %Chain(&e), "TLS handshake failed"),
             };
             if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
                 return; // TLS-ALPN-01 validation: the handshake was the answer.
@@ -556,7 +557,7 @@ async fn serve_https(
             };
             match gate.serve(tls, slot, svc, stopped).await {
                 Ok(ended) => debug!(%peer, ?ended, "connection closed"),
-                Err(e) => debug!(%peer, error = %e, "connection failed"),
+                Err(e) => debug!(%peer, error = %Chain(&e), "connection failed"),
             }
         });
     }
@@ -574,7 +575,7 @@ async fn serve_http(listener: TcpListener, gate: Gate, public: Arc<Public>, http
                 async move { Ok::<_, std::convert::Infallible>(resp) }
             });
             if let Err(e) = gate.serve(tcp, slot, svc, std::future::pending()).await {
-                debug!(%peer, error = %e, "plain HTTP connection failed");
+                debug!(%peer, error = %Chain(&e), "plain HTTP connection failed");
             }
         });
     }
@@ -615,7 +616,7 @@ async fn watch(
                     info!("tunnel store reloaded");
                 }
                 Err(e) => {
-                    error!(error = %e, "tunnel store reload refused; keeping the running one")
+                    error!(error = %Chain(&e), "tunnel store reload refused; keeping the running one")
                 }
             }
         }
@@ -637,7 +638,7 @@ async fn watch(
                 match EdgeConfig::load(p).and_then(|c| Ok((c.routes()?, c))) {
                     Ok((routes, c)) => {
                         if let Err(e) = load_cert_files(&c, &store) {
-                            error!(error = %e, "certificate reload failed; keeping the running ones");
+                            error!(error = %Chain(&e), "certificate reload failed; keeping the running ones");
                         }
                         if let Some(api) = &route_api {
                             api.set_statics(
@@ -652,7 +653,7 @@ async fn watch(
                         info!("edge config reloaded");
                     }
                     Err(e) => {
-                        error!(error = %e, "edge config reload refused; keeping the running one")
+                        error!(error = %Chain(&e), "edge config reload refused; keeping the running one")
                     }
                 }
             }

@@ -5,6 +5,7 @@
 
 use crate::liveness::{self, Expiry, Heard, Prober, Start};
 use crate::tokens::TokenStore;
+use gatehouse_ops::Chain;
 use gatehouse_proto::{
     CLOSE_EDGE_SHUTDOWN, CLOSE_PROTOCOL, CLOSE_REFUSED, CLOSE_UNRESPONSIVE, Frame, Welcome,
 };
@@ -323,7 +324,7 @@ impl TunnelSide {
         };
         res.map_err(|e| {
             self.registry.metrics.auth_failures.inc();
-            warn!(%peer, error = %e, "tunnel connection refused: bad token");
+            warn!(%peer, error = %Chain(&e), "tunnel connection refused: bad token");
             "invalid or revoked tunnel token".to_owned()
         })
     }
@@ -354,24 +355,37 @@ pub async fn accept_quic(side: Arc<TunnelSide>, endpoint: quinn::Endpoint) {
                     let span = info_span!("tunnel_conn", %peer, transport = "quic");
                     quic_conn(side, conn, peer).instrument(span).await;
                 }
-                Err(e) => debug!(%peer, error = %e, "QUIC handshake failed"),
+                Err(e) => debug!(%peer, error = %Chain(&e), "QUIC handshake failed"),
             }
         });
     }
 }
 
+/// Why a connector's handshake failed (logged; the connection is dropped).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("accepting the control stream")]
+    Accept(#[source] quinn::ConnectionError),
+    #[error("TLS")]
+    Tls(#[source] std::io::Error),
+    #[error("reading the hello")]
+    Read(#[source] gatehouse_tunnel_io::stream::StreamError),
+    #[error("expected hello")]
+    NoHello,
+}
+
 async fn quic_conn(side: Arc<TunnelSide>, conn: quinn::Connection, peer: SocketAddr) {
     let hs = async {
-        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let (send, recv) = conn.accept_bi().await.map_err(HandshakeError::Accept)?;
         // Heartbeats and probes go ahead of request data.
         let _ = send.set_priority(CONTROL_PRIORITY);
         let w = FrameWriter::quic(send);
         let mut r = FrameReader::new(Box::new(recv));
         let hello = match r.next().await {
             Ok(Some(Frame::Hello(h))) => h,
-            _ => return Err("expected hello".to_owned()),
+            _ => return Err(HandshakeError::NoHello),
         };
-        Ok::<_, String>((w, r, hello))
+        Ok::<_, HandshakeError>((w, r, hello))
     };
     let Ok(Ok((mut w, r, hello))) = tokio::time::timeout(Duration::from_secs(10), hs).await else {
         conn.close(quinn::VarInt::from_u32(CLOSE_PROTOCOL), b"handshake");
@@ -446,18 +460,18 @@ async fn tcp_conn(
     peer: SocketAddr,
 ) {
     let hs = async {
-        let mut s = tls.accept(tcp).await.map_err(|e| e.to_string())?;
+        let mut s = tls.accept(tcp).await.map_err(HandshakeError::Tls)?;
         let f = transport::read_raw(&mut s)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(HandshakeError::Read)?;
         let Frame::Hello(h) = f else {
-            return Err("expected hello".to_owned());
+            return Err(HandshakeError::NoHello);
         };
         Ok((s, h))
     };
     let (mut s, hello) = match tokio::time::timeout(Duration::from_secs(10), hs).await {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => return debug!(error = e, "tunnel handshake failed"),
+        Ok(Err(e)) => return debug!(error = %Chain(&e), "tunnel handshake failed"),
         Err(_) => return debug!("tunnel handshake timed out"),
     };
     let tunnel = match side.check(&hello, peer) {
@@ -492,7 +506,7 @@ async fn tcp_conn(
     };
     let task = tokio::spawn(async move {
         if let Err(e) = conn.await {
-            debug!(error = %e, "tunnel HTTP/2 connection ended");
+            debug!(error = %Chain(&e), "tunnel HTTP/2 connection ended");
         }
     });
     let Ok((w, r)) = transport::open_h2(&sender, transport::H2_CONTROL_PATH) else {
@@ -595,7 +609,7 @@ async fn control(
                         break "protocol violation".to_owned();
                     }
                     Ok(None) => break "control stream ended".to_owned(),
-                    Err(e) => break format!("control stream: {e}"),
+                    Err(e) => break format!("control stream: {}", Chain(&e)),
                 }
             }
         }

@@ -132,7 +132,7 @@ pub fn run(cmd: TunnelCommand) -> ExitCode {
 fn read_ingress(config: &PathBuf) -> Result<Result<Ingress, String>> {
     let text = std::fs::read_to_string(config)
         .with_context(|| format!("cannot read {}", config.display()))?;
-    Ok(Ingress::parse(&text).map_err(|e| e.to_string()))
+    Ok(Ingress::parse(&text).map_err(|e| gatehouse_ops::chain(&e)))
 }
 
 fn validate(config: &PathBuf) -> Result<ExitCode> {

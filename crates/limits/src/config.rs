@@ -37,7 +37,7 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitsConfigError {
     /// A duration that does not parse.
-    #[error("{field}: {source}")]
+    #[error("{field}")]
     Duration {
         /// The field.
         field: &'static str,

@@ -40,7 +40,7 @@ pub enum Ended {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// HTTP (a malformed request, a reset, an I/O error).
-    #[error("HTTP connection: {0}")]
+    #[error("HTTP connection")]
     Http(#[source] BoxError),
 }
 

@@ -38,6 +38,7 @@ pub use activity::Expiry;
 pub use config::{LimitsConfig, LimitsConfigError};
 pub use conn::{BoxError, Ended, ServeError};
 
+use gatehouse_ops::Chain;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -220,7 +221,7 @@ pub enum HandshakeError {
     #[error("TLS handshake timed out")]
     TimedOut,
     /// The handshake failed.
-    #[error("TLS handshake: {0}")]
+    #[error("TLS handshake")]
     Tls(#[source] std::io::Error),
 }
 
@@ -316,7 +317,7 @@ impl Gate {
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %Chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

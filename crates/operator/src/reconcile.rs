@@ -18,6 +18,7 @@ use crate::plan::{self, Observed, Plan, PlanError};
 pub use crate::public::ensure_connector_config;
 use crate::public::publish;
 use crate::writes::{Checked, check_stateful_sets, cleanup, remove_finalizer, write_all};
+use gatehouse_ops::Chain;
 use gatehouse_render::NetpolKind;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -327,7 +328,7 @@ impl Context {
         };
         self.wrote();
         if let Err(e) = self.recorder.publish(&ev, &ing.object_ref(&())).await {
-            warn!(error = %e, "could not record an event");
+            warn!(error = %Chain(&e), "could not record an event");
         }
     }
 
@@ -734,6 +735,6 @@ fn unix_now() -> i64 {
 /// What happens after a failed reconcile: retry with a delay, counted.
 pub fn error_policy(ing: Arc<Ingress>, e: &Error, ctx: Arc<Context>) -> Action {
     ctx.counters.failures.fetch_add(1, Ordering::Relaxed);
-    warn!(ingress = %format!("{}/{}", ing.namespace().unwrap_or_default(), ing.name_any()), error = %e, "reconcile failed");
+    warn!(ingress = %format!("{}/{}", ing.namespace().unwrap_or_default(), ing.name_any()), error = %Chain(e), "reconcile failed");
     Action::requeue(Duration::from_secs(15))
 }

@@ -6,6 +6,7 @@ use crate::crd::ProxyClass;
 use crate::names::{self, PARENT_NAME_LABEL, PARENT_NS_LABEL};
 use crate::reconcile::{Context, error_policy, reconcile};
 use futures::StreamExt;
+use gatehouse_ops::Chain;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::controller::Controller;
@@ -41,7 +42,7 @@ pub async fn controller(
     // Recreated when missing (the API server's storage was lost), so that
     // connector pods can start before the first public Ingress.
     if let Err(e) = crate::reconcile::ensure_connector_config(&ctx).await {
-        warn!(error = %e, "the connector's ConfigMap");
+        warn!(error = %Chain(&e), "the connector's ConfigMap");
     }
     let store = c.store();
     let (c1, c2) = (ctx.clone(), ctx.clone());
@@ -77,7 +78,7 @@ pub async fn controller(
     .run(reconcile, error_policy, ctx)
     .for_each(|r| async move {
         if let Err(e) = r {
-            warn!(error = %e, "controller");
+            warn!(error = %Chain(&e), "controller");
         }
     })
     .await;
@@ -120,7 +121,7 @@ pub async fn with_leader_election(
                     r = build() => match r {
                         Ok(m) => m,
                         Err(e) => {
-                            warn!(error = %e, "leader election: lease unavailable, retrying");
+                            warn!(error = %Chain(&e), "leader election: lease unavailable, retrying");
                             tokio::select! {
                                 () = tokio::time::sleep(retry) => {}
                                 () = &mut shutdown => return Ok(()),
@@ -136,12 +137,12 @@ pub async fn with_leader_election(
         match lead_while_held(&ctx, &m, identity, &mut shutdown).await {
             Round::Shutdown => {
                 if let Err(e) = m.release().await {
-                    warn!(error = %e, "releasing the lease");
+                    warn!(error = %Chain(&e), "releasing the lease");
                 }
                 return Ok(());
             }
             Round::Lost(e, led) => {
-                warn!(error = %e, "leader election: lease unavailable or gone; competing again");
+                warn!(error = %Chain(&e), "leader election: lease unavailable or gone; competing again");
                 if led {
                     retry = RETRY_MIN;
                 }

@@ -251,9 +251,15 @@ impl fmt::Display for Pattern {
 pub enum RuleError {
     /// The pattern is not canonical or uses `*` elsewhere than a final `/*`.
     #[error(
-        "path pattern {0:?} must be a canonical path, optionally ending in /* (e.g. /admin or /admin/*)"
+        "path pattern {pattern:?} must be a canonical path, optionally ending in /* (e.g. /admin or /admin/*)"
     )]
-    Pattern(String),
+    Pattern {
+        /// The pattern as written.
+        pattern: String,
+        /// Why it is not canonical, when it does not canonicalise at all.
+        #[source]
+        source: Option<PathError>,
+    },
     /// A method name that is not a token.
     #[error("invalid method {0:?}")]
     Method(String),
@@ -262,7 +268,10 @@ pub enum RuleError {
 impl Pattern {
     /// Parses `/x`, `/x/*` or `/*`.
     pub fn parse(s: &str) -> Result<Self, RuleError> {
-        let bad = || RuleError::Pattern(s.to_owned());
+        let bad = || RuleError::Pattern {
+            pattern: s.to_owned(),
+            source: None,
+        };
         let (base, prefix) = match s.strip_suffix('*') {
             Some(b) if b.ends_with('/') => (b, true),
             Some(_) => return Err(bad()),
@@ -271,7 +280,10 @@ impl Pattern {
         if base.contains('*') {
             return Err(bad());
         }
-        let canon = canonicalize(base).map_err(|_| bad())?;
+        let canon = canonicalize(base).map_err(|e| RuleError::Pattern {
+            pattern: s.to_owned(),
+            source: Some(e),
+        })?;
         if canon != base {
             return Err(bad());
         }
@@ -342,7 +354,8 @@ impl PathRules {
                     .iter()
                     .map(|m| {
                         http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                            .map_err(|_| RuleError::Method(m.clone()))
+                            // `InvalidMethod` says only "invalid HTTP method".
+                            .map_err(|_invalid| RuleError::Method(m.clone()))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(PathRule {

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 use base64::Engine;
+use gatehouse_ops::Chain;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -27,10 +28,10 @@ use tracing::{info, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// The Kubernetes API failed.
-    #[error("kubernetes: {0}")]
+    #[error("talking to the Kubernetes API")]
     Kube(#[from] kube::Error),
     /// The state directory or the child failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -180,7 +181,7 @@ pub async fn run(
             st = child.wait() => break st.map_err(io("waiting for the node"))?.code().unwrap_or(1),
             _ = tick.tick() => {
                 if let Err(e) = sync(&secrets, &cfg, ord, &mut synced).await {
-                    warn!(error = %e, "state not saved yet");
+                    warn!(error = %Chain(&e), "state not saved yet");
                 }
             }
             () = &mut shutdown => {

@@ -24,10 +24,10 @@ pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     /// The peer sent something that is not a valid frame.
-    #[error("bad frame: {0}")]
+    #[error("bad frame")]
     Codec(#[from] gatehouse_proto::CodecError),
     /// The transport failed.
-    #[error("transport: {0}")]
+    #[error("transport")]
     Io(#[from] std::io::Error),
     /// A valid frame arrived where it is not allowed.
     #[error("unexpected {0} frame")]
@@ -36,8 +36,8 @@ pub enum StreamError {
     #[error("stream reset by peer: {0}")]
     Reset(String),
     /// The body being sent failed.
-    #[error("body: {0}")]
-    Body(BoxError),
+    #[error("body")]
+    Body(#[source] BoxError),
 }
 
 /// Frames in, from one direction of a stream.

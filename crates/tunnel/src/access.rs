@@ -4,6 +4,7 @@
 //! connector joins to its `tcp://` origin.
 
 use crate::proxy::TCP_UPGRADE;
+use gatehouse_ops::Chain;
 use gatehouse_tunnel_io::stream::{TunnelBody, empty};
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -29,17 +30,20 @@ pub struct AccessConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     /// Network error.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// HTTP error.
-    #[error("{0}")]
+    #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The upgrade request could not be built.
+    #[error("building the upgrade request")]
+    Request(#[source] http::Error),
     /// The edge answered without switching protocols.
     #[error("the edge answered {0} instead of switching to TCP")]
     Refused(StatusCode),
     /// Bad server name.
     #[error("invalid hostname")]
-    Name,
+    Name(#[source] rustls::pki_types::InvalidDnsNameError),
     /// TLS setup failed.
     #[error(transparent)]
     Tls(#[from] gatehouse_ops::tls::TlsError),
@@ -61,7 +65,7 @@ pub async fn serve(cfg: AccessConfig) -> Result<(), AccessError> {
         let tls = tls.clone();
         tokio::spawn(async move {
             if let Err(e) = one(&cfg, tls, local).await {
-                warn!(%peer, error = %e, "access connection failed");
+                warn!(%peer, error = %Chain(&e), "access connection failed");
             }
         });
     }
@@ -75,15 +79,15 @@ async fn one(
     let _ = local.set_nodelay(true);
     let tcp = TcpStream::connect(cfg.edge).await?;
     let _ = tcp.set_nodelay(true);
-    let name = rustls::pki_types::ServerName::try_from(cfg.hostname.clone())
-        .map_err(|_| AccessError::Name)?;
+    let name =
+        rustls::pki_types::ServerName::try_from(cfg.hostname.clone()).map_err(AccessError::Name)?;
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
-            debug!(error = %e, "access HTTP connection ended");
+            debug!(error = %Chain(&e), "access HTTP connection ended");
         }
     });
     let req = Request::get("/")
@@ -91,7 +95,7 @@ async fn one(
         .header(http::header::CONNECTION, "upgrade")
         .header(http::header::UPGRADE, TCP_UPGRADE)
         .body::<TunnelBody>(empty())
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        .map_err(AccessError::Request)?;
     let resp = send.send_request(req).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(AccessError::Refused(resp.status()));

@@ -5,9 +5,9 @@ use crate::control::{Action, ControlCore};
 use crate::ingress::Ingress;
 use crate::origin::Origins;
 use crate::proxy::{self, Loaded};
-use gatehouse_ops::Backoff;
+use gatehouse_ops::{Backoff, Chain};
 use gatehouse_proto::{CLOSE_DRAINED, Frame, Hello, Token};
-use gatehouse_tunnel_io::stream::{FrameReader, FrameWriter, TunnelBody, h2pipe};
+use gatehouse_tunnel_io::stream::{FrameReader, FrameWriter, StreamError, TunnelBody, h2pipe};
 use gatehouse_tunnel_io::transport;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -66,7 +66,7 @@ pub struct ConnectorConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     /// The config file cannot be read.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: String,
@@ -83,7 +83,7 @@ pub enum ConnectorError {
     #[error(transparent)]
     Tls(#[from] gatehouse_ops::tls::TlsError),
     /// A socket could not be opened.
-    #[error("socket: {0}")]
+    #[error("socket")]
     Io(#[from] std::io::Error),
     /// No edge address.
     #[error("at least one --edge address is needed")]
@@ -253,7 +253,7 @@ impl Dialer {
         let rustls_quic =
             gatehouse_ops::tls::client_config(Some(roots.clone()), &[gatehouse_proto::ALPN_QUIC])?;
         let qc = quinn::crypto::rustls::QuicClientConfig::try_from(rustls_quic)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            .map_err(std::io::Error::other)?;
         let mut quic = quinn::ClientConfig::new(Arc::new(qc));
         quic.transport_config(transport::quic_transport(
             Duration::from_secs(1),
@@ -279,12 +279,30 @@ enum Ended {
 
 #[derive(Debug, thiserror::Error)]
 enum DialError {
-    #[error("connect: {0}")]
-    Connect(String),
+    #[error("connect: {name:?} is not a valid TLS server name")]
+    ServerName {
+        name: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("connect")]
+    QuicConnect(#[source] quinn::ConnectError),
+    #[error("connect")]
+    QuicConnection(#[source] quinn::ConnectionError),
+    #[error("connect: QUIC handshake timed out")]
+    QuicTimeout,
+    #[error("connect")]
+    Io(#[source] std::io::Error),
+    #[error("connect: TLS handshake timed out")]
+    TlsTimeout,
     #[error("token refused by the edge: {0}")]
     Refused(String),
+    #[error("handshake")]
+    Stream(#[source] StreamError),
+    #[error("handshake")]
+    OpenStream(#[source] quinn::ConnectionError),
     #[error("handshake: {0}")]
-    Handshake(String),
+    Handshake(&'static str),
 }
 
 /// Delays between attempts to return to QUIC while a connection is on the
@@ -344,7 +362,7 @@ async fn connect_loop(
                 error!(reason = why, "the edge refused the tunnel token");
             }
             Err(e) => {
-                warn!(error = %e, tcp = use_tcp, "could not connect to the edge");
+                warn!(error = %Chain(&e), tcp = use_tcp, "could not connect to the edge");
                 if cfg.transport == Transport::Auto && !use_tcp {
                     use_tcp = true;
                     continue;
@@ -376,8 +394,8 @@ fn welcome(frame: Option<Frame>) -> Result<gatehouse_proto::Welcome, DialError> 
     match frame {
         Some(Frame::Welcome(w)) => Ok(w),
         Some(Frame::Refused(r)) => Err(DialError::Refused(r)),
-        Some(_) => Err(DialError::Handshake("unexpected frame".into())),
-        None => Err(DialError::Handshake("closed during handshake".into())),
+        Some(_) => Err(DialError::Handshake("unexpected frame")),
+        None => Err(DialError::Handshake("closed during handshake")),
     }
 }
 
@@ -411,32 +429,27 @@ async fn connect_quic(
     let connecting = dialer
         .endpoint
         .connect_with(dialer.quic.clone(), edge, &shared.cfg.edge_server_name)
-        .map_err(|e| DialError::Connect(e.to_string()))?;
+        .map_err(DialError::QuicConnect)?;
+    // `Elapsed` says only that the deadline passed; the variant says which.
     let conn = tokio::time::timeout(hs, connecting)
         .await
-        .map_err(|_| DialError::Connect("QUIC handshake timed out".into()))?
-        .map_err(|e| DialError::Connect(e.to_string()))?;
+        .map_err(|_elapsed| DialError::QuicTimeout)?
+        .map_err(DialError::QuicConnection)?;
     let setup = async {
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| DialError::Handshake(e.to_string()))?;
+        let (send, recv) = conn.open_bi().await.map_err(DialError::OpenStream)?;
         // Heartbeats and the drain go ahead of response data.
         let _ = send.set_priority(transport::CONTROL_PRIORITY);
         let mut w = FrameWriter::quic(send);
         let mut r = FrameReader::new(Box::new(recv));
         w.send(&hello(shared, index))
             .await
-            .map_err(|e| DialError::Handshake(e.to_string()))?;
-        let f = r
-            .next()
-            .await
-            .map_err(|e| DialError::Handshake(e.to_string()))?;
+            .map_err(DialError::Stream)?;
+        let f = r.next().await.map_err(DialError::Stream)?;
         Ok::<_, DialError>((w, r, welcome(f)?))
     };
     let (w, r, wel) = tokio::time::timeout(hs, setup)
         .await
-        .map_err(|_| DialError::Handshake("timed out".into()))??;
+        .map_err(|_elapsed| DialError::Handshake("timed out"))??;
     Ok(QuicSetup { conn, w, r, wel })
 }
 
@@ -505,7 +518,7 @@ async fn fallback(
             attempt = attempt.saturating_add(1);
             match connect_quic(shared, dialer, index, edge).await {
                 Ok(q) => return q,
-                Err(e) => debug!(error = %e, "QUIC still unavailable; staying on TLS/TCP"),
+                Err(e) => debug!(error = %Chain(&e), "QUIC still unavailable; staying on TLS/TCP"),
             }
         }
     };
@@ -544,28 +557,27 @@ async fn dial_tcp(
 ) -> Result<Ended, DialError> {
     let hs = shared.cfg.handshake_timeout;
     let name = rustls::pki_types::ServerName::try_from(shared.cfg.edge_server_name.clone())
-        .map_err(|e| DialError::Connect(e.to_string()))?;
+        .map_err(|source| DialError::ServerName {
+            name: shared.cfg.edge_server_name.clone(),
+            source,
+        })?;
     let setup = async {
         let tcp = tokio::net::TcpStream::connect(edge)
             .await
-            .map_err(|e| DialError::Connect(e.to_string()))?;
+            .map_err(DialError::Io)?;
         let _ = tcp.set_nodelay(true);
-        let mut tls = dialer
-            .tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| DialError::Connect(e.to_string()))?;
+        let mut tls = dialer.tls.connect(name, tcp).await.map_err(DialError::Io)?;
         transport::write_raw(&mut tls, &hello(shared, index))
             .await
-            .map_err(|e| DialError::Handshake(e.to_string()))?;
+            .map_err(DialError::Stream)?;
         let f = transport::read_raw(&mut tls)
             .await
-            .map_err(|e| DialError::Handshake(e.to_string()))?;
+            .map_err(DialError::Stream)?;
         Ok::<_, DialError>((tls, welcome(Some(f))?))
     };
     let (tls, wel) = tokio::time::timeout(hs, setup)
         .await
-        .map_err(|_| DialError::Connect("TLS handshake timed out".into()))??;
+        .map_err(|_elapsed| DialError::TlsTimeout)??;
     info!(
         tunnel = wel.tunnel,
         connection_id = wel.connection_id,
@@ -624,7 +636,7 @@ async fn dial_tcp(
         Ok(Some(pair)) => pair,
         _ => {
             server.abort();
-            return Err(DialError::Handshake("no control stream".into()));
+            return Err(DialError::Handshake("no control stream"));
         }
     };
     let server_handle = server.abort_handle();
@@ -677,7 +689,7 @@ async fn serve(
                 // "timed out", the edge's close) than the stream's error.
                 Err(e) => break Ended::Lost(
                     futures::FutureExt::now_or_never(&mut closed)
-                        .unwrap_or_else(|| format!("control stream: {e}")),
+                        .unwrap_or_else(|| format!("control stream: {}", Chain(&e))),
                 ),
             },
             _ = tokio::time::sleep_until(wake) => core.poll(

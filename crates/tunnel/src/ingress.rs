@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
     /// The YAML does not parse.
-    #[error("the config file is not valid YAML: {0}")]
+    #[error("the config file is not valid YAML")]
     Yaml(#[from] serde_yaml_ng::Error),
     /// A field has the wrong type or an unknown key is present.
     #[error("{0}")]
@@ -45,7 +45,7 @@ pub enum IngressError {
     #[error("Hostname cannot contain a port")]
     HostnameContainsPort,
     /// The path is not a valid regular expression.
-    #[error("Rule #{index} has an invalid regex: {source}")]
+    #[error("Rule #{index} has an invalid regex")]
     BadRegex {
         /// 1-based rule number.
         index: usize,

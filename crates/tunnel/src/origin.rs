@@ -10,6 +10,7 @@
 //! Upgrades, TLS and HTTP/2 origins keep hyper-util's pooled client.
 
 use crate::ingress::{Ingress, OriginRequest, Service};
+use gatehouse_ops::Chain;
 use gatehouse_ops::tls;
 use gatehouse_tunnel_io::stream::TunnelBody;
 use http::{Request, Response};
@@ -34,7 +35,7 @@ type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, TunnelBod
 #[derive(Debug, thiserror::Error)]
 pub enum OriginError {
     /// The TLS settings of a rule are unusable.
-    #[error("rule #{rule}: {source}")]
+    #[error("rule #{rule}: TLS settings")]
     Tls {
         /// 0-based rule index.
         rule: usize,
@@ -42,23 +43,29 @@ pub enum OriginError {
         source: tls::TlsError,
     },
     /// `originServerName` is not a valid server name.
-    #[error("rule #{0}: invalid originServerName")]
-    ServerName(usize),
+    #[error("rule #{rule}: invalid originServerName")]
+    ServerName {
+        /// 0-based rule index.
+        rule: usize,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
     /// Connecting or talking to the origin failed.
-    #[error("origin: {0}")]
+    #[error("origin")]
     Request(#[from] hyper_util::client::legacy::Error),
     /// Talking to a Unix-socket origin failed.
-    #[error("origin: {0}")]
+    #[error("origin")]
     Hyper(#[from] hyper::Error),
     /// The connection could not be opened.
-    #[error("origin connect: {0}")]
+    #[error("origin connect")]
     Connect(#[from] std::io::Error),
     /// Connecting took longer than connectTimeout.
     #[error("origin connect timed out")]
     Timeout,
     /// The request target does not make a valid URI on the origin.
     #[error("origin: invalid request target")]
-    Target,
+    Target(#[source] http::uri::InvalidUri),
     /// `unix+tls:` is not supported.
     #[error("unix+tls origins are not supported")]
     UnixTls,
@@ -147,7 +154,7 @@ fn absolute(base: &str, mut req: Request<TunnelBody>) -> Result<Request<TunnelBo
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     *req.uri_mut() = format!("{base}{target}")
         .parse()
-        .map_err(|_| OriginError::Target)?;
+        .map_err(OriginError::Target)?;
     Ok(req)
 }
 
@@ -158,11 +165,12 @@ async fn unix(
 ) -> Result<(Response<Incoming>, Lease), OriginError> {
     let stream = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
         .await
-        .map_err(|_| OriginError::Timeout)??;
+        // `Elapsed` says only that the deadline passed, as `Timeout` does.
+        .map_err(|_elapsed| OriginError::Timeout)??;
     let (mut send, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "unix origin connection ended");
+            tracing::debug!(error = %Chain(&e), "unix origin connection ended");
         }
     });
     Ok((send.send_request(req).await?, Lease::none()))
@@ -188,7 +196,8 @@ fn http_client(i: usize, o: &OriginRequest) -> Result<HttpsClient, OriginError> 
         .https_or_http();
     let b = match &o.origin_server_name {
         Some(name) => {
-            let sn = ServerName::try_from(name.clone()).map_err(|_| OriginError::ServerName(i))?;
+            let sn = ServerName::try_from(name.clone())
+                .map_err(|source| OriginError::ServerName { rule: i, source })?;
             b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn))
         }
         None => b,
@@ -325,7 +334,8 @@ impl H1Pool {
             TcpStream::connect(self.authority.as_str()),
         )
         .await
-        .map_err(|_| OriginError::Timeout)??;
+        // `Elapsed` says only that the deadline passed, as `Timeout` does.
+        .map_err(|_elapsed| OriginError::Timeout)??;
         let _ = tcp.set_nodelay(true);
         let (send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
         Ok((send, Box::new(conn)))

@@ -4,6 +4,7 @@
 use crate::connector::Shared;
 use crate::ingress::{Ingress, Service};
 use crate::origin::Origins;
+use gatehouse_ops::Chain;
 use gatehouse_proto::headers::{is_upgrade, strip_hop_by_hop};
 use gatehouse_proto::{Frame, RequestHead, ResponseHead};
 use gatehouse_tunnel_io::stream::{FrameReader, FrameWriter, bridge, empty, pump_body};
@@ -132,7 +133,7 @@ async fn http(
         Ok(sent) => sent,
         Err(e) => {
             shared.metrics.origin_errors.inc();
-            warn!(error = %e, "origin request failed");
+            warn!(error = %Chain(&e), "origin request failed");
             return respond(&mut w, StatusCode::BAD_GATEWAY, "origin unreachable\n").await;
         }
     };
@@ -163,7 +164,7 @@ async fn http(
     }
     match lease.drive(pump_body(body, &mut w)).await {
         Ok(()) => lease.release(),
-        Err(e) => debug!(error = %e, "response body ended early"),
+        Err(e) => debug!(error = %Chain(&e), "response body ended early"),
     }
 }
 
@@ -171,10 +172,10 @@ async fn upgraded(resp: http::Response<hyper::body::Incoming>, r: FrameReader, w
     match hyper::upgrade::on(resp).await {
         Ok(up) => {
             if let Err(e) = bridge(TokioIo::new(up), r, w).await {
-                debug!(error = %e, "upgraded stream ended");
+                debug!(error = %Chain(&e), "upgraded stream ended");
             }
         }
-        Err(e) => warn!(error = %e, "origin upgrade failed"),
+        Err(e) => warn!(error = %Chain(&e), "origin upgrade failed"),
     }
 }
 
@@ -204,7 +205,7 @@ async fn tcp(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             shared.metrics.origin_errors.inc();
-            warn!(error = %e, address, "TCP origin unreachable");
+            warn!(error = %Chain(&e), address, "TCP origin unreachable");
             return respond(&mut w, StatusCode::BAD_GATEWAY, "origin unreachable\n").await;
         }
         Err(_) => {
@@ -232,6 +233,6 @@ async fn tcp(
         return;
     }
     if let Err(e) = bridge(stream, r, w).await {
-        debug!(error = %e, "TCP stream ended");
+        debug!(error = %Chain(&e), "TCP stream ended");
     }
 }

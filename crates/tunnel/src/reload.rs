@@ -4,6 +4,7 @@
 
 use crate::connector::{Shared, load};
 use crate::proxy::Loaded;
+use gatehouse_ops::Chain;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info};
@@ -46,7 +47,7 @@ pub(crate) async fn watch(shared: Arc<Shared>) {
                 if text != shared.current().text {
                     // Remember the refused text so the same error is logged once.
                     shared.metrics.reload_failures.inc();
-                    error!(error = %e, "config reload refused; keeping the running config");
+                    error!(error = %Chain(&e), "config reload refused; keeping the running config");
                     let cur = shared.current();
                     let keep = Arc::new(Loaded {
                         ingress: cur.ingress.clone(),
