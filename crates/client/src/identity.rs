@@ -13,10 +13,10 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Key or CSR generation.
-    #[error("key generation: {0}")]
+    #[error("key generation")]
     Keys(#[from] rcgen::Error),
     /// Reading or writing the state file.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// File.
         path: String,
@@ -24,7 +24,7 @@ pub enum IdentityError {
         source: std::io::Error,
     },
     /// The state file does not parse.
-    #[error("{path}: {source}")]
+    #[error("{path}: not an identity file")]
     Corrupt {
         /// File.
         path: String,

@@ -24,7 +24,7 @@ pub const RENEW_AFTER: Duration = Duration::from_secs(60 * 24 * 3600);
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
     /// The ACME exchange failed.
-    #[error("ACME: {0}")]
+    #[error("ACME")]
     Acme(#[from] instant_acme::Error),
     /// The CA did not offer the configured challenge.
     #[error("ACME: the CA offers no {0:?} challenge for {1}")]
@@ -33,7 +33,7 @@ pub enum AcmeError {
     #[error("ACME: {0}")]
     State(String),
     /// Files could not be read or written.
-    #[error("ACME state {path}: {source}")]
+    #[error("ACME state {path}")]
     Io {
         /// The file.
         path: String,

@@ -19,10 +19,10 @@ pub enum CertError {
     #[error(transparent)]
     Tls(#[from] gatehouse_ops::tls::TlsError),
     /// The key type is not supported.
-    #[error("unsupported private key: {0}")]
+    #[error("unsupported private key")]
     Key(#[from] rustls::Error),
     /// A certificate could not be generated.
-    #[error("certificate generation: {0}")]
+    #[error("certificate generation")]
     Rcgen(#[from] rcgen::Error),
 }
 

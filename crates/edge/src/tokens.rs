@@ -12,7 +12,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum TokenStoreError {
     /// The file cannot be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file.
         path: String,
@@ -20,7 +20,7 @@ pub enum TokenStoreError {
         source: std::io::Error,
     },
     /// The file is not a tunnel store.
-    #[error("{path}: not a tunnel store: {source}")]
+    #[error("{path}: not a tunnel store")]
     Parse {
         /// The file.
         path: String,
@@ -44,7 +44,7 @@ pub enum TokenStoreError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// Not a token at all.
-    #[error("malformed token: {0}")]
+    #[error("malformed token")]
     Malformed(#[from] gatehouse_proto::TokenError),
     /// No tunnel has this id.
     #[error("unknown token id {0}")]

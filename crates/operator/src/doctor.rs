@@ -159,7 +159,8 @@ pub async fn check_install(client: &Client, namespace: &str) -> Vec<Finding> {
                     level: Level::Warning,
                     at: "cluster".into(),
                     message: format!(
-                        "could not check the operator's permissions (SubjectAccessReview): {e}"
+                        "could not check the operator's permissions (SubjectAccessReview): {}",
+                        gatehouse_ops::Chain(&e)
                     ),
                     fix:
                         "run gatehouse doctor with an identity that may create subjectaccessreviews"
@@ -295,11 +296,11 @@ pub async fn check_control(join: &str) -> Option<Finding> {
     };
     let j = match gatehouse_client::Join::parse(join) {
         Ok(j) => j,
-        Err(e) => return Some(fail(e.to_string())),
+        Err(e) => return Some(fail(gatehouse_ops::chain(&e))),
     };
     match gatehouse_client::fetch_pinned_ca(&j).await {
         Ok(_) => None,
-        Err(e) => Some(fail(e.to_string())),
+        Err(e) => Some(fail(gatehouse_ops::chain(&e))),
     }
 }
 

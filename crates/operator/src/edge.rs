@@ -15,14 +15,38 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
 /// Why the edge could not do what was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     /// The edge refused (host not allowed for this tunnel, bad rules, …).
     #[error("edge refused: {0}")]
     Refused(String),
-    /// The edge could not be reached.
+    /// The edge answered with a server error.
     #[error("edge unavailable: {0}")]
-    Unavailable(String),
+    Status(http::StatusCode),
+    /// The edge could not be reached.
+    #[error("edge unavailable")]
+    Unavailable(#[source] hyper_util::client::legacy::Error),
+    /// The edge did not answer in time.
+    #[error("edge unavailable: timed out")]
+    Timeout,
+    /// The answer broke off.
+    #[error("edge unavailable: reading the answer")]
+    Body(#[source] hyper::Error),
+    /// The answer does not parse.
+    #[error("edge unavailable: unexpected answer")]
+    Decode(#[source] serde_json::Error),
+    /// The request could not be built (a base URL that is not one).
+    #[error("building the request to the edge")]
+    Request(#[source] http::Error),
+    /// The edge's CA is unusable.
+    #[error("edge CA")]
+    Ca(#[source] std::io::Error),
+    /// The edge's CA was refused as a trust root.
+    #[error("edge CA")]
+    Root(#[source] rustls::Error),
+    /// The TLS provider offers none of the protocol versions asked for.
+    #[error("TLS")]
+    Tls(#[source] rustls::Error),
 }
 
 /// One path rule of a registered route (the edge's `rules:` syntax).
@@ -142,15 +166,13 @@ impl HttpEdge {
         let provider = gatehouse_ops::tls::provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| EdgeError::Unavailable(e.to_string()))?;
+            .map_err(EdgeError::Tls)?;
         let mut roots = rustls::RootCertStore::empty();
         match ca_pem {
             Some(pem) => {
                 for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
-                    let c = c.map_err(|e| EdgeError::Unavailable(format!("edge CA: {e}")))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| EdgeError::Unavailable(format!("edge CA: {e}")))?;
+                    let c = c.map_err(EdgeError::Ca)?;
+                    roots.add(c).map_err(EdgeError::Root)?;
                 }
             }
             None => {
@@ -185,18 +207,19 @@ impl HttpEdge {
             )
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| EdgeError::Unavailable(e.to_string()))?;
+            .map_err(EdgeError::Request)?;
         let resp =
             tokio::time::timeout(std::time::Duration::from_secs(10), self.client.request(req))
                 .await
-                .map_err(|_| EdgeError::Unavailable("timed out".into()))?
-                .map_err(|e| EdgeError::Unavailable(e.to_string()))?;
+                // `Elapsed` says only that the deadline passed, as `Timeout` does.
+                .map_err(|_elapsed| EdgeError::Timeout)?
+                .map_err(EdgeError::Unavailable)?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| EdgeError::Unavailable(e.to_string()))?
+            .map_err(EdgeError::Body)?
             .to_bytes();
         if status.is_success() || status == http::StatusCode::NOT_FOUND && bytes.is_empty() {
             Ok(bytes)
@@ -206,7 +229,7 @@ impl HttpEdge {
                 String::from_utf8_lossy(&bytes)
             )))
         } else {
-            Err(EdgeError::Unavailable(format!("{status}")))
+            Err(EdgeError::Status(status))
         }
     }
 }
@@ -227,7 +250,7 @@ impl EdgeRoutes for HttpEdge {
     fn routes(&self) -> BoxFuture<'_, Result<Vec<EdgeRoute>, EdgeError>> {
         Box::pin(async move {
             let b = self.call(http::Method::GET, "/api/v1/routes", None).await?;
-            serde_json::from_slice(&b).map_err(|e| EdgeError::Unavailable(e.to_string()))
+            serde_json::from_slice(&b).map_err(EdgeError::Decode)
         })
     }
 

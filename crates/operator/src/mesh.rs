@@ -4,21 +4,24 @@
 //! certificate?) and node deletion.
 
 use futures::future::BoxFuture;
-use gatehouse_client::{AdminClient, ClientError, Join};
+use gatehouse_client::{AdminClient, ClientError, Join, JoinError};
 use gatehouse_proto::control::{CreateKey, NodeInfo};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Why control could not do what was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum MeshError {
     /// Control refused (bad credentials, tag not owned, …): retrying will
     /// not help until someone changes something.
     #[error("control refused: {0}")]
     Refused(String),
+    /// The join string is not valid: retrying will not help either.
+    #[error(transparent)]
+    Join(#[from] JoinError),
     /// Control could not be reached or answered strangely.
-    #[error("control unavailable: {0}")]
-    Unavailable(String),
+    #[error("control unavailable")]
+    Unavailable(#[source] ClientError),
 }
 
 impl From<ClientError> for MeshError {
@@ -27,7 +30,7 @@ impl From<ClientError> for MeshError {
             ClientError::Api { status, message } if (400..500).contains(&status) => {
                 MeshError::Refused(format!("{message} ({status})"))
             }
-            other => MeshError::Unavailable(other.to_string()),
+            other => MeshError::Unavailable(other),
         }
     }
 }
@@ -104,7 +107,7 @@ impl ControlMesh {
     /// # Errors
     /// When the join string is invalid or control's CA cannot be fetched.
     pub async fn connect(join_text: &str, secret: &str) -> Result<Self, MeshError> {
-        let join = Join::parse(join_text.trim()).map_err(|e| MeshError::Refused(e.to_string()))?;
+        let join = Join::parse(join_text.trim())?;
         let ca = gatehouse_client::fetch_pinned_ca(&join).await?;
         Ok(ControlMesh {
             join_text: join_text.trim().to_string(),
@@ -159,9 +162,9 @@ impl Mesh for ControlMesh {
         };
         Box::pin(async move {
             let info = self.client().await?.create_key(&req).await?;
-            let key = info
-                .key
-                .ok_or_else(|| MeshError::Unavailable("control returned no key".into()))?;
+            let key = info.key.ok_or_else(|| {
+                MeshError::Unavailable(ClientError::Decode("control returned no key".into()))
+            })?;
             Ok(MintedKey { id: info.id, key })
         })
     }

@@ -41,7 +41,7 @@ use tracing::warn;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The Kubernetes API failed.
-    #[error("kubernetes: {0}")]
+    #[error("kubernetes")]
     Kube(#[from] kube::Error),
     /// Control failed.
     #[error(transparent)]
@@ -50,7 +50,7 @@ pub enum Error {
     #[error(transparent)]
     Edge(#[from] EdgeError),
     /// An object could not be (de)serialised.
-    #[error("object encoding: {0}")]
+    #[error("object encoding")]
     Json(#[from] serde_json::Error),
 }
 

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// Leader election failed.
-    #[error("leader election: {0}")]
+    #[error("leader election")]
     Lease(#[from] kube_lease_manager::LeaseManagerError),
 }
 

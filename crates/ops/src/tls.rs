@@ -17,7 +17,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: String,
@@ -28,7 +28,7 @@ pub enum TlsError {
     #[error("{0}: no {1} found in the PEM file")]
     Missing(String, &'static str),
     /// rustls refused the material.
-    #[error("TLS: {0}")]
+    #[error("TLS")]
     Rustls(#[from] rustls::Error),
 }
 
