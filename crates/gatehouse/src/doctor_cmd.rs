@@ -66,7 +66,7 @@ pub fn run(a: DoctorArgs) -> ExitCode {
     let control = match control {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: reading the cluster: {e}");
+            eprintln!("error: reading the cluster: {}", gatehouse_ops::Chain(&e));
             return ExitCode::from(2);
         }
     };

@@ -102,7 +102,7 @@ fn admin(cmd: TunnelAdmin) -> Result<()> {
             let lifetime = match expires_in {
                 Some(d) => Some(
                     gatehouse_ops::parse_duration(&d)
-                        .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?
+                        .context("--expires-in")?
                         .as_secs(),
                 ),
                 None => None,

@@ -104,13 +104,13 @@ fn read(path: &Path) -> Result<String> {
 
 fn load_policy(path: &Path) -> Result<Arc<Policy>> {
     let text = read(path)?;
-    let policy = parse_policy(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let policy = parse_policy(&text).with_context(|| path.display().to_string())?;
     Ok(Arc::new(policy))
 }
 
 fn load_inventory(path: &Path) -> Result<Vec<Node>> {
     let text = read(path)?;
-    parse_inventory(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    parse_inventory(&text).with_context(|| path.display().to_string())
 }
 
 fn test(a: &TestArgs) -> Result<ExitCode> {
@@ -169,7 +169,7 @@ fn split_dst(s: &str) -> Result<(&str, u16)> {
     };
     let port = port
         .parse::<u16>()
-        .map_err(|_| anyhow!("--dst {s:?}: {port:?} is not a port number"))?;
+        .with_context(|| format!("--dst {s:?}: {port:?} is not a port number"))?;
     if host.is_empty() {
         bail!("--dst {s:?}: missing destination");
     }

@@ -5,7 +5,7 @@
 //! manifest or config, an unknown endpoint, bad arguments).
 
 use crate::inputs::{borrowed, read_inputs};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand};
 use gatehouse_reach::{Analysis, Endpoint, Proto, Side, Verdict};
 use std::path::PathBuf;
@@ -151,9 +151,10 @@ fn query(a: &QueryArgs) -> Result<ExitCode> {
             let Some((ns, name)) = a.to.split_once('/') else {
                 return Err(werr.into());
             };
+            // Neither a workload nor a usable Service: say both.
             let backends = an
                 .service_backends(ns, name, port, proto)
-                .map_err(|_| anyhow!("{werr}"))?;
+                .map_err(|serr| anyhow!("{werr}; as a Service: {serr}"))?;
             if backends.is_empty() {
                 bail!("Service {} selects no workload in the manifests", a.to);
             }
@@ -337,9 +338,9 @@ fn diff(a: &DiffArgs) -> Result<ExitCode> {
         let base = crate::stack_input::load_stack(a.config.as_deref())?;
         let with = |p: &PathBuf| -> Result<crate::stack_input::Stack> {
             let text =
-                std::fs::read_to_string(p).map_err(|e| anyhow!("reading {}: {e}", p.display()))?;
-            let policy = gatehouse_policy::parse_policy(&text)
-                .map_err(|e| anyhow!("{}: {e}", p.display()))?;
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let policy =
+                gatehouse_policy::parse_policy(&text).with_context(|| p.display().to_string())?;
             Ok(crate::stack_input::Stack {
                 policy: std::sync::Arc::new(policy),
                 config: base.config.clone(),

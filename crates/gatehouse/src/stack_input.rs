@@ -35,6 +35,6 @@ pub fn load_stack(path: Option<&Path>) -> Result<Stack> {
         }
         _ => DEMO_POLICY.to_string(),
     };
-    let policy = Arc::new(parse_policy(&policy_text).map_err(|e| anyhow!("policy: {e}"))?);
+    let policy = Arc::new(parse_policy(&policy_text).context("policy")?);
     Ok(Stack { config, policy })
 }

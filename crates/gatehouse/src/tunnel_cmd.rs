@@ -1,6 +1,6 @@
 //! `gatehouse tunnel run|ingress|access`: the connector and its tools.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use gatehouse_ops::Backoff;
 use gatehouse_ops::parse_duration;
@@ -157,9 +157,7 @@ fn rule(config: &PathBuf, url: &str) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| anyhow!("{url} is not a URL: {e}"))?;
+    let uri: http::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
     let Some(host) = uri.host() else {
         bail!("{url} has no hostname");
     };
@@ -191,7 +189,7 @@ fn resolve(addr: &str) -> Result<Vec<SocketAddr>> {
 fn run_connector(a: RunArgs) -> Result<ExitCode> {
     crate::logging::init();
     let token = crate::secrets::secret_value("--token", &a.token)?;
-    let token = Token::parse(&token).map_err(|e| anyhow!("--token: {e}"))?;
+    let token = Token::parse(&token).context("--token")?;
     let mut edges = Vec::new();
     for e in &a.edges {
         edges.extend(resolve(e)?);
@@ -215,17 +213,14 @@ fn run_connector(a: RunArgs) -> Result<ExitCode> {
             TransportArg::Tcp => Transport::Tcp,
         },
         ha_connections: a.ha_connections,
-        grace_period: parse_duration(&a.grace_period)
-            .map_err(|e| anyhow!("--grace-period: {e}"))?,
+        grace_period: parse_duration(&a.grace_period).context("--grace-period")?,
         config_path: a.config,
         metrics_addr: a.metrics,
         backoff: Backoff {
-            max: parse_duration(&a.max_retry_delay)
-                .map_err(|e| anyhow!("--max-retry-delay: {e}"))?,
+            max: parse_duration(&a.max_retry_delay).context("--max-retry-delay")?,
             ..Backoff::default()
         },
-        handshake_timeout: parse_duration(&a.handshake_timeout)
-            .map_err(|e| anyhow!("--handshake-timeout: {e}"))?,
+        handshake_timeout: parse_duration(&a.handshake_timeout).context("--handshake-timeout")?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(gatehouse_tunnel::run(

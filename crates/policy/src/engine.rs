@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub type NodeId = u32;
 
 /// Why the engine refused its input.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The inventory breaks a structural rule.
     #[error(transparent)]
@@ -142,8 +142,9 @@ impl Engine {
         };
         for n in nodes {
             e.check_tags(&n)?;
+            // `TryFromIntError` says only that the number did not fit.
             let id = NodeId::try_from(e.nodes.len())
-                .map_err(|_| EngineError::Unresolved("too many nodes".into()))?;
+                .map_err(|_too_many| EngineError::Unresolved("too many nodes".into()))?;
             e.nodes.push(None);
             e.inbound.push(Vec::new());
             e.index(id, n);
@@ -515,8 +516,9 @@ impl Engine {
             None => match self.free.pop() {
                 Some(id) => (id, None),
                 None => {
+                    // `TryFromIntError` says only that the number did not fit.
                     let id = NodeId::try_from(self.nodes.len())
-                        .map_err(|_| EngineError::Unresolved("too many nodes".into()))?;
+                        .map_err(|_too_many| EngineError::Unresolved("too many nodes".into()))?;
                     self.nodes.push(None);
                     self.inbound.push(Vec::new());
                     (id, None)

@@ -543,7 +543,7 @@ pub fn query_identity(policy: &Policy, src: &str) -> Option<Target> {
 }
 
 /// Why a policy was refused by [`check_policy`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum PolicyRefused {
     /// The file is invalid.
     #[error(transparent)]

@@ -65,11 +65,11 @@ struct InventoryFile {
 }
 
 /// Why an inventory was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     /// The file is not valid YAML/JSON of the expected shape.
-    #[error("invalid inventory: {0}")]
-    Syntax(String),
+    #[error("invalid inventory")]
+    Syntax(#[source] serde_yaml_ng::Error),
     /// A node breaks a rule of the inventory.
     #[error("inventory node {node:?}: {message}")]
     Node {
@@ -82,8 +82,7 @@ pub enum InventoryError {
 
 /// Parses an inventory from YAML or JSON text and checks it.
 pub fn parse_inventory(text: &str) -> Result<Vec<Node>, InventoryError> {
-    let file: InventoryFile =
-        serde_yaml_ng::from_str(text).map_err(|e| InventoryError::Syntax(e.to_string()))?;
+    let file: InventoryFile = serde_yaml_ng::from_str(text).map_err(InventoryError::Syntax)?;
     check_nodes(&file.nodes)?;
     Ok(file.nodes)
 }
@@ -191,7 +190,7 @@ mod tests {
             ),
         ];
         for (text, want) in bad {
-            let e = parse_inventory(text).unwrap_err().to_string();
+            let e = gatehouse_ops::chain(&parse_inventory(text).unwrap_err());
             assert!(e.contains(want), "{text}: {e}");
         }
     }

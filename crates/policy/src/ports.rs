@@ -30,7 +30,10 @@ fn parse_port(s: &str) -> Result<u16, PortError> {
         if s.len() > 1 && s.starts_with('0') {
             return Err(PortError::Invalid(s.into()));
         }
-        return s.parse::<u16>().map_err(|_| PortError::Invalid(s.into()));
+        // All digits: the parse fails only on overflow, which the message covers.
+        return s
+            .parse::<u16>()
+            .map_err(|_overflow| PortError::Invalid(s.into()));
     }
     if s.bytes()
         .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_')

@@ -279,7 +279,10 @@ impl IpRanges {
                 Err(_) => Err(format!("invalid CIDR {s:?}")),
             };
         }
-        let ip: std::net::Ipv4Addr = addr.parse().map_err(|_| format!("invalid CIDR {s:?}"))?;
+        // `AddrParseError` says only "invalid IP address syntax".
+        let ip: std::net::Ipv4Addr = addr
+            .parse()
+            .map_err(|_syntax| format!("invalid CIDR {s:?}"))?;
         let len: u32 = match len {
             Some(l) => l
                 .parse()

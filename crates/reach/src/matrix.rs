@@ -72,18 +72,30 @@ pub struct MatrixPlacement {
 }
 
 /// Why a matrix could not be computed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum MatrixError {
     /// The policy does not fit the services (an undeclared tag).
-    #[error("the policy does not fit the services: {0}")]
-    Policy(String),
+    #[error("the policy does not fit the services")]
+    Policy(#[source] gatehouse_policy::EngineError),
     /// A workload named in `kubernetes:` is not in the manifests.
-    #[error("services[{service}].kubernetes: {message}")]
+    #[error("services[{service}].kubernetes: {what}")]
     Placement {
         /// The service.
         service: String,
-        /// What is missing.
-        message: String,
+        /// Which endpoint (`proxy ns/name`, `workload ns/name`).
+        what: String,
+        /// Why it cannot be used.
+        #[source]
+        source: crate::ReachError,
+    },
+    /// A public side's path rules do not compile.
+    #[error("public rules of {hostname}")]
+    PathRules {
+        /// The public host name.
+        hostname: String,
+        /// Why.
+        #[source]
+        source: gatehouse_paths::RuleError,
     },
     /// A public side's rules do not compile.
     #[error("{0}")]
@@ -212,16 +224,20 @@ fn network_verdict(
     let Some(src_name) = from else {
         return Ok(None);
     };
-    let placement = |m: String| MatrixError::Placement {
-        service: service.name.clone(),
-        message: m,
+    let placement = |what: String| {
+        let service = service.name.clone();
+        move |source| MatrixError::Placement {
+            service,
+            what,
+            source,
+        }
     };
     let src = a
         .endpoint(src_name)
-        .map_err(|e| placement(format!("{via} {src_name}: {e}")))?;
+        .map_err(placement(format!("{via} {src_name}")))?;
     let dst = a
         .endpoint(&k.workload)
-        .map_err(|e| placement(format!("workload {}: {e}", k.workload)))?;
+        .map_err(placement(format!("workload {}", k.workload)))?;
     let v = a.engine.query(src, dst, Proto::Tcp, k.port);
     let side = |what: &str, s: &Side| -> String {
         if let Some(r) = s.denied_by.first() {
@@ -313,7 +329,7 @@ pub fn compute(
         .collect();
     let refs: Vec<&Target> = identities.iter().collect();
     let engine = Engine::with_representatives(Arc::clone(&policy), &nodes, &refs)
-        .map_err(|e| MatrixError::Policy(e.to_string()))?;
+        .map_err(MatrixError::Policy)?;
     let mut cells = Vec::with_capacity(rows.len());
     for row in &rows {
         let mut line = Vec::with_capacity(columns.len());
@@ -342,8 +358,12 @@ pub fn compute(
                         .as_ref()
                         .ok_or_else(|| MatrixError::Rules(format!("{hostname}: not public")))?;
                     let specs = &public.rules;
-                    let rules = PathRules::new(specs, Action::Deny)
-                        .map_err(|e| MatrixError::Rules(e.to_string()))?;
+                    let rules = PathRules::new(specs, Action::Deny).map_err(|source| {
+                        MatrixError::PathRules {
+                            hostname: hostname.clone(),
+                            source,
+                        }
+                    })?;
                     let (action, by) = rules.decide_explained(&http::Method::GET, path);
                     let reason = match by {
                         Some(i) => format!(

@@ -649,8 +649,11 @@ fn cilium_port(o: &Object, p: &Node) -> Res<PortItem> {
                     let hi = match p.get("endPort") {
                         Some(e) if !e.is_null() => {
                             let v = string(o, e, "endPort")?;
-                            v.parse::<u16>()
-                                .map_err(|_| o.error(e, format!("invalid endPort {v:?}")))?
+                            // The located message quotes the value; the
+                            // `ParseIntError` would add only "invalid digit".
+                            v.parse::<u16>().map_err(|_not_a_port| {
+                                o.error(e, format!("invalid endPort {v:?}"))
+                            })?
                         }
                         _ => lo,
                     };

@@ -476,6 +476,7 @@ impl Public {
             }
         }
         PathRules::new(&edge_rules(self), Action::Deny)
+            // A located diagnostic: the message is the rule error's text.
             .map_err(|e| invalid(at("public"), e.to_string()))?;
         Ok(())
     }
