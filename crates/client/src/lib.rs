@@ -6,6 +6,7 @@
 //! and the CLI live elsewhere.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 mod http;
 mod identity;

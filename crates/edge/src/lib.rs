@@ -8,6 +8,7 @@
 //! are the connector's business.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 /// Canonical paths and path rules (re-exported from `gatehouse-paths`).
 pub use gatehouse_paths as path;

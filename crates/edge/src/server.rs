@@ -368,7 +368,7 @@ fn start_tunnel_endpoint(
     let qsc = quinn::crypto::rustls::QuicServerConfig::try_from(
         tls.server_config(gatehouse_proto::ALPN_QUIC)?,
     )
-    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    .map_err(|e| rustls::Error::Other(rustls::OtherError(Arc::new(e))))?;
     let mut quic = quinn::ServerConfig::with_crypto(Arc::new(qsc));
     quic.transport_config(gatehouse_tunnel_io::transport::quic_transport(heartbeat, 1));
     // Stateless resets a restarted edge sends are recognised by connectors

@@ -10,6 +10,7 @@
 //! others' code to do its part.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 pub mod ipset;
 mod node;

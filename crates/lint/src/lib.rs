@@ -24,6 +24,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 mod cilium;
 mod cloudflared;

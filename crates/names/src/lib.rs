@@ -7,6 +7,7 @@
 //! cloudflared's own rules and live with the connector.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 /// Longest DNS label.
 pub const MAX_LABEL: usize = 63;

@@ -17,6 +17,7 @@
 //! belong to `gatehouse-testkit`.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 pub mod annotations;
 pub mod crd;

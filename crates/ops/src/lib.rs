@@ -8,6 +8,7 @@
 //! plumbing they would otherwise each write again.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 pub mod backoff;
 mod duration;

@@ -9,6 +9,7 @@
 //! The decisions are written down in `docs/decisions/0006-canonical-paths.md`.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 use std::fmt;
 

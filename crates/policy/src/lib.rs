@@ -26,6 +26,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 mod engine;
 mod eval;

@@ -12,6 +12,7 @@
 //! operator's controller nor what that uses (render, lint, reach).
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 use base64::Engine;
 use gatehouse_ops::Chain;

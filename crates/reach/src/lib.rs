@@ -47,6 +47,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 pub mod conns;
 mod engine;

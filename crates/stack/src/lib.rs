@@ -9,6 +9,7 @@
 //! Format: `docs/up.md`.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 use gatehouse_paths::{Action, PathRuleSpec, PathRules};
 use serde::{Deserialize, Serialize};

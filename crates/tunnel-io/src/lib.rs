@@ -6,6 +6,7 @@
 //! the edge's and the connector's.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 pub mod stream;
 pub mod transport;

@@ -168,7 +168,9 @@ impl Sink {
             Sink::Quic(w) => Ok(w.write_chunk(b).await.map_err(std::io::Error::from)?),
             Sink::Chan(tx) => {
                 let tx = tx.as_ref().ok_or_else(closed)?;
-                tx.send(b).await.map_err(|_| closed())
+                // A send fails only when the receiver is gone: the stream
+                // is closed, and the `SendError` holds only the bytes.
+                tx.send(b).await.map_err(|_unsent| closed())
             }
         }
     }

@@ -626,10 +626,10 @@ async fn dial_tcp(
             .serve_connection(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         tokio::select! {
-            r = conn.as_mut() => return r.map_err(|e| e.to_string()),
+            r = conn.as_mut() => return r.map_err(|e| Chain(&e).to_string()),
             _ = close_rx.recv() => conn.as_mut().graceful_shutdown(),
         }
-        conn.await.map_err(|e| e.to_string())
+        conn.await.map_err(|e| Chain(&e).to_string())
     });
     let mut ctrl_rx = ctrl_rx;
     let (w, r) = match tokio::time::timeout(hs, ctrl_rx.recv()).await {

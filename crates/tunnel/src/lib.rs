@@ -7,6 +7,7 @@
 //! the edge's.
 
 #![forbid(unsafe_code)]
+#![warn(clippy::map_err_ignore)]
 
 pub mod access;
 pub mod connector;
