@@ -419,7 +419,8 @@ async fn pin_mismatch_is_refused() {
     let mut join = c.join.clone();
     join.ca_sha256 = Some("00".repeat(32));
     let e = gatehouse_client::fetch_pinned_ca(&join).await.unwrap_err();
-    assert!(e.to_string().contains("pinned hash"), "{e}");
+    let why = gatehouse_ops::chain(&e);
+    assert!(why.contains("pinned hash"), "{why}");
     assert_eq!(
         gatehouse_client::ca_fingerprint(&c.ca).unwrap(),
         c.info.ca_fingerprint
