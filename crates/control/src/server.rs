@@ -224,7 +224,7 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
                         let tls = match gate.handshake(&acceptor, tcp).await {
                             Ok(t) => t,
                             Err(e) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                tracing::debug!(%peer, error = %gatehouse_ops::Chain(&e), "TLS handshake failed");
                                 return;
                             }
                         };

@@ -61,16 +61,33 @@ pub enum UpError {
     /// Another `gatehouse up` runs with this state directory.
     #[error("a gatehouse up is already running with state {0}")]
     Running(String),
-    /// Control refused something or could not be reached.
+    /// Control answered something unusable.
     #[error("control: {0}")]
     Control(String),
+    /// Control refused something or could not be reached.
+    #[error("control: {what}")]
+    ControlFailed {
+        /// What was asked.
+        what: String,
+        /// Cause.
+        source: Cause,
+    },
+    /// The state directory holds something unusable, or could not be
+    /// written.
+    #[error("state: {what}")]
+    StateFailed {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: Cause,
+    },
     /// A service node did not start.
-    #[error("the node of service {service}: {message}")]
+    #[error("the node of service {service}")]
     Node {
         /// The service.
         service: String,
         /// Why.
-        message: String,
+        source: Cause,
     },
     /// A component did not start or become ready.
     #[error("{what}: {message}")]
@@ -80,6 +97,35 @@ pub enum UpError {
         /// Why.
         message: String,
     },
+    /// A component failed to start.
+    #[error("starting {what}")]
+    StartFailed {
+        /// The component.
+        what: String,
+        /// Cause.
+        source: Cause,
+    },
+}
+
+/// The cause of an [`UpError`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl UpError {
+    /// Control refused `what` (or could not be asked).
+    pub fn control(what: impl Into<String>, e: impl Into<Cause>) -> Self {
+        UpError::ControlFailed {
+            what: what.into(),
+            source: e.into(),
+        }
+    }
+
+    /// The state directory: `what` failed.
+    pub fn state(what: impl Into<String>, e: impl Into<Cause>) -> Self {
+        UpError::StateFailed {
+            what: what.into(),
+            source: e.into(),
+        }
+    }
 }
 
 /// What the status socket reads from.
@@ -114,7 +160,7 @@ impl std::fmt::Debug for RunningStack {
 }
 
 fn control_err(what: &str) -> impl FnOnce(gatehouse_client::ClientError) -> UpError + '_ {
-    move |e| UpError::Control(format!("{what}: {e}"))
+    move |e| UpError::control(what, e)
 }
 
 /// Creates the config's users and sets its policy (when it differs).
@@ -182,18 +228,19 @@ async fn wait_ready(live: &Live) -> Result<(), UpError> {
             Ok(false) => {
                 return Err(UpError::Node {
                     service: n.service.clone(),
-                    message: "stopped before it was ready".into(),
+                    source: "stopped before it was ready".into(),
                 });
             }
             Err(_) => {
                 let st = n.node.status();
                 return Err(UpError::Node {
                     service: n.service.clone(),
-                    message: format!(
+                    source: format!(
                         "not ready after {}s (control: {})",
                         READY_DEADLINE.as_secs(),
                         st.control.last_error.unwrap_or_else(|| "no map yet".into())
-                    ),
+                    )
+                    .into(),
                 });
             }
         }
@@ -236,12 +283,13 @@ pub async fn start(plan: Plan) -> Result<RunningStack, UpError> {
     let mut ccfg = ControlConfig::new(state.control(), listen.control);
     ccfg.network = plan.config.network.clone();
     ccfg.suffix = plan.config.domain.clone();
-    let (control, info) = gatehouse_control::start(ccfg)
-        .await
-        .map_err(|e| UpError::Start {
-            what: "control".into(),
-            message: e.to_string(),
-        })?;
+    let (control, info) =
+        gatehouse_control::start(ccfg)
+            .await
+            .map_err(|e| UpError::StartFailed {
+                what: "control".into(),
+                source: e.into(),
+            })?;
     match start_rest(&plan, &state, &listen, &info).await {
         Ok((live, user_key)) => {
             let ports = Ports {
@@ -292,7 +340,7 @@ async fn start_rest(
     listen: &Listen,
     info: &gatehouse_control::StartInfo,
 ) -> Result<(Live, Option<(String, std::path::PathBuf)>), UpError> {
-    let join = Join::parse(&info.join).map_err(|e| UpError::Control(e.to_string()))?;
+    let join = Join::parse(&info.join).map_err(|e| UpError::control("its join string", e))?;
     let ca = std::fs::read_to_string(state.mesh_ca()).map_err(|source| UpError::Io {
         what: format!("reading {}", state.mesh_ca().display()),
         source,
@@ -370,7 +418,7 @@ async fn start_rest(
                 },
                 Err(e) => {
                     stop_live(live).await;
-                    return Err(UpError::Control(format!("minting a key for {u}: {e}")));
+                    return Err(UpError::control(format!("minting a key for {u}"), e));
                 }
             }
         }
@@ -611,12 +659,10 @@ pub async fn status_from_control(
         .await
         .map_err(control_err("reading the policy"))?;
     let policy = gatehouse_policy::parse_policy(&policy_text)
-        .map_err(|e| UpError::Control(format!("control's policy: {e}")))?;
+        .map_err(|e| UpError::control("its policy", e))?;
     let matrix =
         gatehouse_reach::matrix::compute(&plan.config.matrix_input(), Arc::new(policy), None)
-            .map_err(|e| {
-                UpError::Control(format!("control's policy does not fit the services: {e}"))
-            })?;
+            .map_err(|e| UpError::control("its policy does not fit the services", e))?;
     let https = plan.listen.https;
     let services = plan
         .config

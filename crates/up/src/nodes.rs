@@ -48,7 +48,7 @@ async fn prepare(
     known: &[NodeInfo],
 ) -> Result<Option<String>, UpError> {
     let dir = state.node(&s.name);
-    let saved = Identity::load(&dir).map_err(|e| UpError::State(e.to_string()))?;
+    let saved = Identity::load(&dir).map_err(|e| UpError::state("a node's identity", e))?;
     if let Some(id) = &saved {
         if fits(id, host, s, known) {
             return Ok(None);
@@ -58,7 +58,7 @@ async fn prepare(
             admin
                 .delete_node(&id.node_id)
                 .await
-                .map_err(|e| UpError::Control(format!("removing node {}: {e}", id.fqdn)))?;
+                .map_err(|e| UpError::control(format!("removing node {}", id.fqdn), e))?;
         }
         let f = dir.join("node.json");
         std::fs::remove_file(&f).map_err(|source| UpError::Io {
@@ -74,7 +74,7 @@ async fn prepare(
             admin
                 .delete_node(&n.node.id)
                 .await
-                .map_err(|e| UpError::Control(format!("removing node {}: {e}", n.node.fqdn)))?;
+                .map_err(|e| UpError::control(format!("removing node {}", n.node.fqdn), e))?;
         }
     }
     let key = admin
@@ -86,7 +86,7 @@ async fn prepare(
             expiry_seconds: Some(600),
         })
         .await
-        .map_err(|e| UpError::Control(format!("minting a key for {}: {e}", s.name)))?;
+        .map_err(|e| UpError::control(format!("minting a key for {}", s.name), e))?;
     key.key
         .map(Some)
         .ok_or_else(|| UpError::Control("control returned no key".into()))
@@ -102,7 +102,7 @@ pub async fn start(
     let known = admin
         .nodes()
         .await
-        .map_err(|e| UpError::Control(format!("listing nodes: {e}")))?;
+        .map_err(|e| UpError::control("listing nodes", e))?;
     let mut configs = Vec::new();
     for (s, backend) in services {
         let Some(host) = s.mesh_hostname() else {
@@ -110,7 +110,7 @@ pub async fn start(
         };
         let authkey = prepare(admin, state, s, &host, &known).await?;
         let route = gatehouse_node::serve::route::parse_route(&format!("/={backend}"))
-            .map_err(|e| UpError::State(format!("service {}: {e}", s.name)))?;
+            .map_err(|e| UpError::state(format!("service {}", s.name), e))?;
         let mut cfg = NodeConfig::new(state.node(&s.name), &host);
         cfg.control = Some(join.to_string());
         cfg.routes = vec![route];
@@ -124,7 +124,7 @@ pub async fn start(
                 .await
                 .map_err(|e| UpError::Node {
                     service: service.clone(),
-                    message: e.to_string(),
+                    source: e.into(),
                 })?;
             Ok::<_, UpError>(ServiceNode {
                 service,

@@ -51,7 +51,7 @@ pub struct Leaf {
 }
 
 fn cert_err(what: &str) -> impl FnOnce(rcgen::Error) -> UpError + '_ {
-    move |e| UpError::State(format!("{what}: {e}"))
+    move |e| UpError::state(what, e)
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -121,7 +121,8 @@ impl PublicCa {
         let ca = params.self_signed(&kp).map_err(cert_err("public CA"))?;
         write_private(&key, &kp.serialize_pem())?;
         write(&cert, &ca.pem())?;
-        let list = serde_json::to_string(names).map_err(|e| UpError::State(e.to_string()))?;
+        let list = serde_json::to_string(names)
+            .map_err(|e| UpError::state("the certificate's names", e))?;
         write(&names_file, &format!("{list}\n"))?;
         Ok(PublicCa {
             issuer: Issuer::new(params, kp),

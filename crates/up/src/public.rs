@@ -43,7 +43,8 @@ pub struct PublicTier {
 fn token(state: &StateDir) -> Result<Token, UpError> {
     let store_path = state.public().join("tunnels.json");
     let token_path = state.public().join("tunnel.token");
-    let mut store = TokenStore::load(&store_path).map_err(|e| UpError::State(e.to_string()))?;
+    let mut store =
+        TokenStore::load(&store_path).map_err(|e| UpError::state("the tunnel tokens", e))?;
     let now = now_unix();
     if let Ok(text) = std::fs::read_to_string(&token_path)
         && store.verify(text.trim(), now).is_ok_and(|n| n == TUNNEL)
@@ -55,10 +56,10 @@ fn token(state: &StateDir) -> Result<Token, UpError> {
     let _ = store.revoke(TUNNEL);
     let t = store
         .create(TUNNEL, rand::random(), rand::random(), now, None)
-        .map_err(|e| UpError::State(e.to_string()))?;
+        .map_err(|e| UpError::state("minting the tunnel token", e))?;
     store
         .save(&store_path)
-        .map_err(|e| UpError::State(e.to_string()))?;
+        .map_err(|e| UpError::state("saving the tunnel tokens", e))?;
     write_private(&token_path, &format!("{}\n", t.encode()))?;
     Ok(t)
 }
@@ -147,12 +148,12 @@ pub async fn start(
         limits: Default::default(),
     };
     cfg.routes()
-        .map_err(|e| UpError::State(format!("edge config: {e}")))?;
+        .map_err(|e| UpError::state("the edge's configuration", e))?;
     let edge = gatehouse_edge::start(cfg, None)
         .await
-        .map_err(|e| UpError::Start {
+        .map_err(|e| UpError::StartFailed {
             what: "the edge".into(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
     let ingress = dir.join("ingress.yaml");
     write(&ingress, &ingress_yaml(services))?;

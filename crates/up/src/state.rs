@@ -138,7 +138,8 @@ impl StateDir {
 
     /// Keeps the ports chosen for addresses configured with port 0.
     pub fn save_ports(&self, p: &Ports) -> Result<(), UpError> {
-        let text = serde_json::to_string_pretty(p).map_err(|e| UpError::State(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(p).map_err(|e| UpError::state("encoding the ports", e))?;
         write(&self.ports_file(), &format!("{text}\n"))
     }
 

@@ -74,7 +74,7 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
                     (e, backoff.next_delay())
                 }
                 Err(e) => {
-                    let e = e.to_string();
+                    let e = gatehouse_ops::chain(&e);
                     tracing::warn!(error = %e, "control: map stream lost; reconnecting");
                     (e, backoff.next_delay())
                 }

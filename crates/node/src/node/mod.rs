@@ -104,7 +104,7 @@ impl NodeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// The state directory.
-    #[error("state directory {path}: {source}")]
+    #[error("state directory {path}")]
     State {
         /// Directory.
         path: String,
@@ -115,10 +115,10 @@ pub enum NodeError {
     #[error(transparent)]
     Identity(#[from] IdentityError),
     /// Registration.
-    #[error("registering: {0}")]
+    #[error("registering")]
     Register(#[from] IdentityOrClientError),
     /// Talking to control.
-    #[error("control: {0}")]
+    #[error("control")]
     Client(#[from] ClientError),
     /// The join string.
     #[error(transparent)]
@@ -127,16 +127,16 @@ pub enum NodeError {
     #[error("this node is not registered yet: give --control and --authkey")]
     NeedsRegistration,
     /// The serving certificate.
-    #[error("serving certificate: {0}")]
+    #[error("serving certificate")]
     Cert(#[from] CertError),
     /// Serve's configuration.
-    #[error("serve: {0}")]
+    #[error("serve")]
     Serve(#[from] ServeError),
     /// The data plane.
     #[error("data plane: {0}")]
     Plane(String),
     /// A listener.
-    #[error("{what} on {addr}: {source}")]
+    #[error("{what} on {addr}")]
     Bind {
         /// Which.
         what: &'static str,

@@ -161,7 +161,7 @@ pub async fn handle<S: Stream>(
         Ok(t) => t,
         Err(e) => {
             cfg.stats.tls_errors.inc();
-            tracing::debug!(%remote, error = %e, "serve: TLS handshake");
+            tracing::debug!(%remote, error = %gatehouse_ops::Chain(&e), "serve: TLS handshake");
             return;
         }
     };
