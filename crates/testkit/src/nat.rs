@@ -70,6 +70,16 @@ impl Topology {
             "br0",
         ]);
         must(&["ip", "-n", &wan, "link", "set", "br0", "up"]);
+        // The WAN routes between public sites' networks.
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &wan,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
         for i in 0..kinds.len() {
             t.add_site(i);
         }
@@ -179,6 +189,8 @@ impl Topology {
             "-qw",
             "net.ipv4.ip_forward=1",
         ]);
+        let wan_addr = WAN_ADDR.to_string();
+        must(&["ip", "-n", &r, "route", "add", "default", "via", &wan_addr]);
         let masquerade = match self.kinds[i] {
             NatKind::EndpointIndependent => "masquerade",
             NatKind::Symmetric => "masquerade fully-random",
