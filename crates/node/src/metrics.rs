@@ -130,6 +130,11 @@ impl NodeMetrics {
             .inc();
     }
 
+    /// Metrics the data plane reads out at each scrape (paths, relays).
+    pub fn register_collector(&mut self, c: Box<dyn prometheus_client::collector::Collector>) {
+        self.registry.register_collector(c);
+    }
+
     /// Text exposition format.
     pub fn encode(&self) -> String {
         gatehouse_ops::server::encode(&self.registry)

@@ -199,6 +199,16 @@ async fn curl_socks5_and_connect_identity_headers_denials_and_dig() {
         dig(&["-x", &blog_v4, "+short"]).await.trim(),
         format!("{fqdn}.")
     );
+
+    // A peer no path reaches (it announced no endpoint and no home relay):
+    // SOCKS5 says "host unreachable" (4) at once, instead of a timeout.
+    let key = m.control.key(None, &["tag:k8s", "tag:blog"], false).await;
+    let ghost = m.control.node(&key, "ghost").await.unwrap();
+    wait_peers(&m.laptop, &["blog", "ghost", "grafana"]).await;
+    let e = socks_connect(socks, &ghost.identity.fqdn, 443)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("SOCKS5 reply 4"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

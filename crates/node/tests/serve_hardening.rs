@@ -122,6 +122,15 @@ async fn reserved_spellings_stripped_and_connections_limited() {
         );
         assert!(metric(&m, &name) >= Some(at_least), "{name}: {m}");
     }
+    // The data plane's paths: what came in, by path kind, and the relay
+    // connection the node holds.
+    let rx = metric(&m, "gatehouse_node_path_direct_rx_bytes_total").unwrap_or(0.0)
+        + metric(&m, "gatehouse_node_path_relay_rx_bytes_total").unwrap_or(0.0);
+    assert!(rx > 0.0, "{m}");
+    assert!(
+        metric(&m, "gatehouse_node_relay_connects_total") >= Some(1.0),
+        "{m}"
+    );
     stage("the cap", cap(socks, &ca, &capped_host, &backend)).await;
     let m = node_metrics(&capped).await;
     let refused = "gatehouse_node_connections_refused_total{listener=\"serve_https\"}";

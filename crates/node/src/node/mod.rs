@@ -505,6 +505,9 @@ where
         metrics.register_serve(&s.stats);
     }
     metrics.register_proxy(&proxy_stats);
+    if let Some(c) = plane.collector() {
+        metrics.register_collector(c);
+    }
     let metrics = Arc::new(metrics);
 
     let listeners = Listeners::bind(&cfg).await?;

@@ -308,6 +308,75 @@ impl MeshPlane {
     }
 }
 
+/// The data plane's path counters, read at each scrape: bytes by path kind
+/// and direction, path changes, disco messages, relay connections.
+#[derive(Debug)]
+struct PathMetrics {
+    mesh: Arc<Mesh>,
+    relays: Option<Arc<Relays>>,
+}
+
+impl prometheus_client::collector::Collector for PathMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let c = self.mesh.status().counters;
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let counter = ConstCounter::new(v);
+            let m = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(m)
+        };
+        for (path, dir, v) in [
+            ("direct", "tx", c.direct_tx_bytes),
+            ("direct", "rx", c.direct_rx_bytes),
+            ("relay", "tx", c.relay_tx_bytes),
+            ("relay", "rx", c.relay_rx_bytes),
+        ] {
+            counter(
+                &format!("path_{path}_{dir}_bytes"),
+                "WireGuard datagram bytes by path kind and direction",
+                v,
+            )?;
+        }
+        counter("path_changes", "Changes of a peer's path", c.path_changes)?;
+        counter("disco_pings_sent", "Disco pings sent", c.disco_pings_sent)?;
+        counter(
+            "disco_pongs_received",
+            "Disco pongs received",
+            c.disco_pongs_received,
+        )?;
+        counter(
+            "disco_malformed",
+            "Disco packets dropped as malformed or unauthenticated",
+            c.bad_disco,
+        )?;
+        if let Some(r) = &self.relays {
+            let rc = r.counters();
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            counter(
+                "relay_connects",
+                "Connections made to relays (reconnects included)",
+                load(&rc.connects),
+            )?;
+            counter(
+                "relay_disconnects",
+                "Relay connections lost",
+                load(&rc.disconnects),
+            )?;
+            counter(
+                "relay_dropped",
+                "Datagrams for relays dropped (no such region, queue full)",
+                load(&rc.dropped) + c.relay_dropped,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Datagrams the mesh wants relayed, to the relay connections.
 async fn relay_out(
     mut out: mpsc::Receiver<gatehouse_mesh::RelayOut>,
@@ -522,9 +591,37 @@ impl DataPlane for MeshPlane {
                 format!("no peer has the address {}", dst.ip()),
             ));
         }
-        let s = match self.kernel {
-            None => PlaneStream::Mesh(self.mesh.connect(dst).await?),
-            Some(_) => PlaneStream::Kernel(Self::connect_kernel(dst).await?),
+        // A peer no path reaches (no relay, no endpoint) is refused at once
+        // instead of after the connect timeout.
+        let peer = self
+            .mesh
+            .status()
+            .peers
+            .into_iter()
+            .find(|p| p.addresses.contains(&dst.ip()));
+        if let Some(p) = &peer
+            && p.candidates.is_empty()
+            && p.path.is_none()
+        {
+            tracing::info!(peer = %p.name, %dst, "no path to the peer: no relay and no endpoint");
+            return Err(io::Error::new(
+                io::ErrorKind::HostUnreachable,
+                format!("no path to {}: no relay and no endpoint", p.name),
+            ));
+        }
+        let opened = match self.kernel {
+            None => self.mesh.connect(dst).await.map(PlaneStream::Mesh),
+            Some(_) => Self::connect_kernel(dst).await.map(PlaneStream::Kernel),
+        };
+        let s = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                let (name, path) = peer
+                    .map(|p| (p.name, p.path.map(|x| self.describe(x))))
+                    .unwrap_or_default();
+                tracing::info!(peer = %name, ?path, %dst, error = %e, "connection to the peer failed");
+                return Err(e);
+            }
         };
         self.count(dst.ip(), |n| {
             n.connections_out += 1;
@@ -568,6 +665,13 @@ impl DataPlane for MeshPlane {
             }
             changed
         });
+    }
+
+    fn collector(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
+        Some(Box::new(PathMetrics {
+            mesh: Arc::clone(&self.mesh),
+            relays: self.relays.clone(),
+        }))
     }
 
     async fn path_ping(&self, dst: IpAddr) -> io::Result<(Duration, String)> {

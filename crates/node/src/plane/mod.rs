@@ -150,6 +150,11 @@ pub trait DataPlane: Send + Sync + 'static {
     /// The relays from control's map.
     fn apply_relays(&self, _relays: &RelayMap) {}
 
+    /// Metrics read out at each scrape (bytes by path kind, relays).
+    fn collector(&self) -> Option<Box<dyn prometheus_client::collector::Collector>> {
+        None
+    }
+
     /// A disco ping to a peer: round trip, and how the pong travelled
     /// (`via relay <region>`, `via <ip:port>`), as `tailscale ping` says.
     fn path_ping(
