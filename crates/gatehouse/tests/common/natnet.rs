@@ -129,25 +129,30 @@ impl Net {
         let extra = self.control_args.clone();
         let state = self.control_state();
         let listen = format!("{WAN_ADDR}:{CONTROL_PORT}");
+        let advertise = WAN_ADDR.to_string();
+        let mut args = vec![
+            BIN,
+            "control",
+            "--state",
+            state.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--advertise",
+            &advertise,
+        ];
+        // The embedded relay's STUN on a known port, unless there is none.
         let stun = format!("{WAN_ADDR}:3478");
+        if !extra
+            .iter()
+            .any(|a| a == "--no-relay" || a == "--relay-map")
+        {
+            args.extend(["--stun-listen", &stun]);
+        }
+        args.extend(extra.iter().map(String::as_str));
         let (p, _) = Proc::start(
             "control",
             &self.topo.wan_ns(),
-            &[
-                BIN,
-                "control",
-                "--state",
-                state.to_str().unwrap(),
-                "--listen",
-                &listen,
-                "--stun-listen",
-                &stun,
-                "--advertise",
-                &WAN_ADDR.to_string(),
-            ]
-            .into_iter()
-            .chain(extra.iter().map(String::as_str))
-            .collect::<Vec<_>>(),
+            &args,
             self.dir.path(),
             |l| l.trim_start().starts_with("try"),
         )
