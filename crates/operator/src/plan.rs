@@ -7,7 +7,9 @@ use crate::annotations::{self, AnnotationError, Annotations, PublicSpec};
 use crate::names;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::{Ingress, IngressServiceBackend};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, Ingress, IngressServiceBackend, IngressSpec,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
@@ -205,6 +207,31 @@ fn container_port(svc_name: &str, sp: &ServicePort, obs: &Observed) -> (String, 
     (name, false)
 }
 
+/// Turns a Service backend into the URL the proxies and the connector use.
+struct ServiceUrls<'a> {
+    ns: &'a str,
+    obs: &'a Observed,
+    cluster_domain: &'a str,
+}
+
+impl ServiceUrls<'_> {
+    /// `http://svc.ns.svc.<domain>:port`; every backend must be a Service
+    /// with a port we can find.
+    fn url(&self, b: &IngressServiceBackend, field: &str) -> Result<String, PlanError> {
+        let ns = self.ns;
+        let svc = self
+            .obs
+            .services
+            .get(&b.name)
+            .ok_or_else(|| PlanError::MissingService(format!("{ns}/{}", b.name)))?;
+        let sp = service_port(svc, b, field)?;
+        Ok(format!(
+            "http://{}.{ns}.svc.{}:{}",
+            b.name, self.cluster_domain, sp.port
+        ))
+    }
+}
+
 /// Works out the plan.
 ///
 /// # Errors
@@ -214,33 +241,52 @@ pub fn plan(ing: &Ingress, obs: &Observed, cluster_domain: &str) -> Result<Plan,
     let name = ing.metadata.name.clone().unwrap_or_default();
     let annotations = annotations::parse(&ing.metadata.annotations.clone().unwrap_or_default())?;
     let spec = ing.spec.clone().unwrap_or_default();
-
-    // Every backend must be a Service with a port we can find.
-    let url = |b: &IngressServiceBackend, field: &str| -> Result<String, PlanError> {
-        let svc = obs
-            .services
-            .get(&b.name)
-            .ok_or_else(|| PlanError::MissingService(format!("{ns}/{}", b.name)))?;
-        let sp = service_port(svc, b, field)?;
-        Ok(format!(
-            "http://{}.{ns}.svc.{cluster_domain}:{}",
-            b.name, sp.port
-        ))
+    let urls = ServiceUrls {
+        ns: &ns,
+        obs,
+        cluster_domain,
     };
-    let default = match &spec.default_backend {
+    let default = default_url(&spec, &urls)?;
+    let by_host = routes_by_host(&spec, &urls)?;
+    let proxies = if annotations.mesh {
+        proxy_plans(&ns, &name, &spec, &by_host, default.as_deref())?
+    } else {
+        Vec::new()
+    };
+    let services = backend_services(ing);
+    let public = match &annotations.public {
         None => None,
-        Some(b) => match &b.service {
-            Some(s) => Some(url(s, "spec.defaultBackend.service")?),
-            None => {
-                return Err(unsupported(
-                    "spec.defaultBackend.resource",
-                    "only Service backends are served",
-                ));
-            }
-        },
+        Some(p) => Some(public_plan(p, &spec, &urls)?),
     };
+    let origin = public.as_ref().map(|(o, _)| o.as_str());
+    let backends = backend_plans(ing, obs, &ns, &annotations, &services, origin)?;
+    Ok(Plan {
+        annotations,
+        proxies,
+        backends,
+        public: public.map(|(_, p)| p),
+    })
+}
 
-    // Routes by rule host ("" = every host).
+/// The URL of the default backend, if there is one.
+fn default_url(spec: &IngressSpec, urls: &ServiceUrls) -> Result<Option<String>, PlanError> {
+    match &spec.default_backend {
+        None => Ok(None),
+        Some(b) => match &b.service {
+            Some(s) => Ok(Some(urls.url(s, "spec.defaultBackend.service")?)),
+            None => Err(unsupported(
+                "spec.defaultBackend.resource",
+                "only Service backends are served",
+            )),
+        },
+    }
+}
+
+/// Routes by rule host ("" = every host).
+fn routes_by_host(
+    spec: &IngressSpec,
+    urls: &ServiceUrls,
+) -> Result<BTreeMap<String, Vec<Route>>, PlanError> {
     let mut by_host: BTreeMap<String, Vec<Route>> = BTreeMap::new();
     for (i, r) in spec.rules.iter().flatten().enumerate() {
         let host = match &r.host {
@@ -249,122 +295,166 @@ pub fn plan(ing: &Ingress, obs: &Observed, cluster_domain: &str) -> Result<Plan,
         };
         for (j, p) in r.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
             let field = format!("spec.rules[{i}].http.paths[{j}]");
-            let Some(b) = &p.backend.service else {
-                return Err(unsupported(
-                    format!("{field}.backend.resource"),
-                    "only Service backends are served",
-                ));
-            };
-            let path = p.path.clone().unwrap_or_else(|| "/".into());
-            if !path.starts_with('/') {
-                return Err(unsupported(format!("{field}.path"), "must start with /"));
-            }
-            let exact = match p.path_type.as_str() {
-                "Exact" => true,
-                "Prefix" | "ImplementationSpecific" => false,
-                other => {
-                    return Err(unsupported(
-                        format!("{field}.pathType"),
-                        format!("{other:?} is not Exact, Prefix or ImplementationSpecific"),
-                    ));
-                }
-            };
-            by_host.entry(host.clone()).or_default().push(Route {
-                exact,
-                path,
-                backend: url(b, &format!("{field}.backend.service"))?,
-            });
+            let route = path_route(p, &field, urls)?;
+            by_host.entry(host.clone()).or_default().push(route);
         }
     }
+    Ok(by_host)
+}
 
-    let mut proxies = Vec::new();
-    if annotations.mesh {
-        let mut hosts: Vec<String> = Vec::new();
-        for (i, t) in spec.tls.iter().flatten().enumerate() {
-            for (j, h) in t.hosts.iter().flatten().enumerate() {
-                let h = annotations::mesh_host(&format!("spec.tls[{i}].hosts[{j}]"), h)?;
-                if !hosts.contains(&h) {
-                    hosts.push(h);
-                }
-            }
-        }
-        if hosts.is_empty() {
+/// The route of one rule path (`field` names it).
+fn path_route(p: &HTTPIngressPath, field: &str, urls: &ServiceUrls) -> Result<Route, PlanError> {
+    let Some(b) = &p.backend.service else {
+        return Err(unsupported(
+            format!("{field}.backend.resource"),
+            "only Service backends are served",
+        ));
+    };
+    let path = p.path.clone().unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') {
+        return Err(unsupported(format!("{field}.path"), "must start with /"));
+    }
+    let exact = match p.path_type.as_str() {
+        "Exact" => true,
+        "Prefix" | "ImplementationSpecific" => false,
+        other => {
             return Err(unsupported(
-                "spec.tls[0].hosts",
-                "names no mesh host (or set gatehouse.dev/mesh: \"false\")",
+                format!("{field}.pathType"),
+                format!("{other:?} is not Exact, Prefix or ImplementationSpecific"),
             ));
         }
-        for h in by_host.keys().filter(|h| !h.is_empty()) {
-            if !hosts.contains(h) {
-                return Err(unsupported(
-                    "spec.rules[].host",
-                    format!("{h} is not among spec.tls[].hosts"),
-                ));
-            }
-        }
-        for h in hosts {
-            let mut routes: Vec<Route> = by_host.get(&h).cloned().unwrap_or_default();
-            routes.extend(by_host.get("").cloned().unwrap_or_default());
-            if let Some(d) = &default
-                && !routes.iter().any(|r| r.path == "/" && !r.exact)
-            {
-                routes.push(Route {
-                    exact: false,
-                    path: "/".into(),
-                    backend: d.clone(),
-                });
-            }
-            // Exact before prefix, longer before shorter, then by text.
-            routes.sort_by(|a, b| {
-                b.exact
-                    .cmp(&a.exact)
-                    .then(b.path.len().cmp(&a.path.len()))
-                    .then(a.cmp(b))
-            });
-            routes.dedup_by(|a, b| a.exact == b.exact && a.path == b.path);
-            if routes.is_empty() {
-                return Err(unsupported(
-                    "spec",
-                    format!("no rule or default backend serves host {h}"),
-                ));
-            }
-            proxies.push(ProxyPlan {
-                name: names::proxy_name(&ns, &name, &h),
-                host: h,
-                routes,
-            });
+    };
+    Ok(Route {
+        exact,
+        path,
+        backend: urls.url(b, &format!("{field}.backend.service"))?,
+    })
+}
+
+/// One proxy per mesh host of `spec.tls`, each with the routes of its
+/// rules, of the rules for every host, and of the default backend.
+fn proxy_plans(
+    ns: &str,
+    name: &str,
+    spec: &IngressSpec,
+    by_host: &BTreeMap<String, Vec<Route>>,
+    default: Option<&str>,
+) -> Result<Vec<ProxyPlan>, PlanError> {
+    let hosts = mesh_hosts(spec)?;
+    for h in by_host.keys().filter(|h| !h.is_empty()) {
+        if !hosts.contains(h) {
+            return Err(unsupported(
+                "spec.rules[].host",
+                format!("{h} is not among spec.tls[].hosts"),
+            ));
         }
     }
+    let mut proxies = Vec::new();
+    for h in hosts {
+        let routes = host_routes(&h, by_host, default)?;
+        proxies.push(ProxyPlan {
+            name: names::proxy_name(ns, name, &h),
+            host: h,
+            routes,
+        });
+    }
+    Ok(proxies)
+}
 
-    // The public origin: the default backend, else the first path's.
-    let services = backend_services(ing);
-    let public = match &annotations.public {
-        None => None,
-        Some(p) => {
-            let origin_svc = spec
-                .default_backend
-                .as_ref()
-                .and_then(|b| b.service.clone())
-                .or_else(|| {
-                    spec.rules
-                        .iter()
-                        .flatten()
-                        .flat_map(|r| r.http.iter().flat_map(|h| h.paths.iter()))
-                        .find_map(|p| p.backend.service.clone())
-                })
-                .ok_or_else(|| unsupported("spec.defaultBackend", "needed for the public side"))?;
-            Some((
-                origin_svc.name.clone(),
-                PublicPlan {
-                    spec: p.clone(),
-                    origin: url(&origin_svc, "spec.defaultBackend.service")?,
-                },
-            ))
+/// The mesh hosts `spec.tls` names, without repeats (at least one).
+fn mesh_hosts(spec: &IngressSpec) -> Result<Vec<String>, PlanError> {
+    let mut hosts: Vec<String> = Vec::new();
+    for (i, t) in spec.tls.iter().flatten().enumerate() {
+        for (j, h) in t.hosts.iter().flatten().enumerate() {
+            let h = annotations::mesh_host(&format!("spec.tls[{i}].hosts[{j}]"), h)?;
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
         }
-    };
+    }
+    if hosts.is_empty() {
+        return Err(unsupported(
+            "spec.tls[0].hosts",
+            "names no mesh host (or set gatehouse.dev/mesh: \"false\")",
+        ));
+    }
+    Ok(hosts)
+}
 
+/// The routes of the proxy for host `h`, most specific first.
+fn host_routes(
+    h: &str,
+    by_host: &BTreeMap<String, Vec<Route>>,
+    default: Option<&str>,
+) -> Result<Vec<Route>, PlanError> {
+    let mut routes: Vec<Route> = by_host.get(h).cloned().unwrap_or_default();
+    routes.extend(by_host.get("").cloned().unwrap_or_default());
+    if let Some(d) = default
+        && !routes.iter().any(|r| r.path == "/" && !r.exact)
+    {
+        routes.push(Route {
+            exact: false,
+            path: "/".into(),
+            backend: d.to_string(),
+        });
+    }
+    // Exact before prefix, longer before shorter, then by text.
+    routes.sort_by(|a, b| {
+        b.exact
+            .cmp(&a.exact)
+            .then(b.path.len().cmp(&a.path.len()))
+            .then(a.cmp(b))
+    });
+    routes.dedup_by(|a, b| a.exact == b.exact && a.path == b.path);
+    if routes.is_empty() {
+        return Err(unsupported(
+            "spec",
+            format!("no rule or default backend serves host {h}"),
+        ));
+    }
+    Ok(routes)
+}
+
+/// The public route and the name of its origin Service: the default
+/// backend, else the first path's.
+fn public_plan(
+    p: &PublicSpec,
+    spec: &IngressSpec,
+    urls: &ServiceUrls,
+) -> Result<(String, PublicPlan), PlanError> {
+    let origin_svc = spec
+        .default_backend
+        .as_ref()
+        .and_then(|b| b.service.clone())
+        .or_else(|| {
+            spec.rules
+                .iter()
+                .flatten()
+                .flat_map(|r| r.http.iter().flat_map(|h| h.paths.iter()))
+                .find_map(|p| p.backend.service.clone())
+        })
+        .ok_or_else(|| unsupported("spec.defaultBackend", "needed for the public side"))?;
+    Ok((
+        origin_svc.name.clone(),
+        PublicPlan {
+            spec: p.clone(),
+            origin: urls.url(&origin_svc, "spec.defaultBackend.service")?,
+        },
+    ))
+}
+
+/// One backend per Service, with its selector and container port;
+/// `origin` names the public origin's Service.
+fn backend_plans(
+    ing: &Ingress,
+    obs: &Observed,
+    ns: &str,
+    annotations: &Annotations,
+    services: &[String],
+    origin: Option<&str>,
+) -> Result<Vec<BackendPlan>, PlanError> {
     let mut backends = Vec::new();
-    for s in &services {
+    for s in services {
         let svc = obs
             .services
             .get(s)
@@ -383,7 +473,7 @@ pub fn plan(ing: &Ingress, obs: &Observed, cluster_domain: &str) -> Result<Plan,
         // The port of the first backend that names this Service.
         let b = first_backend(ing, s);
         let sp = service_port(svc, &b, "backend")?;
-        let is_public = public.as_ref().is_some_and(|(o, _)| o == s);
+        let is_public = origin == Some(s.as_str());
         let (port, resolved) = match (&annotations.backend_port, is_public || services.len() == 1) {
             (Some(p), true) => (p.clone(), p.parse::<u16>().is_ok()),
             _ => container_port(s, sp, obs),
@@ -396,12 +486,7 @@ pub fn plan(ing: &Ingress, obs: &Observed, cluster_domain: &str) -> Result<Plan,
             public: is_public,
         });
     }
-    Ok(Plan {
-        annotations,
-        proxies,
-        backends,
-        public: public.map(|(_, p)| p),
-    })
+    Ok(backends)
 }
 
 fn first_backend(ing: &Ingress, svc: &str) -> IngressServiceBackend {

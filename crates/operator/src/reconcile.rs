@@ -8,7 +8,7 @@
 //! differs from what is stored), the public route, and the status, written
 //! only once the proxy is online in control.
 
-use crate::annotations;
+use crate::annotations::{self, Annotations};
 use crate::crd::{ProxyClass, ProxyClassSpec};
 use crate::edge::{EdgeError, EdgeRoutes};
 use crate::mesh::{Mesh, MeshError, MintedKey};
@@ -31,6 +31,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -412,123 +413,27 @@ pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, E
     }
     let has_finalizer = ing.finalizers().iter().any(|f| f == FINALIZER);
     if ing.metadata.deletion_timestamp.is_some() || !is_ours(&ing, &ctx).await? {
-        ctx.forget_pending(&ing.namespace().unwrap_or_default(), &ing.name_any());
-        ctx.forget_refusal(&ing.namespace().unwrap_or_default(), &ing.name_any());
-        if has_finalizer {
-            cleanup(&ing, &ctx).await?;
-            remove_finalizer(&ing, &ctx).await?;
-            ctx.event(
-                &ing,
-                EventType::Normal,
-                "Deleted",
-                "removed the proxy, its node, the public route and the network policies".into(),
-            )
-            .await;
-        }
-        return Ok(Action::await_change());
+        return release(&ing, &ctx, has_finalizer).await;
     }
 
     // 1. Read and check everything; write nothing yet.
-    let annotations = match annotations::parse(&ing.annotations().clone()) {
-        Ok(a) => a,
-        Err(e) => {
-            ctx.refuse(&ing, "InvalidAnnotation", e.to_string()).await;
-            return Ok(Action::await_change());
-        }
+    let (annotations, plan) = match checked_plan(&ing, &ctx).await? {
+        Continue(p) => p,
+        Break(action) => return Ok(action),
     };
-    let obs = observe(&ing, &ctx).await?;
-    let plan = match plan::plan(&ing, &obs, &ctx.settings.cluster_domain) {
-        Ok(p) => p,
-        Err(e @ PlanError::MissingService(_)) => {
-            ctx.refuse(&ing, "BackendNotFound", e.to_string()).await;
-            return Ok(Action::requeue(Duration::from_secs(30)));
-        }
-        Err(e) => {
-            ctx.refuse(&ing, "InvalidIngress", e.to_string()).await;
-            return Ok(Action::await_change());
-        }
+    let (class, pc) = match proxy_class(&ing, &ctx, &annotations).await? {
+        Continue(c) => c,
+        Break(action) => return Ok(action),
     };
-    let pc_api: Api<ProxyClass> = Api::all(ctx.client.clone());
-    let class = pc_api.get_opt(&annotations.proxy_class).await?;
-    let pc = match &class {
-        Some(pc) => pc.spec.clone(),
-        None if annotations.proxy_class == "default" => ProxyClassSpec::default(),
-        None => {
-            ctx.refuse(
-                &ing,
-                "ProxyClassNotFound",
-                format!(
-                    "annotation {}: ProxyClass {} does not exist",
-                    annotations::PROXY_CLASS,
-                    annotations.proxy_class
-                ),
-            )
-            .await;
-            return Ok(Action::requeue(Duration::from_secs(30)));
-        }
-    };
-    // The API server's own validation of the proxies it would write (a
-    // server-side dry run): a class it refuses writes nothing.
-    match check_stateful_sets(&ing, &ctx, &plan, &pc).await? {
-        Checked::Refused(why) => {
-            let name = annotations.proxy_class.clone();
-            if let Some(c) = &class {
-                crate::crd::set_valid(&ctx, c, Some(&why)).await?;
-            }
-            ctx.refuse(
-                &ing,
-                "InvalidProxyClass",
-                format!("ProxyClass {name}: {why}"),
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
-        Checked::Accepted => {
-            if let Some(c) = &class {
-                crate::crd::set_valid(&ctx, c, None).await?;
-            }
-        }
-        Checked::Unchanged => {}
+    if let Break(action) = check_class(&ing, &ctx, &plan, &pc, class.as_ref(), &annotations).await?
+    {
+        return Ok(action);
     }
     let kind = ctx.netpol_kind().await?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
-    let mut new_keys: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    let mut existing: BTreeMap<String, Secret> = BTreeMap::new();
-    for p in &plan.proxies {
-        let cur = secrets.get_opt(&p.name).await?;
-        let have: Vec<String> = cur
-            .as_ref()
-            .and_then(|s| s.data.as_ref())
-            .map(|d| d.keys().cloned().collect())
-            .unwrap_or_default();
-        for i in 0..pc.replicas() {
-            let field = objects::authkey_field(i);
-            if !have.contains(&field) {
-                new_keys
-                    .entry(p.name.clone())
-                    .or_default()
-                    .insert(field, String::new());
-            }
-        }
-        if let Some(s) = cur {
-            existing.insert(p.name.clone(), s);
-        }
-    }
-    let minted = match mint_all(&ctx, &plan, &mut new_keys).await {
-        Ok(m) => m,
-        Err(MeshError::Refused(why)) => {
-            ctx.refuse(
-                &ing,
-                "AuthKeyRefused",
-                format!(
-                    "control refused an auth key for tags {}: {why}",
-                    plan.annotations.tags.join(",")
-                ),
-            )
-            .await;
-            return Ok(Action::requeue(Duration::from_secs(60)));
-        }
-        Err(e) => return Err(e.into()),
+    let (mut new_keys, existing) = keys_to_mint(&ctx, &plan, &pc).await?;
+    let minted = match mint_or_refuse(&ing, &ctx, &plan, &mut new_keys).await? {
+        Continue(m) => m,
+        Break(action) => return Ok(action),
     };
 
     // 2. Write.
@@ -557,10 +462,184 @@ pub async fn reconcile(ing: Arc<Ingress>, ctx: Arc<Context>) -> Result<Action, E
     status(&ing, &ctx, &plan).await
 }
 
+/// An Ingress being deleted, or no longer ours: its pending and refused
+/// states are forgotten and, if it carries our finalizer, what it made is
+/// removed and the finalizer with it.
+async fn release(ing: &Ingress, ctx: &Context, has_finalizer: bool) -> Result<Action, Error> {
+    ctx.forget_pending(&ing.namespace().unwrap_or_default(), &ing.name_any());
+    ctx.forget_refusal(&ing.namespace().unwrap_or_default(), &ing.name_any());
+    if has_finalizer {
+        cleanup(ing, ctx).await?;
+        remove_finalizer(ing, ctx).await?;
+        ctx.event(
+            ing,
+            EventType::Normal,
+            "Deleted",
+            "removed the proxy, its node, the public route and the network policies".into(),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// The annotations and the plan; an Ingress that cannot be served as
+/// written is refused (and looked at again when it changes, or in 30 s
+/// for a backend Service that may yet appear).
+async fn checked_plan(
+    ing: &Ingress,
+    ctx: &Context,
+) -> Result<ControlFlow<Action, (Annotations, Plan)>, Error> {
+    let annotations = match annotations::parse(&ing.annotations().clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            ctx.refuse(ing, "InvalidAnnotation", e.to_string()).await;
+            return Ok(Break(Action::await_change()));
+        }
+    };
+    let obs = observe(ing, ctx).await?;
+    match plan::plan(ing, &obs, &ctx.settings.cluster_domain) {
+        Ok(p) => Ok(Continue((annotations, p))),
+        Err(e @ PlanError::MissingService(_)) => {
+            ctx.refuse(ing, "BackendNotFound", e.to_string()).await;
+            Ok(Break(Action::requeue(Duration::from_secs(30))))
+        }
+        Err(e) => {
+            ctx.refuse(ing, "InvalidIngress", e.to_string()).await;
+            Ok(Break(Action::await_change()))
+        }
+    }
+}
+
+/// The ProxyClass the annotation names (and its spec); `default` need not
+/// exist. A missing one refuses the Ingress, looked at again in 30 s.
+async fn proxy_class(
+    ing: &Ingress,
+    ctx: &Context,
+    annotations: &Annotations,
+) -> Result<ControlFlow<Action, (Option<ProxyClass>, ProxyClassSpec)>, Error> {
+    let pc_api: Api<ProxyClass> = Api::all(ctx.client.clone());
+    let class = pc_api.get_opt(&annotations.proxy_class).await?;
+    let pc = match &class {
+        Some(pc) => pc.spec.clone(),
+        None if annotations.proxy_class == "default" => ProxyClassSpec::default(),
+        None => {
+            ctx.refuse(
+                ing,
+                "ProxyClassNotFound",
+                format!(
+                    "annotation {}: ProxyClass {} does not exist",
+                    annotations::PROXY_CLASS,
+                    annotations.proxy_class
+                ),
+            )
+            .await;
+            return Ok(Break(Action::requeue(Duration::from_secs(30))));
+        }
+    };
+    Ok(Continue((class, pc)))
+}
+
+/// The API server's own validation of the proxies it would write (a
+/// server-side dry run): a class it refuses writes nothing. The class's
+/// status tells whether it is valid.
+async fn check_class(
+    ing: &Ingress,
+    ctx: &Context,
+    plan: &Plan,
+    pc: &ProxyClassSpec,
+    class: Option<&ProxyClass>,
+    annotations: &Annotations,
+) -> Result<ControlFlow<Action>, Error> {
+    match check_stateful_sets(ing, ctx, plan, pc).await? {
+        Checked::Refused(why) => {
+            let name = annotations.proxy_class.clone();
+            if let Some(c) = class {
+                crate::crd::set_valid(ctx, c, Some(&why)).await?;
+            }
+            ctx.refuse(
+                ing,
+                "InvalidProxyClass",
+                format!("ProxyClass {name}: {why}"),
+            )
+            .await;
+            return Ok(Break(Action::await_change()));
+        }
+        Checked::Accepted => {
+            if let Some(c) = class {
+                crate::crd::set_valid(ctx, c, None).await?;
+            }
+        }
+        Checked::Unchanged => {}
+    }
+    Ok(Continue(()))
+}
+
+/// The auth key fields each proxy's Secret lacks (one per replica), to be
+/// minted, and the Secrets that exist.
+async fn keys_to_mint(
+    ctx: &Context,
+    plan: &Plan,
+    pc: &ProxyClassSpec,
+) -> Result<(NewKeys, BTreeMap<String, Secret>), Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let mut new_keys: NewKeys = BTreeMap::new();
+    let mut existing: BTreeMap<String, Secret> = BTreeMap::new();
+    for p in &plan.proxies {
+        let cur = secrets.get_opt(&p.name).await?;
+        let have: Vec<String> = cur
+            .as_ref()
+            .and_then(|s| s.data.as_ref())
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default();
+        for i in 0..pc.replicas() {
+            let field = objects::authkey_field(i);
+            if !have.contains(&field) {
+                new_keys
+                    .entry(p.name.clone())
+                    .or_default()
+                    .insert(field, String::new());
+            }
+        }
+        if let Some(s) = cur {
+            existing.insert(p.name.clone(), s);
+        }
+    }
+    Ok((new_keys, existing))
+}
+
+/// Mints the missing auth keys; control's refusal refuses the Ingress,
+/// looked at again in 60 s.
+async fn mint_or_refuse(
+    ing: &Ingress,
+    ctx: &Context,
+    plan: &Plan,
+    new_keys: &mut NewKeys,
+) -> Result<ControlFlow<Action, Vec<MintedKey>>, Error> {
+    match mint_all(ctx, plan, new_keys).await {
+        Ok(m) => Ok(Continue(m)),
+        Err(MeshError::Refused(why)) => {
+            ctx.refuse(
+                ing,
+                "AuthKeyRefused",
+                format!(
+                    "control refused an auth key for tags {}: {why}",
+                    plan.annotations.tags.join(",")
+                ),
+            )
+            .await;
+            Ok(Break(Action::requeue(Duration::from_secs(60))))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Auth keys to write, by Secret name, then by field.
+type NewKeys = BTreeMap<String, BTreeMap<String, String>>;
+
 async fn mint_all(
     ctx: &Context,
     plan: &Plan,
-    new_keys: &mut BTreeMap<String, BTreeMap<String, String>>,
+    new_keys: &mut NewKeys,
 ) -> Result<Vec<MintedKey>, MeshError> {
     let mut minted: Vec<MintedKey> = Vec::new();
     for fields in new_keys.values_mut() {
