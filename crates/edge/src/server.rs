@@ -243,39 +243,17 @@ pub async fn start(
     }
     if let Some(addr) = cfg.listen.admin {
         let metrics = ops_metrics(&public, &registry, &listener_metrics);
-        let reg = registry.clone();
-        let ready: gatehouse_ops::server::Readiness = Arc::new(move || {
-            if reg.live() > 0 {
-                Ok(())
-            } else {
-                Err("no live tunnel connection".into())
-            }
-        });
-        let l = bind(addr).await?;
-        admin_addr = Some(local(&l, addr)?);
-        tasks.spawn(gatehouse_ops::server::serve(
-            l,
-            gatehouse_ops::server::registry_metrics(Arc::new(metrics)),
-            ready,
-            std::future::pending(),
-        ));
+        admin_addr = Some(serve_admin(addr, metrics, registry.clone(), &mut tasks).await?);
     }
     if let Some(api) = route_api.clone() {
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(Arc::new(tunnel_tls.server_config(b"http/1.1")?));
-        let listener = bind(api.listen()).await?;
         let changed = route_changes(&api, &cfg, &public, &statics, &store, &http01);
-        tasks.spawn(crate::routes_api::serve(
-            listener,
-            gate("route_api").http1_only(),
-            acceptor,
-            crate::routes_api::Shared {
-                api: api.clone(),
-                tokens: side.tokens.clone(),
-                changed,
-            },
-        ));
-        info!(listen = %api.listen(), "route API ready");
+        let shared = crate::routes_api::Shared {
+            api,
+            tokens: side.tokens.clone(),
+            changed,
+        };
+        let gate = gate("route_api").http1_only();
+        serve_route_api(shared, gate, &tunnel_tls, &mut tasks).await?;
     }
     if let Some(acme) = cfg.acme.clone() {
         spawn_acme(
@@ -308,6 +286,48 @@ pub async fn start(
         listeners,
         stop_tx,
     })
+}
+
+/// Serves metrics, `/healthz` and `/readyz` (ready while a tunnel
+/// connection is live) on `addr`; returns the address bound.
+async fn serve_admin(
+    addr: SocketAddr,
+    metrics: Metrics,
+    registry: Arc<Registry>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<SocketAddr, EdgeError> {
+    let ready: gatehouse_ops::server::Readiness = Arc::new(move || {
+        if registry.live() > 0 {
+            Ok(())
+        } else {
+            Err("no live tunnel connection".into())
+        }
+    });
+    let l = bind(addr).await?;
+    let bound = local(&l, addr)?;
+    tasks.spawn(gatehouse_ops::server::serve(
+        l,
+        gatehouse_ops::server::registry_metrics(Arc::new(metrics)),
+        ready,
+        std::future::pending(),
+    ));
+    Ok(bound)
+}
+
+/// Serves the route API (HTTP/1.1 over the tunnel's TLS) on its address.
+async fn serve_route_api(
+    shared: crate::routes_api::Shared,
+    gate: Gate,
+    tunnel_tls: &TunnelTls,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<(), EdgeError> {
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(tunnel_tls.server_config(b"http/1.1")?));
+    let listen = shared.api.listen();
+    let listener = bind(listen).await?;
+    tasks.spawn(crate::routes_api::serve(listener, gate, acceptor, shared));
+    info!(%listen, "route API ready");
+    Ok(())
 }
 
 /// The route API's registrations, with their certificates installed.

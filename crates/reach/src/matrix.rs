@@ -290,6 +290,29 @@ pub fn compute(
     network: Option<&Analysis>,
 ) -> Result<Matrix, MatrixError> {
     let rows = rows(&policy, cfg);
+    let (nodes, columns) = columns(cfg);
+    let identities = identities(&rows);
+    let refs: Vec<&Target> = identities.iter().collect();
+    let engine = Engine::with_representatives(Arc::clone(&policy), &nodes, &refs)
+        .map_err(MatrixError::Policy)?;
+    let mut cells = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut line = Vec::with_capacity(columns.len());
+        for col in &columns {
+            line.push(cell(cfg, network, &engine, row, col)?);
+        }
+        cells.push(line);
+    }
+    Ok(Matrix {
+        rows,
+        columns,
+        cells,
+    })
+}
+
+/// The policy nodes of the mesh services, and the columns: each service on
+/// the mesh, then each of its public paths.
+fn columns(cfg: &MatrixInput) -> (Vec<Node>, Vec<Column>) {
     let mut nodes = Vec::new();
     let mut columns = Vec::new();
     for (i, s) in cfg.services.iter().enumerate() {
@@ -314,8 +337,12 @@ pub fn compute(
             }
         }
     }
-    let identities: Vec<Target> = rows
-        .iter()
+    (nodes, columns)
+}
+
+/// The mesh identities among the rows (every row but the internet's).
+fn identities(rows: &[String]) -> Vec<Target> {
+    rows.iter()
         .filter(|r| *r != INTERNET)
         .map(|r| {
             if r.starts_with("group:") {
@@ -326,86 +353,88 @@ pub fn compute(
                 Target::User(r.clone())
             }
         })
-        .collect();
-    let refs: Vec<&Target> = identities.iter().collect();
-    let engine = Engine::with_representatives(Arc::clone(&policy), &nodes, &refs)
-        .map_err(MatrixError::Policy)?;
-    let mut cells = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let mut line = Vec::with_capacity(columns.len());
-        for col in &columns {
-            let service = cfg
-                .services
-                .iter()
-                .find(|s| s.name == col.service)
-                .ok_or_else(|| MatrixError::Rules(format!("no service {}", col.service)))?;
-            let mut layers = Vec::new();
-            match &col.kind {
-                ColumnKind::Mesh { hostname } => {
-                    layers.push(mesh_verdict(&engine, row, hostname));
-                    if let Some(a) = network {
-                        layers.extend(network_verdict(
-                            a,
-                            service,
-                            service.placement.as_ref().and_then(|k| k.proxy.as_ref()),
-                            "proxy",
-                        )?);
-                    }
-                }
-                ColumnKind::Public { hostname, path } => {
-                    let public = service
-                        .public
-                        .as_ref()
-                        .ok_or_else(|| MatrixError::Rules(format!("{hostname}: not public")))?;
-                    let specs = &public.rules;
-                    let rules = PathRules::new(specs, Action::Deny).map_err(|source| {
-                        MatrixError::PathRules {
-                            hostname: hostname.clone(),
-                            source,
-                        }
-                    })?;
-                    let (action, by) = rules.decide_explained(&http::Method::GET, path);
-                    let reason = match by {
-                        Some(i) => format!(
-                            "GET {hostname}{path}: rule {} {}",
-                            specs[i].path,
-                            if action == Action::Allow {
-                                "allow"
-                            } else {
-                                "deny"
-                            }
-                        ),
-                        None => format!("GET {hostname}{path}: no rule matches, default deny"),
-                    };
-                    layers.push(LayerVerdict {
-                        layer: Layer::Edge,
-                        allow: action == Action::Allow,
-                        reason,
-                    });
-                    if let Some(a) = network {
-                        layers.extend(network_verdict(
-                            a,
-                            service,
-                            service
-                                .placement
-                                .as_ref()
-                                .and_then(|k| k.connector.as_ref()),
-                            "connector",
-                        )?);
-                    }
-                }
+        .collect()
+}
+
+/// Whether `row` reaches column `col`, layer by layer.
+fn cell(
+    cfg: &MatrixInput,
+    network: Option<&Analysis>,
+    engine: &Engine,
+    row: &str,
+    col: &Column,
+) -> Result<Cell, MatrixError> {
+    let service = cfg
+        .services
+        .iter()
+        .find(|s| s.name == col.service)
+        .ok_or_else(|| MatrixError::Rules(format!("no service {}", col.service)))?;
+    let mut layers = Vec::new();
+    match &col.kind {
+        ColumnKind::Mesh { hostname } => {
+            layers.push(mesh_verdict(engine, row, hostname));
+            if let Some(a) = network {
+                layers.extend(network_verdict(
+                    a,
+                    service,
+                    service.placement.as_ref().and_then(|k| k.proxy.as_ref()),
+                    "proxy",
+                )?);
             }
-            line.push(Cell {
-                allow: layers.iter().all(|l| l.allow),
-                layers,
-            });
         }
-        cells.push(line);
+        ColumnKind::Public { hostname, path } => {
+            layers.push(edge_verdict(service, hostname, path)?);
+            if let Some(a) = network {
+                layers.extend(network_verdict(
+                    a,
+                    service,
+                    service
+                        .placement
+                        .as_ref()
+                        .and_then(|k| k.connector.as_ref()),
+                    "connector",
+                )?);
+            }
+        }
     }
-    Ok(Matrix {
-        rows,
-        columns,
-        cells,
+    Ok(Cell {
+        allow: layers.iter().all(|l| l.allow),
+        layers,
+    })
+}
+
+/// The edge's verdict on `GET hostname path`, by the service's path rules.
+fn edge_verdict(
+    service: &MatrixService,
+    hostname: &str,
+    path: &str,
+) -> Result<LayerVerdict, MatrixError> {
+    let public = service
+        .public
+        .as_ref()
+        .ok_or_else(|| MatrixError::Rules(format!("{hostname}: not public")))?;
+    let specs = &public.rules;
+    let rules = PathRules::new(specs, Action::Deny).map_err(|source| MatrixError::PathRules {
+        hostname: hostname.to_string(),
+        source,
+    })?;
+    let (action, by) = rules.decide_explained(&http::Method::GET, path);
+    let reason = match by {
+        Some(i) => format!(
+            "GET {hostname}{path}: rule {} {}",
+            specs[i].path,
+            if action == Action::Allow {
+                "allow"
+            } else {
+                "deny"
+            }
+        ),
+        None => format!("GET {hostname}{path}: no rule matches, default deny"),
+    };
+    Ok(LayerVerdict {
+        layer: Layer::Edge,
+        allow: action == Action::Allow,
+        reason,
     })
 }
 

@@ -511,8 +511,46 @@ impl RunningStack {
     pub fn summary(&self) -> String {
         let plan = &self.plan;
         let st = self.status();
+        let mesh_ca = plan.show(&self.state.mesh_ca());
+        let mut o = self.summary_places(&mesh_ca);
+        o.push('\n');
+        let mut rows = vec![vec![
+            "SERVICE".to_string(),
+            "PRIVATE URL".into(),
+            "PUBLIC URL".into(),
+        ]];
+        for s in &st.services {
+            rows.push(vec![
+                s.name.clone(),
+                s.private_url.clone().unwrap_or_else(|| "-".into()),
+                s.public_url.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        o.push_str(&status::render_table(&rows));
+        if st.services.iter().any(|s| s.private_url.is_some()) {
+            o.push_str(&self.summary_private(&st, &mesh_ca));
+        }
+        if let Some(p) = &self.live.public {
+            o.push_str(&self.summary_public(&st, p));
+        }
+        let default_state = std::env::current_dir()
+            .map(|d| d.join(".gatehouse"))
+            .is_ok_and(|d| d == plan.state);
+        o.push_str(&format!(
+            "\n`gatehouse status{}` shows who may reach what; Ctrl-C stops everything.\n",
+            if default_state {
+                String::new()
+            } else {
+                format!(" --state {}", plan.show(&self.state.root))
+            }
+        ));
+        o
+    }
+
+    /// The summary's first part: the network, and where its parts are.
+    fn summary_places(&self, mesh_ca: &str) -> String {
+        let plan = &self.plan;
         let show = |p: &std::path::Path| plan.show(p);
-        let mesh_ca = show(&self.state.mesh_ca());
         let mut o = format!(
             "gatehouse up: network {} from {}\n",
             plan.config.mesh_domain(),
@@ -552,81 +590,66 @@ impl RunningStack {
                 if p.ca_created { "created now; " } else { "" }
             ));
         }
-        o.push('\n');
-        let mut rows = vec![vec![
-            "SERVICE".to_string(),
-            "PRIVATE URL".into(),
-            "PUBLIC URL".into(),
-        ]];
-        for s in &st.services {
-            rows.push(vec![
-                s.name.clone(),
-                s.private_url.clone().unwrap_or_else(|| "-".into()),
-                s.public_url.clone().unwrap_or_else(|| "-".into()),
-            ]);
-        }
-        o.push_str(&status::render_table(&rows));
+        o
+    }
+
+    /// How to reach the private services: join a device, then curl
+    /// through its SOCKS5 proxy.
+    fn summary_private(&self, st: &StackStatus, mesh_ca: &str) -> String {
+        let plan = &self.plan;
+        let show = |p: &std::path::Path| plan.show(p);
         let socks = plan.listen.socks5;
-        if st.services.iter().any(|s| s.private_url.is_some()) {
-            o.push_str("\nPrivate services: join a device to the mesh");
-            match &self.user_key {
-                Some((user, key)) => {
-                    o.push_str(&format!(
-                        " as {user} (a one-off key, valid 24 h, in a file only you can read):\n  gatehouse node up --control '{}' --authkey file:{} --hostname laptop --state ./laptop --socks5 {socks}\n",
-                        self.join,
-                        plan.show(key)
-                    ));
-                }
-                None => o.push_str(&format!(
-                    " (the config has no users: add one with `gatehouse admin --state {} users add LOGIN` and mint a key with `keys create --user LOGIN`):\n  gatehouse node up --control '{}' --authkey KEY --hostname laptop --state ./laptop --socks5 {socks}\n",
-                    show(&self.state.control()),
-                    self.join
-                )),
-            }
-            if plan.config.users.len() > 1 {
+        let mut o = String::from("\nPrivate services: join a device to the mesh");
+        match &self.user_key {
+            Some((user, key)) => {
                 o.push_str(&format!(
-                    "  (keys for the other users: gatehouse admin --state {} keys create --user LOGIN)\n",
-                    show(&self.state.control())
+                    " as {user} (a one-off key, valid 24 h, in a file only you can read):\n  gatehouse node up --control '{}' --authkey file:{} --hostname laptop --state ./laptop --socks5 {socks}\n",
+                    self.join,
+                    plan.show(key)
                 ));
             }
-            o.push_str("then, from that device:\n");
-            for s in &st.services {
-                if let Some(u) = &s.private_url {
-                    o.push_str(&format!(
-                        "  curl --proxy socks5h://{socks} --cacert {mesh_ca} {u}\n"
-                    ));
-                }
+            None => o.push_str(&format!(
+                " (the config has no users: add one with `gatehouse admin --state {} users add LOGIN` and mint a key with `keys create --user LOGIN`):\n  gatehouse node up --control '{}' --authkey KEY --hostname laptop --state ./laptop --socks5 {socks}\n",
+                show(&self.state.control()),
+                self.join
+            )),
+        }
+        if plan.config.users.len() > 1 {
+            o.push_str(&format!(
+                "  (keys for the other users: gatehouse admin --state {} keys create --user LOGIN)\n",
+                show(&self.state.control())
+            ));
+        }
+        o.push_str("then, from that device:\n");
+        for s in &st.services {
+            if let Some(u) = &s.private_url {
+                o.push_str(&format!(
+                    "  curl --proxy socks5h://{socks} --cacert {mesh_ca} {u}\n"
+                ));
             }
         }
-        if let Some(p) = &self.live.public {
-            o.push_str("\nPublic services, through the edge:\n");
-            let port = p.edge.https.port();
-            let ip = public::reachable(p.edge.https).ip();
-            for s in &st.services {
-                if let (Some(u), Some(svc)) = (
-                    &s.public_url,
-                    plan.config.services.iter().find(|x| x.name == s.name),
-                ) && let Some(pubs) = &svc.public
-                {
-                    o.push_str(&format!(
-                        "  curl --resolve {}:{port}:{ip} --cacert {} {u}\n",
-                        pubs.hostname,
-                        show(&p.ca_cert)
-                    ));
-                }
+        o
+    }
+
+    /// How to reach the public services through the edge.
+    fn summary_public(&self, st: &StackStatus, p: &PublicTier) -> String {
+        let plan = &self.plan;
+        let mut o = String::from("\nPublic services, through the edge:\n");
+        let port = p.edge.https.port();
+        let ip = public::reachable(p.edge.https).ip();
+        for s in &st.services {
+            if let (Some(u), Some(svc)) = (
+                &s.public_url,
+                plan.config.services.iter().find(|x| x.name == s.name),
+            ) && let Some(pubs) = &svc.public
+            {
+                o.push_str(&format!(
+                    "  curl --resolve {}:{port}:{ip} --cacert {} {u}\n",
+                    pubs.hostname,
+                    plan.show(&p.ca_cert)
+                ));
             }
         }
-        let default_state = std::env::current_dir()
-            .map(|d| d.join(".gatehouse"))
-            .is_ok_and(|d| d == plan.state);
-        o.push_str(&format!(
-            "\n`gatehouse status{}` shows who may reach what; Ctrl-C stops everything.\n",
-            if default_state {
-                String::new()
-            } else {
-                format!(" --state {}", show(&self.state.root))
-            }
-        ));
         o
     }
 
