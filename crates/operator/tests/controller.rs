@@ -261,9 +261,15 @@ async fn five_hundred_ingresses_at_once() {
                 && a.resource != "leases"
         })
         .collect();
+    // 429 is the API server's priority and fairness asking a client to
+    // back off (on a loaded machine a watch can get one); the client waits
+    // and retries. Anything else is an error, and so would be more than a
+    // handful of 429s: a storm.
+    let throttled = audit.iter().filter(|a| a.code == 429).count();
+    assert!(throttled <= 10, "{throttled} requests throttled: a storm");
     let errors: Vec<_> = audit
         .iter()
-        .filter(|a| a.code >= 400 && a.code != 404)
+        .filter(|a| a.code >= 400 && a.code != 404 && a.code != 429)
         .collect();
     eprintln!(
         "{N} Ingresses applied in {took:?} (settled {:?} later): {} writes, {} requests, {} errors",
