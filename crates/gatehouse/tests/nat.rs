@@ -100,6 +100,10 @@ async fn paths_through_nat() {
     // Control stopped (and the relay it embeds): direct paths keep
     // working. Back on the same state: nodes reconnect to control and to
     // its relay, and relayed traffic resumes.
+    // (First the direct path again: after the move it may still be on the
+    // relay, until the moved site's next STUN and announcement.)
+    net.wait_via(0, 1, "direct ").await;
+    net.wait_via(1, 0, "direct ").await;
     let c = net.control.take().unwrap();
     drop(c);
     net.fetch_small(0, 1).await;
