@@ -14,7 +14,7 @@
 //!    relays (both nodes on public addresses, control with `--no-relay`).
 //!
 //! Run: `sudo cargo bench -p gatehouse --bench nat_paths` (256 MiB, 3
-//! rounds). Under `cargo test --benches` it runs once with 16 MiB,
+//! rounds; `-- --only first-byte` or `-- --only throughput` for one part). Under `cargo test --benches` it runs once with 16 MiB,
 //! checking every byte.
 
 #![allow(
@@ -95,6 +95,13 @@ fn main() {
         return;
     }
     let full = std::env::args().any(|a| a == "--bench");
+    // `-- --only first-byte` or `-- --only throughput` runs one part.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let part = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let (rounds, bytes) = if full {
         (3, natnet::BIG)
     } else {
@@ -107,6 +114,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         use NatKind::{EndpointIndependent as Eim, Public, Symmetric as Sym};
+        if part("first-byte") {
         println!("Time from `node up` to the first byte from a peer, and to a direct path");
         println!("| round | symmetric NATs: first byte (relay) | endpoint-independent NATs: first byte | direct path |");
         println!("|---|---|---|---|");
@@ -119,6 +127,10 @@ fn main() {
                 first.as_millis(),
                 direct.unwrap().as_millis()
             );
+        }
+        }
+        if !part("throughput") {
+            return;
         }
         println!();
         println!("One download of {} MiB, MiB/s", bytes >> 20);

@@ -311,6 +311,10 @@ impl Mesh {
                 if !report.reflexive.contains(&addr) {
                     report.reflexive.push(addr);
                 }
+                // Every region answered: no need to wait out the round.
+                if answered == regions {
+                    break;
+                }
             }
             if answered == regions || tokio::time::Instant::now() >= deadline {
                 break;
