@@ -150,10 +150,13 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
         // on this machine (whose other nodes are here too); control refuses
         // it from anywhere else.
         let local = client.control_is_local();
-        let mut body = self.plane.announcement();
-        body.endpoints
-            .retain(|ep| local || !ep.ip().to_canonical().is_loopback());
+        let plane = Arc::clone(&self.plane);
+        let turn = Arc::clone(&self.announcing);
         tokio::spawn(async move {
+            let _turn = turn.lock().await;
+            let mut body = plane.announcement();
+            body.endpoints
+                .retain(|ep| local || !ep.ip().to_canonical().is_loopback());
             if let Err(e) = client.set_endpoints(&body).await {
                 tracing::warn!(error = %e, "control: announcing endpoints");
             }

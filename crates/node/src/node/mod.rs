@@ -190,6 +190,10 @@ struct Inner<P: DataPlane> {
     serve: Option<Arc<ServeConfig>>,
     metrics: Arc<NodeMetrics>,
     control: Mutex<ControlStatus>,
+    /// Held while an announcement is sent: announcements go one at a
+    /// time, each with what is current when its turn comes, so an older
+    /// one never lands after a newer one.
+    announcing: Arc<tokio::sync::Mutex<()>>,
     renewals: AtomicU64,
     ready_tx: watch::Sender<bool>,
     cancel: CancellationToken,
@@ -517,6 +521,7 @@ where
     let (ready_tx, ready) = watch::channel(false);
     let cancel = CancellationToken::new();
     let inner = Arc::new(Inner {
+        announcing: Arc::new(tokio::sync::Mutex::new(())),
         control: Mutex::new(ControlStatus {
             url: identity.control.clone(),
             ..ControlStatus::default()
