@@ -31,11 +31,6 @@ pub const TRUST_DURATION: Duration = Duration::from_millis(6_500);
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 /// The least time between two discovery pings to one address.
 pub const DISCO_PING_INTERVAL: Duration = Duration::from_secs(5);
-/// A ping from an address not yet proven is answered by a ping back to it
-/// at once, unless one went there this recently: while a hole is being
-/// punched the first pings are lost, and waiting out
-/// [`DISCO_PING_INTERVAL`] would keep the path relayed for seconds.
-pub const PING_BACK_SPACING: Duration = Duration::from_millis(500);
 /// After this long without data sent to a peer, heartbeats stop; also the
 /// life of an address learned from the peer's own datagrams.
 pub const SESSION_ACTIVE: Duration = Duration::from_secs(45);

@@ -141,19 +141,11 @@ impl Core {
         self.push(from, pong, Some(key));
         if ping_back {
             // The address the ping came from is open now (its NAT let it
-            // through): ping it back at once, even if an earlier ping
-            // there (lost before the hole opened) was recent.
+            // through): ping it back at once, even though an earlier ping
+            // there (lost before the hole opened) may be recent. As many
+            // as the peer sends pings, to its own address: no more.
             if let Some(a) = from.direct() {
-                let recent = self
-                    .peers
-                    .get(&idx)
-                    .and_then(|p| p.paths.last_ping(a))
-                    .is_some_and(|t| {
-                        now.saturating_duration_since(t) < crate::path::PING_BACK_SPACING
-                    });
-                if !recent {
-                    self.send_disco_ping(idx, Path::Direct(a), None, now);
-                }
+                self.send_disco_ping(idx, Path::Direct(a), None, now);
             }
             self.discover(idx, now, false);
         }
