@@ -643,7 +643,14 @@ impl DataPlane for MeshPlane {
     fn announcement(&self) -> EndpointsRequest {
         let st = self.mesh.status();
         let mut endpoints = self.mesh.endpoints();
-        endpoints.extend(st.disco_endpoints.iter().copied());
+        // Reflexive addresses too, but never loopback or link-local ones (a
+        // relay on this machine sees the node at 127.0.0.1).
+        endpoints.extend(st.disco_endpoints.iter().copied().filter(|e| {
+            let ip = e.ip().to_canonical();
+            !ip.is_loopback()
+                && !matches!(ip, IpAddr::V4(v4) if v4.is_link_local())
+                && !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }));
         endpoints.sort();
         endpoints.dedup();
         EndpointsRequest {
