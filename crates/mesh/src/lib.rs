@@ -41,7 +41,9 @@ pub use crate::core::{
 };
 pub use crate::filter::{CompiledFilter, FilterCounters};
 pub use crate::path::{BestDirect, Path, PathSet};
-pub use crate::shell::{Mesh, MeshConnection, MeshStatus, NetReport, RELAY_QUEUE, RelayOut};
+pub use crate::shell::{
+    Mesh, MeshConnection, MeshStatus, NetReport, RELAY_QUEUE, RelayOut, announceable,
+};
 pub use crate::stack::MeshStream;
 
 use std::net::{IpAddr, SocketAddr};

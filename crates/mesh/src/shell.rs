@@ -473,6 +473,12 @@ impl Mesh {
         v
     }
 
+    /// The state of the peer holding mesh address `ip` (cheaper than
+    /// [`Mesh::status`] when one peer is wanted).
+    pub fn peer(&self, ip: IpAddr) -> Option<PeerStatus> {
+        lock(&self.shared.core).peer(ip)
+    }
+
     /// Per peer: path, last handshake, bytes; and the counters.
     pub fn status(&self) -> MeshStatus {
         let core = lock(&self.shared.core);
@@ -519,7 +525,7 @@ fn ping_error(e: PingError) -> io::Error {
 
 /// Whether an interface address may be announced to peers on other
 /// machines: not loopback, not link-local, not unspecified.
-fn announceable(ip: IpAddr) -> bool {
+pub fn announceable(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local() && !a.is_unspecified(),
         IpAddr::V6(a) => {

@@ -96,44 +96,46 @@ impl Core {
     /// Every peer's state, sorted by id.
     pub fn peers(&self) -> Vec<PeerStatus> {
         #[allow(clippy::disallowed_methods)] // sorted below
-        let mut v: Vec<PeerStatus> = self
-            .peers
-            .values()
-            .map(|p| {
-                let path = if p.last_handshake.is_none() {
-                    None
-                } else if p.paths.disco() {
-                    p.paths.for_data(self.now)
-                } else {
-                    p.paths.active()
-                };
-                let latency = match path {
-                    Some(Path::Direct(a)) => {
-                        p.paths.best().filter(|b| b.addr == a).map(|b| b.latency)
-                    }
-                    Some(Path::Relay(_)) => p.relay_latency,
-                    None => None,
-                };
-                PeerStatus {
-                    id: p.id.clone(),
-                    name: p.name.clone(),
-                    key: base64::engine::general_purpose::STANDARD.encode(p.key),
-                    addresses: p.addresses.clone(),
-                    path,
-                    candidates: p.paths.candidates().to_vec(),
-                    home_relay: p.paths.relay(),
-                    disco: p.paths.disco(),
-                    latency,
-                    reachable: p.reachable_since.is_some(),
-                    reachable_since: p.reachable_since,
-                    last_handshake: p.last_handshake,
-                    tx_bytes: p.tx_bytes,
-                    rx_bytes: p.rx_bytes,
-                    denied_syn: p.denied_syn,
-                }
-            })
-            .collect();
+        let mut v: Vec<PeerStatus> = self.peers.values().map(|p| self.status_of(p)).collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+
+    /// The state of the peer holding mesh address `ip`.
+    pub fn peer(&self, ip: IpAddr) -> Option<PeerStatus> {
+        let idx = self.by_ip.get(&ip)?;
+        self.peers.get(idx).map(|p| self.status_of(p))
+    }
+
+    fn status_of(&self, p: &super::PeerState) -> PeerStatus {
+        let path = if p.last_handshake.is_none() {
+            None
+        } else if p.paths.disco() {
+            p.paths.for_data(self.now)
+        } else {
+            p.paths.active()
+        };
+        let latency = match path {
+            Some(Path::Direct(a)) => p.paths.best().filter(|b| b.addr == a).map(|b| b.latency),
+            Some(Path::Relay(_)) => p.relay_latency,
+            None => None,
+        };
+        PeerStatus {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            key: base64::engine::general_purpose::STANDARD.encode(p.key),
+            addresses: p.addresses.clone(),
+            path,
+            candidates: p.paths.candidates().to_vec(),
+            home_relay: p.paths.relay(),
+            disco: p.paths.disco(),
+            latency,
+            reachable: p.reachable_since.is_some(),
+            reachable_since: p.reachable_since,
+            last_handshake: p.last_handshake,
+            tx_bytes: p.tx_bytes,
+            rx_bytes: p.rx_bytes,
+            denied_syn: p.denied_syn,
+        }
     }
 }

@@ -593,12 +593,7 @@ impl DataPlane for MeshPlane {
         }
         // A peer no path reaches (no relay, no endpoint) is refused at once
         // instead of after the connect timeout.
-        let peer = self
-            .mesh
-            .status()
-            .peers
-            .into_iter()
-            .find(|p| p.addresses.contains(&dst.ip()));
+        let peer = self.mesh.peer(dst.ip());
         if let Some(p) = &peer
             && p.candidates.is_empty()
             && p.path.is_none()
@@ -645,12 +640,12 @@ impl DataPlane for MeshPlane {
         let mut endpoints = self.mesh.endpoints();
         // Reflexive addresses too, but never loopback or link-local ones (a
         // relay on this machine sees the node at 127.0.0.1).
-        endpoints.extend(st.disco_endpoints.iter().copied().filter(|e| {
-            let ip = e.ip().to_canonical();
-            !ip.is_loopback()
-                && !matches!(ip, IpAddr::V4(v4) if v4.is_link_local())
-                && !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
-        }));
+        endpoints.extend(
+            st.disco_endpoints
+                .iter()
+                .copied()
+                .filter(|e| gatehouse_mesh::announceable(e.ip().to_canonical())),
+        );
         endpoints.sort();
         endpoints.dedup();
         EndpointsRequest {
@@ -750,12 +745,15 @@ impl DataPlane for MeshPlane {
                         .collect()
                 })
                 .unwrap_or_default(),
-            reflexive: st
-                .disco_endpoints
-                .iter()
-                .filter(|e| !self.mesh.endpoints().contains(e))
-                .copied()
-                .collect(),
+            reflexive: {
+                // The interfaces are read once, not per address.
+                let local = self.mesh.endpoints();
+                st.disco_endpoints
+                    .iter()
+                    .filter(|e| !local.contains(e))
+                    .copied()
+                    .collect()
+            },
         }
     }
 
