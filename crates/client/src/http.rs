@@ -323,6 +323,7 @@ pub(crate) async fn join_mesh(
         machine_csr: pending.machine_csr()?,
         serving_csr: pending.serving_csr()?,
         shared_name,
+        version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let resp = register(join, ca_pem, &req).await?;
     Ok(pending.complete(&join.url(), resp))

@@ -516,6 +516,14 @@ impl Hub {
         st.peer_changed(id);
     }
 
+    /// Records what a node runs (shown to administrators; peers do not
+    /// see it).
+    pub fn set_client(&self, id: &str, client: crate::store::ClientInfo) {
+        if let Some(e) = self.lock().nodes.get_mut(id) {
+            e.row.client = client;
+        }
+    }
+
     /// Replaces the relay map; every stream gets it.
     pub fn set_relays(&self, relays: RelayMap) {
         let mut st = self.lock();

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod admission;
 mod audit;
 mod auth;
 pub mod ca;
@@ -24,6 +25,8 @@ pub mod relay;
 pub mod secret;
 mod server;
 pub mod store;
+mod stream;
+mod tailscale;
 
 use crate::ca::MeshCa;
 use crate::hub::Hub;
@@ -192,6 +195,8 @@ pub(crate) struct App {
     /// Set when control is shutting down: map streams tell their nodes to
     /// come back soon, then end.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Control's Noise key (Tailscale's control protocol).
+    pub noise_key: tailscale::MachinePrivateKey,
 }
 
 /// What the first start created and how to reach control.
@@ -248,6 +253,11 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
         relay::RelayMode::Embedded { .. } => Some(relay::load_or_create_key(&config.state_dir)?),
         _ => None,
     };
+    let noise_key = tailscale::MachinePrivateKey::from_bytes(state_key(
+        &config.state_dir,
+        tailscale::KEY_FILE,
+        || tailscale::MachinePrivateKey::generate().to_bytes(),
+    )?);
     let app = Arc::new_cyclic(|me: &std::sync::Weak<App>| {
         let relay = relay_key.and_then(|key| relay::embedded(key, me.clone()));
         App {
@@ -261,6 +271,7 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
             policy_lock: tokio::sync::Mutex::new(()),
             register_lock: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::Sender::new(false),
+            noise_key,
         }
     });
     let running = server::serve(Arc::clone(&app)).await?;
@@ -279,6 +290,37 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
             admin_token_file: token_file,
         },
     ))
+}
+
+/// A 32-byte private key kept in the state directory as hex (owner only),
+/// created by `generate` on first start.
+pub(crate) fn state_key(
+    state_dir: &Path,
+    file: &str,
+    generate: impl FnOnce() -> [u8; 32],
+) -> Result<[u8; 32], ControlError> {
+    let path = state_dir.join(file);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => hex::decode(text.trim())
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| {
+                ControlError::State(format!(
+                    "{} does not hold a 32-byte hex key",
+                    path.display()
+                ))
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = generate();
+            crate::ca::write_private(&path, &hex::encode(key))
+                .map_err(io_err(format!("writing {}", path.display())))?;
+            Ok(key)
+        }
+        Err(source) => Err(ControlError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        }),
+    }
 }
 
 /// Creates the state directory, owner only: the database holds credential

@@ -139,36 +139,14 @@ pub fn check_map(map: &RelayMap) -> Result<(), String> {
     Ok(())
 }
 
-/// The embedded relay's key: kept in the state directory (owner only) so
-/// clients see the same relay across restarts.
+/// The embedded relay's private key, kept in the state directory.
 pub(crate) fn load_or_create_key(
     state_dir: &std::path::Path,
 ) -> Result<gatehouse_relay::PrivateKey, crate::ControlError> {
-    let path = state_dir.join("relay.key");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes: [u8; 32] = hex::decode(text.trim())
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| {
-                    crate::ControlError::State(format!(
-                        "{} does not hold a 32-byte hex key",
-                        path.display()
-                    ))
-                })?;
-            Ok(gatehouse_relay::PrivateKey::from_bytes(bytes))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = gatehouse_relay::PrivateKey::generate();
-            crate::ca::write_private(&path, &hex::encode(key.to_bytes()))
-                .map_err(crate::io_err(format!("writing {}", path.display())))?;
-            Ok(key)
-        }
-        Err(e) => Err(crate::ControlError::Io {
-            what: format!("reading {}", path.display()),
-            source: e,
-        }),
-    }
+    crate::state_key(state_dir, "relay.key", || {
+        gatehouse_relay::PrivateKey::generate().to_bytes()
+    })
+    .map(gatehouse_relay::PrivateKey::from_bytes)
 }
 
 /// Control's embedded relay: it admits the nodes that are in the mesh now

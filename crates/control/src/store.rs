@@ -116,7 +116,47 @@ INSERT INTO tagged_names (name, tags, since)
   SELECT service, tags, created_at FROM nodes WHERE service IS NOT NULL AND tags <> '[]' ON CONFLICT DO NOTHING
 ",
     ),
+    (
+        4,
+        // Which client a node runs (JSON `ClientInfo`; NULL: a Gatehouse
+        // node registered before this was recorded).
+        "ALTER TABLE nodes ADD COLUMN client TEXT;",
+    ),
 ];
+
+/// The protocol a node speaks to control.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientKind {
+    /// `gatehouse node` (the native protocol, a machine certificate).
+    #[default]
+    Gatehouse,
+    /// A Tailscale client (Tailscale's control protocol, a machine key).
+    Tailscale,
+}
+
+impl std::fmt::Display for ClientKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientKind::Gatehouse => "gatehouse",
+            ClientKind::Tailscale => "tailscale",
+        })
+    }
+}
+
+/// What a node runs, as it last said.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClientInfo {
+    /// The protocol it speaks.
+    #[serde(default)]
+    pub kind: ClientKind,
+    /// Its operating system (`linux`, `macOS`, `iOS`, …), if it said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os: String,
+    /// Its client's version, if it said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+}
 
 /// A stored node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +175,8 @@ pub struct NodeRow {
     pub ipv6: String,
     /// WireGuard public key (base64).
     pub wg_key: String,
-    /// SHA-256 of the machine certificate.
+    /// The machine's credential: the SHA-256 of its machine certificate
+    /// (hex), or `mkey:` and its machine key (Tailscale's control protocol).
     pub cert_fingerprint: String,
     /// Current serving certificate (PEM).
     pub serving_cert: String,
@@ -153,6 +194,8 @@ pub struct NodeRow {
     pub last_seen: Option<i64>,
     /// The shared name it serves with other replicas.
     pub service: Option<String>,
+    /// What it runs.
+    pub client: ClientInfo,
 }
 
 /// A stored pre-auth key.
@@ -400,6 +443,15 @@ impl Store {
             key_expiry: r.try_get("key_expiry")?,
             last_seen: r.try_get("last_seen")?,
             service: r.try_get("service")?,
+            client: match r.try_get::<Option<String>, _>("client")? {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|source| StoreError::Corrupt {
+                        column: "client",
+                        source,
+                    })?
+                }
+                None => ClientInfo::default(),
+            },
         })
     }
 
@@ -429,8 +481,8 @@ impl Store {
             return Ok(false);
         }
         sqlx::query(
-            "INSERT INTO nodes (id, name, user_login, tags, ipv4, ipv6, wg_key, cert_fingerprint, serving_cert, endpoints, ephemeral, auth_key_id, created_at, key_expiry, last_seen, service)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            "INSERT INTO nodes (id, name, user_login, tags, ipv4, ipv6, wg_key, cert_fingerprint, serving_cert, endpoints, ephemeral, auth_key_id, created_at, key_expiry, last_seen, service, client)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(&node.id)
         .bind(&node.name)
@@ -448,6 +500,7 @@ impl Store {
         .bind(node.key_expiry)
         .bind(node.last_seen)
         .bind(node.service.clone())
+        .bind(serde_json::to_string(&node.client).unwrap_or_default())
         .execute(&mut *tx)
         .await?;
         if !node.tags.is_empty() {
@@ -494,6 +547,16 @@ impl Store {
             .await?
             .rows_affected();
         Ok(n == 1)
+    }
+
+    /// Records what a node runs.
+    pub async fn set_client(&self, id: &str, client: &ClientInfo) -> Result<()> {
+        sqlx::query("UPDATE nodes SET client = $2 WHERE id = $1")
+            .bind(id)
+            .bind(serde_json::to_string(client).unwrap_or_default())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Replaces a node's endpoints.

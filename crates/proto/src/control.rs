@@ -25,6 +25,9 @@ pub struct RegisterRequest {
     /// node holding that name must have the same tags).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared_name: bool,
+    /// The node's software version (shown to administrators).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 /// Response to a registration.

@@ -21,6 +21,7 @@ pub mod origin;
 pub mod pki;
 pub mod process;
 pub mod roles;
+pub mod ts_light;
 pub mod wsgi;
 
 pub use control::{DEADLINE, LightNode, TestControl, config};

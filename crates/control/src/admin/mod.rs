@@ -92,6 +92,7 @@ pub(crate) fn router(app: Arc<App>) -> axum::Router {
                 async move { ([(header::CONTENT_TYPE, "application/json")], body) }
             }),
         )
+        .merge(crate::tailscale::routes(axum::Router::new()))
         .fallback(|| async { ApiErr::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),

@@ -1,0 +1,183 @@
+//! `/machine/register`: a Tailscale client registers its node key with a
+//! pre-auth key, asks whether it is still authorised, or logs out (an
+//! expiry in the past).
+
+use super::mapper;
+use super::session::Session;
+use crate::App;
+use crate::admission::{self, Admitted, Candidate, Credential};
+use crate::audit::audit;
+use crate::error::ApiErr;
+use crate::store::{ClientInfo, ClientKind, NodeRow};
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use gatehouse_tailcfg::{RegisterRequest, RegisterResponse};
+use std::sync::Arc;
+
+/// Longest pre-auth key text accepted (as the native API).
+const MAX_AUTH_KEY: usize = 256;
+
+pub(crate) async fn register(
+    State(app): State<Arc<App>>,
+    Extension(session): Extension<Session>,
+    body: Bytes,
+) -> Response {
+    match handle(&app, &session, &body).await {
+        Ok(resp) => axum::Json(resp).into_response(),
+        Err(e) => {
+            tracing::info!(remote = %session.remote, machine = %session.machine_key, error = %e, "ts2021: registration refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn handle(app: &App, session: &Session, body: &[u8]) -> Result<RegisterResponse, ApiErr> {
+    let req: RegisterRequest =
+        serde_json::from_slice(body).map_err(|e| ApiErr::bad(format!("register request: {e}")))?;
+    super::check_version(req.version)?;
+    if req.node_key.is_zero() {
+        return Err(ApiErr::bad("register request without a node key"));
+    }
+    let wg_key = base64::engine::general_purpose::STANDARD.encode(req.node_key.as_bytes());
+    let now = app.now();
+    if let Some(node) = app.hub.node_by_fingerprint(&session.credential()) {
+        return known_machine(app, session, &req, node, &wg_key, now).await;
+    }
+    if app.hub.has_wireguard_key(&wg_key) {
+        // The node key belongs to a node another machine registered.
+        return Err(ApiErr::unauthorized(
+            "this node key is registered by another machine",
+        ));
+    }
+    if let Some(e) = logout_expiry(&req, now) {
+        return Err(e);
+    }
+    let auth_key = req.auth.as_ref().map_or("", |a| a.auth_key.as_str());
+    if auth_key.is_empty() {
+        return Err(ApiErr::unauthorized(
+            "this network needs a pre-auth key: tailscale up --authkey=… (interactive sign-in is not enabled)",
+        ));
+    }
+    if auth_key.len() > MAX_AUTH_KEY {
+        return Err(ApiErr::bad("auth key is too long"));
+    }
+    let hostinfo = req.hostinfo.clone().unwrap_or_default();
+    let hostname = hostname_of(&hostinfo.hostname)?;
+    let candidate = Candidate {
+        auth_key,
+        hostname: &hostname,
+        shared_name: false,
+        wg_key: &wg_key,
+        credential: Credential::MachineKey(session.credential()),
+        client: client_info(&hostinfo),
+    };
+    let Admitted { row, .. } = admission::register(app, candidate).await?;
+    tracing::info!(node = %row.id, name = %row.name, remote = %session.remote, "ts2021: node registered");
+    Ok(authorized(&row, now))
+}
+
+/// A registration from a machine control knows: the same node key asking
+/// again, a logout, or a new node key (re-authentication, refused for now:
+/// delete the node and register again).
+async fn known_machine(
+    app: &App,
+    session: &Session,
+    req: &RegisterRequest,
+    node: NodeRow,
+    wg_key: &str,
+    now: i64,
+) -> Result<RegisterResponse, ApiErr> {
+    let wants_logout = req.expiry.is_some_and(|t| t.unix_timestamp() <= now);
+    if node.wg_key != wg_key && (node.wg_key != old_key(req) || wants_logout) {
+        return Err(ApiErr::unauthorized(
+            "this machine registered another node key: log out and register again",
+        ));
+    }
+    if wants_logout {
+        let actor = format!("node:{}", node.id);
+        if node.ephemeral {
+            app.store.delete_node(&node.id).await?;
+            app.hub.remove_node(&node.id);
+            audit(
+                app,
+                &actor,
+                "node.delete",
+                &node.id,
+                true,
+                "logged out (ephemeral)",
+            )
+            .await;
+        } else {
+            app.store.set_key_expiry(&node.id, now).await?;
+            app.hub.expire_node(&node.id, now);
+            audit(app, &actor, "node.expire", &node.id, true, "logged out").await;
+        }
+        tracing::info!(node = %node.id, remote = %session.remote, "ts2021: node logged out");
+        return Ok(RegisterResponse {
+            node_key_expired: true,
+            ..RegisterResponse::default()
+        });
+    }
+    if node.wg_key != wg_key {
+        return Err(ApiErr::unauthorized(
+            "node key rotation is not supported yet: log out and register again",
+        ));
+    }
+    if node.key_expiry <= now {
+        return Ok(RegisterResponse {
+            node_key_expired: true,
+            ..RegisterResponse::default()
+        });
+    }
+    Ok(authorized(&node, now))
+}
+
+fn old_key(req: &RegisterRequest) -> String {
+    base64::engine::general_purpose::STANDARD.encode(req.old_node_key.as_bytes())
+}
+
+/// A logout of a node control does not know: nothing to do.
+fn logout_expiry(req: &RegisterRequest, now: i64) -> Option<ApiErr> {
+    req.expiry
+        .filter(|t| t.unix_timestamp() <= now)
+        .map(|_| ApiErr::unauthorized("no such node to log out"))
+}
+
+fn authorized(row: &NodeRow, _now: i64) -> RegisterResponse {
+    let (user, login) = mapper::owner(row.user.as_deref(), !row.tags.is_empty());
+    RegisterResponse {
+        user,
+        login,
+        machine_authorized: true,
+        ..RegisterResponse::default()
+    }
+}
+
+/// The host name a device asks for: its `Hostinfo.Hostname`, bounded as
+/// the native API bounds it.
+fn hostname_of(h: &str) -> Result<String, ApiErr> {
+    let h = h.trim();
+    if h.len() > 255 || h.chars().any(char::is_control) {
+        return Err(ApiErr::bad(
+            "hostname must be at most 255 characters, without control characters",
+        ));
+    }
+    Ok(if h.is_empty() {
+        "device".into()
+    } else {
+        h.into()
+    })
+}
+
+/// What a Tailscale client says it runs.
+pub(super) fn client_info(h: &gatehouse_tailcfg::Hostinfo) -> ClientInfo {
+    let clean = |s: &str| -> String { s.chars().filter(|c| !c.is_control()).take(64).collect() };
+    ClientInfo {
+        kind: ClientKind::Tailscale,
+        os: clean(&h.os),
+        version: clean(&h.ipn_version),
+    }
+}

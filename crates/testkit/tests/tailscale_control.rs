@@ -1,0 +1,168 @@
+//! Tailscale's control protocol on control, message by message, with a
+//! light Tailscale-protocol client beside native light nodes: both kinds
+//! register with the same keys, see each other in their maps, follow
+//! policy changes through the same incremental path, and bad input changes
+//! nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use gatehouse_testkit::control::TestControl;
+use gatehouse_testkit::ts_light::{self, TsLight};
+use gatehouse_ts2021::MachinePrivateKey;
+
+fn addr(c: &TestControl) -> String {
+    format!("127.0.0.1:{}", c.join.port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tailscale_and_native_nodes_are_peers_under_one_policy() {
+    let c = TestControl::start().await;
+    c.admin.create_user("alice@example.com").await.unwrap();
+    let key = c.key(Some("alice@example.com"), &[], true).await;
+    let mut native = c.node(&key, "laptop").await.unwrap();
+    let mut phone = TsLight::join(&addr(&c), &c.ca, &key, "phone")
+        .await
+        .unwrap();
+
+    // The starter policy: a person reaches their own devices.
+    phone
+        .wait_until("the native node as a peer", |v| {
+            v.peer_names() == vec!["laptop".to_string()]
+        })
+        .await
+        .unwrap();
+    native.wait_peers(&["phone"]).await;
+    let view = phone.view();
+    let me = view.node.clone().unwrap();
+    assert_eq!(me.name, "phone.test.gatehouse.internal.");
+    assert_eq!(phone.registered.login.login_name, "alice@example.com");
+    let laptop = view.peers.values().next().unwrap().clone();
+    assert_eq!(laptop.name, "laptop.test.gatehouse.internal.");
+    assert_eq!(laptop.user, me.user, "both are alice's");
+    // The phone's filter admits the laptop's addresses (autogroup:self).
+    let laptop_v4 = laptop.addresses[0].addr().to_string();
+    assert!(
+        view.filter
+            .iter()
+            .any(|r| r.src_ips.iter().any(|s| s.starts_with(&laptop_v4))),
+        "{:?}",
+        view.filter
+    );
+    let listed = c.admin.nodes().await.unwrap();
+    assert_eq!(listed.len(), 2);
+
+    // A policy that grants nothing: both lose each other, and the filter
+    // empties, without reconnecting.
+    c.admin
+        .set_policy(r#"{"tagOwners": {"tag:k8s-operator": [], "tag:k8s": ["tag:k8s-operator"]}}"#)
+        .await
+        .unwrap();
+    phone
+        .wait_until("no peers, empty filter", |v| {
+            v.peers.is_empty() && v.filter.is_empty()
+        })
+        .await
+        .unwrap();
+    native.wait_peers(&[]).await;
+    // And back.
+    c.admin
+        .set_policy(gatehouse_control::STARTER_POLICY)
+        .await
+        .unwrap();
+    phone
+        .wait_until("the laptop again", |v| {
+            v.peer_names() == vec!["laptop".to_string()]
+        })
+        .await
+        .unwrap();
+    native.wait_peers(&["phone"]).await;
+    assert!(!phone.view().closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_stores_nothing() {
+    let c = TestControl::start().await;
+    let a = addr(&c);
+    let before = c.admin.nodes().await.unwrap().len();
+
+    // A wrong pre-auth key.
+    let e = TsLight::join(&a, &c.ca, "gh-authkey-000000000000-bad", "x")
+        .await
+        .unwrap_err();
+    assert!(e.contains("401") && e.contains("invalid auth key"), "{e}");
+
+    // A client older than the oldest supported capability version.
+    let server = ts_light::server_key(&a, &c.ca).await.unwrap();
+    let e = ts_light::open_session(&a, &c.ca, &MachinePrivateKey::generate(), server, 100)
+        .await
+        .unwrap_err();
+    assert!(e.contains("/ts2021: 400") || e.contains("handshake"), "{e}");
+
+    // A handshake addressed to another server key fails to authenticate.
+    let wrong = MachinePrivateKey::generate().public();
+    let e = ts_light::open_session(&a, &c.ca, &MachinePrivateKey::generate(), wrong, 130)
+        .await
+        .unwrap_err();
+    assert!(e.contains("handshake"), "{e}");
+
+    // A map request from a machine that never registered.
+    let mut s = ts_light::open_session(&a, &c.ca, &MachinePrivateKey::generate(), server, 130)
+        .await
+        .unwrap();
+    let req = gatehouse_tailcfg::MapRequest {
+        version: 130,
+        node_key: ts_light::random_node_key(),
+        stream: true,
+        ..Default::default()
+    };
+    let (status, body) = ts_light::post(&mut s, "/machine/map", &req).await.unwrap();
+    assert_eq!(status, 401, "{}", ts_light::text(body).await);
+
+    // Bad JSON, and an unknown path, on a good session.
+    let (status, _) = ts_light::post(&mut s, "/machine/register", &"not a request")
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    let (status, _) = ts_light::post(&mut s, "/machine/set-dns", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 501);
+
+    assert_eq!(c.admin.nodes().await.unwrap().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_cannot_speak_for_another_machines_node() {
+    let c = TestControl::start().await;
+    let a = addr(&c);
+    c.admin.create_user("alice@example.com").await.unwrap();
+    let key = c.key(Some("alice@example.com"), &[], true).await;
+    let phone = TsLight::join(&a, &c.ca, &key, "phone").await.unwrap();
+    let server = ts_light::server_key(&a, &c.ca).await.unwrap();
+    // Another machine presents the phone's node key.
+    let mut s = ts_light::open_session(&a, &c.ca, &MachinePrivateKey::generate(), server, 130)
+        .await
+        .unwrap();
+    let req = gatehouse_tailcfg::RegisterRequest {
+        version: 130,
+        node_key: phone.node_key,
+        auth: Some(gatehouse_tailcfg::RegisterAuth {
+            auth_key: key.clone(),
+        }),
+        ..Default::default()
+    };
+    let (status, body) = ts_light::post(&mut s, "/machine/register", &req)
+        .await
+        .unwrap();
+    let text = ts_light::text(body).await;
+    assert!(status == 401 || status == 409, "{status} {text}");
+    let map = gatehouse_tailcfg::MapRequest {
+        version: 130,
+        node_key: phone.node_key,
+        stream: true,
+        ..Default::default()
+    };
+    let (status, _) = ts_light::post(&mut s, "/machine/map", &map).await.unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(c.admin.nodes().await.unwrap().len(), 1);
+}
