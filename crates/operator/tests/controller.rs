@@ -17,6 +17,10 @@ use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// 500 Ingresses at once load both cores for minutes: that test runs
+/// alone, the others side by side.
+static ALONE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn settings(s: &mut gatehouse_operator::Settings) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -79,6 +83,7 @@ async fn holder(env: &Real) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_leader_through_a_real_lease() {
+    let _side_by_side = ALONE.read().await;
     let env = Real::own("lease", false, settings).await;
     let ns = env.ns.clone();
     let a = env.replica("replica-a").await;
@@ -120,6 +125,7 @@ async fn two_replicas_one_leader_through_a_real_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_lost_under_the_operator_and_it_recreates_what_it_owns() {
+    let _side_by_side = ALONE.read().await;
     let env = Real::own("lost", true, settings).await;
     let ns = env.ns.clone();
     let op = env.replica("op").await;
@@ -178,6 +184,7 @@ async fn storage_lost_under_the_operator_and_it_recreates_what_it_owns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumed_too_late_relists_and_misses_nothing() {
+    let _side_by_side = ALONE.read().await;
     let env = Real::own("late", false, settings).await;
     let ns = env.ns.clone();
     // Without leader election (`--lease none`): the watches' own recovery.
@@ -221,6 +228,7 @@ async fn a_watch_resumed_too_late_relists_and_misses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_ingresses_at_once() {
+    let _alone = ALONE.write().await;
     const N: usize = 500;
     let env = Real::own("many", false, settings).await;
     let ns = env.ns.clone();
@@ -251,7 +259,7 @@ async fn five_hundred_ingresses_at_once() {
     .await;
     let took = start.elapsed();
     let settle = Instant::now();
-    wait_for("writes settle", Duration::from_secs(120), || async {
+    wait_for("writes settle", Duration::from_secs(300), || async {
         let before = env.server.audit_of(&user).len();
         tokio::time::sleep(Duration::from_secs(2)).await;
         (env.server.audit_of(&user).len() == before).then_some(())
@@ -354,6 +362,7 @@ fn granted() -> (Vec<Grant>, Vec<Grant>) {
 /// than they hold).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_grants_exactly_what_the_operator_uses() {
+    let _side_by_side = ALONE.read().await;
     let env = Real::own("rbac", false, settings).await;
     let ns = env.ns.clone();
     let op = env.replica("op").await;
