@@ -314,8 +314,8 @@ async fn nodes(api: &AdminClient, cmd: NodesCmd, json: bool) -> Result<()> {
                 return print_json(&nodes);
             }
             println!(
-                "{:<24} {:<16} {:<28} {:<8} OWNER",
-                "NAME", "ID", "ADDRESSES", "ONLINE"
+                "{:<24} {:<16} {:<28} {:<8} {:<28} OWNER",
+                "NAME", "ID", "ADDRESSES", "ONLINE", "CLIENT"
             );
             for n in nodes {
                 let addrs: Vec<String> = n.node.addresses.iter().map(ToString::to_string).collect();
@@ -324,12 +324,19 @@ async fn nodes(api: &AdminClient, cmd: NodesCmd, json: bool) -> Result<()> {
                 } else {
                     n.node.tags.join(",")
                 };
+                let client = [n.client.as_str(), n.os.as_str(), n.version.as_str()]
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 println!(
-                    "{:<24} {:<16} {:<28} {:<8} {}",
+                    "{:<24} {:<16} {:<28} {:<8} {:<28} {}",
                     n.node.name,
                     n.node.id,
                     addrs.first().cloned().unwrap_or_default(),
                     if n.online { "yes" } else { "no" },
+                    client,
                     owner
                 );
             }

@@ -357,6 +357,15 @@ pub struct NodeInfo {
     pub online: bool,
     /// Whether it is removed when it goes offline.
     pub ephemeral: bool,
+    /// The protocol it speaks to control: `gatehouse` or `tailscale`.
+    #[serde(default)]
+    pub client: String,
+    /// Its operating system, as it said (empty: unknown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os: String,
+    /// Its client's version, as it said (empty: unknown).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 /// Admin API: create a pre-auth key.

@@ -48,8 +48,34 @@ async fn tailscale_and_native_nodes_are_peers_under_one_policy() {
         "{:?}",
         view.filter
     );
+    // Administrators see which client each device runs.
     let listed = c.admin.nodes().await.unwrap();
-    assert_eq!(listed.len(), 2);
+    let kinds: Vec<(String, String, String, String)> = listed
+        .iter()
+        .map(|n| {
+            (
+                n.node.name.clone(),
+                n.client.clone(),
+                n.os.clone(),
+                n.version.clone(),
+            )
+        })
+        .collect();
+    assert!(
+        kinds.contains(&(
+            "phone".into(),
+            "tailscale".into(),
+            "linux".into(),
+            "light".into()
+        )),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|(name, kind, _, version)| name == "laptop"
+            && kind == "gatehouse"
+            && version == env!("CARGO_PKG_VERSION")),
+        "{kinds:?}"
+    );
 
     // A policy that grants nothing: both lose each other, and the filter
     // empties, without reconnecting.

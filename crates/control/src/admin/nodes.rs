@@ -13,16 +13,17 @@ use std::sync::Arc;
 type AppState = State<Arc<App>>;
 
 fn node_info(
-    app: &App,
     (peer, row, online): (gatehouse_proto::control::Peer, crate::store::NodeRow, bool),
 ) -> NodeInfo {
-    let _ = app;
     NodeInfo {
         node: peer,
         created_at: row.created_at,
         last_seen: row.last_seen,
         online,
         ephemeral: row.ephemeral,
+        client: row.client.kind.to_string(),
+        os: row.client.os,
+        version: row.client.version,
     }
 }
 
@@ -33,13 +34,7 @@ pub(crate) async fn list_nodes(
     caller: Caller,
 ) -> ApiResult<Json<Vec<NodeInfo>>> {
     caller.require("devices:read")?;
-    Ok(Json(
-        app.hub
-            .list()
-            .into_iter()
-            .map(|n| node_info(&app, n))
-            .collect(),
-    ))
+    Ok(Json(app.hub.list().into_iter().map(node_info).collect()))
 }
 
 #[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes",
@@ -55,7 +50,7 @@ pub(crate) async fn get_node(
         .list()
         .into_iter()
         .find(|(p, _, _)| p.id == id || p.name == id)
-        .map(|n| Json(node_info(&app, n)))
+        .map(|n| Json(node_info(n)))
         .ok_or_else(|| ApiErr::not_found(format!("no node {id}")))
 }
 
