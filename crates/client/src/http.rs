@@ -6,9 +6,9 @@ use crate::join::{Join, JoinError};
 use crate::tls;
 use bytes::Bytes;
 use gatehouse_proto::control::{
-    AdminToken, ApiError, AuditEntry, CreateKey, CreateOAuthClient, CreateUser, EndpointsRequest,
-    KeyInfo, MapMessage, NodeInfo, OAuthClientInfo, RegisterRequest, RegisterResponse,
-    RenewRequest, RenewResponse, TokenResponse, User,
+    AdminToken, ApiError, ApproveDevice, AuditEntry, CreateKey, CreateOAuthClient, CreateUser,
+    EndpointsRequest, KeyInfo, MapMessage, NodeInfo, OAuthClientInfo, PendingDevice,
+    RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, TokenResponse, User,
 };
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
@@ -531,6 +531,20 @@ impl AdminClient {
         )
         .await?;
         Ok(())
+    }
+
+    /// Devices waiting for approval.
+    pub async fn registrations(&self) -> Result<Vec<PendingDevice>, ClientError> {
+        self.get("/api/v1/registrations").await
+    }
+
+    /// Approves the device waiting under `code` for `user`.
+    pub async fn approve(&self, code: &str, user: &str) -> Result<NodeInfo, ClientError> {
+        self.post(
+            &format!("/api/v1/registrations/{}/approve", enc(code)),
+            &ApproveDevice { user: user.into() },
+        )
+        .await
     }
 
     /// Pre-auth keys.

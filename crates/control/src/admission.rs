@@ -34,10 +34,24 @@ fn refused(actor: &str, err: ApiErr) -> Refusal {
     }
 }
 
+/// Who lets a node in.
+pub(crate) enum Authority<'a> {
+    /// A pre-auth key (its text).
+    Key(&'a str),
+    /// An administrator approving a device that asked interactively: the
+    /// node belongs to `user`.
+    Approval {
+        /// The administrator, as the audit log names them.
+        actor: String,
+        /// The person the device belongs to.
+        user: String,
+    },
+}
+
 /// What a new node asks for, whatever protocol it speaks.
 pub(crate) struct Candidate<'a> {
-    /// The pre-auth key text.
-    pub auth_key: &'a str,
+    /// Who lets it in.
+    pub authority: Authority<'a>,
     /// The host name it asks for.
     pub hostname: &'a str,
     /// Whether it asks to share `hostname` with other replicas.
@@ -99,18 +113,58 @@ pub(crate) async fn register(app: &App, c: Candidate<'_>) -> Result<Admitted, Ap
     }
 }
 
+/// What a node gets: its owner or tags, and what it spends.
+struct Grant {
+    user: Option<String>,
+    tags: Vec<String>,
+    ephemeral: bool,
+    /// The pre-auth key to spend one use of.
+    key_id: Option<String>,
+    /// Who the audit log names.
+    actor: String,
+}
+
 async fn admit(app: &App, c: Candidate<'_>) -> Result<Admitted, Refusal> {
-    let (key, actor) = check_key(app, &c).await?;
+    let grant = match &c.authority {
+        Authority::Key(text) => check_key(app, text, &c).await?,
+        Authority::Approval { actor, user } => check_approval(app, actor, user, &c).await?,
+    };
     let _serial = app.register_lock.lock().await;
-    store_node(app, c, &key, &actor).await
+    store_node(app, c, grant).await
+}
+
+/// An administrator's approval: the user must exist, and the name must not
+/// be reserved for tagged nodes.
+async fn check_approval(
+    app: &App,
+    actor: &str,
+    user: &str,
+    c: &Candidate<'_>,
+) -> Result<Grant, Refusal> {
+    if !app.store.user_exists(user).await? {
+        return Err(refused(
+            actor,
+            ApiErr::bad(format!("no user {user}; create it first")),
+        ));
+    }
+    if let Some(err) = reserved_for_tags(app, c.hostname).await? {
+        return Err(refused(actor, err));
+    }
+    Ok(Grant {
+        user: Some(user.to_string()),
+        tags: Vec::new(),
+        ephemeral: false,
+        key_id: None,
+        actor: actor.to_string(),
+    })
 }
 
 /// The pre-auth key of a registration, if it may register this node: known,
 /// unrevoked, unexpired, unused if one-off, its tags still owned by its
 /// minter, and the name asked for allowed to its owner. Also the actor the
 /// audit log names (`key:<id>`).
-async fn check_key(app: &App, c: &Candidate<'_>) -> Result<(KeyRow, String), Refusal> {
-    let Some((key_id, key_secret)) = secret::parse(Kind::AuthKey, c.auth_key) else {
+async fn check_key(app: &App, text: &str, c: &Candidate<'_>) -> Result<Grant, Refusal> {
+    let Some((key_id, key_secret)) = secret::parse(Kind::AuthKey, text) else {
         return Err(refused(
             "anonymous",
             ApiErr::unauthorized("invalid auth key"),
@@ -157,19 +211,30 @@ async fn check_key(app: &App, c: &Candidate<'_>) -> Result<(KeyRow, String), Ref
     {
         return Err(refused(&actor, err));
     }
-    Ok((key, actor))
+    Ok(grant_of(key, actor))
+}
+
+fn grant_of(key: KeyRow, actor: String) -> Grant {
+    Grant {
+        user: key.user,
+        tags: key.tags,
+        ephemeral: key.ephemeral,
+        key_id: Some(key.id),
+        actor,
+    }
 }
 
 /// Allocates the node's name and addresses, signs its certificates (native
 /// nodes) and stores it, spending one use of its key. The caller holds the
 /// registration lock.
-async fn store_node(
-    app: &App,
-    c: Candidate<'_>,
-    key: &KeyRow,
-    actor: &str,
-) -> Result<Admitted, Refusal> {
-    let actor = actor.to_string();
+async fn store_node(app: &App, c: Candidate<'_>, grant: Grant) -> Result<Admitted, Refusal> {
+    let Grant {
+        user,
+        tags,
+        ephemeral,
+        key_id,
+        actor,
+    } = grant;
     let t = app.now();
     if app.hub.has_wireguard_key(c.wg_key) {
         return Err(refused(
@@ -178,10 +243,7 @@ async fn store_node(
         ));
     }
     let service = if c.shared_name {
-        Some(
-            shared_name(app, c.hostname, &key.tags, key.user.as_deref())
-                .map_err(|e| refused(&actor, e))?,
-        )
+        Some(shared_name(app, c.hostname, &tags, user.as_deref()).map_err(|e| refused(&actor, e))?)
     } else {
         None
     };
@@ -219,23 +281,23 @@ async fn store_node(
     let row = NodeRow {
         id: id.clone(),
         name: name.clone(),
-        user: key.user.clone(),
-        tags: key.tags.clone(),
+        user: user.clone(),
+        tags: tags.clone(),
         ipv4: v4.to_string(),
         ipv6: v6.to_string(),
         wg_key: c.wg_key.to_string(),
         cert_fingerprint: credential,
         serving_cert,
         endpoints: Vec::new(),
-        ephemeral: key.ephemeral,
-        auth_key_id: Some(key.id.clone()),
+        ephemeral,
+        auth_key_id: key_id.clone(),
         created_at: t,
         key_expiry,
         last_seen: Some(t),
         service: service.clone(),
         client: c.client,
     };
-    if !app.store.register_node(&row, &key.id, t).await? {
+    if !app.store.register_node(&row, key_id.as_deref(), t).await? {
         return Err(refused(
             &actor,
             ApiErr::unauthorized("auth key already used, revoked or expired"),
@@ -255,7 +317,7 @@ async fn store_node(
         true,
         &format!(
             "name={name} tags={:?} user={:?} shared_name={service:?} client={}",
-            key.tags, key.user, row.client.kind
+            tags, user, row.client.kind
         ),
     )
     .await;

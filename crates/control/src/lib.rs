@@ -174,6 +174,11 @@ impl App {
     pub fn now(&self) -> i64 {
         self.config.clock.now()
     }
+
+    /// Control's URL (`https://host:port`).
+    pub fn url(&self) -> &str {
+        self.url.get().map_or("", String::as_str)
+    }
 }
 
 /// Shared state of a running control server.
@@ -197,6 +202,10 @@ pub(crate) struct App {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Control's Noise key (Tailscale's control protocol).
     pub noise_key: tailscale::MachinePrivateKey,
+    /// Devices waiting for an administrator's approval.
+    pub pending: tailscale::interactive::Pending,
+    /// Control's URL, once it listens.
+    pub url: std::sync::OnceLock<String>,
 }
 
 /// What the first start created and how to reach control.
@@ -272,6 +281,8 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
             register_lock: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::Sender::new(false),
             noise_key,
+            pending: tailscale::interactive::Pending::default(),
+            url: std::sync::OnceLock::new(),
         }
     });
     let running = server::serve(Arc::clone(&app)).await?;

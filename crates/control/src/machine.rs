@@ -3,7 +3,7 @@
 //! updates and serving-certificate renewal.
 
 use crate::App;
-use crate::admission::{self, Admitted, Candidate, Credential};
+use crate::admission::{self, Admitted, Authority, Candidate, Credential};
 use crate::audit::audit;
 use crate::error::{ApiErr, ApiResult};
 use crate::extract::JsonBody;
@@ -81,7 +81,7 @@ pub(crate) async fn register(
         return Err(e);
     }
     let candidate = Candidate {
-        auth_key: &req.auth_key,
+        authority: Authority::Key(&req.auth_key),
         hostname: &req.hostname,
         shared_name: req.shared_name,
         wg_key: &req.wireguard_key,

@@ -41,7 +41,8 @@ pub struct Minted {
     pub hash: String,
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes, hex.
+pub fn random_hex(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut b);
     hex::encode(b)

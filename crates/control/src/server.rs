@@ -196,6 +196,7 @@ pub(crate) async fn serve(app: Arc<App>) -> Result<Running, ControlError> {
             ip => ip.to_string(),
         });
     let url = format!("https://{host}:{}", local.port());
+    let _ = app.url.set(url.clone());
     let mut tasks = JoinSet::new();
     let stun_addr = start_relay(&app, &host, local.port(), &mut tasks).await?;
     let mut router = crate::admin::router(Arc::clone(&app));

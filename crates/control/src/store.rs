@@ -402,6 +402,15 @@ impl Store {
             .collect()
     }
 
+    /// Whether a user exists.
+    pub async fn user_exists(&self, login: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT login FROM users WHERE login = $1")
+            .bind(login)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Creates a user; false if it exists.
     pub async fn create_user(&self, login: &str) -> Result<bool> {
         let n = sqlx::query("INSERT INTO users (login, created_at) SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM users WHERE login = $1)")
@@ -463,22 +472,29 @@ impl Store {
         rows.iter().map(Self::node_row).collect()
     }
 
-    /// Registers a node with a key, atomically: the key must still be usable
-    /// (not revoked, not expired, unused if one-off). Returns false (and
-    /// writes nothing) if it is not.
-    pub async fn register_node(&self, node: &NodeRow, key_id: &str, now: i64) -> Result<bool> {
+    /// Registers a node, with a key atomically spent when one let it in: the
+    /// key must still be usable (not revoked, not expired, unused if
+    /// one-off). Returns false (and writes nothing) if it is not.
+    pub async fn register_node(
+        &self,
+        node: &NodeRow,
+        key_id: Option<&str>,
+        now: i64,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let used = sqlx::query(
-            "UPDATE auth_keys SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND (reusable = 1 OR uses = 0)",
-        )
-        .bind(key_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if used != 1 {
-            tx.rollback().await?;
-            return Ok(false);
+        if let Some(key_id) = key_id {
+            let used = sqlx::query(
+                "UPDATE auth_keys SET uses = uses + 1 WHERE id = $1 AND revoked_at IS NULL AND expires_at > $2 AND (reusable = 1 OR uses = 0)",
+            )
+            .bind(key_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if used != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
         }
         sqlx::query(
             "INSERT INTO nodes (id, name, user_login, tags, ipv4, ipv6, wg_key, cert_fingerprint, serving_cert, endpoints, ephemeral, auth_key_id, created_at, key_expiry, last_seen, service, client)

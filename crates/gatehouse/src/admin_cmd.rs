@@ -81,6 +81,18 @@ enum NodesCmd {
     Delete { node: String },
     /// Expire a node's key now.
     Expire { node: String },
+    /// List devices waiting for approval (they asked to join without a
+    /// pre-auth key, e.g. the Tailscale app on a phone).
+    Pending,
+    /// Let a waiting device in, for a person: CODE is the last part of the
+    /// URL the device shows.
+    Approve {
+        /// The code (or the whole URL the device shows).
+        code: String,
+        /// The person the device belongs to (an existing user).
+        #[arg(long)]
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -348,6 +360,30 @@ async fn nodes(api: &AdminClient, cmd: NodesCmd, json: bool) -> Result<()> {
         NodesCmd::Expire { node } => {
             api.expire_node(&node).await?;
             println!("node {node} expired");
+        }
+        NodesCmd::Pending => {
+            let waiting = api.registrations().await?;
+            if json {
+                return print_json(&waiting);
+            }
+            println!("{:<26} {:<24} {:<24} WAITING", "CODE", "HOSTNAME", "CLIENT");
+            for d in waiting {
+                println!(
+                    "{:<26} {:<24} {:<24} {}s",
+                    d.code,
+                    d.hostname,
+                    format!("{} {}", d.os, d.version).trim(),
+                    d.waiting_seconds
+                );
+            }
+        }
+        NodesCmd::Approve { code, user } => {
+            let code = code.rsplit('/').next().unwrap_or(&code).to_string();
+            let n = api.approve(&code, &user).await?;
+            if json {
+                return print_json(&n);
+            }
+            println!("node {} ({}) approved for {user}", n.node.name, n.node.id);
         }
     }
     Ok(())

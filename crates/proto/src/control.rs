@@ -368,6 +368,33 @@ pub struct NodeInfo {
     pub version: String,
 }
 
+/// Admin API: a device waiting for approval (it asked to join without a
+/// pre-auth key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PendingDevice {
+    /// The code in its approval URL.
+    pub code: String,
+    /// The host name it asks for.
+    pub hostname: String,
+    /// Its operating system, as it said.
+    #[serde(default)]
+    pub os: String,
+    /// Its client's version, as it said.
+    #[serde(default)]
+    pub version: String,
+    /// Seconds it has been waiting.
+    pub waiting_seconds: u64,
+}
+
+/// Admin API: approve a waiting device for a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApproveDevice {
+    /// The person (an existing user) the device belongs to.
+    pub user: String,
+}
+
 /// Admin API: create a pre-auth key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

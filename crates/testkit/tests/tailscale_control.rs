@@ -192,3 +192,90 @@ async fn a_machine_cannot_speak_for_another_machines_node() {
     assert_eq!(status, 401);
     assert_eq!(c.admin.nodes().await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_without_a_key_waits_until_an_administrator_approves_it() {
+    let c = TestControl::start().await;
+    let a = addr(&c);
+    c.admin.create_user("bob@example.com").await.unwrap();
+    let server = ts_light::server_key(&a, &c.ca).await.unwrap();
+    let machine = MachinePrivateKey::generate();
+    let mut s = ts_light::open_session(&a, &c.ca, &machine, server, 130)
+        .await
+        .unwrap();
+    let mut req = gatehouse_tailcfg::RegisterRequest {
+        version: 130,
+        node_key: ts_light::random_node_key(),
+        hostinfo: Some(gatehouse_tailcfg::Hostinfo {
+            hostname: "bobs-phone".into(),
+            os: "iOS".into(),
+            ipn_version: "1.102.5".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (status, body) = ts_light::post(&mut s, "/machine/register", &req)
+        .await
+        .unwrap();
+    let body = ts_light::text(body).await;
+    assert_eq!(status, 200, "{body}");
+    let resp: gatehouse_tailcfg::RegisterResponse = serde_json::from_str(&body).unwrap();
+    assert!(!resp.machine_authorized);
+    let url = resp.auth_url.clone();
+    assert!(
+        url.starts_with(&format!("{}/register/", c.info.url)),
+        "{url}"
+    );
+    let code = url.rsplit('/').next().unwrap().to_string();
+
+    // The page names the device and the command that lets it in.
+    let page = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(c.dir.join("ca.crt"))
+        .arg(&url)
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout).into_owned();
+    assert!(
+        page.contains("bobs-phone")
+            && page.contains(&format!("gatehouse admin nodes approve {code} --user")),
+        "{page}"
+    );
+    let pending = c.admin.registrations().await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].code.as_str(), pending[0].os.as_str()),
+        (code.as_str(), "iOS")
+    );
+
+    // The device follows up and waits; nothing is registered yet.
+    req.followup = url.clone();
+    let follow = {
+        let mut s = s.clone();
+        let req = req.clone();
+        tokio::spawn(async move {
+            let (status, body) = ts_light::post(&mut s, "/machine/register", &req)
+                .await
+                .unwrap();
+            (status, ts_light::text(body).await)
+        })
+    };
+    assert!(c.admin.nodes().await.unwrap().is_empty());
+    // An unknown code, and an unknown user, are refused.
+    assert!(c.admin.approve("0000", "bob@example.com").await.is_err());
+    assert!(c.admin.approve(&code, "nobody@example.com").await.is_err());
+    assert!(c.admin.nodes().await.unwrap().is_empty());
+
+    let n = c.admin.approve(&code, "bob@example.com").await.unwrap();
+    assert_eq!(n.node.name, "bobs-phone");
+    assert_eq!(n.node.user.as_deref(), Some("bob@example.com"));
+    assert_eq!((n.client.as_str(), n.os.as_str()), ("tailscale", "iOS"));
+    let (status, body) = follow.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let resp: gatehouse_tailcfg::RegisterResponse = serde_json::from_str(&body).unwrap();
+    assert!(resp.machine_authorized, "{body}");
+    assert_eq!(resp.login.login_name, "bob@example.com");
+    // The code is spent.
+    assert!(c.admin.registrations().await.unwrap().is_empty());
+    assert!(c.admin.approve(&code, "bob@example.com").await.is_err());
+}

@@ -85,7 +85,7 @@ pub(crate) async fn create_key(
         let Some(u) = &req.user else {
             return refuse(ApiErr::bad("an untagged key needs a user")).await;
         };
-        if !app.store.users().await?.iter().any(|(l, _)| l == u) {
+        if !app.store.user_exists(u).await? {
             return refuse(ApiErr::bad(format!("no user {u}; create it first"))).await;
         }
     }

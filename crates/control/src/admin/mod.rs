@@ -9,6 +9,7 @@ mod nodes;
 mod oauth;
 mod ops;
 mod policy;
+mod registrations;
 mod users;
 
 use crate::App;
@@ -53,6 +54,8 @@ pub(crate) fn router_and_doc() -> (axum::Router<Arc<App>>, utoipa::openapi::Open
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))
         .routes(routes!(nodes::expire_node))
+        .routes(routes!(registrations::list_registrations))
+        .routes(routes!(registrations::approve_registration))
         .routes(routes!(keys::list_keys, keys::create_key))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(oauth::list_oauth, oauth::create_oauth))

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 type AppState = State<Arc<App>>;
 
-fn node_info(
+pub(super) fn node_info(
     (peer, row, online): (gatehouse_proto::control::Peer, crate::store::NodeRow, bool),
 ) -> NodeInfo {
     NodeInfo {

@@ -5,7 +5,7 @@
 use super::mapper;
 use super::session::Session;
 use crate::App;
-use crate::admission::{self, Admitted, Candidate, Credential};
+use crate::admission::{self, Admitted, Authority, Candidate, Credential};
 use crate::audit::audit;
 use crate::error::ApiErr;
 use crate::store::{ClientInfo, ClientKind, NodeRow};
@@ -56,18 +56,16 @@ async fn handle(app: &App, session: &Session, body: &[u8]) -> Result<RegisterRes
         return Err(e);
     }
     let auth_key = req.auth.as_ref().map_or("", |a| a.auth_key.as_str());
-    if auth_key.is_empty() {
-        return Err(ApiErr::unauthorized(
-            "this network needs a pre-auth key: tailscale up --authkey=… (interactive sign-in is not enabled)",
-        ));
-    }
     if auth_key.len() > MAX_AUTH_KEY {
         return Err(ApiErr::bad("auth key is too long"));
     }
     let hostinfo = req.hostinfo.clone().unwrap_or_default();
     let hostname = hostname_of(&hostinfo.hostname)?;
+    if auth_key.is_empty() {
+        return interactive(app, session, &req, &wg_key, &hostname, &hostinfo).await;
+    }
     let candidate = Candidate {
-        auth_key,
+        authority: Authority::Key(auth_key),
         hostname: &hostname,
         shared_name: false,
         wg_key: &wg_key,
@@ -77,6 +75,46 @@ async fn handle(app: &App, session: &Session, body: &[u8]) -> Result<RegisterRes
     let Admitted { row, .. } = admission::register(app, candidate).await?;
     tracing::info!(node = %row.id, name = %row.name, remote = %session.remote, "ts2021: node registered");
     Ok(authorized(&row, now))
+}
+
+/// How long a follow-up request waits for an approval before it is told to
+/// ask again.
+const FOLLOWUP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A registration without a key: the device gets (or waits on) the URL of
+/// its approval page.
+async fn interactive(
+    app: &App,
+    session: &Session,
+    req: &RegisterRequest,
+    wg_key: &str,
+    hostname: &str,
+    hostinfo: &gatehouse_tailcfg::Hostinfo,
+) -> Result<RegisterResponse, ApiErr> {
+    let credential = session.credential();
+    let code = app
+        .pending
+        .code_for(&credential, wg_key, hostname, client_info(hostinfo))?;
+    let url = format!("{}/register/{code}", app.url());
+    if req.followup.is_empty() {
+        tracing::info!(remote = %session.remote, %hostname, %code, "ts2021: a device waits for approval");
+        return Ok(RegisterResponse {
+            auth_url: url,
+            ..RegisterResponse::default()
+        });
+    }
+    let asked = req
+        .followup
+        .rsplit_once("/register/")
+        .map(|(_, c)| c)
+        .ok_or_else(|| ApiErr::bad("follow-up URL is not a registration URL"))?;
+    match app.pending.wait(asked, &credential, FOLLOWUP_WAIT).await? {
+        Some(super::interactive::Verdict::Approved(row)) => Ok(authorized(&row, app.now())),
+        None => Ok(RegisterResponse {
+            auth_url: url,
+            ..RegisterResponse::default()
+        }),
+    }
 }
 
 /// A registration from a machine control knows: the same node key asking
