@@ -34,13 +34,13 @@ impl Session {
 }
 
 /// The early payload sent with the handshake response (Tailscale's
-/// `EarlyNoise`): a fresh challenge key. Control asks no node-key
-/// challenge yet; clients read the payload and go on.
+/// `EarlyNoise`, its JSON): a fresh challenge key. Control asks no
+/// node-key challenge yet; clients read the payload and go on.
 pub(crate) fn early_payload() -> Vec<u8> {
     let challenge = gatehouse_ts2021::MachinePrivateKey::generate().public();
-    serde_json::to_vec(&serde_json::json!({
-        "nodeKeyChallenge": format!("chalpub:{}", hex::encode(challenge.0)),
-    }))
+    serde_json::to_vec(&gatehouse_tailcfg::EarlyNoise {
+        node_key_challenge: gatehouse_tailcfg::ChallengePublic::from_bytes(challenge.0),
+    })
     .unwrap_or_default()
 }
 
