@@ -1,11 +1,14 @@
 //! Control at scale: N light nodes register with and stream from one
 //! `gatehouse control` process (SQLite), then a policy change and one node
 //! joining fan out. Measures registration rate, control's memory, and how
-//! long changes take to reach every stream that should see them.
+//! long changes take to reach every stream that should see them. The same
+//! run does it twice, with native light nodes and with light
+//! Tailscale-protocol clients (Noise, HTTP/2, zstd map frames), for a ratio.
 //!
 //! Run: `ulimit -n 65536; cargo bench -p gatehouse --bench control_scale`
-//! (`-- --nodes 1000` for one size). Under `cargo test --benches` it runs a
-//! quick self-check with 60 nodes.
+//! (`-- --nodes 1000` for one size, `--protocol native|tailscale` for one
+//! protocol). Under `cargo test --benches` it runs a quick self-check with
+//! 60 nodes.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,6 +19,7 @@
 
 use gatehouse_client::{AdminClient, Join, NodeClient};
 use gatehouse_proto::control::{CreateKey, MapMessage};
+use gatehouse_testkit::ts_light;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -162,7 +166,116 @@ async fn collect(
     out
 }
 
-async fn run(n: usize) {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Native,
+    Tailscale,
+}
+
+type Streams = Vec<tokio::task::JoinHandle<()>>;
+
+/// Native light nodes: registration time, when streams started, the stream
+/// readers.
+async fn native_nodes(
+    c: &ControlProc,
+    keys: &[(String, String, bool)],
+    tx: mpsc::UnboundedSender<Event>,
+) -> (Duration, Instant, Streams) {
+    let t_reg = Instant::now();
+    let join = c.join.clone();
+    let ca = Arc::new(c.ca.clone());
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for (key, host, _) in keys {
+        let (key, host) = (key.clone(), host.clone());
+        let (join, ca, sem) = (join.clone(), Arc::clone(&ca), Arc::clone(&sem));
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            NodeClient::register(&join, &ca, &key, &host).await.unwrap()
+        }));
+    }
+    let mut identities = Vec::new();
+    for t in tasks {
+        identities.push(t.await.unwrap());
+    }
+    let reg = t_reg.elapsed();
+    let t_conn = Instant::now();
+    let mut streams = Vec::new();
+    for (i, id) in identities.iter().enumerate() {
+        let client = NodeClient::new(id).unwrap();
+        let tx = tx.clone();
+        let _p = sem.acquire().await.unwrap();
+        let mut stream = client.map().await.unwrap();
+        streams.push(tokio::spawn(async move {
+            while let Ok(Some(msg)) = stream.next().await {
+                let what = match msg {
+                    MapMessage::Full(_) => "full",
+                    MapMessage::Delta(d) if !d.peers_upsert.is_empty() => "peers",
+                    MapMessage::Delta(d) if d.filter.is_some() => "filter",
+                    MapMessage::Delta(_) => "delta",
+                    MapMessage::Keepalive | MapMessage::Reconnect { .. } => continue,
+                };
+                let _ = tx.send((i, Instant::now(), what));
+            }
+        }));
+    }
+    (reg, t_conn, streams)
+}
+
+/// Light Tailscale-protocol clients, as [`native_nodes`].
+async fn tailscale_nodes(
+    c: &ControlProc,
+    keys: &[(String, String, bool)],
+    tx: mpsc::UnboundedSender<Event>,
+) -> (Duration, Instant, Streams) {
+    let addr = Arc::new(format!("127.0.0.1:{}", c.join.port));
+    let ca = Arc::new(c.ca.clone());
+    let server = ts_light::server_key(&addr, &ca).await.unwrap();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let t_reg = Instant::now();
+    let mut tasks = Vec::new();
+    for (key, host, _) in keys {
+        let (key, host) = (key.clone(), host.clone());
+        let (addr, ca, sem) = (Arc::clone(&addr), Arc::clone(&ca), Arc::clone(&sem));
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            ts_light::register(&addr, &ca, server, &key, &host)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut registered = Vec::new();
+    for t in tasks {
+        registered.push(t.await.unwrap());
+    }
+    let reg = t_reg.elapsed();
+    let t_conn = Instant::now();
+    let mut streams = Vec::new();
+    for (i, r) in registered.into_iter().enumerate() {
+        let tx = tx.clone();
+        let _p = sem.acquire().await.unwrap();
+        let mut stream = ts_light::map_stream(r.session, r.node_key).await.unwrap();
+        streams.push(tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                let what = if msg.keep_alive {
+                    continue;
+                } else if msg.peers.is_some() {
+                    "full"
+                } else if msg.peers_changed.is_some() {
+                    "peers"
+                } else if msg.packet_filters.is_some() {
+                    "filter"
+                } else {
+                    "delta"
+                };
+                let _ = tx.send((i, Instant::now(), what));
+            }
+        }));
+    }
+    (reg, t_conn, streams)
+}
+
+async fn run(n: usize, proto: Protocol) {
     let teams = (n / (TEAM * DEVICES + SERVICES)).max(1);
     let users = teams * TEAM;
     let c = start_control().await;
@@ -209,47 +322,14 @@ async fn run(n: usize) {
     }
     let total = keys.len();
 
-    // Registration, 32 in flight.
-    let t_reg = Instant::now();
-    let join = c.join.clone();
-    let ca = Arc::new(c.ca.clone());
-    let sem = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut tasks = Vec::new();
-    for (key, host, _) in keys.clone() {
-        let (join, ca, sem) = (join.clone(), Arc::clone(&ca), Arc::clone(&sem));
-        tasks.push(tokio::spawn(async move {
-            let _p = sem.acquire().await.unwrap();
-            NodeClient::register(&join, &ca, &key, &host).await.unwrap()
-        }));
-    }
-    let mut identities = Vec::new();
-    for t in tasks {
-        identities.push(t.await.unwrap());
-    }
-    let reg = t_reg.elapsed();
-
-    // Map streams: every node holds one; events go to one channel.
+    let (rss_start, _) = rss_kib(c.child.id());
+    // Registration, 32 in flight, then map streams: every node holds one;
+    // events go to one channel.
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let t_conn = Instant::now();
-    let mut streams = Vec::new();
-    for (i, id) in identities.iter().enumerate() {
-        let client = NodeClient::new(id).unwrap();
-        let tx = tx.clone();
-        let _p = sem.acquire().await.unwrap();
-        let mut stream = client.map().await.unwrap();
-        streams.push(tokio::spawn(async move {
-            while let Ok(Some(msg)) = stream.next().await {
-                let what = match msg {
-                    MapMessage::Full(_) => "full",
-                    MapMessage::Delta(d) if !d.peers_upsert.is_empty() => "peers",
-                    MapMessage::Delta(d) if d.filter.is_some() => "filter",
-                    MapMessage::Delta(_) => "delta",
-                    MapMessage::Keepalive | MapMessage::Reconnect { .. } => continue,
-                };
-                let _ = tx.send((i, Instant::now(), what));
-            }
-        }));
-    }
+    let (reg, t_conn, streams) = match proto {
+        Protocol::Native => native_nodes(&c, &keys, tx).await,
+        Protocol::Tailscale => tailscale_nodes(&c, &keys, tx).await,
+    };
     let all: Vec<usize> = (0..total).collect();
     let fulls = collect(&mut rx, &all, t_conn).await;
     let conn = t_conn.elapsed();
@@ -266,15 +346,25 @@ async fn run(n: usize) {
     let svc0 = users * DEVICES;
     expected.extend(svc0..svc0 + SERVICES);
     let t1 = Instant::now();
-    let newcomer = NodeClient::register(&c.join, &c.ca, &keys[0].0, "newcomer")
-        .await
-        .unwrap();
+    match proto {
+        Protocol::Native => {
+            NodeClient::register(&c.join, &c.ca, &keys[0].0, "newcomer")
+                .await
+                .unwrap();
+        }
+        Protocol::Tailscale => {
+            let addr = format!("127.0.0.1:{}", c.join.port);
+            let server = ts_light::server_key(&addr, &c.ca).await.unwrap();
+            ts_light::register(&addr, &c.ca, server, &keys[0].0, "newcomer")
+                .await
+                .unwrap();
+        }
+    }
     let join_lat = collect(&mut rx, &expected, t1).await;
     let (rss_after, hwm) = rss_kib(pid);
-    drop(newcomer);
 
     println!(
-        "nodes: {total} ({users} users x {DEVICES} devices, {teams} service tags x {SERVICES} nodes); streams open: {}",
+        "{proto:?} protocol, nodes: {total} ({users} users x {DEVICES} devices, {teams} service tags x {SERVICES} nodes); streams open: {}",
         streams.len()
     );
     println!(
@@ -289,10 +379,11 @@ async fn run(n: usize) {
         ms(percentile(&fulls, 0.99))
     );
     println!(
-        "  control RSS         idle {:.0} MiB, after changes {:.0} MiB, peak {:.0} MiB",
+        "  control RSS         idle {:.0} MiB, after changes {:.0} MiB, peak {:.0} MiB; {:.1} KiB per connected node",
         rss_idle as f64 / 1024.0,
         rss_after as f64 / 1024.0,
-        hwm as f64 / 1024.0
+        hwm as f64 / 1024.0,
+        rss_idle.saturating_sub(rss_start) as f64 / total as f64
     );
     println!(
         "  policy change       reached all {} streams: p50 {}, p99 {}, max {}",
@@ -325,6 +416,15 @@ fn raise_fd_limit() {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bench = args.iter().any(|a| a == "--bench");
+    let protos: Vec<Protocol> = match args
+        .iter()
+        .position(|a| a == "--protocol")
+        .map(|i| args[i + 1].as_str())
+    {
+        Some("native") => vec![Protocol::Native],
+        Some("tailscale") => vec![Protocol::Tailscale],
+        _ => vec![Protocol::Native, Protocol::Tailscale],
+    };
     let sizes: Vec<usize> = match args.iter().position(|a| a == "--nodes") {
         Some(i) => vec![args[i + 1].parse().unwrap()],
         None if bench => vec![1_000, 10_000],
@@ -336,6 +436,8 @@ fn main() {
         .build()
         .unwrap();
     for n in sizes {
-        rt.block_on(run(n));
+        for p in &protos {
+            rt.block_on(run(n, *p));
+        }
     }
 }

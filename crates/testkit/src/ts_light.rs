@@ -53,6 +53,8 @@ async fn http1(
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    // As Tailscale's client: small HTTP/2 frames go out at once.
+    let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1".to_string())
         .map_err(|e| e.to_string())?;
     let tls = tls(ca_pem)?
@@ -228,6 +230,111 @@ impl View {
     }
 }
 
+/// A device just registered, with its session still open.
+#[derive(Debug)]
+pub struct Registered {
+    /// Its machine key.
+    pub machine: MachinePrivateKey,
+    /// Its node key.
+    pub node_key: NodePublic,
+    /// Control's answer.
+    pub response: RegisterResponse,
+    /// The Noise session it registered over.
+    pub session: Session,
+}
+
+/// Registers a new device (fresh machine and node keys) with `auth_key` as
+/// `hostname`, to the control whose Noise key is `server`.
+pub async fn register(
+    addr: &str,
+    ca_pem: &str,
+    server: MachinePublicKey,
+    auth_key: &str,
+    hostname: &str,
+) -> TsResult<Registered> {
+    let machine = MachinePrivateKey::generate();
+    let node_key = random_node_key();
+    let mut session = open_session(addr, ca_pem, &machine, server, VERSION).await?;
+    let req = RegisterRequest {
+        version: i64::from(VERSION),
+        node_key,
+        auth: Some(RegisterAuth {
+            auth_key: auth_key.to_string(),
+        }),
+        hostinfo: Some(gatehouse_tailcfg::Hostinfo {
+            hostname: hostname.to_string(),
+            os: "linux".into(),
+            ipn_version: "light".into(),
+            ..Default::default()
+        }),
+        ..RegisterRequest::default()
+    };
+    let (status, body) = post(&mut session, "/machine/register", &req).await?;
+    let body = text(body).await;
+    if !status.is_success() {
+        return Err(format!("register: {status}: {body}"));
+    }
+    let response: RegisterResponse =
+        serde_json::from_str(&body).map_err(|e| format!("register: {e}: {body}"))?;
+    if !response.machine_authorized {
+        return Err(format!("register: not authorized: {body}"));
+    }
+    Ok(Registered {
+        machine,
+        node_key,
+        response,
+        session,
+    })
+}
+
+/// A streamed map: its messages, decoded.
+#[derive(Debug)]
+pub struct MapStream {
+    _session: Session,
+    body: hyper::body::Incoming,
+    decoder: FrameDecoder,
+}
+
+impl MapStream {
+    /// The next message; `None` when the stream ends or breaks.
+    pub async fn next(&mut self) -> Option<MapResponse> {
+        loop {
+            match self.decoder.next_response() {
+                Ok(Some(r)) => return Some(r),
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            let frame = self.body.frame().await?.ok()?;
+            if let Some(data) = frame.data_ref() {
+                self.decoder.push(data);
+            }
+        }
+    }
+}
+
+/// Opens the map stream of the node `node_key` on `session` (zstd frames,
+/// as official clients ask).
+pub async fn map_stream(mut session: Session, node_key: NodePublic) -> TsResult<MapStream> {
+    let req = MapRequest {
+        version: i64::from(VERSION),
+        compress: "zstd".into(),
+        keep_alive: true,
+        node_key,
+        disco_key: DiscoPublic::from_bytes(MachinePrivateKey::generate().public().0),
+        stream: true,
+        ..MapRequest::default()
+    };
+    let (status, body) = post(&mut session, "/machine/map", &req).await?;
+    if !status.is_success() {
+        return Err(format!("map: {status}: {}", text(body).await));
+    }
+    Ok(MapStream {
+        _session: session,
+        body,
+        decoder: FrameDecoder::new(Compression::Zstd),
+    })
+}
+
 /// A registered light client following its map.
 #[derive(Debug)]
 pub struct TsLight {
@@ -260,93 +367,32 @@ impl TsLight {
     /// and waits for the first map.
     pub async fn join(addr: &str, ca_pem: &str, auth_key: &str, hostname: &str) -> TsResult<Self> {
         let server = server_key(addr, ca_pem).await?;
-        let machine = MachinePrivateKey::generate();
-        let node_key = random_node_key();
-        let mut session = open_session(addr, ca_pem, &machine, server, VERSION).await?;
-        let req = RegisterRequest {
-            version: i64::from(VERSION),
-            node_key,
-            auth: Some(RegisterAuth {
-                auth_key: auth_key.to_string(),
-            }),
-            hostinfo: Some(gatehouse_tailcfg::Hostinfo {
-                hostname: hostname.to_string(),
-                os: "linux".into(),
-                ipn_version: "light".into(),
-                ..Default::default()
-            }),
-            ..RegisterRequest::default()
-        };
-        let (status, body) = post(&mut session, "/machine/register", &req).await?;
-        let body = text(body).await;
-        if !status.is_success() {
-            return Err(format!("register: {status}: {body}"));
-        }
-        let registered: RegisterResponse =
-            serde_json::from_str(&body).map_err(|e| format!("register: {e}: {body}"))?;
-        if !registered.machine_authorized {
-            return Err(format!("register: not authorized: {body}"));
-        }
+        let r = register(addr, ca_pem, server, auth_key, hostname).await?;
         let mut light = TsLight {
-            machine,
-            node_key,
-            registered,
+            machine: r.machine,
+            node_key: r.node_key,
+            registered: r.response,
             view: Arc::new(Mutex::new(View::default())),
             updates: watch::channel(0).1,
             task: None,
         };
-        light.follow(session).await?;
+        light.follow(r.session).await?;
         Ok(light)
     }
 
-    async fn follow(&mut self, mut session: Session) -> TsResult<()> {
-        let req = MapRequest {
-            version: i64::from(VERSION),
-            compress: "zstd".into(),
-            keep_alive: true,
-            node_key: self.node_key,
-            disco_key: DiscoPublic::from_bytes(MachinePrivateKey::generate().public().0),
-            stream: true,
-            ..MapRequest::default()
-        };
-        let (status, mut body) = post(&mut session, "/machine/map", &req).await?;
-        if !status.is_success() {
-            return Err(format!("map: {status}: {}", text(body).await));
-        }
+    async fn follow(&mut self, session: Session) -> TsResult<()> {
+        let mut frames = map_stream(session, self.node_key).await?;
         let (tx, rx) = watch::channel(0u64);
         self.updates = rx;
         let view = Arc::clone(&self.view);
         let task = tokio::spawn(async move {
-            // The session lives as long as the stream is read.
-            let _session = session;
-            let mut dec = FrameDecoder::new(Compression::Zstd);
             let mut n = 0u64;
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { break };
-                let Some(data) = frame.data_ref() else {
-                    continue;
-                };
-                dec.push(data);
-                loop {
-                    match dec.next_response() {
-                        Ok(Some(r)) => {
-                            if let Ok(mut v) = view.lock() {
-                                v.apply(r);
-                            }
-                            n += 1;
-                            let _ = tx.send(n);
-                        }
-                        Ok(None) => break,
-                        Err(_) => {
-                            n += 1;
-                            if let Ok(mut v) = view.lock() {
-                                v.closed = true;
-                            }
-                            let _ = tx.send(n);
-                            return;
-                        }
-                    }
+            while let Some(r) = frames.next().await {
+                if let Ok(mut v) = view.lock() {
+                    v.apply(r);
                 }
+                n += 1;
+                let _ = tx.send(n);
             }
             if let Ok(mut v) = view.lock() {
                 v.closed = true;

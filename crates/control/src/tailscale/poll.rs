@@ -117,18 +117,34 @@ async fn update(
 
 /// Tailscale map frames (zstd when the client asks, as official clients
 /// always do).
-struct Frames(FrameEncoder);
+struct Frames(Compression);
+
+thread_local! {
+    /// One zstd context per worker thread, shared by the streams it runs
+    /// (a context kept per stream would cost each idle client its
+    /// workspace, a few hundred KiB).
+    static ZSTD: std::cell::RefCell<Option<FrameEncoder>> = const { std::cell::RefCell::new(None) };
+}
 
 impl Frames {
     fn new(req: &MapRequest) -> Result<Self, ApiErr> {
-        let compression = Compression::from_request(&req.compress);
-        FrameEncoder::new(compression)
-            .map(Frames)
-            .map_err(ApiErr::internal)
+        Ok(Frames(Compression::from_request(&req.compress)))
     }
 
     fn encode(&mut self, r: &gatehouse_tailcfg::MapResponse) -> Bytes {
-        match self.0.encode(r) {
+        let framed = match self.0 {
+            Compression::None => gatehouse_tailcfg::encode_frame(r, Compression::None),
+            Compression::Zstd => ZSTD.with_borrow_mut(|enc| {
+                if enc.is_none() {
+                    *enc = Some(FrameEncoder::new(Compression::Zstd)?);
+                }
+                match enc.as_mut() {
+                    Some(e) => e.encode(r),
+                    None => gatehouse_tailcfg::encode_frame(r, Compression::Zstd),
+                }
+            }),
+        };
+        match framed {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 tracing::error!(error = %e, "ts2021: a map response could not be encoded");
