@@ -12,6 +12,7 @@
 
 use gatehouse_testkit::free_port;
 use gatehouse_testkit::origin::HttpOrigin;
+use gatehouse_testkit::pki::Pki;
 use gatehouse_testkit::process::is_root;
 use gatehouse_testkit::tailscale::{
     self, CLI_TIMEOUT, OfflineNetns, Options, ReferenceControl, ReferenceOptions, START_DEADLINE,
@@ -122,6 +123,55 @@ async fn up_without_control_fails_clearly() {
     .await;
     let login = format!("http://127.0.0.1:{}", free_port());
     up_fails_against(&d, &login).await;
+}
+
+/// A daemon given a test CA (`SSL_CERT_FILE`) completes TLS with a server
+/// holding a certificate from it and asks for control's key; one with the
+/// system's roots refuses the certificate and asks nothing.
+#[tokio::test]
+async fn a_test_ca_is_trusted_when_given() {
+    if tailscale::tools_or_skip().is_none() {
+        return;
+    }
+    let pki = Pki::new();
+    let origin = HttpOrigin::start_tls("not-a-control", &pki.leaf(&["127.0.0.1"])).await;
+    let login = format!("https://127.0.0.1:{}", origin.addr.port());
+    let health = |st: serde_json::Value| st["Health"].to_string();
+
+    let system_roots = Tailscaled::start(Options {
+        hostname: "system-roots".into(),
+        ..Options::default()
+    })
+    .await;
+    system_roots
+        .up(&login, "tskey-auth-x", &["--timeout=5s"])
+        .await
+        .unwrap_err();
+    let h = health(system_roots.status_json().await);
+    assert!(h.contains("certificate signed by unknown authority"), "{h}");
+    assert!(origin.seen().is_empty(), "{:?}", origin.seen());
+
+    let trusting = Tailscaled::start(Options {
+        hostname: "trusting".into(),
+        ca_file: Some(pki.ca.clone()),
+        ..Options::default()
+    })
+    .await;
+    trusting
+        .up(&login, "tskey-auth-x", &["--timeout=5s"])
+        .await
+        .unwrap_err();
+    let h = health(trusting.status_json().await);
+    // It got an answer (not a control's: the error is about its content).
+    assert!(
+        h.contains("logged out") && !h.contains("certificate"),
+        "{h}"
+    );
+    assert!(
+        origin.seen().iter().any(|p| p.starts_with("/key?v=")),
+        "{:?}",
+        origin.seen()
+    );
 }
 
 #[tokio::test]
