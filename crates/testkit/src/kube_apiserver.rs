@@ -20,12 +20,13 @@
 
 use crate::free_port;
 use crate::kube_tracker::Recorded;
+use crate::process::Guarded;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -130,95 +131,6 @@ pub fn tools() -> &'static Tools {
             kubernetes: k8s,
         }
     })
-}
-
-/// A child process that ends when the test process ends, even when nobody
-/// drops it (a server shared through a `static`): it runs under a small
-/// shell that holds a pipe from this process and stops the child when the
-/// pipe closes.
-#[derive(Debug)]
-struct Guarded {
-    shell: Child,
-    stdin: Option<ChildStdin>,
-    log: PathBuf,
-}
-
-impl Guarded {
-    /// Starts `program`. When the test process ends, the program is killed
-    /// and `cleanup`, when given, removed; [`Guarded::stop`] stops it with
-    /// SIGTERM instead and keeps the directory.
-    fn start(log: &Path, program: &Path, args: &[String], cleanup: Option<&Path>) -> Self {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let pid_file = log.with_extension("pid");
-        let _ = std::fs::remove_file(&pid_file);
-        // $0: the pid file; $1: the directory to remove at the end (or "");
-        // then the program and its arguments.
-        let script = r#"pid_file=$0 cleanup=$1; shift
-"$@" </dev/null & c=$!
-echo "$c" > "$pid_file"
-keep=
-while read -r line; do [ "$line" = keep ] && keep=1; done
-if [ -n "$keep" ]; then kill -TERM "$c"; else kill -KILL "$c"; fi 2>/dev/null
-wait "$c"
-[ -z "$keep" ] && [ -n "$cleanup" ] && rm -rf "$cleanup"
-exit 0"#;
-        let mut shell = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg(&pid_file)
-            .arg(cleanup.map(Path::as_os_str).unwrap_or_default())
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        let stdin = shell.stdin.take();
-        Guarded {
-            shell,
-            stdin,
-            log: log.to_path_buf(),
-        }
-    }
-
-    /// Whether the wrapped program still runs (an exited one stays a
-    /// zombie of the shell until the shell waits for it).
-    fn running(&mut self) -> bool {
-        let pid = std::fs::read_to_string(self.log.with_extension("pid")).unwrap_or_default();
-        let pid = pid.trim();
-        let alive = pid.is_empty()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| !s.contains(") Z "));
-        matches!(self.shell.try_wait(), Ok(None)) && alive
-    }
-
-    /// Stops the program (SIGTERM) and waits for it.
-    fn stop(&mut self) {
-        if let Some(mut w) = self.stdin.take() {
-            let _ = w.write_all(b"keep\n");
-        }
-        let _ = self.shell.wait();
-    }
-
-    /// Kills the program outright (SIGKILL), as a crash would.
-    fn kill(&mut self) {
-        let pid = std::fs::read_to_string(self.log.with_extension("pid")).unwrap_or_default();
-        if !pid.trim().is_empty() {
-            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
-        }
-        self.stop();
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// Who a client, kubeconfig or command acts as.

@@ -4,8 +4,9 @@
 //! Server-Sent Events, large bodies, WebSocket echo, gRPC over h2c, TCP
 //! echo, a Python WSGI backend), child processes that die with the test,
 //! polling with a deadline, an in-process Kubernetes object tracker standing
-//! in for the API server, and a real Kubernetes API server
-//! (`kube_apiserver`). It never fakes the component under test.
+//! in for the API server, a real Kubernetes API server
+//! (`kube_apiserver`), and real Tailscale clients (`tailscale`: tailscaled
+//! and a tsnet program). It never fakes the component under test.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
@@ -21,6 +22,7 @@ pub mod origin;
 pub mod pki;
 pub mod process;
 pub mod roles;
+pub mod tailscale;
 pub mod ts_light;
 pub mod wsgi;
 
