@@ -35,6 +35,8 @@ async fn tailscale_and_native_nodes_are_peers_under_one_policy() {
     let view = phone.view();
     let me = view.node.clone().unwrap();
     assert_eq!(me.name, "phone.test.gatehouse.internal.");
+    // No probing of Tailscale's own servers.
+    assert!(me.cap_map.contains_key("disable-captive-portal-detection"));
     assert_eq!(phone.registered.login.login_name, "alice@example.com");
     let laptop = view.peers.values().next().unwrap().clone();
     assert_eq!(laptop.name, "laptop.test.gatehouse.internal.");

@@ -123,6 +123,20 @@ pub(crate) fn node(p: &Peer) -> Node {
     }
 }
 
+/// Capabilities control gives every Tailscale device about itself.
+/// Captive-portal detection is off: it probes Tailscale's own servers,
+/// which a self-hosted network neither needs nor may reach.
+const SELF_CAPS: &[&str] = &["disable-captive-portal-detection"];
+
+/// The device's own node: as peers see it, with its capabilities.
+pub(crate) fn self_node(p: &Peer) -> Node {
+    let mut n = node(p);
+    for cap in SELF_CAPS {
+        n.cap_map.insert((*cap).to_string(), Vec::new());
+    }
+    n
+}
+
 /// The relay map in Tailscale's form. Only these regions are used (no
 /// Tailscale-run relays).
 pub(crate) fn derp_map(relays: &RelayMap) -> DerpMap {
@@ -210,7 +224,7 @@ fn sorted(mut nodes: Vec<Node>) -> Vec<Node> {
 pub(crate) fn full(m: &FullMap) -> MapResponse {
     let me = &m.self_node.node;
     MapResponse {
-        node: Some(node(me)),
+        node: Some(self_node(me)),
         derp_map: Some(derp_map(&m.relays)),
         peers: Some(sorted(m.peers.iter().map(node).collect())),
         dns_config: Some(dns(&m.dns)),
@@ -228,7 +242,7 @@ pub(crate) fn delta(d: &MapDelta) -> MapResponse {
     let mut r = MapResponse::default();
     let mut touched: Vec<&Peer> = d.peers_upsert.iter().collect();
     if let Some(me) = &d.self_node {
-        r.node = Some(node(&me.node));
+        r.node = Some(self_node(&me.node));
         touched.push(&me.node);
     }
     if !d.peers_upsert.is_empty() {
