@@ -195,7 +195,7 @@ impl FrameDecoder {
     pub fn next_response(&mut self) -> Result<Option<MapResponse>, FrameError> {
         match self.next_json()? {
             None => Ok(None),
-            Some(json) => match serde_json::from_slice(&json) {
+            Some(json) => match crate::wire::from_json(&json) {
                 Ok(m) => Ok(Some(m)),
                 Err(e) => {
                     self.failed = true;

@@ -109,7 +109,9 @@ pub mod gotime {
     ) -> Result<Option<OffsetDateTime>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => parse(&s).map_err(serde::de::Error::custom),
+            Some(s) => {
+                parse(&s).map_err(|e| serde::de::Error::custom(format!("invalid time {s:?}: {e}")))
+            }
         }
     }
 }
@@ -207,3 +209,14 @@ pub(crate) mod opt_ip {
 /// Keeps the unknown fields of a message the server passes on unchanged
 /// (a client's `Hostinfo` reaches its peers as it was sent).
 pub type Extra = BTreeMap<String, serde_json::Value>;
+
+/// Reads a message from a request or response body. Only a JSON object is
+/// accepted: serde would also read a struct from an array, field by field,
+/// which Go's decoder refuses.
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(serde::de::Error::custom("expected a JSON object"));
+    }
+    serde_json::from_slice(body)
+}
