@@ -283,6 +283,16 @@ fn map_response_is_written_as_go_writes_it() {
         resp
     );
 
+    // A capability without values is `null` in a patch too.
+    let patch: PeerChange =
+        serde_json::from_str(r#"{"NodeID":7,"CapMap":{"https://tailscale.com/cap/ssh":null}}"#)
+            .unwrap();
+    assert!(patch.cap_map.as_ref().unwrap()["https://tailscale.com/cap/ssh"].is_empty());
+    assert_eq!(
+        serde_json::to_string(&patch).unwrap(),
+        r#"{"NodeID":7,"CapMap":{"https://tailscale.com/cap/ssh":null}}"#
+    );
+
     // A delta carries only what changed; a deleted filter part is `null`.
     let delta = MapResponse {
         peers_changed_patch: Some(vec![PeerChange {
@@ -365,4 +375,8 @@ fn times_are_written_as_go_writes_them() {
         Some(datetime!(2026-10-07 13:38:10 UTC))
     );
     assert!(gotime::format(datetime!(-0001-01-01 0:00 UTC)).is_none());
+    // The zero time in another offset is still "unset".
+    assert_eq!(gotime::parse("0001-01-01T01:00:00+01:00").unwrap(), None);
+    // A time that is past year 9999 in UTC can not be written back: refused.
+    assert!(gotime::parse("9999-12-31T23:30:00-01:00").is_err());
 }
