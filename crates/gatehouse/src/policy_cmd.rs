@@ -67,6 +67,17 @@ pub struct QueryArgs {
     json: bool,
 }
 
+/// How `policy filter` prints a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FilterFormat {
+    /// One line per rule.
+    Text,
+    /// The compiled filter as JSON.
+    Json,
+    /// Tailscale's `[]FilterRule` JSON, as control sends it to a Tailscale client.
+    Tailscale,
+}
+
 #[derive(Debug, Args)]
 pub struct FilterArgs {
     /// Policy file (HuJSON).
@@ -77,8 +88,11 @@ pub struct FilterArgs {
     /// The node whose inbound filter to print.
     #[arg(long)]
     node: String,
-    /// Print JSON.
-    #[arg(long)]
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: FilterFormat,
+    /// Print JSON (the same as `--format json`).
+    #[arg(long, conflicts_with = "format")]
     json: bool,
 }
 
@@ -247,10 +261,14 @@ fn filter(a: &FilterArgs) -> Result<()> {
     let nodes = load_inventory(&a.inventory)?;
     let engine = Engine::new(policy, nodes)?;
     let f = engine.filter(&a.node)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&f)?);
-    } else {
-        print_filter(&f);
+    let format = if a.json { FilterFormat::Json } else { a.format };
+    match format {
+        FilterFormat::Text => print_filter(&f),
+        FilterFormat::Json => println!("{}", serde_json::to_string_pretty(&f)?),
+        FilterFormat::Tailscale => {
+            let rules = gatehouse_tailcfg::packet_filter(&f);
+            println!("{}", serde_json::to_string_pretty(&rules)?);
+        }
     }
     Ok(())
 }

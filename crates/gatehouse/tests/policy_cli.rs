@@ -249,6 +249,120 @@ fn filter_prints_the_compiled_inbound_filter() {
     assert!(err.contains("no node named \"nope\""), "{err}");
 }
 
+/// `--format tailscale` prints the node's rules as Tailscale's control
+/// sends them to a Tailscale client. The expectations are what Tailscale's
+/// own control sent for the same policy and devices (captured from a
+/// tailnet: an ACL from a group to two tagged ports, and a grant of three
+/// protocol:port entries), with two documented differences: sources are
+/// written as merged prefixes in address order (Tailscale lists each
+/// address, sorted as text), and `*` stays `*` (Tailscale expands it to the
+/// tailnet's ranges).
+#[test]
+fn filter_prints_what_tailscale_control_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = write(
+        &dir,
+        "nodes.yaml",
+        r#"nodes:
+  - {name: beedrill, tags: [tag:server], addresses: [100.73.37.123, "fd7a:115c:a1e0::7537:257b"]}
+  - {name: bulbasaur, user: odin@example.com, addresses: [100.99.246.35, "fd7a:115c:a1e0::5737:f623"]}
+  - {name: ivysaur, user: thor@example.org, addresses: [100.117.74.2, "fd7a:115c:a1e0::f837:4a02"]}
+  - {name: kakuna, tags: [tag:prod], addresses: [100.95.68.35, "fd7a:115c:a1e0::7637:4423"]}
+  - {name: venusaur, user: freya@example.com, addresses: [100.78.38.64, "fd7a:115c:a1e0::f937:2640"]}
+  - {name: weedle, tags: [tag:client], addresses: [100.88.172.39, "fd7a:115c:a1e0::b937:ac27"]}
+"#,
+    );
+    let owners = r#""tagOwners": {"tag:server": ["odin@example.com"], "tag:prod": ["odin@example.com"], "tag:client": ["odin@example.com"]}"#;
+    let acl = write(
+        &dir,
+        "acl.hujson",
+        &format!(
+            r#"{{"groups": {{"group:developers": ["thor@example.org", "odin@example.com"]}}, {owners},
+  "acls": [{{"action": "accept", "src": ["group:developers"], "dst": ["tag:server:22", "tag:prod:5432"]}}]}}"#
+        ),
+    );
+    let filter = |policy: &str, node: &str| -> serde_json::Value {
+        let (code, out, err) = run(&[
+            "policy",
+            "filter",
+            policy,
+            "--inventory",
+            &inv,
+            "--node",
+            node,
+            "--format",
+            "tailscale",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    // Captured from Tailscale's control for beedrill and kakuna.
+    let developers = [
+        "100.117.74.2",
+        "100.99.246.35",
+        "fd7a:115c:a1e0::5737:f623",
+        "fd7a:115c:a1e0::f837:4a02",
+    ];
+    for (node, v4, v6, port) in [
+        ("beedrill", "100.73.37.123", "fd7a:115c:a1e0::7537:257b", 22),
+        ("kakuna", "100.95.68.35", "fd7a:115c:a1e0::7637:4423", 5432),
+    ] {
+        let got = filter(&acl, node);
+        let rules = got.as_array().unwrap();
+        assert_eq!(rules.len(), 1, "{got:#}");
+        let mut src: Vec<&str> = rules[0]["SrcIPs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        src.sort();
+        assert_eq!(src, developers);
+        assert_eq!(
+            rules[0]["DstPorts"],
+            serde_json::json!([
+                {"IP": v4, "Ports": {"First": port, "Last": port}},
+                {"IP": v6, "Ports": {"First": port, "Last": port}}
+            ])
+        );
+        // The default protocols: no IPProto, as Tailscale's control sends it.
+        assert!(rules[0].get("IPProto").is_none(), "{got:#}");
+    }
+    // A node no rule reaches gets an empty list: the client drops everything.
+    assert_eq!(filter(&acl, "venusaur"), serde_json::json!([]));
+
+    let grant = write(
+        &dir,
+        "grant.hujson",
+        &format!(
+            r#"{{{owners}, "grants": [{{"src": ["*"], "dst": ["tag:server"], "ip": ["tcp:80", "udp:53", "tcp:443"]}}]}}"#
+        ),
+    );
+    let (v4, v6) = ("100.73.37.123", "fd7a:115c:a1e0::7537:257b");
+    let port = |ip: &str, p: u16| serde_json::json!({"IP": ip, "Ports": {"First": p, "Last": p}});
+    assert_eq!(
+        filter(&grant, "beedrill"),
+        serde_json::json!([
+            {"SrcIPs": ["*"], "DstPorts": [port(v4, 80), port(v4, 443), port(v6, 80), port(v6, 443)], "IPProto": [6]},
+            {"SrcIPs": ["*"], "DstPorts": [port(v4, 53), port(v6, 53)], "IPProto": [17]}
+        ])
+    );
+    // --json and --format together are refused.
+    let (code, _, err) = run(&[
+        "policy",
+        "filter",
+        &grant,
+        "--inventory",
+        &inv,
+        "--node",
+        "beedrill",
+        "--json",
+        "--format",
+        "text",
+    ]);
+    assert_eq!(code, 2, "{err}");
+}
+
 /// `gatehouse … | head -1` closes the pipe early: the program ends quietly
 /// and successfully, as other command-line tools do, with no panic message.
 #[test]

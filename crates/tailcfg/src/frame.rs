@@ -104,6 +104,16 @@ impl FrameEncoder {
 
     /// The frame of one message.
     pub fn encode(&mut self, msg: &MapResponse) -> Result<Vec<u8>, FrameError> {
+        if self.compressor.is_none() {
+            // Plain: the JSON is written after room for its length.
+            let mut out = vec![0u8; 4];
+            serde_json::to_writer(&mut out, msg).map_err(FrameError::Encode)?;
+            let Ok(len) = u32::try_from(out.len() - 4) else {
+                return Err(FrameError::Oversize(out.len() - 4));
+            };
+            out[..4].copy_from_slice(&len.to_le_bytes());
+            return Ok(out);
+        }
         let json = serde_json::to_vec(msg).map_err(FrameError::Encode)?;
         self.encode_json(&json)
     }
@@ -195,7 +205,7 @@ impl FrameDecoder {
     pub fn next_response(&mut self) -> Result<Option<MapResponse>, FrameError> {
         match self.next_json()? {
             None => Ok(None),
-            Some(json) => match serde_json::from_slice(&json) {
+            Some(json) => match crate::wire::from_json(&json) {
                 Ok(m) => Ok(Some(m)),
                 Err(e) => {
                     self.failed = true;

@@ -49,4 +49,4 @@ pub use map::{Debug, DisplayMessage, EndpointType, MapRequest, MapResponse, Ping
 pub use node::{CapVer, Login, LoginId, Node, NodeId, PeerChange, User, UserId, UserProfile};
 pub use register::{RegisterAuth, RegisterRequest, RegisterResponse};
 pub use ssh::{SshAction, SshPolicy, SshPrincipal, SshRule};
-pub use wire::CapMap;
+pub use wire::{CapMap, from_json};

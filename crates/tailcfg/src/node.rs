@@ -4,7 +4,7 @@
 use crate::dns::Resolver;
 use crate::hostinfo::Hostinfo;
 use crate::key::{DiscoPublic, MachinePublic, NodePublic};
-use crate::wire::{CapMap, addr_ports, bytes, cap_map, gotime, is_zero, null_default};
+use crate::wire::{CapMap, addr_ports, bytes, cap_map, gotime, is_zero, null_default, opt_cap_map};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
@@ -168,7 +168,7 @@ pub struct PeerChange {
     #[serde(skip_serializing_if = "is_zero")]
     pub cap: CapVer,
     /// New capability map.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(with = "opt_cap_map", skip_serializing_if = "Option::is_none")]
     pub cap_map: Option<CapMap>,
     /// New endpoints.
     #[serde(with = "addr_ports", skip_serializing_if = "Vec::is_empty")]

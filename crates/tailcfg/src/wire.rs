@@ -59,7 +59,7 @@ pub mod gotime {
     /// Formats a time as Go's `time.Time.MarshalJSON` does (in UTC).
     /// `None` for years Go refuses to write (outside 0000–9999).
     pub fn format(t: OffsetDateTime) -> Option<String> {
-        let t = t.to_offset(time::UtcOffset::UTC);
+        let t = t.checked_to_offset(time::UtcOffset::UTC)?;
         if !(0..=9999).contains(&t.year()) {
             return None;
         }
@@ -82,12 +82,32 @@ pub mod gotime {
         Some(out)
     }
 
-    /// Parses an RFC 3339 time; the zero time is `None`.
-    pub fn parse(s: &str) -> Result<Option<OffsetDateTime>, time::error::Parse> {
+    /// Why a time was refused.
+    #[derive(Debug, thiserror::Error)]
+    pub enum TimeError {
+        /// Not RFC 3339.
+        #[error(transparent)]
+        Parse(#[from] time::error::Parse),
+        /// In UTC, outside the years Go writes (0000–9999).
+        #[error("outside the years 0000-9999 in UTC")]
+        Range,
+    }
+
+    /// Parses an RFC 3339 time; Go's zero time (in any offset) is `None`.
+    /// Times that would not be written back in UTC are refused.
+    pub fn parse(s: &str) -> Result<Option<OffsetDateTime>, TimeError> {
         if s == ZERO {
             return Ok(None);
         }
-        OffsetDateTime::parse(s, &Rfc3339).map(Some)
+        let t = OffsetDateTime::parse(s, &Rfc3339)?;
+        let utc = t
+            .checked_to_offset(time::UtcOffset::UTC)
+            .filter(|u| (0..=9999).contains(&u.year()))
+            .ok_or(TimeError::Range)?;
+        if utc.year() == 1 && utc.ordinal() == 1 && utc.time() == time::Time::MIDNIGHT {
+            return Ok(None);
+        }
+        Ok(Some(utc))
     }
 
     pub(crate) fn serialize<S: Serializer>(
@@ -109,7 +129,9 @@ pub mod gotime {
     ) -> Result<Option<OffsetDateTime>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => parse(&s).map_err(serde::de::Error::custom),
+            Some(s) => {
+                parse(&s).map_err(|e| serde::de::Error::custom(format!("invalid time {s:?}: {e}")))
+            }
         }
     }
 }
@@ -143,6 +165,34 @@ pub(crate) mod cap_map {
             .into_iter()
             .map(|(k, v)| (k, v.unwrap_or_default()))
             .collect())
+    }
+}
+
+/// An optional capability map (`PeerChange.CapMap`: absent means unchanged).
+pub(crate) mod opt_cap_map {
+    use super::CapMap;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    struct Ser<'a>(&'a CapMap);
+
+    impl Serialize for Ser<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            super::cap_map::serialize(self.0, s)
+        }
+    }
+
+    pub(crate) fn serialize<S: Serializer>(m: &Option<CapMap>, s: S) -> Result<S::Ok, S::Error> {
+        match m {
+            Some(m) => s.serialize_some(&Ser(m)),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct De(#[serde(with = "super::cap_map")] CapMap);
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CapMap>, D::Error> {
+        Ok(Option::<De>::deserialize(d)?.map(|m| m.0))
     }
 }
 
@@ -207,3 +257,14 @@ pub(crate) mod opt_ip {
 /// Keeps the unknown fields of a message the server passes on unchanged
 /// (a client's `Hostinfo` reaches its peers as it was sent).
 pub type Extra = BTreeMap<String, serde_json::Value>;
+
+/// Reads a message from a request or response body. Only a JSON object is
+/// accepted: serde would also read a struct from an array, field by field,
+/// which Go's decoder refuses.
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, serde_json::Error> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(serde::de::Error::custom("expected a JSON object"));
+    }
+    serde_json::from_slice(body)
+}
