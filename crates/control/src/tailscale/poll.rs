@@ -34,7 +34,7 @@ pub(crate) async fn map(
 
 async fn handle(app: &Arc<App>, session: &Session, body: &[u8]) -> Result<Response, ApiErr> {
     let req: MapRequest =
-        serde_json::from_slice(body).map_err(|e| ApiErr::bad(format!("map request: {e}")))?;
+        gatehouse_tailcfg::from_json(body).map_err(|e| ApiErr::bad(format!("map request: {e}")))?;
     super::check_version(req.version)?;
     let node = app
         .hub

@@ -35,8 +35,8 @@ pub(crate) async fn register(
 }
 
 async fn handle(app: &App, session: &Session, body: &[u8]) -> Result<RegisterResponse, ApiErr> {
-    let req: RegisterRequest =
-        serde_json::from_slice(body).map_err(|e| ApiErr::bad(format!("register request: {e}")))?;
+    let req: RegisterRequest = gatehouse_tailcfg::from_json(body)
+        .map_err(|e| ApiErr::bad(format!("register request: {e}")))?;
     super::check_version(req.version)?;
     if req.node_key.is_zero() {
         return Err(ApiErr::bad("register request without a node key"));
