@@ -35,6 +35,8 @@ mod inventory;
 mod model;
 mod parse;
 pub mod ports;
+mod ssh;
+mod ssh_eval;
 
 pub use engine::{ChangeSet, Engine, EngineError, NodeId, is_internet};
 pub use eval::{
@@ -47,3 +49,8 @@ pub use inventory::{InventoryError, Node, check_nodes, parse_inventory};
 pub use ipset::IpSet;
 pub use model::{AppGrant, Dst, Owner, Policy, PolicyTest, Rule, Target, TestDst};
 pub use parse::{PolicyError, parse_policy};
+pub use ssh::{
+    CheckPeriod, DEFAULT_CHECK_PERIOD, MAX_CHECK_PERIOD, SshAction, SshGrant, SshRule, SshTest,
+    SshTestDst, SshUsers, first_match,
+};
+pub use ssh_eval::{SshExpect, SshTestFailure};
