@@ -1,7 +1,8 @@
 //! The policy engine of Gatehouse: it owns the policy file (HuJSON with the
 //! semantics of Tailscale's policy file), its validation, its evaluation over
 //! an inventory of nodes, the per-node inbound packet filters the mesh data
-//! plane enforces, and the policy's own `tests`.
+//! plane enforces, each device's Tailscale SSH policy
+//! ([`Engine::ssh_rules`]), and the policy's own `tests` and `sshTests`.
 //!
 //! It does no I/O: callers hand it text and nodes, and get back a validated
 //! [`Policy`], a compiled [`Engine`], filters, verdicts and test reports.

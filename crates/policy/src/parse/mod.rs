@@ -72,8 +72,8 @@ const OWNER_AUTOGROUPS: &[&str] = &[
     "autogroup:tagged",
 ];
 
-/// Parses and validates a policy file. The policy's `tests` are parsed but
-/// not run; see [`crate::Engine::run_tests`].
+/// Parses and validates a policy file. The policy's `tests` and `sshTests`
+/// are parsed but not run; see [`crate::run_tests`].
 pub fn parse_policy(text: &str) -> Result<Policy> {
     let root = hujson::parse(text).map_err(|e| PolicyError {
         path: String::new(),
