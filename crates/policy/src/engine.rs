@@ -11,7 +11,7 @@
 use crate::inventory::{InventoryError, Node, check_nodes};
 use crate::model::{Policy, RuleId, Target};
 use crate::ports::{ProtoSet, normalise};
-use crate::ssh::{SshGrant, SshIndex};
+use crate::ssh::{RuleSources, SshGrant, SshIndex};
 use gatehouse_filter::ipset::{IpSet, IpSetBuilder};
 use gatehouse_filter::{FilterRule, NetPortRange, NodeFilter, has_ports};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -207,9 +207,9 @@ impl Engine {
         self.live_ids()
     }
 
-    /// Nodes the sources of `ssh` rule `r` select.
-    pub(crate) fn ssh_src(&self, r: usize) -> &BTreeSet<NodeId> {
-        self.ssh.src(r)
+    /// The sources of `ssh` rule `r`.
+    pub(crate) fn ssh_sources(&self, r: usize) -> &RuleSources {
+        self.ssh.rule(r)
     }
 
     fn check_tags(&self, n: &Node) -> Result<(), EngineError> {
@@ -615,8 +615,9 @@ impl Engine {
     }
 
     fn recompile_node(&mut self, id: NodeId, old: Option<&Node>, new: Option<&Node>) -> ChangeSet {
-        let policy = Arc::clone(&self.policy);
-        self.ssh.update(&policy, id, old, new);
+        let mut ssh = std::mem::take(&mut self.ssh);
+        ssh.update(self, id, old, new);
+        self.ssh = ssh;
         let mut filters: BTreeSet<NodeId> = BTreeSet::new();
         let mut peers: BTreeSet<NodeId> = BTreeSet::new();
         let users: Vec<&str> = [old, new]

@@ -51,7 +51,7 @@ pub use ipset::IpSet;
 pub use model::{AppGrant, Dst, Owner, Policy, PolicyTest, Rule, Target, TestDst};
 pub use parse::{PolicyError, parse_policy};
 pub use ssh::{
-    CheckPeriod, DEFAULT_CHECK_PERIOD, MAX_CHECK_PERIOD, SshAction, SshGrant, SshRule, SshTest,
-    SshTestDst, SshUsers, first_match,
+    CheckPeriod, DEFAULT_CHECK_PERIOD, MAX_CHECK_PERIOD, Principals, SshAction, SshGrant, SshRule,
+    SshTest, SshTestDst, SshUsers, first_match,
 };
 pub use ssh_eval::{SshExpect, SshTestFailure};

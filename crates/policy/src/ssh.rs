@@ -33,6 +33,7 @@ use crate::model::{Policy, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a `check` approval lasts when the rule gives no `checkPeriod`.
@@ -161,8 +162,9 @@ pub struct SshTestDst {
 pub struct SshGrant {
     /// The `ssh` rule it comes from (index in `ssh`).
     pub rule: usize,
-    /// Addresses of the source devices, sorted (IPv4 first).
-    pub principals: Vec<IpAddr>,
+    /// Addresses of the source devices, sorted (IPv4 first); shared
+    /// between the grants of one rule.
+    pub principals: Principals,
     /// Requested login → local user, in Tailscale's `SSHUsers` form: `"*"`
     /// is every login not listed, `"="` means "as itself" (never root), and
     /// an empty value refuses that login.
@@ -208,11 +210,23 @@ pub fn first_match<'a>(grants: &'a [SshGrant], src: IpAddr, login: &str) -> Opti
     grants.iter().find(|g| g.local_user(src, login).is_some())
 }
 
-/// Per `ssh` rule, the nodes its sources select; kept up to date as nodes
-/// come and go.
+/// One `ssh` rule's sources: the nodes they select and, ready to share
+/// between grants, their addresses (all, per user, tagged), sorted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RuleSources {
+    pub(crate) nodes: BTreeSet<NodeId>,
+    pub(crate) all: Principals,
+    pub(crate) by_user: BTreeMap<String, Principals>,
+    pub(crate) tagged: Principals,
+}
+
+/// A shared, sorted list of source addresses.
+pub type Principals = Arc<[IpAddr]>;
+
+/// Per `ssh` rule, its sources; kept up to date as nodes come and go.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SshIndex {
-    src: Vec<BTreeSet<NodeId>>,
+    rules: Vec<RuleSources>,
 }
 
 /// Whether rule `r`'s sources select node `n` (by identity only: SSH
@@ -252,42 +266,80 @@ fn other_dsts(rule: &SshRule) -> impl Iterator<Item = &Target> {
     rule.dst.iter().filter(|t| **t != Target::SelfDevices)
 }
 
+fn sorted(mut addrs: Vec<IpAddr>) -> Principals {
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs.into()
+}
+
 impl SshIndex {
-    /// Nodes the sources of rule `r` select.
-    pub(crate) fn src(&self, r: usize) -> &BTreeSet<NodeId> {
-        static NONE: BTreeSet<NodeId> = BTreeSet::new();
-        self.src.get(r).unwrap_or(&NONE)
+    /// Rule `r`'s sources.
+    pub(crate) fn rule(&self, r: usize) -> &RuleSources {
+        static NONE: std::sync::OnceLock<RuleSources> = std::sync::OnceLock::new();
+        self.rules
+            .get(r)
+            .unwrap_or_else(|| NONE.get_or_init(RuleSources::default))
     }
 
     /// Resolves every rule's sources over the engine's nodes.
     pub(crate) fn build(e: &Engine) -> SshIndex {
         let policy = e.policy();
-        let src = (0..policy.ssh.len())
-            .map(|r| {
-                e.live_node_ids()
-                    .filter(|id| e.get(*id).is_some_and(|n| src_selects(policy, r, n)))
-                    .collect()
-            })
-            .collect();
-        SshIndex { src }
+        let mut index = SshIndex {
+            rules: vec![RuleSources::default(); policy.ssh.len()],
+        };
+        for (r, rs) in index.rules.iter_mut().enumerate() {
+            rs.nodes = e
+                .live_node_ids()
+                .filter(|id| e.get(*id).is_some_and(|n| src_selects(policy, r, n)))
+                .collect();
+            rs.refresh(e);
+        }
+        index
     }
 
-    /// Node `id` changed from `old` to `new` (either may be absent).
+    /// Node `id` changed from `old` to `new` (either may be absent); `e`
+    /// already holds `new`.
     pub(crate) fn update(
         &mut self,
-        policy: &Policy,
+        e: &Engine,
         id: NodeId,
         old: Option<&Node>,
         new: Option<&Node>,
     ) {
-        for (r, set) in self.src.iter_mut().enumerate() {
-            if old.is_some() {
-                set.remove(&id);
+        let policy = e.policy();
+        for (r, rs) in self.rules.iter_mut().enumerate() {
+            let was = rs.nodes.remove(&id);
+            let is = new.is_some_and(|n| src_selects(policy, r, n));
+            if is {
+                rs.nodes.insert(id);
             }
-            if new.is_some_and(|n| src_selects(policy, r, n)) {
-                set.insert(id);
+            // Addresses or the user may have changed with the membership
+            // unchanged: refresh whenever the node is or was a source.
+            if was || is || old.is_some_and(|n| src_selects(policy, r, n)) {
+                rs.refresh(e);
             }
         }
+    }
+}
+
+impl RuleSources {
+    fn refresh(&mut self, e: &Engine) {
+        let mut all = Vec::new();
+        let mut by_user: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        let mut tagged = Vec::new();
+        for n in self.nodes.iter().filter_map(|id| e.get(*id)) {
+            all.extend(n.addresses.iter().copied());
+            match n.identity_user() {
+                Some(u) => by_user
+                    .entry(u.to_string())
+                    .or_default()
+                    .extend(n.addresses.iter().copied()),
+                None => tagged.extend(n.addresses.iter().copied()),
+            }
+        }
+        self.all = sorted(all);
+        self.by_user = by_user.into_iter().map(|(u, a)| (u, sorted(a))).collect();
+        self.tagged = sorted(tagged);
     }
 }
 
@@ -300,14 +352,13 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
-    fn emit(&mut self, principals: BTreeSet<IpAddr>, user: Option<&str>) {
-        if principals.is_empty() {
+    fn emit(&mut self, principals: Option<&Principals>, user: Option<&str>) {
+        let Some(principals) = principals.filter(|p| !p.is_empty()) else {
             return;
-        }
-        let principals: Vec<IpAddr> = principals.into_iter().collect();
+        };
         let grant = |users: BTreeMap<String, String>| SshGrant {
             rule: self.rule.index,
-            principals: principals.clone(),
+            principals: Arc::clone(principals),
             users,
             action: self.rule.action,
             accept_env: self.rule.accept_env.clone(),
@@ -348,11 +399,10 @@ impl Engine {
         let Some(n) = self.get(id) else {
             return Vec::new();
         };
-        let policy = self.policy();
         let mut grants = Vec::new();
-        for (r, rule) in policy.ssh.iter().enumerate() {
-            let src = self.ssh_src(r);
-            if src.is_empty() {
+        for (r, rule) in self.policy().ssh.iter().enumerate() {
+            let src = self.ssh_sources(r);
+            if src.nodes.is_empty() {
                 continue;
             }
             let mut em = Emitter {
@@ -360,17 +410,11 @@ impl Engine {
                 base: rule.users.map(),
                 out: Vec::new(),
             };
-            let addrs_of = |ids: &mut dyn Iterator<Item = NodeId>| -> BTreeSet<IpAddr> {
-                ids.filter_map(|i| self.get(i))
-                    .flat_map(|m| m.addresses.iter().copied())
-                    .collect()
-            };
             let own_user = n.identity_user();
             if has_self(rule)
                 && let Some(u) = own_user
             {
-                let p = addrs_of(&mut self.user_node_ids(u).filter(|i| src.contains(i)));
-                em.emit(p, Some(u));
+                em.emit(src.by_user.get(u), Some(u));
             }
             let mut others = other_dsts(rule).peekable();
             if others.peek().is_some() {
@@ -379,35 +423,20 @@ impl Engine {
                     if localpart {
                         // One pair of grants per source user (by login),
                         // then the tagged sources.
-                        let mut by_user: BTreeMap<&str, BTreeSet<IpAddr>> = BTreeMap::new();
-                        let mut tagged = BTreeSet::new();
-                        for m in src.iter().filter_map(|i| self.get(*i)) {
-                            match m.identity_user() {
-                                Some(u) => by_user
-                                    .entry(u)
-                                    .or_default()
-                                    .extend(m.addresses.iter().copied()),
-                                None => tagged.extend(m.addresses.iter().copied()),
-                            }
+                        for (u, p) in &src.by_user {
+                            em.emit(Some(p), Some(u));
                         }
-                        for (u, p) in by_user {
-                            em.emit(p, Some(u));
-                        }
-                        em.emit(tagged, None);
+                        em.emit(Some(&src.tagged), None);
                     } else {
-                        em.emit(addrs_of(&mut src.iter().copied()), None);
+                        em.emit(Some(&src.all), None);
                     }
-                } else if localpart && src.contains(&id) {
+                } else if localpart && src.nodes.contains(&id) {
                     // A source device that is no destination still gets the
                     // rule, from its own user's source devices (or, tagged,
                     // from itself).
                     match own_user {
-                        Some(u) => {
-                            let p =
-                                addrs_of(&mut self.user_node_ids(u).filter(|i| src.contains(i)));
-                            em.emit(p, Some(u));
-                        }
-                        None => em.emit(n.addresses.iter().copied().collect(), None),
+                        Some(u) => em.emit(src.by_user.get(u), Some(u)),
+                        None => em.emit(Some(&sorted(n.addresses.clone())), None),
                     }
                 }
             }

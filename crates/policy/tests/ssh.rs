@@ -66,9 +66,9 @@ fn show(e: &Engine, g: &SshGrant) -> String {
             names.insert(n.name.clone());
         }
     }
-    let mut sorted = g.principals.clone();
+    let mut sorted = g.principals.to_vec();
     sorted.sort();
-    assert_eq!(sorted, g.principals, "principals are sorted");
+    assert_eq!(sorted[..], g.principals[..], "principals are sorted");
     let action = match g.action {
         SshAction::Accept => "accept".to_string(),
         SshAction::Check {
@@ -425,7 +425,7 @@ fn login_mapping_follows_tailscale_ssh() {
     let other: IpAddr = "100.64.0.9".parse().unwrap();
     let grant = |users: &[(&str, &str)]| SshGrant {
         rule: 0,
-        principals: vec![a],
+        principals: vec![a].into(),
         users: users
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -745,6 +745,33 @@ proptest! {
                 .map(|(name, _)| name.clone())
                 .collect();
             prop_assert_eq!(&cs.ssh, &changed);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever the rules, a user-owned device admits sessions only from
+    /// its own user's devices.
+    #[test]
+    fn user_devices_admit_only_their_user(
+        rules in prop::collection::vec(rule_spec(), 1..6),
+        initial in prop::collection::vec(spec(), 1..10),
+    ) {
+        let policy = Arc::new(parse_policy(&random_policy(&rules)).unwrap());
+        let nodes: BTreeMap<String, Node> = initial.iter().map(|s| { let n = make(s); (n.name.clone(), n) }).collect();
+        let e = Engine::new(policy, nodes.values().cloned().collect()).unwrap();
+        for n in nodes.values() {
+            let Some(user) = n.identity_user() else { continue };
+            let own: BTreeSet<IpAddr> = nodes
+                .values()
+                .filter(|m| m.identity_user() == Some(user))
+                .flat_map(|m| m.addresses.clone())
+                .collect();
+            for g in e.ssh_rules(&n.name).unwrap() {
+                prop_assert!(g.principals.iter().all(|a| own.contains(a)), "{} admits {:?}", n.name, g.principals);
+            }
         }
     }
 }
