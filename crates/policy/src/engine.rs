@@ -11,7 +11,7 @@
 use crate::inventory::{InventoryError, Node, check_nodes};
 use crate::model::{Policy, RuleId, Target};
 use crate::ports::{ProtoSet, normalise};
-use crate::ssh::{RuleSources, SshGrant, SshIndex};
+use crate::ssh::{RuleSources, SourcesBefore, SshGrant, SshIndex};
 use gatehouse_filter::ipset::{IpSet, IpSetBuilder};
 use gatehouse_filter::{FilterRule, NetPortRange, NodeFilter, has_ports};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -104,6 +104,13 @@ pub struct ChangeSet {
     /// Nodes whose SSH policy ([`Engine::ssh_rules`]) differs: exactly
     /// those, so only their devices need it again.
     pub ssh: BTreeSet<String>,
+}
+
+/// An engine's SSH state before a node change.
+#[derive(Debug, Default)]
+struct SshBefore {
+    sources: Vec<SourcesBefore>,
+    own: Vec<SshGrant>,
 }
 
 /// A policy compiled against a set of nodes.
@@ -572,45 +579,40 @@ impl Engine {
         Ok(cs)
     }
 
-    /// The SSH policies a change of node `id` (`old` → `new`) may alter,
-    /// taken before the change.
+    /// What an SSH change set needs from before a change of node `id`
+    /// (`old` → `new`): the rules' source lists and the node's own SSH
+    /// policy.
     fn ssh_snapshot(
         &self,
         id: Option<NodeId>,
         old: Option<&Node>,
         new: Option<&Node>,
-    ) -> BTreeMap<String, Vec<SshGrant>> {
+    ) -> SshBefore {
         if self.policy.ssh.is_empty() {
-            return BTreeMap::new();
+            return SshBefore::default();
         }
-        let mut ids = self.ssh_candidates(old, new);
-        ids.extend(id);
-        ids.into_iter()
-            .filter_map(|i| self.get(i).map(|n| (n.name.clone(), self.ssh_rules_of(i))))
-            .collect()
+        SshBefore {
+            sources: self.ssh_sources_before(old, new),
+            own: id.map(|i| self.ssh_rules_of(i)).unwrap_or_default(),
+        }
     }
 
-    /// Which of the snapshot's nodes (and `changed`, the node that changed)
-    /// now have a different SSH policy.
-    fn ssh_diff(
-        &self,
-        before: BTreeMap<String, Vec<SshGrant>>,
-        changed: Option<&str>,
-    ) -> BTreeSet<String> {
+    /// The nodes whose SSH policy differs from `before`; `changed` is the
+    /// node that changed, if it is still there.
+    fn ssh_diff(&self, before: SshBefore, changed: Option<&str>) -> BTreeSet<String> {
         if self.policy.ssh.is_empty() {
             return BTreeSet::new();
         }
-        let mut names: BTreeSet<&str> = before.keys().map(String::as_str).collect();
-        names.extend(changed);
-        names
-            .into_iter()
-            .filter(|name| {
-                self.id_of(name).is_some_and(|i| {
-                    before.get(*name).map(Vec::as_slice).unwrap_or_default()
-                        != self.ssh_rules_of(i).as_slice()
-                })
-            })
-            .map(str::to_string)
+        let me = changed.and_then(|n| self.id_of(n));
+        let mut ids = self.ssh_changed_since(before.sources);
+        if let Some(i) = me {
+            ids.remove(&i);
+            if self.ssh_rules_of(i) != before.own {
+                ids.insert(i);
+            }
+        }
+        ids.into_iter()
+            .filter_map(|i| self.get(i).map(|n| n.name.clone()))
             .collect()
     }
 

@@ -298,7 +298,8 @@ impl SshIndex {
     }
 
     /// Node `id` changed from `old` to `new` (either may be absent); `e`
-    /// already holds `new`.
+    /// already holds `new`. Touches only the rules the node is or was a
+    /// source of, and in those only its own addresses and its users' lists.
     pub(crate) fn update(
         &mut self,
         e: &Engine,
@@ -313,10 +314,44 @@ impl SshIndex {
             if is {
                 rs.nodes.insert(id);
             }
-            // Addresses or the user may have changed with the membership
-            // unchanged: refresh whenever the node is or was a source.
-            if was || is || old.is_some_and(|n| src_selects(policy, r, n)) {
-                rs.refresh(e);
+            if !(was || is) {
+                continue;
+            }
+            let out = if was { old } else { None };
+            let into = if is { new } else { None };
+            let edit = |list: &Principals, pick: &dyn Fn(&Node) -> bool| -> Principals {
+                let gone: Vec<IpAddr> = out
+                    .filter(|n| pick(n))
+                    .map(|n| n.addresses.clone())
+                    .unwrap_or_default();
+                let mut v: Vec<IpAddr> =
+                    list.iter().copied().filter(|a| !gone.contains(a)).collect();
+                v.extend(
+                    into.filter(|n| pick(n))
+                        .into_iter()
+                        .flat_map(|n| n.addresses.iter().copied()),
+                );
+                sorted(v)
+            };
+            rs.all = edit(&rs.all, &|_| true);
+            rs.tagged = edit(&rs.tagged, &|n| n.is_tagged());
+            let users: BTreeSet<&str> = [out, into]
+                .into_iter()
+                .flatten()
+                .filter_map(Node::identity_user)
+                .collect();
+            for u in users {
+                let addrs: Vec<IpAddr> = e
+                    .user_node_ids(u)
+                    .filter(|i| rs.nodes.contains(i))
+                    .filter_map(|i| e.get(i))
+                    .flat_map(|n| n.addresses.iter().copied())
+                    .collect();
+                if addrs.is_empty() {
+                    rs.by_user.remove(u);
+                } else {
+                    rs.by_user.insert(u.to_string(), sorted(addrs));
+                }
             }
         }
     }
@@ -447,43 +482,131 @@ impl Engine {
         grants
     }
 
-    /// Nodes whose SSH policy may change when node `old` becomes `new`
-    /// (other than that node itself), computed before the change.
-    pub(crate) fn ssh_candidates(
+    /// What a change of node `old` into `new` can alter in the rules'
+    /// sources, taken before the change.
+    pub(crate) fn ssh_sources_before(
         &self,
         old: Option<&Node>,
         new: Option<&Node>,
-    ) -> BTreeSet<NodeId> {
+    ) -> Vec<SourcesBefore> {
         let policy = self.policy();
-        let mut out = BTreeSet::new();
         let users: BTreeSet<&str> = [old, new]
             .into_iter()
             .flatten()
             .filter_map(Node::identity_user)
             .collect();
-        for (r, rule) in policy.ssh.iter().enumerate() {
-            let selected = [old, new]
-                .into_iter()
-                .flatten()
-                .any(|n| src_selects(policy, r, n));
-            if !selected {
-                continue;
-            }
-            for t in other_dsts(rule) {
-                match t {
-                    Target::Tag(tag) => out.extend(self.tag_node_ids(tag)),
-                    Target::User(u) => out.extend(self.user_node_ids(u)),
-                    Target::Tagged => out.extend(self.tagged_node_ids()),
-                    Target::Member => out.extend(self.untagged_node_ids()),
-                    _ => {}
+        (0..policy.ssh.len())
+            .filter(|r| {
+                [old, new]
+                    .into_iter()
+                    .flatten()
+                    .any(|n| src_selects(policy, *r, n))
+            })
+            .map(|r| {
+                let src = self.ssh_sources(r);
+                SourcesBefore {
+                    rule: r,
+                    all: Arc::clone(&src.all),
+                    tagged: Arc::clone(&src.tagged),
+                    users: users
+                        .iter()
+                        .map(|u| (u.to_string(), src.by_user.get(*u).cloned()))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The nodes, other than the one that changed, whose SSH policy differs
+    /// now from when `before` was taken. A node's SSH policy depends only
+    /// on its own identity and on the rules' source lists, so it changed
+    /// exactly when what it receives from one rule changed: the grants of
+    /// the rule's destinations (from `all`, or for `localpart:` rules from
+    /// every user's list and the tagged list), or its user's list for
+    /// `autogroup:self` and the `localpart:` rule a source device receives.
+    pub(crate) fn ssh_changed_since(&self, before: Vec<SourcesBefore>) -> BTreeSet<NodeId> {
+        let policy = self.policy();
+        let mut out = BTreeSet::new();
+        for b in before {
+            let rule = &policy.ssh[b.rule];
+            let now = self.ssh_sources(b.rule);
+            let localpart = !rule.users.localpart_domains.is_empty();
+            let users: Vec<&str> = b
+                .users
+                .iter()
+                .filter(|(u, p)| p.as_ref() != now.by_user.get(u))
+                .map(|(u, _)| u.as_str())
+                .collect();
+            let dsts_changed = if localpart {
+                // Compare what the destinations receive, not the lists: a
+                // device moving from a user without a local-part match to
+                // the tagged sources can leave the grants as they were.
+                let mut old_by_user: BTreeMap<&str, &Principals> =
+                    now.by_user.iter().map(|(u, p)| (u.as_str(), p)).collect();
+                for (u, p) in &b.users {
+                    match p {
+                        Some(p) => old_by_user.insert(u, p),
+                        None => old_by_user.remove(u.as_str()),
+                    };
+                }
+                let new_by_user = now.by_user.iter().map(|(u, p)| (u.as_str(), p));
+                localpart_part(rule, old_by_user.into_iter(), &b.tagged)
+                    != localpart_part(rule, new_by_user, &now.tagged)
+            } else {
+                b.all != now.all
+            };
+            if dsts_changed {
+                for t in other_dsts(rule) {
+                    match t {
+                        Target::Tag(tag) => out.extend(self.tag_node_ids(tag)),
+                        Target::User(u) => out.extend(self.user_node_ids(u)),
+                        Target::Tagged => out.extend(self.tagged_node_ids()),
+                        Target::Member => out.extend(self.untagged_node_ids()),
+                        _ => {}
+                    }
                 }
             }
-            if has_self(rule) || !rule.users.localpart_domains.is_empty() {
-                for u in &users {
+            let quirk = localpart && other_dsts(rule).next().is_some();
+            for u in users {
+                if has_self(rule) {
                     out.extend(self.user_node_ids(u));
+                }
+                if quirk {
+                    out.extend(self.user_node_ids(u).filter(|i| now.nodes.contains(i)));
                 }
             }
         }
         out
     }
+}
+
+/// What a `localpart:` rule gives its destinations, as (principals, local
+/// part mapped) in grant order: per source user a grant with the rule's
+/// map and, on a match, one with the local part, then the tagged sources.
+fn localpart_part<'a>(
+    rule: &SshRule,
+    by_user: impl Iterator<Item = (&'a str, &'a Principals)>,
+    tagged: &Principals,
+) -> Vec<(Principals, Option<String>)> {
+    let mut out = Vec::new();
+    for (u, p) in by_user.filter(|(_, p)| !p.is_empty()) {
+        out.push((Arc::clone(p), None));
+        if let Some(lp) = rule.users.localpart_of(u) {
+            out.push((Arc::clone(p), Some(lp)));
+        }
+    }
+    if !tagged.is_empty() {
+        out.push((Arc::clone(tagged), None));
+    }
+    out
+}
+
+/// One rule's source lists before a node change (see
+/// [`Engine::ssh_sources_before`]).
+#[derive(Debug)]
+pub(crate) struct SourcesBefore {
+    rule: usize,
+    all: Principals,
+    tagged: Principals,
+    users: Vec<(String, Option<Principals>)>,
 }
