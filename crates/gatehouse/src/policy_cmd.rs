@@ -150,16 +150,31 @@ fn test(a: &TestArgs) -> Result<ExitCode> {
                 println!("  - {r}");
             }
         }
+        for f in &report.ssh_failures {
+            println!(
+                "FAIL sshTests[{}] (line {}): src {} {} {:?} on {:?}",
+                f.test,
+                f.line,
+                f.src,
+                f.expect.as_str(),
+                f.user,
+                f.dst
+            );
+            for r in &f.reasons {
+                println!("  - {r}");
+            }
+        }
         if report.passed() {
             println!(
-                "ok: policy is valid; {} tests, {} assertions passed",
+                "ok: policy is valid; {} tests, {} sshTests, {} assertions passed",
                 policy.tests.len(),
+                policy.ssh_tests.len(),
                 report.assertions
             );
         } else {
             println!(
                 "{} of {} assertions failed: the policy would be refused",
-                report.failures.len(),
+                report.failed(),
                 report.assertions
             );
         }

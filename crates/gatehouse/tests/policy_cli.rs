@@ -385,3 +385,53 @@ fn a_closed_stdout_ends_the_program_quietly() {
     assert!(err.is_empty(), "{err}");
     assert_eq!(out.status.code(), Some(0), "{err}");
 }
+
+#[test]
+fn failing_ssh_test_exits_1_and_names_the_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        &dir,
+        "p.hujson",
+        r#"{
+  "tagOwners": {"tag:web": []},
+  "ssh": [{"action": "check", "src": ["alice@example.com"], "dst": ["tag:web"], "users": ["root"]}],
+  "sshTests": [
+    {"src": "alice@example.com", "dst": ["tag:web"], "check": ["root"], "deny": ["ubuntu"]},
+    {"src": "bob@example.com", "dst": ["tag:web"], "accept": ["root"]},
+  ],
+}"#,
+    );
+    let (code, out, _) = run(&["policy", "test", &p]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "FAIL sshTests[1] (line 6): src bob@example.com accept \"root\" on \"tag:web\""
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"root\" is allowed only from other sources by ssh[0] (line 3)"),
+        "{out}"
+    );
+    assert!(out.contains("1 of 3 assertions failed"), "{out}");
+    let (code, out, _) = run(&["policy", "test", &p, "--json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["ssh_failures"][0]["test"], 1);
+    assert_eq!(v["ssh_failures"][0]["expect"], "accept");
+    assert_eq!(v["ssh_failures"][0]["user"], "root");
+    // Fixed, the policy passes.
+    let fixed = write(
+        &dir,
+        "fixed.hujson",
+        &std::fs::read_to_string(&p)
+            .unwrap()
+            .replace(r#""accept": ["root"]"#, r#""deny": ["root"]"#),
+    );
+    let (code, out, _) = run(&["policy", "test", &fixed]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("0 tests, 2 sshTests, 3 assertions passed"),
+        "{out}"
+    );
+}

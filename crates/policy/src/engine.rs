@@ -11,6 +11,7 @@
 use crate::inventory::{InventoryError, Node, check_nodes};
 use crate::model::{Policy, RuleId, Target};
 use crate::ports::{ProtoSet, normalise};
+use crate::ssh::{RuleSources, SourcesBefore, SshGrant, SshIndex};
 use gatehouse_filter::ipset::{IpSet, IpSetBuilder};
 use gatehouse_filter::{FilterRule, NetPortRange, NodeFilter, has_ports};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -100,6 +101,16 @@ pub struct ChangeSet {
     pub filters: BTreeSet<String>,
     /// Nodes whose peer set may differ.
     pub peers: BTreeSet<String>,
+    /// Nodes whose SSH policy ([`Engine::ssh_rules`]) differs: exactly
+    /// those, so only their devices need it again.
+    pub ssh: BTreeSet<String>,
+}
+
+/// An engine's SSH state before a node change.
+#[derive(Debug, Default)]
+struct SshBefore {
+    sources: Vec<SourcesBefore>,
+    own: Vec<SshGrant>,
 }
 
 /// A policy compiled against a set of nodes.
@@ -116,6 +127,7 @@ pub struct Engine {
     tagged: BTreeSet<NodeId>,
     rules: Vec<RuleState>,
     inbound: Vec<Vec<Hit>>,
+    ssh: SshIndex,
 }
 
 fn full_mask(n: &Node) -> u8 {
@@ -139,6 +151,7 @@ impl Engine {
             untagged: BTreeSet::new(),
             tagged: BTreeSet::new(),
             inbound: Vec::with_capacity(nodes.len()),
+            ssh: SshIndex::default(),
         };
         for n in nodes {
             e.check_tags(&n)?;
@@ -150,6 +163,7 @@ impl Engine {
             e.index(id, n);
         }
         e.compile_all();
+        e.ssh = SshIndex::build(&e);
         Ok(e)
     }
 
@@ -186,6 +200,23 @@ impl Engine {
 
     pub(crate) fn tag_node_ids(&self, tag: &str) -> impl Iterator<Item = NodeId> + '_ {
         self.tag_nodes.get(tag).into_iter().flatten().copied()
+    }
+
+    pub(crate) fn tagged_node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.tagged.iter().copied()
+    }
+
+    pub(crate) fn untagged_node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.untagged.iter().copied()
+    }
+
+    pub(crate) fn live_node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.live_ids()
+    }
+
+    /// The sources of `ssh` rule `r`.
+    pub(crate) fn ssh_sources(&self, r: usize) -> &RuleSources {
+        self.ssh.rule(r)
     }
 
     fn check_tags(&self, n: &Node) -> Result<(), EngineError> {
@@ -511,6 +542,8 @@ impl Engine {
             probe.push(node.clone());
             check_nodes(&probe)?;
         }
+        let old_node = existing.and_then(|id| self.get(id)).cloned();
+        let ssh_before = self.ssh_snapshot(existing, old_node.as_ref(), Some(&node));
         let (id, old) = match existing {
             Some(id) => (id, self.unindex(id)),
             None => match self.free.pop() {
@@ -527,7 +560,9 @@ impl Engine {
         };
         let new = node.clone();
         self.index(id, node);
-        Ok(self.recompile_node(id, old.as_ref(), Some(&new)))
+        let mut cs = self.recompile_node(id, old.as_ref(), Some(&new));
+        cs.ssh = self.ssh_diff(ssh_before, Some(&new.name));
+        Ok(cs)
     }
 
     /// Removes a node by name.
@@ -535,13 +570,56 @@ impl Engine {
         let id = self
             .id_of(name)
             .ok_or_else(|| EngineError::UnknownNode(name.into()))?;
+        let old_node = self.get(id).cloned();
+        let ssh_before = self.ssh_snapshot(Some(id), old_node.as_ref(), None);
         let old = self.unindex(id);
-        let cs = self.recompile_node(id, old.as_ref(), None);
+        let mut cs = self.recompile_node(id, old.as_ref(), None);
         self.free.push(id);
+        cs.ssh = self.ssh_diff(ssh_before, None);
         Ok(cs)
     }
 
+    /// What an SSH change set needs from before a change of node `id`
+    /// (`old` → `new`): the rules' source lists and the node's own SSH
+    /// policy.
+    fn ssh_snapshot(
+        &self,
+        id: Option<NodeId>,
+        old: Option<&Node>,
+        new: Option<&Node>,
+    ) -> SshBefore {
+        if self.policy.ssh.is_empty() {
+            return SshBefore::default();
+        }
+        SshBefore {
+            sources: self.ssh_sources_before(old, new),
+            own: id.map(|i| self.ssh_rules_of(i)).unwrap_or_default(),
+        }
+    }
+
+    /// The nodes whose SSH policy differs from `before`; `changed` is the
+    /// node that changed, if it is still there.
+    fn ssh_diff(&self, before: SshBefore, changed: Option<&str>) -> BTreeSet<String> {
+        if self.policy.ssh.is_empty() {
+            return BTreeSet::new();
+        }
+        let me = changed.and_then(|n| self.id_of(n));
+        let mut ids = self.ssh_changed_since(before.sources);
+        if let Some(i) = me {
+            ids.remove(&i);
+            if self.ssh_rules_of(i) != before.own {
+                ids.insert(i);
+            }
+        }
+        ids.into_iter()
+            .filter_map(|i| self.get(i).map(|n| n.name.clone()))
+            .collect()
+    }
+
     fn recompile_node(&mut self, id: NodeId, old: Option<&Node>, new: Option<&Node>) -> ChangeSet {
+        let mut ssh = std::mem::take(&mut self.ssh);
+        ssh.update(self, id, old, new);
+        self.ssh = ssh;
         let mut filters: BTreeSet<NodeId> = BTreeSet::new();
         let mut peers: BTreeSet<NodeId> = BTreeSet::new();
         let users: Vec<&str> = [old, new]
@@ -628,6 +706,7 @@ impl Engine {
         let mut cs = ChangeSet {
             filters: names(filters),
             peers: names(peers),
+            ssh: BTreeSet::new(),
         };
         if new.is_none()
             && let Some(o) = old

@@ -12,6 +12,7 @@ use crate::engine::{Engine, EngineError, NodeId, PairRules};
 use crate::inventory::Node;
 use crate::model::{Policy, PolicyTest, RuleId, Target};
 use crate::ports::proto;
+use crate::ssh_eval::{SshTestFailure, run_ssh_tests};
 use serde::Serialize;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -23,10 +24,10 @@ const REP_PREFIX: &str = "~device-of:";
 
 /// Something addressable: a node, or an address no node has.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Endpoint {
-    node: Option<NodeId>,
-    label: String,
-    addrs: Vec<IpAddr>,
+pub(crate) struct Endpoint {
+    pub(crate) node: Option<NodeId>,
+    pub(crate) label: String,
+    pub(crate) addrs: Vec<IpAddr>,
 }
 
 /// The protocols a query asks about.
@@ -108,23 +109,32 @@ pub struct TestFailure {
     pub reasons: Vec<String>,
 }
 
-/// Result of running a policy's tests.
+/// Result of running a policy's tests (`tests` and `sshTests`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TestReport {
-    /// Number of assertions checked.
+    /// Number of assertions checked, of both kinds.
     pub assertions: usize,
-    /// Those that failed.
+    /// Failed `tests` assertions.
     pub failures: Vec<TestFailure>,
+    /// Failed `sshTests` assertions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ssh_failures: Vec<SshTestFailure>,
 }
 
 impl TestReport {
     /// Whether every assertion held.
     pub fn passed(&self) -> bool {
-        self.failures.is_empty()
+        self.failures.is_empty() && self.ssh_failures.is_empty()
+    }
+
+    /// Number of failed assertions, of both kinds.
+    pub fn failed(&self) -> usize {
+        self.failures.len() + self.ssh_failures.len()
     }
 }
 
-/// Runs a policy's `tests` against an inventory (possibly empty).
+/// Runs a policy's `tests` and `sshTests` against an inventory (possibly
+/// empty).
 pub fn run_tests(policy: &Arc<Policy>, nodes: &[Node]) -> Result<TestReport, EngineError> {
     let mut identities: Vec<&Target> = Vec::new();
     for t in &policy.tests {
@@ -136,6 +146,7 @@ pub fn run_tests(policy: &Arc<Policy>, nodes: &[Node]) -> Result<TestReport, Eng
     for t in &policy.tests {
         engine.run_test(t, &mut report)?;
     }
+    run_ssh_tests(policy, nodes, &mut report)?;
     Ok(report)
 }
 
@@ -212,7 +223,7 @@ impl Engine {
         Engine::new(policy, all)
     }
 
-    fn node_endpoint(&self, id: NodeId) -> Option<Endpoint> {
+    pub(crate) fn node_endpoint(&self, id: NodeId) -> Option<Endpoint> {
         let n = self.get(id)?;
         let label = match n.name.strip_prefix(REP_PREFIX) {
             Some(who) => format!("a device of {who}"),
@@ -241,7 +252,7 @@ impl Engine {
     }
 
     /// Everything a target stands for, as endpoints.
-    fn endpoints(&self, t: &Target) -> Vec<Endpoint> {
+    pub(crate) fn endpoints(&self, t: &Target) -> Vec<Endpoint> {
         let ids: Vec<NodeId> = match t {
             Target::User(u) => self.user_node_ids(u).collect(),
             Target::Group(g) => self
@@ -552,7 +563,7 @@ pub enum PolicyRefused {
     #[error(transparent)]
     Inventory(#[from] EngineError),
     /// Some of the policy's own tests fail.
-    #[error("{} of {} policy test assertions failed", .0.failures.len(), .0.assertions)]
+    #[error("{} of {} policy test assertions failed", .0.failed(), .0.assertions)]
     TestsFailed(TestReport),
 }
 

@@ -1,7 +1,8 @@
 //! The policy engine of Gatehouse: it owns the policy file (HuJSON with the
 //! semantics of Tailscale's policy file), its validation, its evaluation over
 //! an inventory of nodes, the per-node inbound packet filters the mesh data
-//! plane enforces, and the policy's own `tests`.
+//! plane enforces, each device's Tailscale SSH policy
+//! ([`Engine::ssh_rules`]), and the policy's own `tests` and `sshTests`.
 //!
 //! It does no I/O: callers hand it text and nodes, and get back a validated
 //! [`Policy`], a compiled [`Engine`], filters, verdicts and test reports.
@@ -35,6 +36,8 @@ mod inventory;
 mod model;
 mod parse;
 pub mod ports;
+mod ssh;
+mod ssh_eval;
 
 pub use engine::{ChangeSet, Engine, EngineError, NodeId, is_internet};
 pub use eval::{
@@ -47,3 +50,8 @@ pub use inventory::{InventoryError, Node, check_nodes, parse_inventory};
 pub use ipset::IpSet;
 pub use model::{AppGrant, Dst, Owner, Policy, PolicyTest, Rule, Target, TestDst};
 pub use parse::{PolicyError, parse_policy};
+pub use ssh::{
+    CheckPeriod, DEFAULT_CHECK_PERIOD, MAX_CHECK_PERIOD, Principals, SshAction, SshGrant, SshRule,
+    SshTest, SshTestDst, SshUsers, first_match,
+};
+pub use ssh_eval::{SshExpect, SshTestFailure};

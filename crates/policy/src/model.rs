@@ -3,6 +3,7 @@
 
 use crate::hujson::Pos;
 use crate::ports::{PortRange, ProtoSet};
+use crate::ssh::{SshRule, SshTest};
 pub use gatehouse_filter::{RuleId, RuleKind};
 use ipnet::IpNet;
 use serde::Serialize;
@@ -26,6 +27,10 @@ pub struct Policy {
     pub app_grants: Vec<AppGrant>,
     /// The policy's own assertions.
     pub tests: Vec<PolicyTest>,
+    /// Tailscale SSH rules (`ssh`), in file order.
+    pub ssh: Vec<SshRule>,
+    /// Assertions about Tailscale SSH access (`sshTests`).
+    pub ssh_tests: Vec<SshTest>,
 }
 
 /// Who may apply a tag.

@@ -36,13 +36,20 @@ impl fmt::Display for PolicyError {
 type Result<T> = std::result::Result<T, PolicyError>;
 
 /// Top-level sections Gatehouse evaluates.
-const SECTIONS: &[&str] = &["groups", "hosts", "tagOwners", "acls", "grants", "tests"];
+const SECTIONS: &[&str] = &[
+    "groups",
+    "hosts",
+    "tagOwners",
+    "acls",
+    "grants",
+    "tests",
+    "ssh",
+    "sshTests",
+];
 
 /// Top-level sections of Tailscale's policy file that are accepted (so
 /// existing files load) but do not affect reachability here.
 const IGNORED_SECTIONS: &[&str] = &[
-    "ssh",
-    "sshTests",
     "nodeAttrs",
     "autoApprovers",
     "postures",
@@ -65,8 +72,8 @@ const OWNER_AUTOGROUPS: &[&str] = &[
     "autogroup:tagged",
 ];
 
-/// Parses and validates a policy file. The policy's `tests` are parsed but
-/// not run; see [`crate::Engine::run_tests`].
+/// Parses and validates a policy file. The policy's `tests` and `sshTests`
+/// are parsed but not run; see [`crate::run_tests`].
 pub fn parse_policy(text: &str) -> Result<Policy> {
     let root = hujson::parse(text).map_err(|e| PolicyError {
         path: String::new(),
@@ -127,6 +134,22 @@ pub fn parse_policy(text: &str) -> Result<Policy> {
         for (i, item) in as_array(&m.value, "tests")?.iter().enumerate() {
             let t = cx.test(item, i)?;
             cx.policy.tests.push(t);
+        }
+    }
+    // `null` stands for an absent section, as in Tailscale.
+    if let Some(m) = sections.get("ssh").filter(|m| m.value.value != Value::Null) {
+        for (i, item) in as_array(&m.value, "ssh")?.iter().enumerate() {
+            let r = cx.ssh_rule(item, i)?;
+            cx.policy.ssh.push(r);
+        }
+    }
+    if let Some(m) = sections
+        .get("sshTests")
+        .filter(|m| m.value.value != Value::Null)
+    {
+        for (i, item) in as_array(&m.value, "sshTests")?.iter().enumerate() {
+            let t = cx.ssh_test(item, i)?;
+            cx.policy.ssh_tests.push(t);
         }
     }
     Ok(cx.policy)
@@ -943,5 +966,9 @@ fn valid_capability(name: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+mod ssh;
+
+#[cfg(test)]
+mod ssh_tests;
 #[cfg(test)]
 mod tests;
