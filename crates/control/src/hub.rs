@@ -5,7 +5,7 @@
 //! nothing recomputes the world.
 
 use crate::store::NodeRow;
-use gatehouse_policy::{Engine, EngineError, Node, NodeFilter, Policy};
+use gatehouse_policy::{Engine, EngineError, Node, NodeFilter, Policy, SshGrant};
 use gatehouse_proto::control::{DnsConfig, FullMap, MapDelta, Peer, RelayMap, SelfNode};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -36,6 +36,7 @@ struct Pending {
     recheck_peers: bool,
     changed_peers: HashSet<String>,
     filter: bool,
+    ssh: bool,
     self_node: bool,
     relays: bool,
     closed: bool,
@@ -53,6 +54,7 @@ struct Slot {
 pub struct Sent {
     peers: HashMap<String, u64>,
     filter: NodeFilter,
+    ssh: Vec<SshGrant>,
     self_version: u64,
     relays_version: u64,
 }
@@ -189,6 +191,15 @@ impl State {
             })
     }
 
+    /// The node's SSH policy (none for a node not in the mesh).
+    fn ssh_of(&self, id: &str) -> Vec<SshGrant> {
+        self.nodes
+            .get(id)
+            .filter(|e| e.live)
+            .and_then(|e| self.engine.ssh_rules(&e.row.name).ok())
+            .unwrap_or_default()
+    }
+
     fn mark(&mut self, id: &str, f: impl FnOnce(&mut Pending)) {
         if let Some(slot) = self.streams.get_mut(id) {
             f(&mut slot.pending);
@@ -202,6 +213,9 @@ impl State {
         }
         for id in self.ids_of(cs.filters) {
             self.mark(&id, |p| p.filter = true);
+        }
+        for id in self.ids_of(cs.ssh) {
+            self.mark(&id, |p| p.ssh = true);
         }
     }
 
@@ -575,6 +589,7 @@ impl Hub {
         for slot in st.streams.values_mut() {
             slot.pending.recheck_peers = true;
             slot.pending.filter = true;
+            slot.pending.ssh = true;
             slot.notify.notify_one();
         }
         Ok(())
@@ -639,10 +654,12 @@ impl Hub {
             .filter_map(|p| st.nodes.get(p).map(|pe| (p.clone(), pe.version)))
             .collect();
         let filter = st.filter_of(id);
+        let ssh = st.ssh_of(id);
         let full = FullMap {
             self_node: Self::self_node(&st, &e),
             peers,
             filter: filter.clone(),
+            ssh: ssh.clone(),
             dns: st.dns(),
             relays: st.relays.clone(),
         };
@@ -669,6 +686,7 @@ impl Hub {
                 sent: Sent {
                     peers: sent_peers,
                     filter,
+                    ssh,
                     self_version: e.version,
                     relays_version: st.relays_version,
                 },
@@ -717,6 +735,13 @@ impl Hub {
             if f != h.sent.filter {
                 h.sent.filter = f.clone();
                 d.filter = Some(f);
+            }
+        }
+        if pending.ssh {
+            let rules = st.ssh_of(&h.node_id);
+            if rules != h.sent.ssh {
+                h.sent.ssh = rules.clone();
+                d.ssh = Some(rules);
             }
         }
         if pending.recheck_peers {

@@ -16,6 +16,7 @@ pub mod ipset;
 mod node;
 pub mod ports;
 mod rule;
+pub mod ssh;
 
 pub use ipset::IpSet;
 pub use node::{FilterRule, NetPortRange, NodeFilter, has_ports};

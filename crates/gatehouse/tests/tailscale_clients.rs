@@ -373,3 +373,92 @@ async fn relayed_tailscale_clients_and_a_tsnet_peer() {
     assert_eq!(who["caller_host"], "relayed-a", "{who}");
     tsnet.stop().await;
 }
+
+/// Tailscale SSH between two `tailscaled`s: control only hands each device
+/// its `SSHPolicy`, compiled from the policy's `ssh` section; the devices
+/// admit or refuse sessions themselves, and follow policy changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tailscale_ssh_is_allowed_or_refused_as_the_policy_says() {
+    let Some(tools) = tailscale::tools_or_skip() else {
+        return;
+    };
+    let c = TestControl::start().await;
+    let ca = c.dir.join("ca.crt");
+    c.admin.create_user("dana@example.com").await.unwrap();
+    let key = c.key(Some("dana@example.com"), &[], true).await;
+    let with_ssh = |ssh: &str| {
+        format!(
+            r#"{{"tagOwners": {{"tag:k8s-operator": [], "tag:k8s": ["tag:k8s-operator"]}},
+                "acls": [{{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}}],
+                "ssh": [{ssh}]}}"#
+        )
+    };
+    let allow_root = r#"{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["root"]}"#;
+    c.admin.set_policy(&with_ssh(allow_root)).await.unwrap();
+    let client = Tailscaled::start(Options {
+        hostname: "ssh-client".into(),
+        ca_file: Some(ca.clone()),
+        ..Options::default()
+    })
+    .await;
+    let server = Tailscaled::start(Options {
+        hostname: "ssh-server".into(),
+        ca_file: Some(ca.clone()),
+        ..Options::default()
+    })
+    .await;
+    client.up(&c.info.url, &key, &[]).await.unwrap();
+    server.up(&c.info.url, &key, &["--ssh"]).await.unwrap();
+    client
+        .wait_status("the server as a peer", DEADLINE, |s| {
+            peer_dns_names(s).contains(&format!("ssh-server.{DOMAIN}."))
+        })
+        .await;
+
+    // `ssh` through `tailscale nc` (what `tailscale ssh` runs).
+    let ssh = |user: &'static str| {
+        let proxy = format!(
+            "{} --socket={} nc %h %p",
+            tools.tailscale.display(),
+            client.socket().display()
+        );
+        async move {
+            let out = Command::new("ssh")
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                ])
+                .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o"])
+                .arg(format!("ProxyCommand={proxy}"))
+                .arg(format!("{user}@ssh-server.{DOMAIN}"))
+                .arg("echo ssh-ok-$(id -un)")
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .unwrap();
+            (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (out, err) = eventually("an SSH session as root", DEADLINE, || async {
+        let (out, err) = ssh("root").await;
+        out.contains("ssh-ok-root").then_some((out, err))
+    })
+    .await;
+    assert!(out.contains("ssh-ok-root"), "{out}{err}");
+    // A login the rule does not map is refused by the device.
+    let (out, _) = ssh("nobody").await;
+    assert!(!out.contains("ssh-ok"), "{out}");
+
+    // A policy without the rule: the device refuses root too, at once.
+    c.admin.set_policy(&with_ssh("")).await.unwrap();
+    eventually("root refused", DEADLINE, || async {
+        let (out, _) = ssh("root").await;
+        (!out.contains("ssh-ok")).then_some(())
+    })
+    .await;
+}

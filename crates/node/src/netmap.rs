@@ -276,6 +276,7 @@ pub(crate) mod tests {
                 addresses: Vec::new(),
                 rules: Vec::new(),
             },
+            ssh: Vec::new(),
             dns: DnsConfig {
                 domain: "test.gatehouse.internal".into(),
                 nameserver: "100.100.100.100".parse().unwrap(),

@@ -30,41 +30,13 @@ use crate::engine::{Engine, EngineError, NodeId};
 use crate::hujson::Pos;
 use crate::inventory::Node;
 use crate::model::{Policy, Target};
-use serde::{Deserialize, Serialize};
+pub use gatehouse_filter::ssh::{
+    CheckPeriod, DEFAULT_CHECK_PERIOD, MAX_CHECK_PERIOD, Principals, SshAction, SshGrant,
+    first_match,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// How long a `check` approval lasts when the rule gives no `checkPeriod`.
-pub const DEFAULT_CHECK_PERIOD: Duration = Duration::from_secs(12 * 3600);
-
-/// The longest `checkPeriod` Tailscale accepts (one week).
-pub const MAX_CHECK_PERIOD: Duration = Duration::from_secs(168 * 3600);
-
-/// What a matching SSH session gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "lowercase")]
-pub enum SshAction {
-    /// Let it in (with agent and port forwarding, as Tailscale's accept does).
-    Accept,
-    /// Hold it until the user re-authenticates with control, then let it
-    /// in; an approval lasts `period`.
-    Check {
-        /// How long an approval lasts.
-        period: CheckPeriod,
-    },
-}
-
-/// How long a `check` approval lasts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckPeriod {
-    /// `"always"`: every session is checked.
-    Always,
-    /// A duration (`"12h"` by default, at most `"168h"`).
-    Every(Duration),
-}
 
 /// Which local users a rule admits (its `users` field, parsed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -156,60 +128,6 @@ pub struct SshTestDst {
     pub target: Target,
 }
 
-/// One rule of a device's SSH policy: sessions from `principals` asking for
-/// a login that `users` maps to a local user get `action`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SshGrant {
-    /// The `ssh` rule it comes from (index in `ssh`).
-    pub rule: usize,
-    /// Addresses of the source devices, sorted (IPv4 first); shared
-    /// between the grants of one rule.
-    pub principals: Principals,
-    /// Requested login → local user, in Tailscale's `SSHUsers` form: `"*"`
-    /// is every login not listed, `"="` means "as itself" (never root), and
-    /// an empty value refuses that login.
-    pub users: BTreeMap<String, String>,
-    /// What a matching session gets.
-    #[serde(flatten)]
-    pub action: SshAction,
-    /// Environment variables the client may pass (`acceptEnv`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub accept_env: Vec<String>,
-}
-
-impl SshGrant {
-    /// The local user a session from `src` asking for `login` gets under
-    /// this grant, as Tailscale SSH maps it; `None` if the grant does not
-    /// match. `"="` maps a login to itself except root.
-    pub fn local_user(&self, src: IpAddr, login: &str) -> Option<String> {
-        if !self.principals.contains(&src) {
-            return None;
-        }
-        self.maps_login(login)
-    }
-
-    /// The local user this grant's user map gives `login`, whatever the
-    /// source.
-    pub fn maps_login(&self, login: &str) -> Option<String> {
-        if login.is_empty() {
-            return None;
-        }
-        let v = self.users.get(login).or_else(|| self.users.get("*"))?;
-        match v.as_str() {
-            "" => None,
-            "=" if login == "root" => None,
-            "=" => Some(login.to_string()),
-            other => Some(other.to_string()),
-        }
-    }
-}
-
-/// The first grant of a device's SSH policy that lets `src` in as `login`
-/// (Tailscale SSH evaluates them in order).
-pub fn first_match<'a>(grants: &'a [SshGrant], src: IpAddr, login: &str) -> Option<&'a SshGrant> {
-    grants.iter().find(|g| g.local_user(src, login).is_some())
-}
-
 /// One `ssh` rule's sources: the nodes they select and, ready to share
 /// between grants, their addresses (all, per user, tagged), sorted.
 #[derive(Debug, Clone, Default)]
@@ -219,9 +137,6 @@ pub(crate) struct RuleSources {
     pub(crate) by_user: BTreeMap<String, Principals>,
     pub(crate) tagged: Principals,
 }
-
-/// A shared, sorted list of source addresses.
-pub type Principals = Arc<[IpAddr]>;
 
 /// Per `ssh` rule, its sources; kept up to date as nodes come and go.
 #[derive(Debug, Clone, Default)]

@@ -2,6 +2,7 @@
 //! stream, and the admin API's request and response bodies.
 
 use gatehouse_filter::NodeFilter;
+use gatehouse_filter::ssh::SshGrant;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 
@@ -226,6 +227,10 @@ pub struct FullMap {
     pub peers: Vec<Peer>,
     /// Its compiled inbound packet filter.
     pub filter: NodeFilter,
+    /// Its SSH policy (who may open SSH sessions to it, as which local
+    /// users), in the order its SSH server checks the rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<SshGrant>,
     /// DNS configuration.
     pub dns: DnsConfig,
     /// The relays nodes connect to.
@@ -248,6 +253,9 @@ pub struct MapDelta {
     /// A new packet filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<NodeFilter>,
+    /// A new SSH policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<Vec<SshGrant>>,
     /// New DNS configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsConfig>,
@@ -263,6 +271,7 @@ impl MapDelta {
             && self.peers_upsert.is_empty()
             && self.peers_removed.is_empty()
             && self.filter.is_none()
+            && self.ssh.is_none()
             && self.dns.is_none()
             && self.relays.is_none()
     }
@@ -277,6 +286,8 @@ pub struct MapState {
     pub peers: std::collections::BTreeMap<String, Peer>,
     /// The inbound filter.
     pub filter: NodeFilter,
+    /// The SSH policy.
+    pub ssh: Vec<SshGrant>,
     /// DNS configuration.
     pub dns: DnsConfig,
     /// The relays.
@@ -290,6 +301,7 @@ impl MapState {
             self_node: m.self_node,
             peers: m.peers.into_iter().map(|p| (p.id.clone(), p)).collect(),
             filter: m.filter,
+            ssh: m.ssh,
             dns: m.dns,
             relays: m.relays,
         }
@@ -311,6 +323,9 @@ impl MapState {
                 }
                 if let Some(f) = d.filter {
                     self.filter = f;
+                }
+                if let Some(s) = d.ssh {
+                    self.ssh = s;
                 }
                 if let Some(dns) = d.dns {
                     self.dns = dns;

@@ -4,8 +4,8 @@
 
 use gatehouse_proto::control::{DnsConfig, FullMap, MapDelta, Peer, RelayMap};
 use gatehouse_tailcfg::{
-    DerpMap, DerpNode, DerpRegion, Hostinfo, Login, MapResponse, Node, NodePublic, User,
-    UserProfile,
+    DerpMap, DerpNode, DerpRegion, Hostinfo, Login, MapResponse, Node, NodePublic, SshAction,
+    SshPolicy, SshPrincipal, SshRule, User, UserProfile,
 };
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -192,6 +192,37 @@ pub(crate) fn derp_map(relays: &RelayMap) -> DerpMap {
     }
 }
 
+/// The device's SSH policy in Tailscale's form. `check` rules (a recent
+/// sign-in required) need a sign-in provider, which control does not have
+/// yet: they refuse, saying why, rather than admit.
+pub(crate) fn ssh_policy(grants: &[gatehouse_filter::ssh::SshGrant]) -> SshPolicy {
+    use gatehouse_filter::ssh::SshAction as Action;
+    SshPolicy {
+        rules: grants
+            .iter()
+            .map(|g| SshRule {
+                principals: g
+                    .principals
+                    .iter()
+                    .map(|ip| SshPrincipal {
+                        node_ip: ip.to_string(),
+                        ..SshPrincipal::default()
+                    })
+                    .collect(),
+                ssh_users: g.users.clone(),
+                action: Some(match g.action {
+                    Action::Accept => SshAction::accept(),
+                    Action::Check { .. } => SshAction::reject(
+                        "this rule needs a recent sign-in (check mode), which this control server cannot ask for yet",
+                    ),
+                }),
+                accept_env: g.accept_env.clone(),
+                ..SshRule::default()
+            })
+            .collect(),
+    }
+}
+
 /// MagicDNS: clients answer the network's names themselves.
 pub(crate) fn dns(d: &DnsConfig) -> gatehouse_tailcfg::DnsConfig {
     let mut domains = vec![d.domain.clone()];
@@ -231,6 +262,7 @@ pub(crate) fn full(m: &FullMap) -> MapResponse {
         domain: m.dns.domain.clone(),
         collect_services: Some(false),
         user_profiles: Some(profiles(m.peers.iter().chain(std::iter::once(me)))),
+        ssh_policy: Some(ssh_policy(&m.ssh)),
         control_time: Some(time::OffsetDateTime::now_utc()),
         ..MapResponse::default()
     }
@@ -260,6 +292,9 @@ pub(crate) fn delta(d: &MapDelta) -> MapResponse {
     }
     if let Some(relays) = &d.relays {
         r.derp_map = Some(derp_map(relays));
+    }
+    if let Some(ssh) = &d.ssh {
+        r.ssh_policy = Some(ssh_policy(ssh));
     }
     if let Some(f) = &d.filter {
         r = r.with_base_filter(gatehouse_tailcfg::packet_filter(f));
