@@ -52,8 +52,8 @@ async fn handle(app: &App, session: &Session, body: &[u8]) -> Result<RegisterRes
             "this node key is registered by another machine",
         ));
     }
-    if let Some(e) = logout_expiry(&req, now) {
-        return Err(e);
+    if req.expiry.is_some_and(|t| t.unix_timestamp() <= now) {
+        return Err(ApiErr::unauthorized("no such node to log out"));
     }
     let auth_key = req.auth.as_ref().map_or("", |a| a.auth_key.as_str());
     if auth_key.len() > MAX_AUTH_KEY {
@@ -74,7 +74,7 @@ async fn handle(app: &App, session: &Session, body: &[u8]) -> Result<RegisterRes
     };
     let Admitted { row, .. } = admission::register(app, candidate).await?;
     tracing::info!(node = %row.id, name = %row.name, remote = %session.remote, "ts2021: node registered");
-    Ok(authorized(&row, now))
+    Ok(authorized(&row))
 }
 
 /// How long a follow-up request waits for an approval before it is told to
@@ -109,7 +109,7 @@ async fn interactive(
         .map(|(_, c)| c)
         .ok_or_else(|| ApiErr::bad("follow-up URL is not a registration URL"))?;
     match app.pending.wait(asked, &credential, FOLLOWUP_WAIT).await? {
-        Some(super::interactive::Verdict::Approved(row)) => Ok(authorized(&row, app.now())),
+        Some(super::interactive::Verdict::Approved(row)) => Ok(authorized(&row)),
         None => Ok(RegisterResponse {
             auth_url: url,
             ..RegisterResponse::default()
@@ -170,21 +170,14 @@ async fn known_machine(
             ..RegisterResponse::default()
         });
     }
-    Ok(authorized(&node, now))
+    Ok(authorized(&node))
 }
 
 fn old_key(req: &RegisterRequest) -> String {
     base64::engine::general_purpose::STANDARD.encode(req.old_node_key.as_bytes())
 }
 
-/// A logout of a node control does not know: nothing to do.
-fn logout_expiry(req: &RegisterRequest, now: i64) -> Option<ApiErr> {
-    req.expiry
-        .filter(|t| t.unix_timestamp() <= now)
-        .map(|_| ApiErr::unauthorized("no such node to log out"))
-}
-
-fn authorized(row: &NodeRow, _now: i64) -> RegisterResponse {
+fn authorized(row: &NodeRow) -> RegisterResponse {
     let (user, login) = mapper::owner(row.user.as_deref(), !row.tags.is_empty());
     RegisterResponse {
         user,
