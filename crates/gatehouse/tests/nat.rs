@@ -133,3 +133,93 @@ async fn udp_blocked_goes_through_the_relay() {
         "site 1 learned a public address with UDP blocked: {st}"
     );
 }
+
+/// A Tailscale client (`tailscaled`, TUN-less) behind a NAT of its own and a
+/// Gatehouse node behind another: they find a direct path where the NATs
+/// allow one, go through control's relay where they do not, and traffic
+/// flows either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailscaled_behind_nat_reaches_a_gatehouse_node() {
+    use gatehouse_testkit::tailscale::{self, Options, Tailscaled};
+    if skip_unless_root("a_tailscaled_behind_nat_reaches_a_gatehouse_node") {
+        return;
+    }
+    if tailscale::tools_or_skip().is_none() {
+        return;
+    }
+    let mut net = Net::without_nodes(
+        &[
+            NatKind::EndpointIndependent,
+            NatKind::EndpointIndependent,
+            NatKind::Symmetric,
+            NatKind::Symmetric,
+        ],
+        &[],
+        &[],
+    )
+    .await;
+    net.start_node(0).await;
+    net.start_node(2).await;
+    let url = format!("https://{}:8443", gatehouse_testkit::nat::WAN_ADDR);
+    let mut daemons = Vec::new();
+    for site in [1, 3] {
+        let d = Tailscaled::start(Options {
+            hostname: format!("ts{site}"),
+            netns: Some(net.topo.host(site)),
+            ca_file: Some(net.ca()),
+            ..Options::default()
+        })
+        .await;
+        d.up(&url, &net.key, &[]).await.unwrap();
+        daemons.push((site, d));
+    }
+    for (site, d) in &daemons {
+        // Through the daemon's SOCKS5 (in its namespace) to the node of the
+        // site of the same NAT kind.
+        let to = site - 1;
+        let proxy = d.socks5_url();
+        let fetched = gatehouse_testkit::wait_for(
+            &format!("ts{site} → h{to}"),
+            std::time::Duration::from_secs(60),
+            || {
+                let (proxy, host) = (proxy.clone(), net.topo.host(*site));
+                let ca = net.ca();
+                let _ = std::fs::write(net.dir.path().join("files").join("hello"), "hello\n");
+                async move {
+                    let out = tokio::process::Command::new("ip")
+                        .args(["netns", "exec", &host, "curl", "-sS", "--max-time", "10"])
+                        .args(["--proxy", &proxy, "--cacert"])
+                        .arg(&ca)
+                        .arg(format!("https://h{to}.gatehouse.internal/hello"))
+                        .output()
+                        .await
+                        .unwrap();
+                    (out.status.success() && out.stdout == b"hello\n").then_some(())
+                }
+            },
+        )
+        .await;
+        let _: () = fetched;
+    }
+    // Endpoint-independent NAT on both sides: disco upgrades to direct.
+    let (_, ts1) = &daemons[0];
+    let direct = gatehouse_testkit::wait_for(
+        "a direct path ts1 → h0",
+        std::time::Duration::from_secs(60),
+        || async {
+            let p = ts1.ping("h0", &[]).await;
+            p.success().then_some(p)
+        },
+    )
+    .await;
+    assert!(!direct.stdout.contains("DERP"), "{}", direct.stdout);
+    // Symmetric NAT on both sides: the relay carries it.
+    let (_, ts3) = &daemons[1];
+    let relayed = ts3.ping("h2", &["--until-direct=false"]).await;
+    assert!(relayed.success(), "{relayed:?}");
+    assert!(
+        relayed.stdout.contains("via DERP(control)"),
+        "{}",
+        relayed.stdout
+    );
+}
