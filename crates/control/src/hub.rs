@@ -35,6 +35,8 @@ struct Entry {
 struct Pending {
     recheck_peers: bool,
     changed_peers: HashSet<String>,
+    /// Peers that came online or went offline.
+    online_changed: HashSet<String>,
     filter: bool,
     ssh: bool,
     self_node: bool,
@@ -150,6 +152,7 @@ impl State {
             tags: r.tags.clone(),
             key_expiry: r.key_expiry,
             service: r.service.clone(),
+            online: Some(self.streams.contains_key(&r.id)),
         }
     }
 
@@ -225,6 +228,16 @@ impl State {
             let id = id.to_string();
             self.mark(&p, move |pending| {
                 pending.changed_peers.insert(id);
+            });
+        }
+    }
+
+    /// Tells every peer of `id` that it came online or went offline.
+    fn online_changed(&mut self, id: &str) {
+        for p in self.peer_ids(id) {
+            let id = id.to_string();
+            self.mark(&p, move |pending| {
+                pending.online_changed.insert(id);
             });
         }
     }
@@ -676,6 +689,8 @@ impl Hub {
         ) {
             // The replaced stream learns it is closed from the generation.
             old.notify.notify_one();
+        } else {
+            st.online_changed(id);
         }
         Some((
             full,
@@ -703,6 +718,7 @@ impl Hub {
             .is_some_and(|s| s.generation == h.generation)
         {
             st.streams.remove(&h.node_id);
+            st.online_changed(&h.node_id);
         }
     }
 
@@ -788,6 +804,11 @@ impl Hub {
                         d.peers_removed.push(p);
                     }
                 }
+            }
+        }
+        for p in pending.online_changed {
+            if h.sent.peers.contains_key(&p) {
+                d.online.insert(p.clone(), st.streams.contains_key(&p));
             }
         }
         Ok(d)

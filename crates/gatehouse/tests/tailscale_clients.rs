@@ -168,6 +168,7 @@ async fn tailscaled_and_a_gatehouse_node_reach_each_other_under_one_policy() {
             .any(|ip| ip == laptop_ip.as_str()),
         "{peer}"
     );
+    assert_eq!(peer["Online"], true, "{peer}");
     let phone_row = listed.iter().find(|n| n.node.name == "phone").unwrap();
     assert_eq!(phone_row.client, "tailscale");
     assert_eq!(phone_row.os, "linux");

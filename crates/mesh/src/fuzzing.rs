@@ -90,6 +90,7 @@ pub fn datagram(data: &[u8]) {
         tags: Vec::new(),
         key_expiry: 0,
         service: None,
+        online: None,
     };
     core.set_peers(&[peer], now);
     core.set_filter(&filter());

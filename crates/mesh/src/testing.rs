@@ -73,6 +73,7 @@ impl TestNode {
             tags: self.tags.clone(),
             key_expiry: 0,
             service: None,
+            online: None,
         }
     }
 

@@ -383,6 +383,7 @@ fn nodes_with_ip(sim: &Sim, idx: usize, ip: std::net::IpAddr) -> gatehouse_proto
             tags: vec![],
             key_expiry: 0,
             service: None,
+            online: None,
         })
         .unwrap();
     p.addresses.push(ip);

@@ -257,6 +257,7 @@ pub(crate) mod tests {
             tags: Vec::new(),
             key_expiry: 0,
             service: None,
+            online: None,
         }
     }
 

@@ -135,6 +135,9 @@ pub struct Peer {
     /// with its other replicas, if it registered for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Whether it holds a map stream to control now (`None`: not said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
 }
 
 /// The receiving node's own information.
@@ -262,6 +265,9 @@ pub struct MapDelta {
     /// A new relay map.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relays: Option<RelayMap>,
+    /// Peers that came online (`true`) or went offline, by id.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub online: std::collections::BTreeMap<String, bool>,
 }
 
 impl MapDelta {
@@ -272,6 +278,7 @@ impl MapDelta {
             && self.peers_removed.is_empty()
             && self.filter.is_none()
             && self.ssh.is_none()
+            && self.online.is_empty()
             && self.dns.is_none()
             && self.relays.is_none()
     }
@@ -326,6 +333,11 @@ impl MapState {
                 }
                 if let Some(s) = d.ssh {
                     self.ssh = s;
+                }
+                for (id, on) in d.online {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.online = Some(on);
+                    }
                 }
                 if let Some(dns) = d.dns {
                     self.dns = dns;

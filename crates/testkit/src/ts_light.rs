@@ -208,6 +208,11 @@ impl View {
         for id in r.peers_removed.unwrap_or_default() {
             self.peers.remove(&id);
         }
+        for (id, on) in r.online_change.unwrap_or_default() {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.online = Some(on);
+            }
+        }
         if let Some(f) = r.packet_filter {
             self.filter = f;
         }

@@ -105,6 +105,16 @@ async fn tailscale_and_native_nodes_are_peers_under_one_policy() {
         .unwrap();
     native.wait_peers(&["phone"]).await;
     assert!(!phone.view().closed);
+
+    // The laptop is online while it holds its map stream, and the phone is
+    // told when it goes away.
+    let online = |v: &ts_light::View| v.peers.values().next().and_then(|p| p.online);
+    assert_eq!(online(&phone.view()), Some(true));
+    drop(native);
+    phone
+        .wait_until("the laptop offline", |v| online(v) == Some(false))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,10 @@ use std::sync::Arc;
 type AppState = State<Arc<App>>;
 
 pub(super) fn node_info(
-    (peer, row, online): (gatehouse_proto::control::Peer, crate::store::NodeRow, bool),
+    (mut peer, row, online): (gatehouse_proto::control::Peer, crate::store::NodeRow, bool),
 ) -> NodeInfo {
+    // Said once, by `NodeInfo::online`.
+    peer.online = None;
     NodeInfo {
         node: peer,
         created_at: row.created_at,

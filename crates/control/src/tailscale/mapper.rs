@@ -118,6 +118,7 @@ pub(crate) fn node(p: &Peer) -> Node {
             ..Hostinfo::default()
         }),
         tags: p.tags.clone(),
+        online: p.online,
         machine_authorized: true,
         ..Node::default()
     }
@@ -295,6 +296,9 @@ pub(crate) fn delta(d: &MapDelta) -> MapResponse {
     }
     if let Some(ssh) = &d.ssh {
         r.ssh_policy = Some(ssh_policy(ssh));
+    }
+    if !d.online.is_empty() {
+        r.online_change = Some(d.online.iter().map(|(id, on)| (node_id(id), *on)).collect());
     }
     if let Some(f) = &d.filter {
         r = r.with_base_filter(gatehouse_tailcfg::packet_filter(f));
