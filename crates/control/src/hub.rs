@@ -543,6 +543,23 @@ impl Hub {
         st.peer_changed(id);
     }
 
+    /// Replaces a node's WireGuard key (a rotation); its peers are told.
+    pub fn set_wireguard_key(&self, id: &str, key: &str) {
+        let mut st = self.lock();
+        let Some(e) = st.nodes.get_mut(id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut e.row.wg_key, key.to_string());
+        st.by_wg_key.remove(&old);
+        st.by_wg_key.insert(key.to_string(), id.to_string());
+        st.bump(id);
+        st.peer_changed(id);
+        st.mark(id, |p| p.self_node = true);
+        drop(st);
+        // The old key may no longer use the relay.
+        self.members.send_modify(|g| *g += 1);
+    }
+
     /// Records what a node runs (shown to administrators; peers do not
     /// see it).
     pub fn set_client(&self, id: &str, client: crate::store::ClientInfo) {
@@ -613,6 +630,13 @@ impl Hub {
         let st = self.lock();
         let id = st.by_fingerprint.get(fp)?;
         st.nodes.get(id).filter(|e| e.live).map(|e| e.row.clone())
+    }
+
+    /// The node a machine credential registered, live or expired.
+    pub fn node_registered_by(&self, credential: &str) -> Option<NodeRow> {
+        let st = self.lock();
+        let id = st.by_fingerprint.get(credential)?;
+        st.nodes.get(id).map(|e| e.row.clone())
     }
 
     /// A node by id.

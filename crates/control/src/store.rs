@@ -565,6 +565,16 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Replaces a node's WireGuard key (a rotation).
+    pub async fn set_wg_key(&self, id: &str, key: &str) -> Result<()> {
+        sqlx::query("UPDATE nodes SET wg_key = $2 WHERE id = $1")
+            .bind(id)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records what a node runs.
     pub async fn set_client(&self, id: &str, client: &ClientInfo) -> Result<()> {
         sqlx::query("UPDATE nodes SET client = $2 WHERE id = $1")

@@ -291,3 +291,110 @@ async fn a_device_without_a_key_waits_until_an_administrator_approves_it() {
     assert!(c.admin.registrations().await.unwrap().is_empty());
     assert!(c.admin.approve(&code, "bob@example.com").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_rotates_its_node_key_and_registers_again_after_expiry() {
+    let c = TestControl::start().await;
+    let a = addr(&c);
+    c.admin.create_user("erin@example.com").await.unwrap();
+    let key = c.key(Some("erin@example.com"), &[], true).await;
+    let mut native = c.node(&key, "desk").await.unwrap();
+    let server = ts_light::server_key(&a, &c.ca).await.unwrap();
+    let r = ts_light::register(&a, &c.ca, server, &key, "tablet")
+        .await
+        .unwrap();
+    native.wait_peers(&["tablet"]).await;
+    let key_of = |n: &gatehouse_testkit::LightNode| {
+        n.view().and_then(|v| {
+            v.peers
+                .values()
+                .find(|p| p.name == "tablet")
+                .map(|p| p.wireguard_key.clone())
+        })
+    };
+    let b64 = |k: &gatehouse_tailcfg::NodePublic| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(k.as_bytes())
+    };
+    assert_eq!(key_of(&native), Some(b64(&r.node_key)));
+
+    // Rotation: the new node key, signed off by the old one, on the same
+    // machine; the node keeps its name and id, peers learn the new key.
+    let mut s = ts_light::open_session(&a, &c.ca, &r.machine, server, 130)
+        .await
+        .unwrap();
+    let new_key = ts_light::random_node_key();
+    let req = gatehouse_tailcfg::RegisterRequest {
+        version: 130,
+        node_key: new_key,
+        old_node_key: r.node_key,
+        ..Default::default()
+    };
+    let (status, body) = ts_light::post(&mut s, "/machine/register", &req)
+        .await
+        .unwrap();
+    let body = ts_light::text(body).await;
+    assert_eq!(status, 200, "{body}");
+    native
+        .wait_until("the new key", |v| {
+            v.is_some_and(|v| {
+                v.peers
+                    .values()
+                    .any(|p| p.name == "tablet" && p.wireguard_key == b64(&new_key))
+            })
+        })
+        .await;
+    let nodes = c.admin.nodes().await.unwrap();
+    assert_eq!(nodes.iter().filter(|n| n.node.name == "tablet").count(), 1);
+    // The old key no longer speaks for it.
+    let stale = gatehouse_tailcfg::RegisterRequest {
+        version: 130,
+        node_key: ts_light::random_node_key(),
+        old_node_key: r.node_key,
+        ..Default::default()
+    };
+    let (status, _) = ts_light::post(&mut s, "/machine/register", &stale)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+
+    // Expired by an administrator: without a key it is told so; with one
+    // it registers again, as a new node in place of the expired one.
+    c.admin.expire_node("tablet").await.unwrap();
+    let ask = gatehouse_tailcfg::RegisterRequest {
+        version: 130,
+        node_key: new_key,
+        ..Default::default()
+    };
+    let (status, body) = ts_light::post(&mut s, "/machine/register", &ask)
+        .await
+        .unwrap();
+    let body = ts_light::text(body).await;
+    assert_eq!(status, 200, "{body}");
+    let resp: gatehouse_tailcfg::RegisterResponse = serde_json::from_str(&body).unwrap();
+    assert!(resp.node_key_expired && !resp.machine_authorized, "{body}");
+    let again = gatehouse_tailcfg::RegisterRequest {
+        version: 130,
+        node_key: ts_light::random_node_key(),
+        old_node_key: new_key,
+        auth: Some(gatehouse_tailcfg::RegisterAuth {
+            auth_key: key.clone(),
+        }),
+        hostinfo: Some(gatehouse_tailcfg::Hostinfo {
+            hostname: "tablet".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (status, body) = ts_light::post(&mut s, "/machine/register", &again)
+        .await
+        .unwrap();
+    let body = ts_light::text(body).await;
+    assert_eq!(status, 200, "{body}");
+    let resp: gatehouse_tailcfg::RegisterResponse = serde_json::from_str(&body).unwrap();
+    assert!(resp.machine_authorized, "{body}");
+    let nodes = c.admin.nodes().await.unwrap();
+    let tablets: Vec<_> = nodes.iter().filter(|n| n.node.name == "tablet").collect();
+    assert_eq!(tablets.len(), 1, "{nodes:?}");
+    assert!(tablets[0].node.key_expiry > 0);
+}

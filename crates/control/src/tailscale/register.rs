@@ -43,8 +43,10 @@ async fn handle(app: &App, session: &Session, body: &[u8]) -> Result<RegisterRes
     }
     let wg_key = base64::engine::general_purpose::STANDARD.encode(req.node_key.as_bytes());
     let now = app.now();
-    if let Some(node) = app.hub.node_by_fingerprint(&session.credential()) {
-        return known_machine(app, session, &req, node, &wg_key, now).await;
+    if let Some(node) = app.hub.node_registered_by(&session.credential())
+        && let Some(resp) = known_machine(app, session, &req, node, &wg_key, now).await?
+    {
+        return Ok(resp);
     }
     if app.hub.has_wireguard_key(&wg_key) {
         // The node key belongs to a node another machine registered.
@@ -118,8 +120,9 @@ async fn interactive(
 }
 
 /// A registration from a machine control knows: the same node key asking
-/// again, a logout, or a new node key (re-authentication, refused for now:
-/// delete the node and register again).
+/// again, a logout, a new node key signed off by the old one (rotation), or
+/// a node whose key expired registering again (`None`: the expired node is
+/// gone and the request goes on as a new registration).
 async fn known_machine(
     app: &App,
     session: &Session,
@@ -127,15 +130,15 @@ async fn known_machine(
     node: NodeRow,
     wg_key: &str,
     now: i64,
-) -> Result<RegisterResponse, ApiErr> {
+) -> Result<Option<RegisterResponse>, ApiErr> {
+    let actor = format!("node:{}", node.id);
     let wants_logout = req.expiry.is_some_and(|t| t.unix_timestamp() <= now);
-    if node.wg_key != wg_key && (node.wg_key != old_key(req) || wants_logout) {
-        return Err(ApiErr::unauthorized(
-            "this machine registered another node key: log out and register again",
-        ));
-    }
     if wants_logout {
-        let actor = format!("node:{}", node.id);
+        if node.wg_key != wg_key {
+            return Err(ApiErr::unauthorized(
+                "this machine registered another node key",
+            ));
+        }
         if node.ephemeral {
             app.store.delete_node(&node.id).await?;
             app.hub.remove_node(&node.id);
@@ -154,23 +157,52 @@ async fn known_machine(
             audit(app, &actor, "node.expire", &node.id, true, "logged out").await;
         }
         tracing::info!(node = %node.id, remote = %session.remote, "ts2021: node logged out");
-        return Ok(RegisterResponse {
+        return Ok(Some(RegisterResponse {
             node_key_expired: true,
             ..RegisterResponse::default()
-        });
-    }
-    if node.wg_key != wg_key {
-        return Err(ApiErr::unauthorized(
-            "node key rotation is not supported yet: log out and register again",
-        ));
+        }));
     }
     if node.key_expiry <= now {
-        return Ok(RegisterResponse {
-            node_key_expired: true,
-            ..RegisterResponse::default()
-        });
+        let asks = req.auth.as_ref().is_some_and(|a| !a.auth_key.is_empty())
+            || !req.followup.is_empty()
+            || node.wg_key != wg_key;
+        if !asks {
+            return Ok(Some(RegisterResponse {
+                node_key_expired: true,
+                ..RegisterResponse::default()
+            }));
+        }
+        // Its key expired: it must be let in again (a key or an approval),
+        // as a new node; the expired one, outside the mesh already, goes.
+        app.store.delete_node(&node.id).await?;
+        app.hub.remove_node(&node.id);
+        audit(
+            app,
+            &actor,
+            "node.delete",
+            &node.id,
+            true,
+            "key expired; the machine registers again",
+        )
+        .await;
+        return Ok(None);
     }
-    Ok(authorized(&node))
+    if node.wg_key == wg_key {
+        return Ok(Some(authorized(&node)));
+    }
+    if node.wg_key != old_key(req) {
+        return Err(ApiErr::unauthorized(
+            "this machine registered another node key: log out and register again",
+        ));
+    }
+    // Rotation: the new key replaces the old one; peers learn it.
+    if app.hub.has_wireguard_key(wg_key) {
+        return Err(ApiErr::conflict("this node key is already registered"));
+    }
+    app.store.set_wg_key(&node.id, wg_key).await?;
+    app.hub.set_wireguard_key(&node.id, wg_key);
+    audit(app, &actor, "node.rotate", &node.id, true, "new node key").await;
+    Ok(Some(authorized(&node)))
 }
 
 fn old_key(req: &RegisterRequest) -> String {
