@@ -163,9 +163,12 @@ async fn a_tailscaled_behind_nat_reaches_a_gatehouse_node() {
     let url = format!("https://{}:8443", gatehouse_testkit::nat::WAN_ADDR);
     let mut daemons = Vec::new();
     for site in [1, 3] {
+        // Site 1's daemon runs a TUN device (the kernel's TCP/IP), site 3's
+        // userspace networking.
         let d = Tailscaled::start(Options {
             hostname: format!("ts{site}"),
             netns: Some(net.topo.host(site)),
+            tun: (site == 1).then(|| "ts0".to_string()),
             ca_file: Some(net.ca()),
             ..Options::default()
         })
@@ -201,6 +204,57 @@ async fn a_tailscaled_behind_nat_reaches_a_gatehouse_node() {
         .await;
         let _: () = fetched;
     }
+    // A Gatehouse node reaches a server on the TUN-mode daemon's address
+    // (the kernel delivers it; its filter, from control, lets h0 in: both
+    // are alice's).
+    let site1 = net.topo.host(1);
+    let _server = tokio::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &site1,
+            "python3",
+            "-m",
+            "http.server",
+            "8099",
+        ])
+        .args(["--bind", "0.0.0.0", "--directory"])
+        .arg(net.dir.path().join("files"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = net.dir.path().join("from-ts1");
+    gatehouse_testkit::wait_for(
+        "h0 → ts1:8099",
+        std::time::Duration::from_secs(60),
+        || {
+            let (host0, out) = (net.topo.host(0), out.clone());
+            async move {
+                let ok = tokio::process::Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &host0,
+                        "curl",
+                        "-sS",
+                        "--fail",
+                        "--max-time",
+                        "10",
+                    ])
+                    .args(["--proxy", "socks5h://127.0.0.1:1080", "-o"])
+                    .arg(&out)
+                    .arg("http://ts1.gatehouse.internal:8099/hello")
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.success());
+                (ok && std::fs::read(&out).ok().as_deref() == Some(b"hello\n")).then_some(())
+            }
+        },
+    )
+    .await;
+
     // Endpoint-independent NAT on both sides: disco upgrades to direct.
     let (_, ts1) = &daemons[0];
     let direct = gatehouse_testkit::wait_for(
