@@ -679,27 +679,8 @@ impl Hub {
     /// A previous stream of the same node is closed.
     pub fn open_stream(&self, id: &str) -> Option<(FullMap, StreamHandle)> {
         let mut st = self.lock();
-        let e = st.nodes.get(id).filter(|e| e.live)?.clone();
-        let mut peer_ids = st.peer_ids(id);
-        peer_ids.sort();
-        let peers: Vec<Peer> = peer_ids
-            .iter()
-            .filter_map(|p| st.nodes.get(p).map(|pe| st.peer_of(pe)))
-            .collect();
-        let sent_peers = peer_ids
-            .iter()
-            .filter_map(|p| st.nodes.get(p).map(|pe| (p.clone(), pe.version)))
-            .collect();
-        let filter = st.filter_of(id);
-        let ssh = st.ssh_of(id);
-        let full = FullMap {
-            self_node: Self::self_node(&st, &e),
-            peers,
-            filter: filter.clone(),
-            ssh: ssh.clone(),
-            dns: st.dns(),
-            relays: st.relays.clone(),
-        };
+        let (full, e, sent_peers) = Self::full_map_of(&st, id)?;
+        let (filter, ssh) = (full.filter.clone(), full.ssh.clone());
         st.next_generation += 1;
         let generation = st.next_generation;
         let notify = Arc::new(Notify::new());
@@ -731,6 +712,36 @@ impl Hub {
                 },
             },
         ))
+    }
+
+    /// A node's whole map now, without opening a stream (a one-off request).
+    pub fn full_map(&self, id: &str) -> Option<FullMap> {
+        let st = self.lock();
+        Self::full_map_of(&st, id).map(|(full, _, _)| full)
+    }
+
+    /// The full map of a live node, the node, and the peer versions in it.
+    fn full_map_of(st: &State, id: &str) -> Option<(FullMap, Entry, HashMap<String, u64>)> {
+        let e = st.nodes.get(id).filter(|e| e.live)?.clone();
+        let mut peer_ids = st.peer_ids(id);
+        peer_ids.sort();
+        let peers: Vec<Peer> = peer_ids
+            .iter()
+            .filter_map(|p| st.nodes.get(p).map(|pe| st.peer_of(pe)))
+            .collect();
+        let sent_peers = peer_ids
+            .iter()
+            .filter_map(|p| st.nodes.get(p).map(|pe| (p.clone(), pe.version)))
+            .collect();
+        let full = FullMap {
+            self_node: Self::self_node(st, &e),
+            peers,
+            filter: st.filter_of(id),
+            ssh: st.ssh_of(id),
+            dns: st.dns(),
+            relays: st.relays.clone(),
+        };
+        Some((full, e, sent_peers))
     }
 
     /// Ends a stream (the connection went away).

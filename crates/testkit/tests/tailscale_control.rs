@@ -398,3 +398,54 @@ async fn a_machine_rotates_its_node_key_and_registers_again_after_expiry() {
     assert_eq!(tablets.len(), 1, "{nodes:?}");
     assert!(tablets[0].node.key_expiry > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_map_request_leaves_the_stream_alone() {
+    let c = TestControl::start().await;
+    let a = addr(&c);
+    c.admin.create_user("fay@example.com").await.unwrap();
+    let key = c.key(Some("fay@example.com"), &[], true).await;
+    let mut phone = TsLight::join(&a, &c.ca, &key, "phone").await.unwrap();
+    let server = ts_light::server_key(&a, &c.ca).await.unwrap();
+    let mut s = ts_light::open_session(&a, &c.ca, &phone.machine, server, 130)
+        .await
+        .unwrap();
+    // A one-off full map (not streamed), and a "lite" endpoint update.
+    let once = gatehouse_tailcfg::MapRequest {
+        version: 130,
+        node_key: phone.node_key,
+        compress: "zstd".into(),
+        ..Default::default()
+    };
+    let (status, body) = ts_light::post(&mut s, "/machine/map", &once).await.unwrap();
+    assert_eq!(status, 200);
+    let bytes = http_body_util::BodyExt::collect(body)
+        .await
+        .unwrap()
+        .to_bytes();
+    let maps =
+        gatehouse_tailcfg::decode_frames(&bytes, gatehouse_tailcfg::Compression::Zstd).unwrap();
+    assert_eq!(maps.len(), 1);
+    assert_eq!(
+        maps[0].node.as_ref().unwrap().name,
+        "phone.test.gatehouse.internal."
+    );
+    let lite = gatehouse_tailcfg::MapRequest {
+        version: 130,
+        node_key: phone.node_key,
+        omit_peers: true,
+        endpoints: vec!["192.0.2.7:41641".parse().unwrap()],
+        ..Default::default()
+    };
+    let (status, _) = ts_light::post(&mut s, "/machine/map", &lite).await.unwrap();
+    assert_eq!(status, 200);
+    // The streamed map is still open and still follows changes.
+    let _laptop = c.node(&key, "laptop").await.unwrap();
+    phone
+        .wait_until("the laptop", |v| {
+            v.peer_names() == vec!["laptop".to_string()]
+        })
+        .await
+        .unwrap();
+    assert!(!phone.view().closed);
+}

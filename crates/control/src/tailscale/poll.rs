@@ -57,11 +57,11 @@ async fn handle(app: &Arc<App>, session: &Session, body: &[u8]) -> Result<Respon
             // A "lite" update: the endpoints are recorded, nothing to send.
             return Ok(StatusCode::OK.into_response());
         }
-        let (full, handle) = app
+        // One map, leaving the device's stream (if it has one) alone.
+        let full = app
             .hub
-            .open_stream(&node.id)
+            .full_map(&node.id)
             .ok_or_else(|| ApiErr::unauthorized("unknown, deleted or expired node"))?;
-        app.hub.close_stream(&handle);
         let mut enc = Frames::new(&req)?;
         return Ok(framed(Body::from(enc.full(full))));
     }
