@@ -43,9 +43,9 @@ struct KeyQuery {
     v: Option<u32>,
 }
 
-/// Control's Noise public key (`OverTLSPublicKeyResponse`). Clients older
-/// than capability version 39 expected a bare legacy key: they are below
-/// the supported minimum anyway and get the same JSON.
+/// Control's Noise public key (`OverTLSPublicKeyResponse`). A client that
+/// says it is older than the oldest supported capability version is told
+/// so here, before it tries the upgrade.
 async fn key(State(app): State<Arc<App>>, Query(q): Query<KeyQuery>) -> Response {
     if let Some(v) = q.v
         && v < u32::from(gatehouse_ts2021::MIN_CAPABILITY_VERSION)
