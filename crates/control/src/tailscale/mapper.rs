@@ -252,8 +252,9 @@ fn sorted(mut nodes: Vec<Node>) -> Vec<Node> {
     nodes
 }
 
-/// The first message of a stream: everything.
-pub(crate) fn full(m: &FullMap) -> MapResponse {
+/// The first message of a stream: everything (`now`: control's clock,
+/// Unix seconds).
+pub(crate) fn full(m: &FullMap, now: i64) -> MapResponse {
     let me = &m.self_node.node;
     MapResponse {
         node: Some(self_node(me)),
@@ -264,7 +265,7 @@ pub(crate) fn full(m: &FullMap) -> MapResponse {
         collect_services: Some(false),
         user_profiles: Some(profiles(m.peers.iter().chain(std::iter::once(me)))),
         ssh_policy: Some(ssh_policy(&m.ssh)),
-        control_time: Some(time::OffsetDateTime::now_utc()),
+        control_time: time_of(now),
         ..MapResponse::default()
     }
     .with_base_filter(gatehouse_tailcfg::packet_filter(&m.filter))
@@ -307,9 +308,9 @@ pub(crate) fn delta(d: &MapDelta) -> MapResponse {
 }
 
 /// Keep-alives carry control's time too.
-pub(crate) fn keep_alive() -> MapResponse {
+pub(crate) fn keep_alive(now: i64) -> MapResponse {
     MapResponse {
-        control_time: Some(time::OffsetDateTime::now_utc()),
+        control_time: time_of(now),
         ..MapResponse::keep_alive()
     }
 }

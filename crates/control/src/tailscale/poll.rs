@@ -62,10 +62,10 @@ async fn handle(app: &Arc<App>, session: &Session, body: &[u8]) -> Result<Respon
             .hub
             .full_map(&node.id)
             .ok_or_else(|| ApiErr::unauthorized("unknown, deleted or expired node"))?;
-        let mut enc = Frames::new(&req)?;
+        let mut enc = Frames::new(app, &req);
         return Ok(framed(Body::from(enc.full(full))));
     }
-    let enc = Frames::new(&req)?;
+    let enc = Frames::new(app, &req);
     let body = crate::stream::open(app, &node, enc).await?;
     Ok(framed(body))
 }
@@ -117,7 +117,10 @@ async fn update(
 
 /// Tailscale map frames (zstd when the client asks, as official clients
 /// always do).
-struct Frames(Compression);
+struct Frames {
+    compression: Compression,
+    clock: Arc<dyn crate::clock::Clock>,
+}
 
 thread_local! {
     /// One zstd context per worker thread, shared by the streams it runs
@@ -127,12 +130,15 @@ thread_local! {
 }
 
 impl Frames {
-    fn new(req: &MapRequest) -> Result<Self, ApiErr> {
-        Ok(Frames(Compression::from_request(&req.compress)))
+    fn new(app: &App, req: &MapRequest) -> Self {
+        Frames {
+            compression: Compression::from_request(&req.compress),
+            clock: Arc::clone(&app.config.clock),
+        }
     }
 
     fn encode(&mut self, r: &gatehouse_tailcfg::MapResponse) -> Bytes {
-        let framed = match self.0 {
+        let framed = match self.compression {
             Compression::None => gatehouse_tailcfg::encode_frame(r, Compression::None),
             Compression::Zstd => ZSTD.with_borrow_mut(|enc| {
                 if enc.is_none() {
@@ -156,13 +162,13 @@ impl Frames {
 
 impl MapEncoding for Frames {
     fn full(&mut self, m: FullMap) -> Bytes {
-        self.encode(&mapper::full(&m))
+        self.encode(&mapper::full(&m, self.clock.now()))
     }
     fn delta(&mut self, d: MapDelta) -> Bytes {
         self.encode(&mapper::delta(&d))
     }
     fn keepalive(&mut self) -> Bytes {
-        self.encode(&mapper::keep_alive())
+        self.encode(&mapper::keep_alive(self.clock.now()))
     }
     /// Tailscale clients reconnect on their own when the stream ends.
     fn goodbye(&mut self, _streams: usize) -> Option<Bytes> {
