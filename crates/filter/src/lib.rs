@@ -1,8 +1,9 @@
 //! The compiled form of an access policy as the data plane enforces it: a
 //! node's inbound packet filter ([`NodeFilter`]: deny unless a rule admits
 //! the source address, destination address and port, and protocol), with
-//! the address, port and protocol sets its rules are made of. Pure data and
-//! matching, no I/O.
+//! the address, port and protocol sets its rules are made of; and a
+//! device's SSH policy ([`ssh`]: who may open SSH sessions to it, as which
+//! local users). Pure data and matching, no I/O.
 //!
 //! The policy engine (`gatehouse-policy`) produces filters; the wire format
 //! (`gatehouse-proto`) carries them; the mesh data plane (`gatehouse-mesh`)
