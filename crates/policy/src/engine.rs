@@ -379,16 +379,11 @@ impl Engine {
         let all = full_mask(n);
         let identity = match t {
             Target::All => true,
-            Target::User(u) => n.identity_user() == Some(u),
-            Target::Group(g) => n.identity_user().is_some_and(|u| {
-                self.policy
-                    .groups
-                    .get(g)
-                    .is_some_and(|m| m.iter().any(|x| x == u))
-            }),
-            Target::Tag(tag) => n.tags.contains(tag),
-            Target::Member => !n.is_tagged(),
-            Target::Tagged => n.is_tagged(),
+            Target::User(_)
+            | Target::Group(_)
+            | Target::Tag(_)
+            | Target::Member
+            | Target::Tagged => identity_selects(&self.policy, t, n),
             Target::SelfDevices => n.identity_user().is_some_and(|u| self.self_admits(r, u)),
             Target::Internet => false,
             Target::Host(_, net) | Target::Cidr(net) => {
@@ -935,5 +930,24 @@ pub fn is_internet(ip: IpAddr) -> bool {
             let link_local = (s[0] & 0xffc0) == 0xfe80;
             !(a.is_loopback() || a.is_multicast() || a.is_unspecified() || ula || link_local)
         }
+    }
+}
+
+/// Whether a target naming identities (a user, a group, a tag,
+/// `autogroup:member`, `autogroup:tagged`) selects node `n`; any other
+/// target selects nothing here.
+pub(crate) fn identity_selects(policy: &Policy, t: &Target, n: &Node) -> bool {
+    match t {
+        Target::User(u) => n.identity_user() == Some(u),
+        Target::Group(g) => n.identity_user().is_some_and(|u| {
+            policy
+                .groups
+                .get(g)
+                .is_some_and(|m| m.iter().any(|x| x == u))
+        }),
+        Target::Tag(tag) => n.tags.contains(tag),
+        Target::Member => !n.is_tagged(),
+        Target::Tagged => n.is_tagged(),
+        _ => false,
     }
 }

@@ -26,7 +26,7 @@
 //! - rules keep policy order, except that `check` rules come before `accept`
 //!   rules.
 
-use crate::engine::{Engine, EngineError, NodeId};
+use crate::engine::{Engine, EngineError, NodeId, identity_selects};
 use crate::hujson::Pos;
 use crate::inventory::Node;
 use crate::model::{Policy, Target};
@@ -147,30 +147,16 @@ pub(crate) struct SshIndex {
 /// Whether rule `r`'s sources select node `n` (by identity only: SSH
 /// sources are never addresses).
 fn src_selects(policy: &Policy, r: usize, n: &Node) -> bool {
-    policy.ssh[r].src.iter().any(|t| match t {
-        Target::User(u) => n.identity_user() == Some(u),
-        Target::Group(g) => n.identity_user().is_some_and(|u| {
-            policy
-                .groups
-                .get(g)
-                .is_some_and(|m| m.iter().any(|x| x == u))
-        }),
-        Target::Tag(tag) => n.tags.contains(tag),
-        Target::Member => !n.is_tagged(),
-        Target::Tagged => n.is_tagged(),
-        _ => false,
-    })
+    policy.ssh[r]
+        .src
+        .iter()
+        .any(|t| identity_selects(policy, t, n))
 }
 
-/// Whether a non-`autogroup:self` destination selects node `n`.
-fn dst_selects(t: &Target, n: &Node) -> bool {
-    match t {
-        Target::Tag(tag) => n.tags.contains(tag),
-        Target::User(u) => n.identity_user() == Some(u),
-        Target::Tagged => n.is_tagged(),
-        Target::Member => !n.is_tagged(),
-        _ => false,
-    }
+/// Whether a non-`autogroup:self` destination selects node `n` (validation
+/// leaves only tags, users and the autogroups of devices).
+fn dst_selects(policy: &Policy, t: &Target, n: &Node) -> bool {
+    identity_selects(policy, t, n)
 }
 
 fn has_self(rule: &SshRule) -> bool {
@@ -369,7 +355,7 @@ impl Engine {
             let mut others = other_dsts(rule).peekable();
             if others.peek().is_some() {
                 let localpart = !rule.users.localpart_domains.is_empty();
-                if others.any(|t| dst_selects(t, n)) {
+                if others.any(|t| dst_selects(self.policy(), t, n)) {
                     if localpart {
                         // One pair of grants per source user (by login),
                         // then the tagged sources.
