@@ -175,6 +175,35 @@ impl App {
         self.config.clock.now()
     }
 
+    /// Deletes a node (storage, then the live mesh: it leaves its peers'
+    /// maps at once) and audits it as `actor`'s act.
+    pub(crate) async fn delete_node(
+        &self,
+        id: &str,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), store::StoreError> {
+        self.store.delete_node(id).await?;
+        self.hub.remove_node(id);
+        audit::audit(self, actor, "node.delete", id, true, detail).await;
+        Ok(())
+    }
+
+    /// Expires a node's key now (storage, then the live mesh) and audits it
+    /// as `actor`'s act.
+    pub(crate) async fn expire_node(
+        &self,
+        id: &str,
+        actor: &str,
+        detail: &str,
+    ) -> Result<(), store::StoreError> {
+        let at = self.now();
+        self.store.set_key_expiry(id, at).await?;
+        self.hub.expire_node(id, at);
+        audit::audit(self, actor, "node.expire", id, true, detail).await;
+        Ok(())
+    }
+
     /// Control's URL (`https://host:port`).
     pub fn url(&self) -> &str {
         self.url.get().map_or("", String::as_str)

@@ -4,7 +4,6 @@
 //! how a message is encoded ([`MapEncoding`]).
 
 use crate::App;
-use crate::audit::audit;
 use crate::error::ApiErr;
 use crate::hub::StreamHandle;
 use crate::store::NodeRow;
@@ -80,18 +79,13 @@ impl<E: MapEncoding> Drop for Streaming<E> {
                         .list()
                         .iter()
                         .any(|(p, _, online)| p.id == id && *online);
-                    if !online && app.hub.node(&id).is_some() {
-                        let _ = app.store.delete_node(&id).await;
-                        app.hub.remove_node(&id);
-                        audit(
-                            &app,
-                            "control",
-                            "node.delete",
-                            &id,
-                            true,
-                            "ephemeral node went offline",
-                        )
-                        .await;
+                    if !online
+                        && app.hub.node(&id).is_some()
+                        && let Err(e) = app
+                            .delete_node(&id, "control", "ephemeral node went offline")
+                            .await
+                    {
+                        tracing::warn!(node = %id, error = %e, "deleting an ephemeral node");
                     }
                 });
             }

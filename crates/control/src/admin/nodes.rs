@@ -1,7 +1,6 @@
 //! `/api/v1/nodes`: list, look up, delete and expire nodes.
 
 use crate::App;
-use crate::audit::audit;
 use crate::auth::Caller;
 use crate::error::{ApiErr, ApiResult};
 use axum::Json;
@@ -75,9 +74,7 @@ pub(crate) async fn delete_node(
 ) -> ApiResult<StatusCode> {
     caller.require("devices:write")?;
     let id = resolve_node(&app, &id)?;
-    app.store.delete_node(&id).await?;
-    app.hub.remove_node(&id);
-    audit(&app, &caller.actor, "node.delete", &id, true, "").await;
+    app.delete_node(&id, &caller.actor, "").await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -91,9 +88,6 @@ pub(crate) async fn expire_node(
 ) -> ApiResult<StatusCode> {
     caller.require("devices:write")?;
     let id = resolve_node(&app, &id)?;
-    let at = app.now();
-    app.store.set_key_expiry(&id, at).await?;
-    app.hub.expire_node(&id, at);
-    audit(&app, &caller.actor, "node.expire", &id, true, "").await;
+    app.expire_node(&id, &caller.actor, "").await?;
     Ok(StatusCode::NO_CONTENT)
 }

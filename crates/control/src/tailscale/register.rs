@@ -140,21 +140,10 @@ async fn known_machine(
             ));
         }
         if node.ephemeral {
-            app.store.delete_node(&node.id).await?;
-            app.hub.remove_node(&node.id);
-            audit(
-                app,
-                &actor,
-                "node.delete",
-                &node.id,
-                true,
-                "logged out (ephemeral)",
-            )
-            .await;
+            app.delete_node(&node.id, &actor, "logged out (ephemeral)")
+                .await?;
         } else {
-            app.store.set_key_expiry(&node.id, now).await?;
-            app.hub.expire_node(&node.id, now);
-            audit(app, &actor, "node.expire", &node.id, true, "logged out").await;
+            app.expire_node(&node.id, &actor, "logged out").await?;
         }
         tracing::info!(node = %node.id, remote = %session.remote, "ts2021: node logged out");
         return Ok(Some(RegisterResponse {
@@ -174,17 +163,8 @@ async fn known_machine(
         }
         // Its key expired: it must be let in again (a key or an approval),
         // as a new node; the expired one, outside the mesh already, goes.
-        app.store.delete_node(&node.id).await?;
-        app.hub.remove_node(&node.id);
-        audit(
-            app,
-            &actor,
-            "node.delete",
-            &node.id,
-            true,
-            "key expired; the machine registers again",
-        )
-        .await;
+        app.delete_node(&node.id, &actor, "key expired; the machine registers again")
+            .await?;
         return Ok(None);
     }
     if node.wg_key == wg_key {
