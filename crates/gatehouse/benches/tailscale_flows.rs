@@ -26,52 +26,11 @@ use gatehouse_testkit::origin::HttpOrigin;
 use gatehouse_testkit::pki::Pki;
 use gatehouse_testkit::tailscale::{self, Options, Tailscaled};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 const DOMAIN: &str = "test.gatehouse.internal";
-
-struct Node {
-    _child: Child,
-    socks5: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn node(c: &TestControl, key: &str, host: &str, state: &Path, serve: &str) -> Node {
-    let socks5 = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(BIN)
-        .args(["node", "up", "--control", &c.info.join, "--authkey", key])
-        .args(["--hostname", host, "--serve", serve, "--socks5", &socks5])
-        .args(["--dns", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--state"])
-        .arg(state)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(l) = out.next_line().await.unwrap() {
-        if l == "ready" {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Node {
-        _child: child,
-        socks5,
-    }
-}
 
 /// Downloads `url` through `socks5`; MiB/s.
 async fn download(socks5: &str, url: &str, ca: &Path, mib: usize) -> f64 {
@@ -158,15 +117,18 @@ async fn main() {
     // Gatehouse nodes: laptop sends, blog serves a local origin.
     let origin = HttpOrigin::start("blog-origin").await;
     let (s1, s2) = (tmp.path().join("laptop"), tmp.path().join("blog"));
-    let laptop = node(
-        &c,
-        &key,
-        "laptop",
-        &s1,
-        &format!("/=http://{}", origin.addr),
-    )
-    .await;
-    let _blog = node(&c, &key, "blog", &s2, &format!("/=http://{}", origin.addr)).await;
+    let laptop = c
+        .node_process(
+            BIN,
+            &key,
+            "laptop",
+            &s1,
+            &format!("/=http://{}", origin.addr),
+        )
+        .await;
+    let _blog = c
+        .node_process(BIN, &key, "blog", &s2, &format!("/=http://{}", origin.addr))
+        .await;
     // tailscaled: ts-a sends, ts-b has an HTTPS origin behind it.
     let ts_a = Tailscaled::start(Options {
         hostname: "ts-a".into(),

@@ -14,57 +14,11 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 const DEADLINE: Duration = Duration::from_secs(30);
 const DOMAIN: &str = "test.gatehouse.internal";
-
-/// A `gatehouse node up` child, killed when dropped.
-struct Node {
-    _child: Child,
-    socks5: String,
-}
-
-async fn node(c: &TestControl, key: &str, host: &str, state: &Path, serve: &str) -> Node {
-    let socks5 = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(BIN)
-        .args(["node", "up", "--control", &c.info.join, "--authkey", key])
-        .args(["--hostname", host, "--serve", serve, "--socks5", &socks5])
-        .args(["--dns", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--state"])
-        .arg(state)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(DEADLINE, async {
-        while let Some(l) = out.next_line().await.unwrap() {
-            if l == "ready" {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert!(matches!(ready, Ok(true)), "node {host} did not start");
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Node {
-        _child: child,
-        socks5,
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// curl through a SOCKS5 proxy (names resolved by the proxy): status and
 /// body, or the error.
@@ -124,14 +78,15 @@ async fn tailscaled_and_a_gatehouse_node_reach_each_other_under_one_policy() {
     let key = c.key(Some("alice@example.com"), &[], true).await;
     let origin = HttpOrigin::start("laptop-origin").await;
     let state = tempfile::tempdir().unwrap();
-    let laptop = node(
-        &c,
-        &key,
-        "laptop",
-        state.path(),
-        &format!("/=http://{}", origin.addr),
-    )
-    .await;
+    let laptop = c
+        .node_process(
+            BIN,
+            &key,
+            "laptop",
+            state.path(),
+            &format!("/=http://{}", origin.addr),
+        )
+        .await;
 
     let phone = Tailscaled::start(Options {
         hostname: "phone".into(),

@@ -157,6 +157,63 @@ impl TestControl {
     }
 }
 
+/// A `gatehouse node up` process joined to a [`TestControl`], serving on
+/// its name and with a SOCKS5 proxy; killed when dropped.
+#[derive(Debug)]
+pub struct NodeProc {
+    _child: tokio::process::Child,
+    /// Its SOCKS5 proxy (`127.0.0.1:PORT`).
+    pub socks5: String,
+}
+
+impl TestControl {
+    /// Starts `bin node up` (`bin`: the `gatehouse` binary) with `key` as
+    /// `host`, its state in `state`, serving `serve` (`PATH=BACKEND`), and
+    /// waits until it says `ready`.
+    pub async fn node_process(
+        &self,
+        bin: &str,
+        key: &str,
+        host: &str,
+        state: &Path,
+        serve: &str,
+    ) -> NodeProc {
+        use tokio::io::AsyncBufReadExt;
+        let socks5 = format!("127.0.0.1:{}", crate::free_port());
+        let mut child = tokio::process::Command::new(bin)
+            .args(["node", "up", "--control", &self.info.join, "--authkey", key])
+            .args(["--hostname", host, "--serve", serve, "--socks5", &socks5])
+            .args(["--dns", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--state"])
+            .arg(state)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let Some(stdout) = child.stdout.take() else {
+            panic!("{bin}: no stdout");
+        };
+        let mut out = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(l)) = out.next_line().await {
+                if l == "ready" {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(matches!(ready, Ok(true)), "node {host} did not start");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+        NodeProc {
+            _child: child,
+            socks5,
+        }
+    }
+}
+
 /// A node without a data plane: it holds its map stream and keeps a view.
 #[derive(Debug)]
 pub struct LightNode {

@@ -35,37 +35,16 @@ pub const START_DEADLINE: Duration = Duration::from_secs(90);
 
 const INSTALL: &str = "scripts/install-test-deps";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The version of `module` required by `interop/kube/<dir>/go.mod`.
 pub fn module_version(dir: &str, module: &str) -> String {
-    let path = repo_root().join("interop/kube").join(dir).join("go.mod");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .map(str::trim)
-        .map(|l| l.strip_prefix("require ").unwrap_or(l))
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some(module)).then(|| w.next().map(String::from))?
-        })
-        .unwrap_or_else(|| panic!("{} requires no {module}", path.display()))
+    crate::gotools::required_version(&format!("interop/kube/{dir}/go.mod"), module)
 }
 
 /// Where the install script puts the programs (outside the repository):
 /// `$GATEHOUSE_KUBE_CACHE`, else `$XDG_CACHE_HOME/gatehouse/kube`, else
 /// `~/.cache/gatehouse/kube`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("GATEHOUSE_KUBE_CACHE") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("gatehouse/kube")
+    crate::gotools::cache_dir("GATEHOUSE_KUBE_CACHE", "kube")
 }
 
 /// The programs and files of the test cluster, at the recorded versions.
@@ -103,8 +82,10 @@ pub fn tools() -> &'static Tools {
         let k8s = module_version("kubernetes", "k8s.io/kubernetes");
         let kine = module_version("kine", "github.com/k3s-io/kine");
         let helm = module_version("helm", "helm.sh/helm/v4");
-        let cilium_v = std::fs::read_to_string(repo_root().join("interop/kube/cilium/VERSION"))
-            .unwrap_or_else(|e| panic!("interop/kube/cilium/VERSION: {e}"));
+        let cilium_v = std::fs::read_to_string(
+            crate::gotools::repo_root().join("interop/kube/cilium/VERSION"),
+        )
+        .unwrap_or_else(|e| panic!("interop/kube/cilium/VERSION: {e}"));
         let kd = c.join(format!("kubernetes-{k8s}"));
         let cilium = c.join(format!("cilium-{}", cilium_v.trim()));
         let kube_apiserver =

@@ -12,6 +12,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
 pub mod control;
+pub mod gotools;
 pub mod grpc;
 pub mod kube_apiserver;
 pub mod kube_pods;

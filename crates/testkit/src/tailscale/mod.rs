@@ -55,24 +55,10 @@ const INSTALL: &str = "scripts/install-test-deps";
 /// missing.
 pub const REQUIRE_ENV: &str = "GATEHOUSE_REQUIRE_TAILSCALE";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The `tailscale.com` version `interop/tailscale/go.mod` requires
 /// (`v1.102.5`): the one place it is recorded.
 pub fn module_version() -> String {
-    let path = repo_root().join("interop/tailscale/go.mod");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    text.lines()
-        .map(str::trim)
-        .map(|l| l.strip_prefix("require ").unwrap_or(l))
-        .find_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some("tailscale.com")).then(|| w.next().map(String::from))?
-        })
-        .unwrap_or_else(|| panic!("{} requires no tailscale.com", path.display()))
+    crate::gotools::required_version("interop/tailscale/go.mod", "tailscale.com")
 }
 
 /// Where the install script puts the programs (outside the repository):
@@ -80,14 +66,10 @@ pub fn module_version() -> String {
 /// `$XDG_CACHE_HOME/gatehouse/tailscale-<version>`, else
 /// `~/.cache/gatehouse/tailscale-<version>`.
 pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("GATEHOUSE_TAILSCALE_CACHE") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join(format!("gatehouse/tailscale-{}", module_version()))
+    crate::gotools::cache_dir(
+        "GATEHOUSE_TAILSCALE_CACHE",
+        &format!("tailscale-{}", module_version()),
+    )
 }
 
 /// The programs, at the recorded version.
