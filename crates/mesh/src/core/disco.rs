@@ -283,11 +283,7 @@ impl Core {
     /// returned here, naming the path it took.
     pub fn disco_ping(&mut self, dst: IpAddr, now: Instant) -> Result<u64, PingError> {
         self.now = now;
-        let idx = self
-            .by_ip
-            .get(&dst)
-            .copied()
-            .ok_or(PingError::NoRoute(dst))?;
+        let idx = self.ping_target(dst)?;
         let peer = self.peers.get(&idx).ok_or(PingError::NoRoute(dst))?;
         if !peer.paths.disco() {
             return Err(PingError::NoDisco(dst));

@@ -88,6 +88,11 @@ impl Core {
         true
     }
 
+    /// The peer a ping to mesh address `dst` goes to.
+    pub(super) fn ping_target(&self, dst: IpAddr) -> Result<u32, PingError> {
+        self.by_ip.get(&dst).copied().ok_or(PingError::NoRoute(dst))
+    }
+
     /// Sends an echo request to a peer's address through its session (a
     /// handshake first if there is none). Its answer comes as
     /// [`Event::Pong`] with the sequence number returned here; a ping
@@ -95,11 +100,7 @@ impl Core {
     /// data plane answers it whatever its filter allows.
     pub fn ping(&mut self, dst: IpAddr, now: Instant) -> Result<u16, PingError> {
         self.now = now;
-        let idx = self
-            .by_ip
-            .get(&dst)
-            .copied()
-            .ok_or(PingError::NoRoute(dst))?;
+        let idx = self.ping_target(dst)?;
         let src = self
             .addresses
             .iter()
