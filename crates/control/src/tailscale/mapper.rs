@@ -80,6 +80,12 @@ fn profile(login: &str) -> UserProfile {
     }
 }
 
+/// A Tailscale node key as control stores WireGuard keys (base64).
+pub(crate) fn wg_key_of(k: &NodePublic) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(k.as_bytes())
+}
+
 fn node_key(wg_base64: &str) -> NodePublic {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD

@@ -13,7 +13,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use gatehouse_proto::control::{FullMap, MapDelta};
 use gatehouse_tailcfg::{Compression, FrameEncoder, MapRequest};
 use std::sync::Arc;
@@ -40,7 +39,7 @@ async fn handle(app: &Arc<App>, session: &Session, body: &[u8]) -> Result<Respon
         .hub
         .node_by_fingerprint(&session.credential())
         .ok_or_else(|| ApiErr::unauthorized("unknown, deleted or expired node"))?;
-    let wg_key = base64::engine::general_purpose::STANDARD.encode(req.node_key.as_bytes());
+    let wg_key = mapper::wg_key_of(&req.node_key);
     if node.wg_key != wg_key {
         return Err(ApiErr::unauthorized(
             "the node key is not this machine's: register again",

@@ -13,7 +13,6 @@ use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use gatehouse_tailcfg::{RegisterRequest, RegisterResponse};
 use std::sync::Arc;
 
@@ -41,7 +40,7 @@ async fn handle(app: &App, session: &Session, body: &[u8]) -> Result<RegisterRes
     if req.node_key.is_zero() {
         return Err(ApiErr::bad("register request without a node key"));
     }
-    let wg_key = base64::engine::general_purpose::STANDARD.encode(req.node_key.as_bytes());
+    let wg_key = mapper::wg_key_of(&req.node_key);
     let now = app.now();
     if let Some(node) = app.hub.node_registered_by(&session.credential())
         && let Some(resp) = known_machine(app, session, &req, node, &wg_key, now).await?
@@ -186,7 +185,7 @@ async fn known_machine(
 }
 
 fn old_key(req: &RegisterRequest) -> String {
-    base64::engine::general_purpose::STANDARD.encode(req.old_node_key.as_bytes())
+    mapper::wg_key_of(&req.old_node_key)
 }
 
 fn authorized(row: &NodeRow) -> RegisterResponse {
