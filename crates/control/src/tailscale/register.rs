@@ -169,7 +169,7 @@ async fn known_machine(
     if node.wg_key == wg_key {
         return Ok(Some(authorized(&node)));
     }
-    if node.wg_key != old_key(req) {
+    if node.wg_key != mapper::wg_key_of(&req.old_node_key) {
         return Err(ApiErr::unauthorized(
             "this machine registered another node key: log out and register again",
         ));
@@ -182,10 +182,6 @@ async fn known_machine(
     app.hub.set_wireguard_key(&node.id, wg_key);
     audit(app, &actor, "node.rotate", &node.id, true, "new node key").await;
     Ok(Some(authorized(&node)))
-}
-
-fn old_key(req: &RegisterRequest) -> String {
-    mapper::wg_key_of(&req.old_node_key)
 }
 
 fn authorized(row: &NodeRow) -> RegisterResponse {
