@@ -329,6 +329,50 @@ pub(crate) async fn join_mesh(
     Ok(pending.complete(&join.url(), resp))
 }
 
+/// Registers without a pre-auth key: control answers with the URL where
+/// the node is approved (an administrator's command, or the sign-in of the
+/// person who opens it); `on_url` is called with it once, and the node waits
+/// until it is approved (asking again after each minute control holds the
+/// request).
+pub(crate) async fn join_interactively(
+    join: &Join,
+    ca_pem: &str,
+    hostname: &str,
+    on_url: &mut (dyn FnMut(&str) + Send),
+) -> Result<Identity, crate::IdentityOrClientError> {
+    let pending = crate::PendingIdentity::generate()?;
+    let mut req = gatehouse_proto::control::InteractiveRegisterRequest {
+        hostname: hostname.to_string(),
+        wireguard_key: pending.wireguard_public(),
+        machine_csr: pending.machine_csr()?,
+        serving_csr: pending.serving_csr()?,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        wait: String::new(),
+    };
+    let cfg = tls::config(ca_pem, None)?;
+    let mut shown = String::new();
+    loop {
+        let bytes = call(
+            join,
+            &cfg,
+            Method::POST,
+            "/machine/v1/register/interactive",
+            &[],
+            json_body(&req)?,
+        )
+        .await?;
+        let resp: gatehouse_proto::control::InteractiveRegisterResponse = decode(&bytes)?;
+        if let Some(node) = resp.node {
+            return Ok(pending.complete(&join.url(), node));
+        }
+        if resp.auth_url != shown {
+            on_url(&resp.auth_url);
+            shown = resp.auth_url.clone();
+        }
+        req.wait = resp.code;
+    }
+}
+
 impl NodeClient {
     /// A client for a registered node.
     pub fn new(id: &Identity) -> Result<Self, ClientError> {
@@ -346,6 +390,17 @@ impl NodeClient {
         hostname: &str,
     ) -> Result<Identity, crate::IdentityOrClientError> {
         join_mesh(join, ca_pem, auth_key, hostname, false).await
+    }
+
+    /// Registers without a pre-auth key and waits to be approved (see
+    /// [`join_interactively`]): `on_url` is told where.
+    pub async fn register_interactive(
+        join: &Join,
+        ca_pem: &str,
+        hostname: &str,
+        on_url: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<Identity, crate::IdentityOrClientError> {
+        join_interactively(join, ca_pem, hostname, on_url).await
     }
 
     /// [`NodeClient::register`] as one replica of the shared name

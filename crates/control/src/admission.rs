@@ -79,6 +79,7 @@ pub(crate) enum Credential<'a> {
 }
 
 /// A node just stored, with what the native protocol hands back.
+#[derive(Debug, Clone)]
 pub(crate) struct Admitted {
     /// The node.
     pub row: NodeRow,

@@ -21,12 +21,15 @@ pub mod limit;
 mod machine;
 mod metrics;
 mod openapi;
+mod pages;
 pub mod relay;
 pub mod secret;
 mod server;
+pub mod signin;
 pub mod store;
 mod stream;
 mod tailscale;
+mod waiting;
 
 use crate::ca::MeshCa;
 use crate::hub::Hub;
@@ -103,6 +106,9 @@ pub struct ControlConfig {
     pub limits: gatehouse_limits::Limits,
     /// Where control reads the time.
     pub clock: Arc<dyn clock::Clock>,
+    /// Sign-in through an OpenID provider (`None`: devices without a key
+    /// wait for an administrator's approval).
+    pub oidc: Option<signin::OidcConfig>,
 }
 
 impl ControlConfig {
@@ -129,6 +135,7 @@ impl ControlConfig {
             tagged_names: vec!["k8s-*".into()],
             limits: DEFAULT_LIMITS,
             clock: Arc::new(clock::SystemClock),
+            oidc: None,
         }
     }
 
@@ -232,7 +239,9 @@ pub(crate) struct App {
     /// Control's Noise key (Tailscale's control protocol).
     pub noise_key: tailscale::MachinePrivateKey,
     /// Devices waiting for an administrator's approval.
-    pub pending: tailscale::interactive::Pending,
+    pub pending: waiting::Pending,
+    /// Sign-ins through the OpenID provider in progress.
+    pub signins: signin::SignIns,
     /// Control's URL, once it listens.
     pub url: std::sync::OnceLock<String>,
 }
@@ -310,7 +319,8 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
             register_lock: tokio::sync::Mutex::new(()),
             stopping: tokio::sync::watch::Sender::new(false),
             noise_key,
-            pending: tailscale::interactive::Pending::default(),
+            pending: waiting::Pending::default(),
+            signins: signin::SignIns::default(),
             url: std::sync::OnceLock::new(),
         }
     });

@@ -18,8 +18,8 @@ use axum::{Extension, Json};
 use base64::Engine as _;
 use bytes::Bytes;
 use gatehouse_proto::control::{
-    ApiError, EndpointsRequest, FullMap, MapDelta, MapMessage, RegisterRequest, RegisterResponse,
-    RenewRequest, RenewResponse,
+    ApiError, EndpointsRequest, FullMap, InteractiveRegisterRequest, InteractiveRegisterResponse,
+    MapDelta, MapMessage, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse,
 };
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -96,6 +96,11 @@ pub(crate) async fn register(
         },
     };
     let Admitted { row, machine_cert } = admission::register(&app, candidate).await?;
+    Ok(Json(registered(&app, row, machine_cert)))
+}
+
+/// What a registered native node is told.
+fn registered(app: &App, row: NodeRow, machine_cert: Option<String>) -> RegisterResponse {
     let fqdn = format!("{}.{}", row.name, app.config.domain());
     let mut addresses = Vec::new();
     for a in [&row.ipv4, &row.ipv6] {
@@ -103,7 +108,7 @@ pub(crate) async fn register(
             addresses.push(ip);
         }
     }
-    Ok(Json(RegisterResponse {
+    RegisterResponse {
         node_id: row.id,
         name: row.name,
         fqdn,
@@ -112,6 +117,61 @@ pub(crate) async fn register(
         serving_cert: row.serving_cert,
         ca_cert: app.ca.cert_pem().to_string(),
         key_expiry: row.key_expiry,
+    }
+}
+
+/// How long a waiting request waits for an approval before it is told to
+/// ask again.
+const APPROVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[utoipa::path(post, path = "/machine/v1/register/interactive", tag = "machine", request_body = InteractiveRegisterRequest,
+    responses((status = 200, body = InteractiveRegisterResponse), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 409, body = ApiError)))]
+pub(crate) async fn register_interactive(
+    State(app): AppState,
+    JsonBody(req): JsonBody<InteractiveRegisterRequest>,
+) -> ApiResult<Json<InteractiveRegisterResponse>> {
+    check_shape(&RegisterRequest {
+        auth_key: String::new(),
+        hostname: req.hostname.clone(),
+        wireguard_key: req.wireguard_key.clone(),
+        machine_csr: req.machine_csr.clone(),
+        serving_csr: req.serving_csr.clone(),
+        shared_name: false,
+        version: req.version.clone(),
+    })?;
+    if req.wait.len() > 64 {
+        return Err(ApiErr::bad("wait is not a registration code"));
+    }
+    let proof = crate::waiting::Proof::Certificates {
+        machine_csr: req.machine_csr.clone(),
+        serving_csr: req.serving_csr.clone(),
+    };
+    let id = proof.id();
+    let client = ClientInfo {
+        kind: ClientKind::Gatehouse,
+        os: "linux".into(),
+        version: req.version.clone(),
+    };
+    let code = app
+        .pending
+        .code_for(proof, &req.wireguard_key, &req.hostname, client)?;
+    let auth_url = format!("{}/register/{code}", app.url());
+    let mut node = None;
+    if !req.wait.is_empty() {
+        match app.pending.wait(&req.wait, &id, APPROVAL_WAIT).await? {
+            Some(crate::waiting::Verdict::Approved(a)) => {
+                let a = *a;
+                node = Some(registered(&app, a.row, a.machine_cert));
+            }
+            None => {}
+        }
+    } else {
+        tracing::info!(hostname = %req.hostname, %code, "a node waits for approval");
+    }
+    Ok(Json(InteractiveRegisterResponse {
+        code,
+        auth_url,
+        node,
     }))
 }
 

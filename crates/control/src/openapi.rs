@@ -17,6 +17,7 @@ const PUBLIC: &[&str] = &[
     "/readyz",
     "/metrics",
     "/machine/v1/register",
+    "/machine/v1/register/interactive",
     "/machine/v1/map",
     "/machine/v1/endpoints",
     "/machine/v1/renew",

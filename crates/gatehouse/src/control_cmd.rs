@@ -36,9 +36,13 @@ pub struct ControlArgs {
     /// the endpoints they announce.
     #[arg(long)]
     no_relay: bool,
-    /// Node key lifetime, in days.
-    #[arg(long, default_value_t = 180)]
-    key_days: u64,
+    /// Node key lifetime: `180d`, `720h`, … A device whose key expired
+    /// registers again (a key-less device signs in again).
+    #[arg(long, default_value = "180d", value_parser = parse_key_expiry)]
+    key_expiry: Duration,
+    /// Node key lifetime in days (older spelling of --key-expiry).
+    #[arg(long, hide = true, conflicts_with = "key_expiry")]
+    key_days: Option<u64>,
     /// Lifetime of nodes' serving certificates, in hours.
     #[arg(long, default_value_t = 168)]
     cert_hours: u64,
@@ -63,6 +67,34 @@ pub struct ControlArgs {
     /// connection for its map stream: the default cap is 32768).
     #[command(flatten)]
     limits: crate::limit_flags::LimitFlags,
+    /// Sign people in through this OpenID provider (its issuer URL): a
+    /// device without a pre-auth key joins for the person who signs in on
+    /// its page.
+    #[arg(long, env = "GATEHOUSE_OIDC_ISSUER", requires_all = ["oidc_client_id", "oidc_client_secret_file"])]
+    oidc_issuer: Option<String>,
+    /// Control's client id at the provider.
+    #[arg(long, env = "GATEHOUSE_OIDC_CLIENT_ID")]
+    oidc_client_id: Option<String>,
+    /// File holding control's client secret at the provider.
+    #[arg(long, env = "GATEHOUSE_OIDC_CLIENT_SECRET_FILE")]
+    oidc_client_secret_file: Option<PathBuf>,
+    /// Trust only this CA bundle (PEM) for the provider's HTTPS.
+    #[arg(long)]
+    oidc_ca_file: Option<PathBuf>,
+    /// The ID-token claim that names the person (an `email` counts only
+    /// when `email_verified` is true).
+    #[arg(long, default_value = "email")]
+    oidc_login_claim: String,
+    /// Scopes asked for besides `openid` (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = ["email".to_string(), "profile".to_string()])]
+    oidc_scopes: Vec<String>,
+    /// Only people whose login is in one of these domains may sign in
+    /// (comma-separated; with --oidc-allowed-users, either list admits).
+    #[arg(long, value_delimiter = ',')]
+    oidc_allowed_domains: Vec<String>,
+    /// Only these logins may sign in (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    oidc_allowed_users: Vec<String>,
     /// Print the admin API's OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -111,7 +143,35 @@ pub async fn run(a: ControlArgs) -> Result<()> {
             stun: a.stun_listen,
         }
     };
-    cfg.node_key_lifetime = Duration::from_secs(a.key_days * 86_400);
+    cfg.node_key_lifetime = match a.key_days {
+        Some(days) => Duration::from_secs(days.saturating_mul(86_400)),
+        None => a.key_expiry,
+    };
+    if let Some(issuer) = a.oidc_issuer {
+        let (Some(id), Some(secret_file)) = (a.oidc_client_id, a.oidc_client_secret_file) else {
+            anyhow::bail!("--oidc-issuer needs --oidc-client-id and --oidc-client-secret-file");
+        };
+        let secret = std::fs::read_to_string(&secret_file).with_context(|| {
+            format!(
+                "--oidc-client-secret-file: reading {}",
+                secret_file.display()
+            )
+        })?;
+        let secret = secret.trim();
+        if secret.is_empty() {
+            anyhow::bail!(
+                "--oidc-client-secret-file: {} is empty",
+                secret_file.display()
+            );
+        }
+        let mut oidc = gatehouse_control::signin::OidcConfig::new(&issuer, &id, secret);
+        oidc.ca_file = a.oidc_ca_file;
+        oidc.login_claim = a.oidc_login_claim;
+        oidc.scopes = a.oidc_scopes;
+        oidc.allowed_domains = a.oidc_allowed_domains;
+        oidc.allowed_users = a.oidc_allowed_users;
+        cfg.oidc = Some(oidc);
+    }
     cfg.serving_cert_lifetime = Duration::from_secs(a.cert_hours * 3600);
     cfg.refusals_per_minute = a.refusals_per_minute;
     cfg.audit_max_age =
@@ -167,4 +227,19 @@ pub async fn run(a: ControlArgs) -> Result<()> {
     println!("gatehouse control: stopping");
     running.shutdown().await;
     Ok(())
+}
+
+/// `180d`, or any duration `--key-expiry` takes (`720h`, `90m`).
+fn parse_key_expiry(s: &str) -> Result<Duration, String> {
+    let d = match s.strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .map(|n| Duration::from_secs(n.saturating_mul(86_400)))
+            .map_err(|e| format!("invalid number of days {days:?}: {e}"))?,
+        None => gatehouse_ops::parse_duration(s).map_err(|e| e.to_string())?,
+    };
+    if d.is_zero() {
+        return Err("a key lifetime of zero would expire every device at once".into());
+    }
+    Ok(d)
 }

@@ -75,7 +75,7 @@ enum Command {
     Policy(policy_cmd::PolicyCommand),
     #[cfg(feature = "control")]
     /// Run the coordination server of the private tier.
-    Control(control_cmd::ControlArgs),
+    Control(Box<control_cmd::ControlArgs>),
     #[cfg(feature = "control")]
     /// Administer a running control server (users, nodes, keys, OAuth, policy, audit, CA).
     Admin(admin_cmd::AdminArgs),
@@ -147,7 +147,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "tools")]
         Command::Policy(cmd) => policy_cmd::run(cmd),
         #[cfg(feature = "control")]
-        Command::Control(a) => run_async(control_cmd::run(a)),
+        Command::Control(a) => run_async(control_cmd::run(*a)),
         #[cfg(feature = "control")]
         Command::Admin(a) => run_async(admin_cmd::run(a)),
         #[cfg(feature = "relay")]

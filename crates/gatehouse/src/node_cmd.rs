@@ -15,7 +15,7 @@ const SERVE_DEFAULTS: Limits = Limits::DEFAULT;
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// Join the mesh (first time: register with --control and --authkey) and run until stopped.
+    /// Join the mesh (first time: register with --control, and --authkey or an approval) and run until stopped.
     Up(Box<UpArgs>),
     /// Show the running node: its name, addresses, control connection, certificate and peers.
     Status {
@@ -55,7 +55,9 @@ pub struct UpArgs {
     #[arg(long, env = "GATEHOUSE_CONTROL")]
     control: Option<String>,
     /// Pre-auth key, or `file:PATH` to read it from a file (keeps it out of
-    /// the process list); needed to register (a registered node ignores it).
+    /// the process list). Without one, an unregistered node prints the URL
+    /// where it is approved (by signing in, or by an administrator) and
+    /// waits. A registered node ignores it.
     #[arg(long, env = "GATEHOUSE_AUTHKEY", hide_env_values = true)]
     authkey: Option<String>,
     /// Host name to ask for (default: this machine's).

@@ -54,6 +54,43 @@ pub struct RegisterResponse {
     pub key_expiry: i64,
 }
 
+/// Body of `POST /machine/v1/register/interactive`: a node without a
+/// pre-auth key asks to join and waits for its approval (an administrator's,
+/// or the sign-in of the person who opens the URL it is given).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InteractiveRegisterRequest {
+    /// Requested host name (reduced to a DNS label by control).
+    pub hostname: String,
+    /// The node's WireGuard public key, base64.
+    pub wireguard_key: String,
+    /// PEM CSR for the machine (client) certificate.
+    pub machine_csr: String,
+    /// PEM CSR for the serving certificate of the node's DNS name.
+    pub serving_csr: String,
+    /// The node's software version (shown to administrators).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// The code of an earlier answer: wait (up to a minute) for its
+    /// approval. Empty on the first request, which is answered at once.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub wait: String,
+}
+
+/// Answer to an interactive registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InteractiveRegisterResponse {
+    /// The code the node waits under.
+    pub code: String,
+    /// The page where the node is approved (sign-in, or the administrator's
+    /// command).
+    pub auth_url: String,
+    /// The registration, once approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<RegisterResponse>,
+}
+
 /// Body of `POST /machine/v1/endpoints`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -12,6 +12,8 @@ mod policy;
 mod registrations;
 mod users;
 
+pub(crate) use users::valid_login;
+
 use crate::App;
 use crate::error::ApiErr;
 use crate::machine;
@@ -69,6 +71,7 @@ pub(crate) fn router_and_doc() -> (axum::Router<Arc<App>>, utoipa::openapi::Open
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(machine::register))
+        .routes(routes!(machine::register_interactive))
         .routes(routes!(machine::map))
         .routes(routes!(machine::endpoints))
         .routes(routes!(machine::renew))
@@ -96,6 +99,7 @@ pub(crate) fn router(app: Arc<App>) -> axum::Router {
             }),
         )
         .merge(crate::tailscale::routes(axum::Router::new()))
+        .merge(crate::signin::routes(axum::Router::new()))
         .fallback(|| async { ApiErr::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),

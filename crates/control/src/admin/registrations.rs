@@ -41,7 +41,7 @@ pub(crate) async fn approve_registration(
             "only the admin token may approve a device for a person",
         ));
     }
-    let row = crate::tailscale::interactive::approve(&app, &code, &req.user, &caller.actor).await?;
+    let row = crate::waiting::approve(&app, &code, &req.user, &caller.actor).await?;
     let info = app
         .hub
         .list()

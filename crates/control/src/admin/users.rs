@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 type AppState = State<Arc<App>>;
 
-fn valid_login(login: &str) -> bool {
+pub(crate) fn valid_login(login: &str) -> bool {
     login
         .split_once('@')
         .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('@'))

@@ -6,7 +6,6 @@
 //! hub and policy as the native API: a Tailscale device is a node like any
 //! other.
 
-pub(crate) mod interactive;
 mod mapper;
 mod poll;
 mod register;
@@ -35,7 +34,7 @@ pub(crate) fn routes(router: axum::Router<Arc<App>>) -> axum::Router<Arc<App>> {
     router
         .route("/key", axum::routing::get(key))
         .route(UPGRADE_PATH, axum::routing::post(upgrade).get(upgrade))
-        .route("/register/{code}", axum::routing::get(interactive::page))
+        .route("/register/{code}", axum::routing::get(crate::waiting::page))
 }
 
 #[derive(serde::Deserialize)]

@@ -93,9 +93,12 @@ async fn interactive(
     hostinfo: &gatehouse_tailcfg::Hostinfo,
 ) -> Result<RegisterResponse, ApiErr> {
     let credential = session.credential();
-    let code = app
-        .pending
-        .code_for(&credential, wg_key, hostname, client_info(hostinfo))?;
+    let code = app.pending.code_for(
+        crate::waiting::Proof::MachineKey(credential.clone()),
+        wg_key,
+        hostname,
+        client_info(hostinfo),
+    )?;
     let url = format!("{}/register/{code}", app.url());
     if req.followup.is_empty() {
         tracing::info!(remote = %session.remote, %hostname, %code, "ts2021: a device waits for approval");
@@ -110,7 +113,7 @@ async fn interactive(
         .map(|(_, c)| c)
         .ok_or_else(|| ApiErr::bad("follow-up URL is not a registration URL"))?;
     match app.pending.wait(asked, &credential, FOLLOWUP_WAIT).await? {
-        Some(super::interactive::Verdict::Approved(row)) => Ok(authorized(&row)),
+        Some(crate::waiting::Verdict::Approved(a)) => Ok(authorized(&a.row)),
         None => Ok(RegisterResponse {
             auth_url: url,
             ..RegisterResponse::default()

@@ -124,7 +124,9 @@ pub enum NodeError {
     #[error(transparent)]
     Join(#[from] gatehouse_client::JoinError),
     /// Not registered, and no join string or key to register with.
-    #[error("this node is not registered yet: give --control and --authkey")]
+    #[error(
+        "this node is not registered yet: give --control (and --authkey, or approve it at the URL it prints)"
+    )]
     NeedsRegistration,
     /// The serving certificate.
     #[error("serving certificate")]

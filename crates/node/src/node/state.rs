@@ -44,18 +44,36 @@ pub(super) async fn load_or_register(cfg: &NodeConfig) -> Result<Identity, NodeE
         {
             tracing::warn!(saved = %id.control, given = %j.url(), "already registered with another control; using the saved one");
         }
-        tracing::info!(node = %id.fqdn, "identity loaded");
-        return Ok(id);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        if id.key_expiry > now || cfg.control.is_none() {
+            tracing::info!(node = %id.fqdn, "identity loaded");
+            return Ok(id);
+        }
+        tracing::warn!(node = %id.fqdn, "the node's key has expired; registering again");
     }
-    let (Some(control), Some(authkey)) = (&cfg.control, &cfg.authkey) else {
+    let Some(control) = &cfg.control else {
         return Err(NodeError::NeedsRegistration);
     };
     let join = Join::parse(control)?;
     let ca = gatehouse_client::fetch_pinned_ca(&join).await?;
-    let id = if cfg.shared_name {
-        NodeClient::register_replica(&join, &ca, authkey, &cfg.hostname).await?
-    } else {
-        NodeClient::register(&join, &ca, authkey, &cfg.hostname).await?
+    let id = match &cfg.authkey {
+        Some(authkey) if cfg.shared_name => {
+            NodeClient::register_replica(&join, &ca, authkey, &cfg.hostname).await?
+        }
+        Some(authkey) => NodeClient::register(&join, &ca, authkey, &cfg.hostname).await?,
+        None if cfg.shared_name => return Err(NodeError::NeedsRegistration),
+        None => {
+            let mut show = |url: &str| {
+                tracing::info!(%url, "waiting for approval");
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("To add this node to the network, open:\n\n\t{url}\n");
+                }
+            };
+            NodeClient::register_interactive(&join, &ca, &cfg.hostname, &mut show).await?
+        }
     };
     id.save(&cfg.state_dir)?;
     tracing::info!(node = %id.fqdn, id = %id.node_id, "registered");

@@ -1,9 +1,10 @@
 //! Interactive registration, for devices that cannot take a pre-auth key
-//! (phones): the client is given an `AuthURL` (`/register/<code>` on
-//! control), waits on it with follow-up requests, and joins once an
-//! administrator approves the code (`gatehouse admin nodes approve CODE
-//! --user LOGIN`). The page at the URL says what the device is and how it
-//! gets approved; a sign-in provider can later approve from the same page.
+//! (phones, `gatehouse node up` without `--authkey`), whatever protocol
+//! they speak: the device is given a URL (`/register/<code>` on control),
+//! waits on it, and joins once the code is approved, by an administrator
+//! (`gatehouse admin nodes approve CODE --user LOGIN`) or by the person who
+//! signs in on that page through the network's identity provider
+//! (`crate::signin`).
 //!
 //! Waiting registrations live in memory only: after a restart of control,
 //! clients ask again and get a new code.
@@ -20,6 +21,9 @@ use tokio::sync::watch;
 
 /// How long a code stays valid.
 const CODE_LIFETIME: Duration = Duration::from_secs(30 * 60);
+/// How long an approval stays to be picked up by the device that waited
+/// for it (it may be between two waiting requests when it is approved).
+const APPROVED_LIFETIME: Duration = Duration::from_secs(120);
 /// Most registrations waiting at once (each costs a little memory; a flood
 /// of key-less registrations must not grow control without bound).
 const MAX_WAITING: usize = 1024;
@@ -27,19 +31,63 @@ const MAX_WAITING: usize = 1024;
 /// What became of a waiting registration.
 #[derive(Debug, Clone)]
 pub(crate) enum Verdict {
-    /// Approved: the node as stored.
-    Approved(Box<NodeRow>),
+    /// Approved: the node as stored (and, for the native protocol, its
+    /// machine certificate).
+    Approved(Box<Admitted>),
+}
+
+/// How a waiting device will prove who it is once admitted.
+#[derive(Debug, Clone)]
+pub(crate) enum Proof {
+    /// Its Noise machine key (Tailscale's protocol), as `mkey:<hex>`.
+    MachineKey(String),
+    /// The CSRs of its machine and serving certificates (the native
+    /// protocol).
+    Certificates {
+        /// PEM CSR of the machine certificate.
+        machine_csr: String,
+        /// PEM CSR of the serving certificate.
+        serving_csr: String,
+    },
+}
+
+impl Proof {
+    /// What identifies the waiting machine when it asks again: its machine
+    /// key, or the hash of its machine CSR.
+    pub fn id(&self) -> String {
+        use sha2::Digest as _;
+        match self {
+            Proof::MachineKey(k) => k.clone(),
+            Proof::Certificates { machine_csr, .. } => {
+                format!(
+                    "csr:{}",
+                    hex::encode(sha2::Sha256::digest(machine_csr.as_bytes()))
+                )
+            }
+        }
+    }
 }
 
 /// A device waiting for approval.
 #[derive(Debug)]
 struct Waiting {
     credential: String,
+    proof: Proof,
     wg_key: String,
     hostname: String,
     client: ClientInfo,
     since: Instant,
+    approved: Option<Instant>,
     verdict: watch::Sender<Option<Verdict>>,
+}
+
+impl Waiting {
+    fn live(&self) -> bool {
+        self.since.elapsed() < CODE_LIFETIME
+            && self
+                .approved
+                .is_none_or(|at| at.elapsed() < APPROVED_LIFETIME)
+    }
 }
 
 /// The registrations waiting for approval.
@@ -58,14 +106,19 @@ impl Pending {
     /// The code of the machine's waiting registration, made if it has none.
     pub fn code_for(
         &self,
-        credential: &str,
+        proof: Proof,
         wg_key: &str,
         hostname: &str,
         client: ClientInfo,
     ) -> Result<String, ApiErr> {
+        let credential = proof.id();
         let mut map = self.lock();
-        map.retain(|_, w| w.since.elapsed() < CODE_LIFETIME);
+        map.retain(|_, w| w.live());
         if let Some((code, w)) = map.iter_mut().find(|(_, w)| w.credential == credential) {
+            if w.approved.is_some() {
+                // Approved: the device picks its verdict up under this code.
+                return Ok(code.clone());
+            }
             // The same machine asking again (perhaps with a new node key).
             w.wg_key = wg_key.to_string();
             w.hostname = hostname.to_string();
@@ -81,11 +134,13 @@ impl Pending {
         map.insert(
             code.clone(),
             Waiting {
-                credential: credential.to_string(),
+                credential,
+                proof,
                 wg_key: wg_key.to_string(),
                 hostname: hostname.to_string(),
                 client,
                 since: Instant::now(),
+                approved: None,
                 verdict: watch::Sender::new(None),
             },
         );
@@ -103,7 +158,7 @@ impl Pending {
             let map = self.lock();
             let w = map
                 .get(code)
-                .filter(|w| w.credential == credential)
+                .filter(|w| w.credential == credential && w.live())
                 .ok_or_else(|| ApiErr::unauthorized("no such registration waiting"))?;
             w.verdict.subscribe()
         };
@@ -119,7 +174,7 @@ impl Pending {
         let map = self.lock();
         let mut v: Vec<PendingDevice> = map
             .iter()
-            .filter(|(_, w)| w.since.elapsed() < CODE_LIFETIME)
+            .filter(|(_, w)| w.live() && w.approved.is_none())
             .map(|(code, w)| PendingDevice {
                 code: code.clone(),
                 hostname: w.hostname.clone(),
@@ -146,14 +201,14 @@ pub(crate) async fn approve(
     user: &str,
     actor: &str,
 ) -> Result<NodeRow, ApiErr> {
-    let (credential, wg_key, hostname, client) = {
+    let (proof, wg_key, hostname, client) = {
         let map = app.pending.lock();
         let w = map
             .get(code)
-            .filter(|w| w.since.elapsed() < CODE_LIFETIME)
+            .filter(|w| w.live() && w.approved.is_none())
             .ok_or_else(|| ApiErr::not_found(format!("no device waits under code {code}")))?;
         (
-            w.credential.clone(),
+            w.proof.clone(),
             w.wg_key.clone(),
             w.hostname.clone(),
             w.client.clone(),
@@ -167,43 +222,51 @@ pub(crate) async fn approve(
         hostname: &hostname,
         shared_name: false,
         wg_key: &wg_key,
-        credential: Credential::MachineKey(credential),
+        credential: match &proof {
+            Proof::MachineKey(k) => Credential::MachineKey(k.clone()),
+            Proof::Certificates {
+                machine_csr,
+                serving_csr,
+            } => Credential::Certificates {
+                machine_csr,
+                serving_csr,
+            },
+        },
         client,
     };
-    let Admitted { row, .. } = admission::register(app, candidate).await?;
-    if let Some(w) = app.pending.lock().remove(code) {
+    let admitted = admission::register(app, candidate).await?;
+    let row = admitted.row.clone();
+    if let Some(w) = app.pending.lock().get_mut(code) {
+        w.approved = Some(Instant::now());
         w.verdict
-            .send_replace(Some(Verdict::Approved(Box::new(row.clone()))));
+            .send_replace(Some(Verdict::Approved(Box::new(admitted))));
     }
     Ok(row)
 }
 
-/// The page behind an `AuthURL`: what the device is and how it gets in.
+/// The page behind an `AuthURL`: what the device is and how it gets in
+/// (signing in, when the network has an identity provider, or an
+/// administrator's approval).
 pub(crate) async fn page(
     axum::extract::State(app): axum::extract::State<std::sync::Arc<App>>,
     axum::extract::Path(code): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
+    use crate::pages::{esc, page};
+    use axum::http::StatusCode;
     use axum::response::IntoResponse;
     let Some(d) = app.pending.get(&code) else {
-        return (
-            axum::http::StatusCode::NOT_FOUND,
-            axum::response::Html(
-                "<!doctype html><title>Gatehouse</title><p>No device is waiting under this code (it expires after 30 minutes). Start the sign-in on the device again.</p>".to_string(),
-            ),
-        )
-            .into_response();
+        return page(
+            StatusCode::NOT_FOUND,
+            "no such device",
+            "<p>No device is waiting under this code (it expires after 30 minutes). Start the sign-in on the device again.</p>",
+        );
     };
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
-    axum::response::Html(format!(
-        "<!doctype html><meta charset=utf-8><title>Gatehouse: approve a device</title>\
-         <h1>A device asks to join {network}</h1>\
-         <p>Host name <b>{host}</b>, {os} {version}.</p>\
-         <p>An administrator lets it in for a person with:</p>\
+    let sign_in = crate::signin::device_form(&app, &headers, &d.code);
+    let body = format!(
+        "<p>A device asks to join <b>{network}</b>: host name <b>{host}</b>, {os} {version}.</p>\
+         {form}\
+         <p>An administrator can let it in for a person with:</p>\
          <pre>gatehouse admin nodes approve {code} --user LOGIN</pre>\
          <p>The device joins as soon as that is done; this page is then no longer needed.</p>",
         network = esc(&app.config.domain()),
@@ -211,6 +274,13 @@ pub(crate) async fn page(
         os = esc(&d.os),
         version = esc(&d.version),
         code = esc(&d.code),
-    ))
-    .into_response()
+        form = sign_in.as_ref().map_or("", |(_, f)| f.as_str()),
+    );
+    let mut resp = page(StatusCode::OK, "approve a device", &body);
+    if let Some((Some(cookie), _)) = sign_in
+        && let Ok(v) = axum::http::HeaderValue::from_str(&cookie)
+    {
+        resp.headers_mut().append(axum::http::header::SET_COOKIE, v);
+    }
+    resp.into_response()
 }
