@@ -458,7 +458,7 @@ fn destinations() {
         refused(
             &rule(bad, r#""autogroup:self""#, r#""root""#),
             "ssh[0]",
-            "autogroup:self can only be used with sources that are users, groups or autogroup:member",
+            "autogroup:self can only be used with users, groups, or supported autogroups",
         );
     }
     refused(
