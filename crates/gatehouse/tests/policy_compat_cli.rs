@@ -64,8 +64,8 @@ const POLICY: &str = r#"{
     {"src": ["autogroup:member"], "dst": ["autogroup:internet"], "ip": ["tcp:443"], "via": ["tag:exit"]},
   ],
   "tests": [
-    {"src": "alice@example.com", "accept": ["alice-desktop:22", "web:443"], "deny": ["ci:22", "bob-laptop:22"]},
-    {"src": "bob@example.org", "accept": ["web:80"], "deny": ["web:443", "alice-laptop:22"]},
+    {"src": "alice@example.com", "accept": ["alice@example.com:22", "tag:web:443"], "deny": ["tag:ci:22", "bob@example.org:22"]},
+    {"src": "bob@example.org", "accept": ["tag:web:80"], "deny": ["tag:web:443", "alice@example.com:22"]},
   ],
 }"#;
 
@@ -265,7 +265,7 @@ fn refusals_name_the_value_as_tailscale_does() {
     let cases = [
         (
             r#"{"grants": [{"src": ["*"], "dst": ["0.0.0.0/0"], "ip": ["*"]}]}"#,
-            r#"grants[0].dst[0] (line 1, column 40): dst "0.0.0.0/0": to allow all IP addresses, use "*" or "autogroup:internet""#,
+            r#"grants[0].dst[0] (line 1, column 36): dst "0.0.0.0/0": to allow all IP addresses, use "*" or "autogroup:internet""#,
         ),
         (
             r#"{"grants": [{"src": ["*"], "dst": ["::/0"], "ip": ["*"]}]}"#,
@@ -281,7 +281,7 @@ fn refusals_name_the_value_as_tailscale_does() {
         ),
         (
             r#"{"grants": [{"src": ["*"], "dst": ["*"], "ip": ["*"]}], "tests": [{"src": "a@example.com", "accept": ["100.64.0.16/32:22"]}]}"#,
-            r#"tests[0].accept[0] (line 1, column 109): "100.64.0.16/32": tests take single addresses, not prefixes"#,
+            r#"tests[0].accept[0] (line 1, column 103): "100.64.0.16/32": tests take single addresses, not prefixes"#,
         ),
     ];
     for (text, want) in cases {
@@ -294,7 +294,7 @@ fn refusals_name_the_value_as_tailscale_does() {
     let p = f.write(
         "empty.hujson",
         r#"{"tagOwners": {"tag:web": []}, "grants": [{"src": [], "dst": ["tag:web"], "ip": ["*"]}, {"src": ["*"], "dst": [], "ip": ["*"]}],
-            "tests": [{"src": "alice@example.com", "deny": ["web:22"]}]}"#,
+            "tests": [{"src": "alice@example.com", "deny": ["tag:web:22"]}]}"#,
     );
     let i = f.write("i.yaml", INVENTORY);
     let (code, out, err) = run(&["policy", "test", &p, "--inventory", &i]);
@@ -308,8 +308,8 @@ fn undeclared_tags_on_nodes_are_a_warning() {
     let p = f.write(
         "p.hujson",
         &POLICY.replace(r#""tag:ci": [], "#, "").replace(
-            r#""deny": ["ci:22", "bob-laptop:22"]"#,
-            r#""deny": ["bob-laptop:22"]"#,
+            r#""deny": ["tag:ci:22", "bob@example.org:22"]"#,
+            r#""deny": ["bob@example.org:22"]"#,
         ),
     );
     let i = f.write("i.yaml", INVENTORY);
