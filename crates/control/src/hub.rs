@@ -105,6 +105,18 @@ pub struct Hub {
     members: tokio::sync::watch::Sender<u64>,
 }
 
+/// Nodes tagged under an earlier policy keep tags the current one does
+/// not declare: they stay tagged, but no rule can name those tags.
+fn warn_undeclared(engine: &Engine) {
+    for (node, tags) in engine.undeclared_tags() {
+        tracing::warn!(
+            node,
+            ?tags,
+            "node carries tags the policy does not declare in tagOwners"
+        );
+    }
+}
+
 fn engine_node(r: &NodeRow) -> Node {
     let mut addresses = Vec::new();
     if let Ok(a) = r.ipv4.parse() {
@@ -118,6 +130,8 @@ fn engine_node(r: &NodeRow) -> Node {
         user: r.user.clone(),
         tags: r.tags.clone(),
         addresses,
+        // Control approves no subnet routes or exit nodes yet.
+        routes: Vec::new(),
     }
 }
 
@@ -268,6 +282,7 @@ impl Hub {
             .map(engine_node)
             .collect();
         let engine = Engine::new(Arc::clone(&policy), live)?;
+        warn_undeclared(&engine);
         let mut st = State {
             domain,
             relays,
@@ -611,6 +626,7 @@ impl Hub {
             .collect();
         live.sort_by(|a, b| a.name.cmp(&b.name));
         st.engine = Engine::new(Arc::clone(&policy), live)?;
+        warn_undeclared(&st.engine);
         st.policy = policy;
         // Every stream is marked and woken: order does not matter.
         #[allow(clippy::disallowed_methods)]

@@ -117,6 +117,31 @@ impl Dec for u128 {
     }
 }
 
+/// The ranges of `a` not in `b` (both sorted and merged).
+fn subtract<T: Copy + Ord + One + Dec>(a: &[(T, T)], b: &[(T, T)]) -> Vec<(T, T)> {
+    let mut out = Vec::new();
+    for &(mut lo, hi) in a {
+        let mut open = true;
+        for &(x, y) in b.iter().skip(b.partition_point(|r| r.1 < lo)) {
+            if x > hi {
+                break;
+            }
+            if x > lo {
+                out.push((lo, x.dec()));
+            }
+            if y >= hi {
+                open = false;
+                break;
+            }
+            lo = y.inc();
+        }
+        if open {
+            out.push((lo, hi));
+        }
+    }
+    out
+}
+
 fn contains<T: Copy + Ord>(ranges: &[(T, T)], x: T) -> bool {
     let i = ranges.partition_point(|r| r.1 < x);
     ranges.get(i).is_some_and(|r| r.0 <= x)
@@ -214,6 +239,14 @@ impl IpSet {
         IpSet {
             v4: merge(v4),
             v6: merge(v6),
+        }
+    }
+
+    /// The addresses of this set that are not in `other`.
+    pub fn difference(&self, other: &IpSet) -> IpSet {
+        IpSet {
+            v4: subtract(&self.v4, &other.v4),
+            v6: subtract(&self.v6, &other.v6),
         }
     }
 
@@ -452,6 +485,27 @@ mod tests {
             for n in &nets {
                 prop_assert!(set.covers(n));
             }
+        }
+
+        #[test]
+        fn difference_matches_naive(
+            a in prop::collection::vec((0u32..256, 0u32..16), 0..8),
+            b in prop::collection::vec((0u32..256, 0u32..16), 0..8),
+        ) {
+            let set = |v: &[(u32, u32)]| {
+                let mut bld = IpSetBuilder::default();
+                for &(lo, len) in v {
+                    bld.v4.push((lo, lo + len));
+                }
+                bld.build()
+            };
+            let (sa, sb) = (set(&a), set(&b));
+            let d = sa.difference(&sb);
+            for x in 0u32..280 {
+                let ip = IpAddr::V4(Ipv4Addr::from(x));
+                prop_assert_eq!(d.contains(ip), sa.contains(ip) && !sb.contains(ip), "{}", x);
+            }
+            prop_assert_eq!(IpSet::from_nets(d.to_nets()), d);
         }
     }
 }

@@ -20,5 +20,5 @@ mod rule;
 pub mod ssh;
 
 pub use ipset::IpSet;
-pub use node::{FilterRule, NetPortRange, NodeFilter, has_ports};
+pub use node::{FilterRule, NetPortRange, NodeFilter, RoutedPortRange, has_ports};
 pub use rule::{RuleId, RuleKind};

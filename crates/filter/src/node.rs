@@ -19,6 +19,12 @@ pub struct FilterRule {
     pub src_ips: Arc<IpSet>,
     /// Destination address and port ranges on this node.
     pub dst_ports: Vec<NetPortRange>,
+    /// Destinations beyond this node that it forwards to, as a subnet
+    /// router or an exit node, with port ranges. A Gatehouse node forwards
+    /// nothing, so its data plane has no use for them; Tailscale routers
+    /// receive them in their packet filter.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routed: Vec<RoutedPortRange>,
     /// IP protocols.
     #[serde(rename = "ipProto")]
     pub protos: ProtoSet,
@@ -29,6 +35,15 @@ pub struct FilterRule {
 pub struct NetPortRange {
     /// One of the node's addresses.
     pub ip: IpAddr,
+    /// Ports (all ports for protocols without ports).
+    pub ports: PortRange,
+}
+
+/// Forwarded destinations (a subnet, the internet) with a port range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutedPortRange {
+    /// The destination addresses.
+    pub nets: Arc<IpSet>,
     /// Ports (all ports for protocols without ports).
     pub ports: PortRange,
 }
@@ -60,6 +75,21 @@ impl NodeFilter {
                     && r.dst_ports
                         .iter()
                         .any(|d| d.ip == dst && (!has_ports(proto) || d.ports.contains(port)))
+                    && r.src_ips.contains(src)
+            })
+            .map(|r| r.origin)
+    }
+
+    /// The first rule accepting a packet that this node forwards (as a
+    /// subnet router or exit node) to `dst`, if any.
+    pub fn allows_routed(&self, src: IpAddr, dst: IpAddr, proto: u8, port: u16) -> Option<RuleId> {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.protos.contains(proto)
+                    && r.routed.iter().any(|d| {
+                        d.nets.contains(dst) && (!has_ports(proto) || d.ports.contains(port))
+                    })
                     && r.src_ips.contains(src)
             })
             .map(|r| r.origin)

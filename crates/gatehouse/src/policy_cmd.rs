@@ -134,6 +134,9 @@ fn test(a: &TestArgs) -> Result<ExitCode> {
         None => Vec::new(),
     };
     let report = run_tests(&policy, &nodes)?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -240,6 +243,9 @@ fn query(a: &QueryArgs) -> Result<()> {
                 for r in &p.rules {
                     println!("         by {}", engine.rule_label(*r));
                 }
+                if !p.via.is_empty() {
+                    println!("         through {}", p.via.join(", "));
+                }
             }
         }
     }
@@ -261,11 +267,25 @@ fn print_filter(f: &NodeFilter) {
                 std::net::IpAddr::V4(ip) => format!("{ip}:{}", d.ports),
             })
             .collect();
+        let routed: Vec<String> = r
+            .routed
+            .iter()
+            .flat_map(|d| {
+                d.nets
+                    .to_strings()
+                    .into_iter()
+                    .map(move |n| format!("{n}:{}", d.ports))
+            })
+            .collect();
+        let to = match (dst.is_empty(), routed.is_empty()) {
+            (_, true) => format!("to {}", dst.join(",")),
+            (true, false) => format!("forwarded to {}", routed.join(",")),
+            (false, false) => format!("to {} and forwarded to {}", dst.join(","), routed.join(",")),
+        };
         println!(
-            "  {}: from {} to {} proto {}",
+            "  {}: from {} {to} proto {}",
             r.origin,
             r.src_ips.to_strings().join(","),
-            dst.join(","),
             r.protos.names().join(",")
         );
     }

@@ -110,10 +110,22 @@ fn invalid_inventory_exits_2() {
     let inv = write(
         &dir,
         "n.yaml",
-        "nodes: [{name: x, tags: [tag:zzz], addresses: [100.64.0.1]}]",
+        "nodes: [{name: x, tags: [tag:a], addresses: [100.64.0.1]}, {name: y, tags: [tag:a], addresses: [100.64.0.1]}]",
     );
     let (code, _, err) = run(&["policy", "test", &p, "--inventory", &inv]);
     assert_eq!(code, 2);
+    assert!(
+        err.contains("address 100.64.0.1 used by more than one node"),
+        "{err}"
+    );
+    // A tag the policy does not declare is kept (a warning, see policy_compat_cli.rs).
+    let inv = write(
+        &dir,
+        "n.yaml",
+        "nodes: [{name: x, tags: [tag:zzz], addresses: [100.64.0.1]}]",
+    );
+    let (code, _, err) = run(&["policy", "test", &p, "--inventory", &inv]);
+    assert_eq!(code, 0, "{err}");
     assert!(err.contains("tag:zzz"), "{err}");
 }
 

@@ -312,6 +312,7 @@ mod tests {
                     },
                 })
                 .collect(),
+            routed: Vec::new(),
             protos: ProtoSet::of(protos),
         }
     }
@@ -420,6 +421,7 @@ mod tests {
                     },
                 })
                 .collect(),
+            routed: Vec::new(),
             protos: ProtoSet::of(&protos),
         })
     }

@@ -44,6 +44,7 @@ fn filter() -> NodeFilter {
                     last: 443,
                 },
             }],
+            routed: Vec::new(),
             protos: ProtoSet::default_set(),
         }],
     }

@@ -83,6 +83,7 @@ impl TestNode {
             user: self.user.clone(),
             tags: self.tags.clone(),
             addresses: self.addresses.clone(),
+            routes: Vec::new(),
         }
     }
 

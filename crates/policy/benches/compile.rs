@@ -77,6 +77,7 @@ fn generate(rng: &mut Rng) -> (String, Vec<Node>) {
             user: Some(owner),
             tags,
             addresses: node_addrs(i),
+            routes: Vec::new(),
         });
     }
     let mut groups = Vec::new();
@@ -163,8 +164,11 @@ fn ipnet_base(a: IpAddr, len: u8) -> IpAddr {
 fn naive_allows(p: &Policy, src: &Node, sip: IpAddr, dst: &Node, dip: IpAddr, port: u16) -> bool {
     let member = |u: &str, g: &str| p.groups.get(g).is_some_and(|m| m.iter().any(|x| x == u));
     let selects = |t: &Target, n: &Node, ip: IpAddr| match t {
-        Target::All => true,
+        Target::All | Target::DangerAll => true,
         Target::User(u) => n.identity_user() == Some(u.as_str()),
+        Target::Domain(d) => n
+            .identity_user()
+            .is_some_and(|u| u.ends_with(&format!("@{d}"))),
         Target::Group(g) => n.identity_user().is_some_and(|u| member(u, g)),
         Target::Tag(tag) => n.tags.contains(tag),
         Target::Host(_, net) | Target::Cidr(net) => net.contains(&ip),

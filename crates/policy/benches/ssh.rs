@@ -73,6 +73,7 @@ fn generate(rng: &mut Rng) -> (String, String, Vec<Node>) {
             user: Some(user(rng.below(USERS))),
             tags,
             addresses: node_addrs(i),
+            routes: Vec::new(),
         });
     }
     let groups: Vec<String> = (0..GROUPS)

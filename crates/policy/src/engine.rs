@@ -13,7 +13,8 @@ use crate::model::{Policy, RuleId, Target};
 use crate::ports::{ProtoSet, normalise};
 use crate::ssh::{RuleSources, SourcesBefore, SshGrant, SshIndex};
 use gatehouse_filter::ipset::{IpSet, IpSetBuilder};
-use gatehouse_filter::{FilterRule, NetPortRange, NodeFilter, has_ports};
+use gatehouse_filter::{FilterRule, NetPortRange, NodeFilter, RoutedPortRange, has_ports};
+use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,14 +28,6 @@ pub enum EngineError {
     /// The inventory breaks a structural rule.
     #[error(transparent)]
     Inventory(#[from] InventoryError),
-    /// A node carries a tag the policy does not declare in `tagOwners`.
-    #[error("node {node:?} has tag {tag:?}, which the policy does not declare in tagOwners")]
-    UndeclaredTag {
-        /// The node.
-        node: String,
-        /// The tag.
-        tag: String,
-    },
     /// A node name that is not in the inventory.
     #[error("no node named {0:?}")]
     UnknownNode(String),
@@ -44,12 +37,19 @@ pub enum EngineError {
 }
 
 /// One selected destination: the rule, which of its `dst` entries, and which
-/// of the node's addresses (bit i = `addresses[i]`).
+/// of the node's addresses (bit i = `addresses[i]`); or, with `mask` 0, a
+/// destination the node forwards to as a subnet router or exit node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Hit {
     rule: u32,
     dst: u32,
     mask: u8,
+}
+
+impl Hit {
+    fn routed(&self) -> bool {
+        self.mask == 0
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,6 +78,8 @@ pub(crate) struct PairRules {
     pub other_ports: Vec<RuleId>,
     /// Rules that open this port on this address, but not to this source.
     pub other_sources: Vec<RuleId>,
+    /// Nodes through which `via` grants among these reach the address.
+    pub via: Vec<String>,
 }
 
 impl PairRules {
@@ -154,7 +156,6 @@ impl Engine {
             ssh: SshIndex::default(),
         };
         for n in nodes {
-            e.check_tags(&n)?;
             // `TryFromIntError` says only that the number did not fit.
             let id = NodeId::try_from(e.nodes.len())
                 .map_err(|_too_many| EngineError::Unresolved("too many nodes".into()))?;
@@ -219,16 +220,29 @@ impl Engine {
         self.ssh.rule(r)
     }
 
-    fn check_tags(&self, n: &Node) -> Result<(), EngineError> {
-        for t in &n.tags {
-            if !self.policy.tag_owners.contains_key(t) {
-                return Err(EngineError::UndeclaredTag {
-                    node: n.name.clone(),
-                    tag: t.clone(),
-                });
-            }
-        }
-        Ok(())
+    /// Nodes carrying tags the policy does not declare in `tagOwners`, with
+    /// those tags. Such a node was tagged under an earlier policy: it keeps
+    /// its tag identity (it is a tagged node, in no user's devices) and
+    /// matches whatever selects the tag, but no rule can name an undeclared
+    /// tag, so it is reached only through `autogroup:tagged`, `*` or its
+    /// addresses until the tag is declared again.
+    pub fn undeclared_tags(&self) -> Vec<(String, Vec<String>)> {
+        self.nodes()
+            .filter_map(|n| {
+                let tags: Vec<String> = n
+                    .tags
+                    .iter()
+                    .filter(|t| !self.policy.tag_owners.contains_key(*t))
+                    .cloned()
+                    .collect();
+                (!tags.is_empty()).then(|| (n.name.clone(), tags))
+            })
+            .collect()
+    }
+
+    /// Users with untagged devices whose login is in `domain`.
+    fn domain_users<'a>(&'a self, domain: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.user_nodes.keys().filter(move |u| in_domain(u, domain))
     }
 
     fn index(&mut self, id: NodeId, n: Node) {
@@ -302,7 +316,7 @@ impl Engine {
     /// its sources name (all users for `autogroup:member`).
     fn self_users(&self, r: usize) -> Vec<String> {
         let src = &self.policy.rules[r].src;
-        if src.contains(&Target::Member) {
+        if src.contains(&Target::Member) || src.contains(&Target::All) {
             return self.user_nodes.keys().cloned().collect();
         }
         let mut users = BTreeSet::new();
@@ -311,6 +325,7 @@ impl Engine {
                 Target::User(u) => {
                     users.insert(u.clone());
                 }
+                Target::Domain(d) => users.extend(self.domain_users(d).cloned()),
                 Target::Group(g) => {
                     users.extend(self.policy.groups.get(g).into_iter().flatten().cloned());
                 }
@@ -322,8 +337,9 @@ impl Engine {
 
     fn self_admits(&self, r: usize, user: &str) -> bool {
         self.policy.rules[r].src.iter().any(|t| match t {
-            Target::Member => true,
+            Target::Member | Target::All => true,
             Target::User(u) => u == user,
+            Target::Domain(d) => in_domain(user, d),
             Target::Group(g) => self
                 .policy
                 .groups
@@ -339,10 +355,16 @@ impl Engine {
         let mut ips = IpSetBuilder::default();
         for t in &self.policy.rules[r].src {
             match t {
-                Target::All => {
+                Target::All | Target::DangerAll => {
                     return (self.live_ids().collect(), IpSet::all());
                 }
                 Target::User(u) => ids.extend(self.user_node_ids(u)),
+                Target::Domain(d) => {
+                    let users: Vec<String> = self.domain_users(d).cloned().collect();
+                    for u in &users {
+                        ids.extend(self.user_node_ids(u));
+                    }
+                }
                 Target::Group(g) => {
                     for u in self.policy.groups.get(g).into_iter().flatten() {
                         ids.extend(self.user_node_ids(u));
@@ -381,11 +403,12 @@ impl Engine {
             Target::All => true,
             Target::User(_)
             | Target::Group(_)
+            | Target::Domain(_)
             | Target::Tag(_)
             | Target::Member
             | Target::Tagged => identity_selects(&self.policy, t, n),
             Target::SelfDevices => n.identity_user().is_some_and(|u| self.self_admits(r, u)),
-            Target::Internet => false,
+            Target::Internet | Target::DangerAll => false,
             Target::Host(_, net) | Target::Cidr(net) => {
                 let mut m = 0;
                 for (i, a) in n.addresses.iter().enumerate() {
@@ -402,19 +425,9 @@ impl Engine {
     /// Whether rule `r`'s sources select node `n` (identity or address).
     fn src_selects(&self, r: usize, n: &Node) -> bool {
         self.policy.rules[r].src.iter().any(|t| match t {
-            Target::All => true,
-            Target::User(u) => n.identity_user() == Some(u),
-            Target::Group(g) => n.identity_user().is_some_and(|u| {
-                self.policy
-                    .groups
-                    .get(g)
-                    .is_some_and(|m| m.iter().any(|x| x == u))
-            }),
-            Target::Tag(tag) => n.tags.contains(tag),
+            Target::All | Target::DangerAll => true,
             Target::Host(_, net) | Target::Cidr(net) => n.addresses.iter().any(|a| net.contains(a)),
-            Target::Member => !n.is_tagged(),
-            Target::Tagged => n.is_tagged(),
-            Target::SelfDevices | Target::Internet => false,
+            t => identity_selects(&self.policy, t, n),
         })
     }
 
@@ -428,18 +441,37 @@ impl Engine {
             let policy = Arc::clone(&self.policy);
             let rule = &policy.rules[r];
             let has_self = rule.dst.iter().any(|d| d.target == Target::SelfDevices);
-            let by_prefix = rule
-                .src
-                .iter()
-                .any(|t| matches!(t, Target::All | Target::Host(..) | Target::Cidr(_)));
+            let by_prefix = rule.src.iter().any(|t| {
+                matches!(
+                    t,
+                    Target::All | Target::DangerAll | Target::Host(..) | Target::Cidr(_)
+                )
+            });
             for (di, d) in rule.dst.iter().enumerate() {
+                for id in self.live_ids().collect::<Vec<_>>() {
+                    if self
+                        .get(id)
+                        .is_some_and(|n| self.routes_for(r, &d.target, n))
+                    {
+                        self.inbound[id as usize].push(Hit {
+                            rule: r as u32,
+                            dst: di as u32,
+                            mask: 0,
+                        });
+                        dst_nodes.insert(id);
+                    }
+                }
+                if !rule.via.is_empty() {
+                    // A via grant admits traffic only through its routers.
+                    continue;
+                }
                 let selected: Vec<(NodeId, u8)> = match &d.target {
                     Target::All => self
                         .live_ids()
                         .filter_map(|id| self.get(id).map(|n| (id, full_mask(n))))
                         .collect(),
                     Target::Host(_, net) | Target::Cidr(net) => self.nodes_in(net),
-                    Target::Internet => Vec::new(),
+                    Target::Internet | Target::DangerAll => Vec::new(),
                     Target::SelfDevices => {
                         let users = self.self_users(r);
                         users
@@ -478,6 +510,14 @@ impl Engine {
     fn identity_nodes(&self, t: &Target) -> Vec<(NodeId, u8)> {
         let ids: Vec<NodeId> = match t {
             Target::User(u) => self.user_node_ids(u).collect(),
+            Target::Domain(d) => {
+                let mut v: Vec<NodeId> = self
+                    .domain_users(d)
+                    .flat_map(|u| self.user_node_ids(u))
+                    .collect();
+                v.sort_unstable();
+                v
+            }
             Target::Group(g) => {
                 let mut v: Vec<NodeId> = self
                     .policy
@@ -501,11 +541,78 @@ impl Engine {
             .collect()
     }
 
+    /// Whether node `n` forwards traffic for destination `t` of rule `r`:
+    /// its approved subnet routes overlap the destination's prefix, or it
+    /// is an exit node and the destination is `autogroup:internet` (or,
+    /// outside `via` grants, `*`). With `via`, only nodes carrying one of
+    /// the listed tags qualify.
+    fn routes_for(&self, r: usize, t: &Target, n: &Node) -> bool {
+        if n.routes.is_empty() {
+            return false;
+        }
+        let via = &self.policy.rules[r].via;
+        if !via.is_empty() && !n.tags.iter().any(|tag| via.contains(tag)) {
+            return false;
+        }
+        match t {
+            Target::Host(_, net) | Target::Cidr(net) => n.subnet_routes().any(|r| overlaps(r, net)),
+            Target::Internet => n.is_exit_node(),
+            Target::All => via.is_empty(),
+            _ => false,
+        }
+    }
+
+    /// The addresses node `n` forwards to for destination `t`: the prefix
+    /// as written (Tailscale's choice: a broader prefix is narrowed by the
+    /// routes themselves), the internet, or for `*` everything it routes.
+    fn routed_nets(t: &Target, n: &Node) -> IpSet {
+        match t {
+            Target::Host(_, net) | Target::Cidr(net) => IpSet::from_nets([*net]),
+            Target::Internet => internet(),
+            _ => {
+                let subnets = IpSet::from_nets(n.subnet_routes().copied());
+                if n.is_exit_node() {
+                    subnets.union(&internet())
+                } else {
+                    subnets
+                }
+            }
+        }
+    }
+
+    /// Nodes carrying one of `via` (any node when empty) that forward
+    /// traffic to `ip` for destination `t`.
+    fn routers_for(&self, r: usize, t: &Target, ip: IpAddr) -> Vec<NodeId> {
+        self.live_ids()
+            .filter(|id| {
+                self.get(*id).is_some_and(|n| {
+                    self.routes_for(r, t, n) && Self::routed_nets(t, n).contains(ip) && {
+                        // A prefix destination is forwarded only inside the routes.
+                        match t {
+                            Target::Internet => true,
+                            _ => n.routes.iter().any(|net| net.contains(&ip)),
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// Recomputes the hits of one node from scratch.
     fn node_hits(&self, n: &Node) -> Vec<Hit> {
         let mut hits = Vec::new();
         for (r, rule) in self.policy.rules.iter().enumerate() {
             for (di, d) in rule.dst.iter().enumerate() {
+                if self.routes_for(r, &d.target, n) {
+                    hits.push(Hit {
+                        rule: r as u32,
+                        dst: di as u32,
+                        mask: 0,
+                    });
+                }
+                if !rule.via.is_empty() {
+                    continue;
+                }
                 let mask = self.dst_mask(r, &d.target, n);
                 if mask != 0 {
                     hits.push(Hit {
@@ -522,7 +629,6 @@ impl Engine {
     /// Adds a node, or replaces the node of the same name, recompiling only
     /// what it touches.
     pub fn upsert_node(&mut self, node: Node) -> Result<ChangeSet, EngineError> {
-        self.check_tags(&node)?;
         let existing = self.by_name.get(&node.name).copied();
         // Check structure against the others (names, addresses).
         {
@@ -760,7 +866,8 @@ impl Engine {
             };
         };
         // Group hits by (rule, protocols, source set): one filter rule each.
-        let mut groups: Vec<(u32, ProtoSet, bool, Vec<NetPortRange>)> = Vec::new();
+        type Group = (u32, ProtoSet, bool, Vec<NetPortRange>, Vec<RoutedPortRange>);
+        let mut groups: Vec<Group> = Vec::new();
         for h in &self.inbound[id as usize] {
             let d = &self.policy.rules[h.rule as usize].dst[h.dst as usize];
             let is_self = d.target == Target::SelfDevices;
@@ -768,10 +875,23 @@ impl Engine {
             let idx = match groups.iter().position(|g| (g.0, g.1, g.2) == key) {
                 Some(i) => i,
                 None => {
-                    groups.push((key.0, key.1, key.2, Vec::new()));
+                    groups.push((key.0, key.1, key.2, Vec::new(), Vec::new()));
                     groups.len() - 1
                 }
             };
+            if h.routed() {
+                let nets = Arc::new(Self::routed_nets(&d.target, n));
+                for p in normalise(&d.ports) {
+                    let r = RoutedPortRange {
+                        nets: Arc::clone(&nets),
+                        ports: p,
+                    };
+                    if !groups[idx].4.contains(&r) {
+                        groups[idx].4.push(r);
+                    }
+                }
+                continue;
+            }
             for (i, a) in n.addresses.iter().enumerate() {
                 if h.mask & (1 << i) != 0 {
                     for p in normalise(&d.ports) {
@@ -782,7 +902,7 @@ impl Engine {
         }
         let rules = groups
             .into_iter()
-            .map(|(rule, protos, is_self, mut dst_ports)| {
+            .map(|(rule, protos, is_self, mut dst_ports, routed)| {
                 dst_ports.sort();
                 dst_ports.dedup();
                 let src_ips = if is_self {
@@ -794,6 +914,7 @@ impl Engine {
                     origin: self.policy.rules[rule as usize].id,
                     src_ips,
                     dst_ports,
+                    routed,
                     protos,
                 }
             })
@@ -855,16 +976,31 @@ impl Engine {
         let mut out = PairRules::default();
         for (r, rule) in self.policy.rules.iter().enumerate() {
             for d in &rule.dst {
-                let covers = match &d.target {
+                let mut covers = match &d.target {
                     Target::All => true,
                     Target::Host(_, net) | Target::Cidr(net) => net.contains(&dst_ip),
                     Target::Internet => is_internet(dst_ip),
                     _ => false,
                 };
+                // A via grant reaches the address only through a router
+                // carrying one of its tags.
+                let mut routers = Vec::new();
+                if covers && !rule.via.is_empty() {
+                    routers = self.routers_for(r, &d.target, dst_ip);
+                    covers = !routers.is_empty();
+                }
                 if covers {
                     let port_ok = d.protos.contains(proto)
                         && (!has_ports(proto) || d.ports.iter().any(|p| p.contains(port)));
-                    out.record(rule.id, self.rules[r].src.contains(src), port_ok);
+                    let src_ok = self.rules[r].src.contains(src);
+                    out.record(rule.id, src_ok, port_ok);
+                    if src_ok && port_ok {
+                        for n in routers.iter().filter_map(|id| self.get(*id)) {
+                            if !out.via.contains(&n.name) {
+                                out.via.push(n.name.clone());
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -906,31 +1042,50 @@ impl Engine {
     }
 }
 
-/// Whether an address is on the public internet (what `autogroup:internet`
-/// reaches through an exit node): not mesh, private, loopback, link-local
-/// or multicast space.
+/// Whether an address is on the public internet, what `autogroup:internet`
+/// reaches through an exit node (see [`internet`]).
 pub fn is_internet(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => {
-            let o = a.octets();
-            let cgnat = o[0] == 100 && (o[1] & 0xC0) == 64;
-            !(a.is_private()
-                || a.is_loopback()
-                || a.is_link_local()
-                || a.is_multicast()
-                || a.is_broadcast()
-                || a.is_unspecified()
-                || cgnat
-                || o[0] == 0
-                || o[0] >= 240)
-        }
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            let ula = (s[0] & 0xfe00) == 0xfc00;
-            let link_local = (s[0] & 0xffc0) == 0xfe80;
-            !(a.is_loopback() || a.is_multicast() || a.is_unspecified() || ula || link_local)
-        }
-    }
+    INTERNET.contains(ip)
+}
+
+static INTERNET: std::sync::LazyLock<IpSet> = std::sync::LazyLock::new(internet_set);
+
+/// The public internet as Tailscale's exit nodes filter it: every IPv4
+/// address but the private (RFC 1918), shared (100.64.0.0/10, the mesh) and
+/// link-local ranges, and global unicast IPv6 (2000::/3) but the mesh's.
+pub fn internet() -> IpSet {
+    INTERNET.clone()
+}
+
+fn internet_set() -> IpSet {
+    let net = |s: &str| s.parse::<IpNet>().ok();
+    let all = IpSet::from_nets(["0.0.0.0/0", "2000::/3"].into_iter().filter_map(net));
+    let private = IpSet::from_nets(
+        [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "169.254.0.0/16",
+            "fc00::/7",
+            "fe80::/10",
+        ]
+        .into_iter()
+        .filter_map(net),
+    );
+    all.difference(&private)
+}
+
+/// Whether prefixes `a` and `b` share an address.
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Whether a login is in a domain (`user:*@domain`).
+fn in_domain(login: &str, domain: &str) -> bool {
+    login
+        .rsplit_once('@')
+        .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
 }
 
 /// Whether a target naming identities (a user, a group, a tag,
@@ -939,6 +1094,7 @@ pub fn is_internet(ip: IpAddr) -> bool {
 pub(crate) fn identity_selects(policy: &Policy, t: &Target, n: &Node) -> bool {
     match t {
         Target::User(u) => n.identity_user() == Some(u),
+        Target::Domain(d) => n.identity_user().is_some_and(|u| in_domain(u, d)),
         Target::Group(g) => n.identity_user().is_some_and(|u| {
             policy
                 .groups

@@ -71,6 +71,10 @@ pub struct PairVerdict {
     /// Rules that let this source reach this address on other ports or protocols.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other_ports: Vec<RuleId>,
+    /// Routers (subnet routers, exit nodes) through which `via` grants
+    /// among `rules` reach the address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<String>,
 }
 
 /// The answer to a query.
@@ -119,6 +123,10 @@ pub struct TestReport {
     /// Failed `sshTests` assertions.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ssh_failures: Vec<SshTestFailure>,
+    /// What holds but deserves attention: nodes carrying tags the policy
+    /// does not declare in `tagOwners`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl TestReport {
@@ -143,6 +151,12 @@ pub fn run_tests(policy: &Arc<Policy>, nodes: &[Node]) -> Result<TestReport, Eng
     }
     let engine = Engine::with_representatives(Arc::clone(policy), nodes, &identities)?;
     let mut report = TestReport::default();
+    for (node, tags) in engine.undeclared_tags() {
+        report.warnings.push(format!(
+            "node {node:?} carries {}, not declared in tagOwners: it stays a tagged node, but no rule can name the tag until it is declared again",
+            tags.join(", ")
+        ));
+    }
     for t in &policy.tests {
         engine.run_test(t, &mut report)?;
     }
@@ -210,6 +224,7 @@ impl Engine {
                 user: Some(u),
                 tags: Vec::new(),
                 addresses: next(&used),
+                routes: Vec::new(),
             });
         }
         for t in tags {
@@ -218,6 +233,7 @@ impl Engine {
                 user: None,
                 tags: vec![t],
                 addresses: next(&used),
+                routes: Vec::new(),
             });
         }
         Engine::new(policy, all)
@@ -358,6 +374,11 @@ impl Engine {
                             }
                             rules.other_ports.extend(r.other_ports);
                             rules.other_sources.extend(r.other_sources);
+                            for v in r.via {
+                                if !rules.via.contains(&v) {
+                                    rules.via.push(v);
+                                }
+                            }
                         }
                         rules.other_ports.dedup();
                         rules.other_sources.dedup();
@@ -374,6 +395,7 @@ impl Engine {
                             rules: rules.admitting,
                             other_sources: rules.other_sources,
                             other_ports: rules.other_ports,
+                            via: rules.via,
                         };
                         let better = best
                             .as_ref()
@@ -559,7 +581,7 @@ pub enum PolicyRefused {
     /// The file is invalid.
     #[error(transparent)]
     Invalid(#[from] crate::parse::PolicyError),
-    /// The policy does not fit the inventory (an undeclared tag on a node).
+    /// The inventory breaks a structural rule (names, addresses).
     #[error(transparent)]
     Inventory(#[from] EngineError),
     /// Some of the policy's own tests fail.

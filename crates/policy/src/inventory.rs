@@ -10,8 +10,13 @@
 //!   - name: grafana
 //!     tags: [tag:k8s]
 //!     addresses: [100.64.0.10]
+//!   - name: office-router
+//!     tags: [tag:router]
+//!     addresses: [100.64.0.20]
+//!     routes: [192.168.1.0/24]       # approved subnet routes; 0.0.0.0/0 and ::/0 make an exit node
 //! ```
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -31,6 +36,10 @@ pub struct Node {
     pub tags: Vec<String>,
     /// Mesh addresses: at most one IPv4 and one IPv6.
     pub addresses: Vec<IpAddr>,
+    /// Approved routes the node forwards to: subnet routes, and `0.0.0.0/0`
+    /// or `::/0` for an exit node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<IpNet>,
 }
 
 impl Node {
@@ -46,6 +55,16 @@ impl Node {
         } else {
             self.user.as_deref()
         }
+    }
+
+    /// Whether the node is an exit node (routes `0.0.0.0/0` or `::/0`).
+    pub fn is_exit_node(&self) -> bool {
+        self.routes.iter().any(|r| r.prefix_len() == 0)
+    }
+
+    /// The subnet routes the node forwards to (exit routes excluded).
+    pub fn subnet_routes(&self) -> impl Iterator<Item = &IpNet> {
+        self.routes.iter().filter(|r| r.prefix_len() != 0)
     }
 
     /// Human label: `name (user)` or `name (tag:a,tag:b)`.
@@ -129,6 +148,14 @@ pub fn check_nodes(nodes: &[Node]) -> Result<(), InventoryError> {
                 return Err(fail(format!("{t:?} is not a tag (tag:name)")));
             }
         }
+        for r in &n.routes {
+            if r.trunc() != *r {
+                return Err(fail(format!(
+                    "route {r} has host bits set; did you mean {}?",
+                    r.trunc()
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -187,6 +214,10 @@ mod tests {
             (
                 "nodes: [{name: a, user: a@x, addresses: [100.64.0.1], x: 1}]",
                 "unknown field",
+            ),
+            (
+                "nodes: [{name: a, tags: [tag:r], addresses: [100.64.0.1], routes: [10.0.0.1/8]}]",
+                "did you mean 10.0.0.0/8",
             ),
         ];
         for (text, want) in bad {

@@ -62,6 +62,9 @@ pub enum Target {
     Host(String, IpNet),
     /// A literal address or prefix.
     Cidr(IpNet),
+    /// `user:*@domain`: the untagged devices of every user whose login is
+    /// in that domain (the text after `@`, as written).
+    Domain(String),
     /// `autogroup:member`: every untagged device.
     Member,
     /// `autogroup:tagged`: every tagged device.
@@ -70,6 +73,9 @@ pub enum Target {
     SelfDevices,
     /// `autogroup:internet` (destination only): public internet via exit nodes.
     Internet,
+    /// `autogroup:danger-all` (source only): every address, in and out of
+    /// the mesh.
+    DangerAll,
 }
 
 impl fmt::Display for Target {
@@ -87,10 +93,12 @@ impl fmt::Display for Target {
                     write!(f, "{n}")
                 }
             }
+            Target::Domain(d) => write!(f, "user:*@{d}"),
             Target::Member => f.write_str("autogroup:member"),
             Target::Tagged => f.write_str("autogroup:tagged"),
             Target::SelfDevices => f.write_str("autogroup:self"),
             Target::Internet => f.write_str("autogroup:internet"),
+            Target::DangerAll => f.write_str("autogroup:danger-all"),
         }
     }
 }
@@ -117,6 +125,10 @@ pub struct Rule {
     pub src: Vec<Target>,
     /// Destinations.
     pub dst: Vec<Dst>,
+    /// A grant's `via` tags: when present, the rule admits traffic only
+    /// through nodes carrying one of them that route its destinations
+    /// (subnet routes, or `autogroup:internet` through exit nodes).
+    pub via: Vec<String>,
 }
 
 impl Rule {
@@ -135,8 +147,13 @@ impl Rule {
                 }
             })
             .collect();
+        let via = if self.via.is_empty() {
+            String::new()
+        } else {
+            format!(" via {}", self.via.join(", "))
+        };
         format!(
-            "{} (line {}): {} -> {}",
+            "{} (line {}): {} -> {}{via}",
             self.id,
             self.pos.line,
             src.join(", "),

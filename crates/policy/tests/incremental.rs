@@ -115,6 +115,7 @@ fn make_node(s: &NodeSpec) -> Node {
         user,
         tags,
         addresses,
+        routes: Vec::new(),
     }
 }
 

@@ -500,6 +500,7 @@ fn node(name: &str, user: Option<&str>, tags: &[&str], last: u8) -> Node {
         user: user.map(Into::into),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         addresses: vec![IpAddr::V4(Ipv4Addr::new(100, 64, 1, last))],
+        routes: Vec::new(),
     }
 }
 
@@ -681,6 +682,7 @@ fn make(s: &Spec) -> Node {
                 u16::from(s.slot),
             )),
         ],
+        routes: Vec::new(),
     }
 }
 

@@ -74,9 +74,19 @@ pub struct MatrixPlacement {
 /// Why a matrix could not be computed.
 #[derive(Debug, thiserror::Error)]
 pub enum MatrixError {
-    /// The policy does not fit the services (an undeclared tag).
+    /// The policy does not fit the services.
     #[error("the policy does not fit the services")]
     Policy(#[source] gatehouse_policy::EngineError),
+    /// A service carries a tag the policy does not declare in `tagOwners`:
+    /// a tag applied now must be declared (only nodes tagged under an
+    /// earlier policy may keep an undeclared tag).
+    #[error("service {service:?} has tag {tag:?}, which the policy does not declare in tagOwners")]
+    UndeclaredTag {
+        /// The service's mesh host name.
+        service: String,
+        /// The tag.
+        tag: String,
+    },
     /// A workload named in `kubernetes:` is not in the manifests.
     #[error("services[{service}].kubernetes: {what}")]
     Placement {
@@ -188,6 +198,7 @@ fn service_node(i: usize, s: &MatrixService, host: String) -> Node {
                 0xfd7a, 0x115c, 0xa1e0, 0xc8, 0, 0, 0, n as u16,
             )),
         ],
+        routes: Vec::new(),
     }
 }
 
@@ -291,6 +302,17 @@ pub fn compute(
 ) -> Result<Matrix, MatrixError> {
     let rows = rows(&policy, cfg);
     let (nodes, columns) = columns(cfg);
+    if let Some((n, t)) = nodes.iter().find_map(|n| {
+        n.tags
+            .iter()
+            .find(|t| !policy.tag_owners.contains_key(*t))
+            .map(|t| (n, t))
+    }) {
+        return Err(MatrixError::UndeclaredTag {
+            service: n.name.clone(),
+            tag: t.clone(),
+        });
+    }
     let identities = identities(&rows);
     let refs: Vec<&Target> = identities.iter().collect();
     let engine = Engine::with_representatives(Arc::clone(&policy), &nodes, &refs)

@@ -91,6 +91,6 @@ fn undeclared_service_tag_is_an_error() {
     let policy = Arc::new(parse_policy(gatehouse_stack::DEMO_POLICY).unwrap());
     assert!(matches!(
         compute(&cfg.matrix_input(), policy, None),
-        Err(MatrixError::Policy(_))
+        Err(MatrixError::UndeclaredTag { .. })
     ));
 }

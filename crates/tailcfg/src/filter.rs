@@ -22,7 +22,6 @@ use gatehouse_filter::ports::{PortRange as FilterPorts, ProtoSet, proto};
 use gatehouse_filter::{IpSet, NodeFilter};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
 
 /// An inclusive port range.
 #[derive(
@@ -125,9 +124,9 @@ fn src_ips(set: &IpSet) -> Vec<String> {
     set.to_strings()
 }
 
-fn dst(ip: IpAddr, ports: FilterPorts) -> NetPortRange {
+fn dst(ip: String, ports: FilterPorts) -> NetPortRange {
     NetPortRange {
-        ip: ip.to_string(),
+        ip,
         ports: PortRange {
             first: ports.first,
             last: ports.last,
@@ -146,16 +145,32 @@ fn dst(ip: IpAddr, ports: FilterPorts) -> NetPortRange {
 pub fn packet_filter(f: &NodeFilter) -> Vec<FilterRule> {
     let mut out = Vec::with_capacity(f.rules.len());
     for r in &f.rules {
-        if r.src_ips.is_empty() || r.dst_ports.is_empty() || r.protos.is_empty() {
+        if r.src_ips.is_empty()
+            || (r.dst_ports.is_empty() && r.routed.is_empty())
+            || r.protos.is_empty()
+        {
             continue;
         }
         let src = src_ips(&r.src_ips);
+        // The node's own addresses first, then what it forwards to (a
+        // subnet router's routes, the internet through an exit node).
+        let dsts: Vec<(String, FilterPorts)> = r
+            .dst_ports
+            .iter()
+            .map(|d| (d.ip.to_string(), d.ports))
+            .chain(r.routed.iter().flat_map(|d| {
+                d.nets
+                    .to_nets()
+                    .into_iter()
+                    .map(move |n| (net_text(&n), d.ports))
+            }))
+            .collect();
         let portless: Vec<u8> = r.protos.iter().filter(|p| !port_aware(*p)).collect();
-        let all_ports = r.dst_ports.iter().all(|d| d.ports == FilterPorts::ALL);
+        let all_ports = dsts.iter().all(|d| d.1 == FilterPorts::ALL);
         if portless.is_empty() || all_ports {
             out.push(FilterRule {
                 src_ips: src,
-                dst_ports: r.dst_ports.iter().map(|d| dst(d.ip, d.ports)).collect(),
+                dst_ports: dsts.into_iter().map(|(ip, p)| dst(ip, p)).collect(),
                 ip_proto: ip_proto(&r.protos),
                 cap_grant: Vec::new(),
             });
@@ -165,14 +180,17 @@ pub fn packet_filter(f: &NodeFilter) -> Vec<FilterRule> {
         if !ported.is_empty() {
             out.push(FilterRule {
                 src_ips: src.clone(),
-                dst_ports: r.dst_ports.iter().map(|d| dst(d.ip, d.ports)).collect(),
+                dst_ports: dsts.iter().map(|(ip, p)| dst(ip.clone(), *p)).collect(),
                 ip_proto: ip_proto(&ProtoSet::of(&ported)),
                 cap_grant: Vec::new(),
             });
         }
-        let mut ips: Vec<IpAddr> = r.dst_ports.iter().map(|d| d.ip).collect();
-        ips.sort();
-        ips.dedup();
+        let mut ips: Vec<String> = Vec::new();
+        for (ip, _) in dsts {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
         out.push(FilterRule {
             src_ips: src,
             dst_ports: ips
@@ -186,10 +204,21 @@ pub fn packet_filter(f: &NodeFilter) -> Vec<FilterRule> {
     out
 }
 
+/// A prefix as Tailscale writes a destination: a single address without
+/// its prefix length.
+fn net_text(n: &IpNet) -> String {
+    if n.prefix_len() == n.max_prefix_len() {
+        n.addr().to_string()
+    } else {
+        n.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use gatehouse_filter::{FilterRule as Compiled, NetPortRange as CompiledDst, RuleId, RuleKind};
+    use std::net::IpAddr;
     use std::sync::Arc;
 
     fn ip(s: &str) -> IpAddr {
@@ -220,6 +249,7 @@ mod tests {
                     },
                 })
                 .collect(),
+            routed: Vec::new(),
             protos,
         }
     }

@@ -213,6 +213,7 @@ fn arb_rule(index: usize) -> impl Strategy<Value = Compiled> {
                 },
                 src_ips: Arc::new(src),
                 dst_ports,
+                routed: Vec::new(),
                 protos,
             }
         })

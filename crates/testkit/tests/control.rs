@@ -280,16 +280,6 @@ async fn netmaps_hold_exactly_the_allowed_peers_and_follow_changes() {
         matches!(&e, ClientError::Api { status: 400, message } if message.contains("tests[0]")),
         "{e}"
     );
-    // Removing a tag that nodes carry is refused too.
-    let e = c
-        .admin
-        .set_policy(r#"{"tagOwners": {"tag:k8s-operator": []}}"#)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&e, ClientError::Api { status: 400, message } if message.contains("tag:k8s")),
-        "{e}"
-    );
     assert_eq!(c.admin.policy().await.unwrap(), before);
     assert_eq!(alice.peer_names(), vec!["k8s-blog", "k8s-grafana"]);
 
@@ -322,6 +312,72 @@ async fn netmaps_hold_exactly_the_allowed_peers_and_follow_changes() {
     c.admin.expire_node("k8s-grafana").await.unwrap();
     alice.wait_peers(&[]).await;
     grafana.wait_until("stream closed", |s| s.is_none()).await;
+}
+
+#[tokio::test]
+async fn nodes_keep_a_tag_the_policy_no_longer_declares() {
+    let mut c = TestControl::start().await;
+    let (mut alice, mut grafana, blog) = three_nodes(&c).await;
+    alice.wait_peers(&["k8s-blog", "k8s-grafana"]).await;
+    grafana.wait_peers(&["alice-laptop", "k8s-blog"]).await;
+    // tag:k8s, which grafana and blog carry, is no longer declared: the
+    // policy is accepted and the nodes stay tagged (in autogroup:tagged,
+    // in no user's devices).
+    c.admin
+        .set_policy(
+            r#"{"tagOwners": {"tag:k8s-operator": []},
+            "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:tagged:443"]},
+                     {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:member:*"]}]}"#,
+        )
+        .await
+        .unwrap();
+    grafana.wait_peers(&["alice-laptop"]).await;
+    grafana
+        .wait_until("a filter opening 443 to alice", |s| {
+            s.is_some_and(|s| {
+                !s.filter.rules.is_empty()
+                    && s.filter
+                        .rules
+                        .iter()
+                        .all(|r| r.dst_ports.iter().all(|d| d.ports.first == 443))
+            })
+        })
+        .await;
+    alice.wait_peers(&["k8s-blog", "k8s-grafana"]).await;
+    let tags: Vec<(String, Vec<String>)> = c
+        .admin
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.node.name, n.node.tags))
+        .collect();
+    assert!(
+        tags.contains(&("k8s-grafana".into(), vec!["tag:k8s".into()])),
+        "{tags:?}"
+    );
+    // A restart loads the stored policy and nodes and serves maps again.
+    let (alice_id, grafana_id) = (alice.identity.clone(), grafana.identity.clone());
+    drop((alice, grafana, blog));
+    c.restart().await;
+    let mut alice = LightNode::connect(alice_id).await.unwrap();
+    alice.wait_peers(&["k8s-blog", "k8s-grafana"]).await;
+    let mut grafana = LightNode::connect(grafana_id).await.unwrap();
+    grafana.wait_peers(&["alice-laptop"]).await;
+    // Declared again, rules naming the tag select the nodes that kept it:
+    // tag:k8s to tag:k8s on 5432.
+    c.admin.set_policy(POLICY_K8S_MESH).await.unwrap();
+    grafana.wait_peers(&["alice-laptop", "k8s-blog"]).await;
+    grafana
+        .wait_until("a filter opening 5432 to tag:k8s", |s| {
+            s.is_some_and(|s| {
+                s.filter
+                    .rules
+                    .iter()
+                    .any(|r| r.dst_ports.iter().any(|d| d.ports.first == 5432))
+            })
+        })
+        .await;
 }
 
 #[tokio::test]

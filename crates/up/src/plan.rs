@@ -107,6 +107,7 @@ fn service_nodes(cfg: &StackConfig) -> Vec<Node> {
                     )),
                     IpAddr::V6(Ipv6Addr::new(0xfd7a, 0x115c, 0xa1e0, 0xfa, 0, 0, 0, n)),
                 ],
+                routes: Vec::new(),
             })
         })
         .collect()

@@ -489,11 +489,35 @@ impl Cx {
                 ("tagged", _) => Target::Tagged,
                 ("self", Side::Dst) => Target::SelfDevices,
                 ("internet", Side::Dst) => Target::Internet,
-                ("self" | "internet", _) => {
+                ("danger-all", Side::Src) => Target::DangerAll,
+                ("danger-all", _) => {
+                    return Err(fail("cannot use autogroup:danger-all as a dst".into()));
+                }
+                ("self", _) => {
+                    return Err(fail(format!("{s:?} not valid on the src side of a rule")));
+                }
+                ("internet", _) => {
                     return Err(fail(format!("{s:?} is only valid as a destination (dst)")));
                 }
                 _ => return Err(fail(format!("{s:?} is not supported in rules"))),
             }
+        } else if let Some(rest) = s.strip_prefix("user:") {
+            if matches!(side, Side::TestSrc | Side::TestDst) {
+                return Err(fail(format!(
+                    "{s:?}: tests name one user, not every user of a domain"
+                )));
+            }
+            let Some(domain) = rest.strip_prefix("*@") else {
+                return Err(fail(format!(
+                    "{s:?}: the user: prefix selects every user of a domain, user:*@domain; name one user by login alone"
+                )));
+            };
+            if !ssh::valid_domain(domain) {
+                return Err(fail(format!(
+                    "{s:?}: the domain after user:*@ must be a lower-case DNS name"
+                )));
+            }
+            Target::Domain(domain.into())
         } else if s.starts_with("tag:") {
             self.check_tag(s, v, path)?;
             Target::Tag(s.into())
@@ -519,8 +543,11 @@ impl Cx {
             }
         };
         if side == Side::TestDst || side == Side::TestSrc {
+            // A literal prefix is refused even when it is one address
+            // (`100.64.0.16/32`): tests name hosts, users, tags or addresses.
             let is_prefix = match &t {
-                Target::Cidr(n) | Target::Host(_, n) => n.prefix_len() != n.max_prefix_len(),
+                Target::Cidr(n) => n.prefix_len() != n.max_prefix_len() || s.contains('/'),
+                Target::Host(_, n) => n.prefix_len() != n.max_prefix_len(),
                 _ => false,
             };
             if is_prefix {
@@ -612,26 +639,50 @@ impl Cx {
         }
     }
 
-    fn check_self_sources(&self, src: &[Target], entry: &Spanned, path: &str) -> Result<()> {
-        if let Some(bad) = src
-            .iter()
-            .find(|t| !matches!(t, Target::User(_) | Target::Group(_) | Target::Member))
-        {
+    /// The sources a rule with an `autogroup:self` destination may have:
+    /// people (users, groups, `user:*@domain`, `autogroup:member`), and in
+    /// `acls` (`star_ok`) also `*`, which `autogroup:self` narrows to each device's own
+    /// user. Tags, addresses and the other autogroups are refused.
+    fn check_self_sources(
+        &self,
+        src: &[Target],
+        star_ok: bool,
+        entry: &Spanned,
+        path: &str,
+    ) -> Result<()> {
+        let ok = |t: &Target| match t {
+            Target::User(_) | Target::Group(_) | Target::Domain(_) | Target::Member => true,
+            Target::All => star_ok,
+            _ => false,
+        };
+        if let Some(bad) = src.iter().find(|t| !ok(t)) {
             return Err(err(
                 entry,
                 path,
                 format!(
-                    "autogroup:self can only be used with sources that are users, groups or autogroup:member, not {:?}",
-                    bad.to_string()
+                    "autogroup:self can only be used with users, groups, or supported autogroups (not {:?}{})",
+                    bad.to_string(),
+                    if *bad == Target::All {
+                        "; in grants, list autogroup:member instead"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
         Ok(())
     }
 
-    fn sources(&self, (p, v): &(String, &Spanned), side: Side) -> Result<Vec<Target>> {
+    /// A rule's sources; `empty_ok` for grants, where an empty list is
+    /// valid and selects nothing.
+    fn sources(
+        &self,
+        (p, v): &(String, &Spanned),
+        side: Side,
+        empty_ok: bool,
+    ) -> Result<Vec<Target>> {
         let list = strings(v, p)?;
-        if list.is_empty() {
+        if list.is_empty() && !empty_ok {
             return Err(err(v, p, "must list at least one source"));
         }
         list.iter()
@@ -663,7 +714,7 @@ impl Cx {
                 ),
             ));
         }
-        let src = self.sources(&required(&f, entry, &path, "src")?, Side::Src)?;
+        let src = self.sources(&required(&f, entry, &path, "src")?, Side::Src, false)?;
         let explicit = self.protos(&f)?;
         let protos = explicit.unwrap_or_else(ProtoSet::default_set);
         let (dp, dv) = required(&f, entry, &path, "dst")?;
@@ -685,7 +736,7 @@ impl Cx {
                 ));
             }
             if target == Target::SelfDevices {
-                self.check_self_sources(&src, entry, &path)?;
+                self.check_self_sources(&src, true, entry, &path)?;
             }
             dst.push(Dst {
                 target,
@@ -701,6 +752,7 @@ impl Cx {
             pos: entry.pos,
             src,
             dst,
+            via: Vec::new(),
         })
     }
 
@@ -750,12 +802,10 @@ impl Cx {
                 ("srcPosture", &[]),
             ],
         )?;
-        let src = self.sources(&required(&f, entry, &path, "src")?, Side::Src)?;
+        // Empty `src` or `dst` lists are valid in a grant and grant nothing.
+        let src = self.sources(&required(&f, entry, &path, "src")?, Side::Src, true)?;
         let (dp, dv) = required(&f, entry, &path, "dst")?;
         let list = strings(dv, &dp)?;
-        if list.is_empty() {
-            return Err(err(dv, &dp, "must list at least one destination"));
-        }
         let mut dst_targets = Vec::new();
         for (p, item, s) in &list {
             let t = self.target(s, item, p, Side::Dst).map_err(|e| {
@@ -772,17 +822,33 @@ impl Cx {
                     e
                 }
             })?;
+            if let Target::Cidr(n) | Target::Host(_, n) = &t
+                && n.prefix_len() == 0
+            {
+                return Err(err(
+                    item,
+                    p,
+                    format!(
+                        "dst {s:?}: to allow all IP addresses, use \"*\" or \"autogroup:internet\""
+                    ),
+                ));
+            }
             if t == Target::SelfDevices {
-                self.check_self_sources(&src, entry, &path)?;
+                self.check_self_sources(&src, false, entry, &path)?;
             }
             dst_targets.push(t);
         }
-        if let Some((vp, vv)) = f.get("via") {
+        let mut via = Vec::new();
+        // `null` and `[]` both mean no routing restriction.
+        if let Some((vp, vv)) = f.get("via").filter(|(_, v)| v.value != Value::Null) {
             for (p, item, s) in strings(vv, vp)? {
                 if !s.starts_with("tag:") {
                     return Err(err(item, &p, format!("{s:?}: via can only be a tag")));
                 }
                 self.check_tag(s, item, &p)?;
+                if !via.iter().any(|t| t == s) {
+                    via.push(s.to_string());
+                }
             }
         }
         let ip = match f.get("ip") {
@@ -810,6 +876,9 @@ impl Cx {
             kind: RuleKind::Grant,
             index: i,
         };
+        if src.is_empty() || dst_targets.is_empty() {
+            return Ok(());
+        }
         if !ip.is_empty() {
             let mut dst = Vec::new();
             for t in &dst_targets {
@@ -826,6 +895,7 @@ impl Cx {
                 pos: entry.pos,
                 src: src.clone(),
                 dst,
+                via,
             });
         }
         if !app.is_empty() {
@@ -938,6 +1008,18 @@ impl Cx {
     }
 }
 
+/// The capabilities of Tailscale's own domain that a policy may grant
+/// (Taildrive, peer relays, the web UI, the Kubernetes API proxy, tsidp,
+/// setec); the others are set by control itself.
+const USER_GRANTABLE_TAILSCALE_CAPS: &[&str] = &[
+    "tailscale.com/cap/drive",
+    "tailscale.com/cap/relay",
+    "tailscale.com/cap/webui",
+    "tailscale.com/cap/kubernetes",
+    "tailscale.com/cap/tsidp",
+    "tailscale.com/cap/secrets",
+];
+
 /// Capability names are `domain/path`: a DNS-style domain with a dot, then
 /// a non-empty path.
 fn valid_capability(name: &str) -> std::result::Result<(), &'static str> {
@@ -947,6 +1029,11 @@ fn valid_capability(name: &str) -> std::result::Result<(), &'static str> {
     let Some((domain, rest)) = name.split_once('/') else {
         return Err("expected domain/path");
     };
+    if domain.eq_ignore_ascii_case("tailscale.com")
+        && !USER_GRANTABLE_TAILSCALE_CAPS.contains(&name)
+    {
+        return Err("capability name must not be in the tailscale.com domain");
+    }
     let domain_ok = domain.contains('.')
         && !domain.starts_with('.')
         && !domain.ends_with('.')

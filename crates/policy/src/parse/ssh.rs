@@ -101,8 +101,8 @@ pub(crate) fn go_duration(text: &str) -> std::result::Result<i128, String> {
     Ok(if neg { -total } else { total })
 }
 
-/// Whether `domain` can follow `localpart:*@`: a lower-case DNS name.
-fn valid_localpart_domain(domain: &str) -> bool {
+/// Whether `domain` can follow `localpart:*@` or `user:*@`: a lower-case DNS name.
+pub(super) fn valid_domain(domain: &str) -> bool {
     !domain.is_empty()
         && !domain.starts_with(['.', '-'])
         && !domain.ends_with(['.', '-'])
@@ -135,6 +135,9 @@ impl Cx {
         if s.starts_with("group:") {
             self.check_group(s, v, path)?;
             return Ok(Target::Group(s.into()));
+        }
+        if s.starts_with("user:") {
+            return self.target(s, v, path, Side::Src);
         }
         if s.contains('@') {
             if !valid_user(s) {
@@ -230,7 +233,7 @@ impl Cx {
                 .strip_prefix("localpart:*@")
                 .filter(|d| !d.is_empty() && !d.contains('@'))
             {
-                if !valid_localpart_domain(domain) {
+                if !valid_domain(domain) {
                     return Err(err(
                         item,
                         &p,
@@ -335,7 +338,7 @@ impl Cx {
         for (p, item, s) in trimmed_list(&f, "dst")? {
             let t = self.ssh_dst_target(&s, item, &p)?;
             match &t {
-                Target::SelfDevices => self.check_self_sources(&src, entry, &path)?,
+                Target::SelfDevices => self.check_self_sources(&src, false, entry, &path)?,
                 Target::User(u) => {
                     if let Some(bad) = src.iter().find(|s| **s != t) {
                         return Err(err(

@@ -458,7 +458,7 @@ fn destinations() {
         refused(
             &rule(bad, r#""autogroup:self""#, r#""root""#),
             "ssh[0]",
-            "autogroup:self can only be used with sources that are users, groups or autogroup:member",
+            "autogroup:self can only be used with users, groups, or supported autogroups",
         );
     }
     refused(
@@ -594,5 +594,29 @@ fn ssh_tests_parse() {
         ),
         "sshTests[0].proto",
         "unknown field",
+    );
+}
+
+#[test]
+fn every_user_of_a_domain_as_a_source() {
+    let p = ok(&rule(
+        r#""user:*@example.com""#,
+        r#""tag:prod""#,
+        r#""root""#,
+    ));
+    assert_eq!(p.ssh[0].src, vec![Target::Domain("example.com".into())]);
+    ok(&rule(
+        r#""user:*@example.com""#,
+        r#""autogroup:self""#,
+        r#""root""#,
+    ));
+    refused(
+        &rule(
+            r#""user:*@example.com""#,
+            r#""alice@example.com""#,
+            r#""root""#,
+        ),
+        "ssh[0].dst[0]",
+        "only allowed from the same user",
     );
 }

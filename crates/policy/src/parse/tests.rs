@@ -381,7 +381,7 @@ fn autogroup_rules() {
     refused(
         &acl(r#""autogroup:self""#, r#""*:*""#),
         "acls[0].src[0]",
-        "only valid as a destination",
+        "not valid on the src side of a rule",
     );
     refused(
         &acl(r#""autogroup:internet""#, r#""*:*""#),
@@ -403,10 +403,25 @@ fn autogroup_rules() {
         "acls[0]",
         "autogroup:self can only be used",
     );
+    // In acls, "*" narrows to each device's own user.
+    let p = ok(&acl(r#""*""#, r#""autogroup:self:22""#));
+    assert_eq!(p.rules[0].src, vec![Target::All]);
+    ok(&acl(r#""user:*@example.com""#, r#""autogroup:self:22""#));
+    // In grants, as in Tailscale, it is refused.
     refused(
-        &acl(r#""*""#, r#""autogroup:self:22""#),
+        r#""grants": [{"src": ["*"], "dst": ["autogroup:self"], "ip": ["tcp:22"]}]"#,
+        "grants[0]",
+        "autogroup:self can only be used with users, groups, or supported autogroups (not \"*\"",
+    );
+    refused(
+        &acl(r#""*", "tag:web""#, r#""autogroup:self:22""#),
         "acls[0]",
-        "not \"*\"",
+        "tag:web",
+    );
+    refused(
+        &acl(r#""autogroup:danger-all""#, r#""autogroup:self:22""#),
+        "acls[0]",
+        "autogroup:danger-all",
     );
     refused(
         &acl(r#""autogroup:tagged""#, r#""autogroup:self:22""#),
@@ -422,6 +437,45 @@ fn autogroup_rules() {
         r#""grants": [{"src": ["tag:web"], "dst": ["autogroup:self"], "ip": ["*"]}]"#,
         "grants[0]",
         "autogroup:self can only be used",
+    );
+}
+
+#[test]
+fn domain_and_danger_all_selectors() {
+    let p = ok(&acl(
+        r#""user:*@example.com""#,
+        r#""user:*@example.org:22""#,
+    ));
+    assert_eq!(p.rules[0].src, vec![Target::Domain("example.com".into())]);
+    assert_eq!(
+        p.rules[0].dst[0].target,
+        Target::Domain("example.org".into())
+    );
+    assert_eq!(
+        p.rules[0].summary(),
+        "acls[0] (line 5): user:*@example.com -> user:*@example.org:22"
+    );
+    for bad in [
+        r#""user:alice@example.com""#,
+        r#""user:*@Example.com""#,
+        r#""user:*@""#,
+    ] {
+        refused(&acl(bad, r#""*:*""#), "acls[0].src[0]", "user:");
+    }
+    let p = ok(
+        r#""grants": [{"src": ["autogroup:danger-all"], "dst": ["tag:web"], "ip": ["tcp:22"]}]"#,
+    );
+    assert_eq!(p.rules[0].src, vec![Target::DangerAll]);
+    ok(&acl(r#""autogroup:danger-all""#, r#""tag:web:22""#));
+    refused(
+        r#""grants": [{"src": ["*"], "dst": ["autogroup:danger-all"], "ip": ["*"]}]"#,
+        "grants[0].dst[0]",
+        "cannot use autogroup:danger-all as a dst",
+    );
+    refused(
+        &acl(r#""*""#, r#""autogroup:danger-all:*""#),
+        "acls[0].dst[0]",
+        "cannot use autogroup:danger-all as a dst",
     );
 }
 
@@ -477,6 +531,66 @@ fn grant_rules() {
         "grants[0].via[0]",
         "via can only be a tag",
     );
+    refused(
+        r#""grants": [{"src": ["*"], "dst": ["corp"], "ip": ["*"], "via": ["autogroup:tagged"]}]"#,
+        "grants[0].via[0]",
+        "via can only be a tag",
+    );
+    refused(
+        r#""grants": [{"src": ["*"], "dst": ["corp"], "ip": ["*"], "via": ["tag:web", "tag:nope"]}]"#,
+        "grants[0].via[1]",
+        "tag not found",
+    );
+    let p = ok(
+        r#""grants": [{"src": ["*"], "dst": ["corp", "autogroup:internet"], "ip": ["tcp:80"], "via": ["tag:web", "tag:web"]}]"#,
+    );
+    assert_eq!(p.rules[0].via, vec!["tag:web".to_string()]);
+    for via in ["null", "[]"] {
+        let p = ok(&format!(
+            r#""grants": [{{"src": ["*"], "dst": ["corp"], "ip": ["*"], "via": {via}}}]"#
+        ));
+        assert!(p.rules[0].via.is_empty());
+    }
+    // Every address is "*" or autogroup:internet, never a default route.
+    for (dst, path) in [
+        (r#""0.0.0.0/0""#, "grants[0].dst[0]"),
+        (r#""tag:web", "::/0""#, "grants[0].dst[1]"),
+    ] {
+        let e = refused(
+            &format!(r#""grants": [{{"src": ["*"], "dst": [{dst}], "ip": ["*"]}}]"#),
+            path,
+            "to allow all IP addresses, use \"*\" or \"autogroup:internet\"",
+        );
+        assert!(e.message.starts_with("dst \""), "{e}");
+    }
+    let e = refused(
+        r#""grants": [{"src": ["*"], "dst": ["0.0.0.0/0"], "ip": ["*"], "via": ["tag:web"]}]"#,
+        "grants[0].dst[0]",
+        "to allow all IP addresses",
+    );
+    assert_eq!(
+        e.message,
+        r#"dst "0.0.0.0/0": to allow all IP addresses, use "*" or "autogroup:internet""#
+    );
+    // Empty src or dst lists are valid and grant nothing.
+    let p = ok(r#""grants": [{"src": [], "dst": ["*"], "ip": ["*"]},
+                  {"src": ["*"], "dst": [], "ip": ["*"], "app": {"example.com/cap/x": [{}]}}]"#);
+    assert!(p.rules.is_empty() && p.app_grants.is_empty());
+    // ... but their entries are still checked.
+    refused(
+        r#""grants": [{"src": ["tag:nope"], "dst": [], "ip": ["*"]}]"#,
+        "grants[0].src[0]",
+        "tag not found",
+    );
+    // Capabilities of Tailscale's own domain, but those a policy may grant.
+    refused(
+        r#""grants": [{"src": ["*"], "dst": ["*"], "app": {"tailscale.com/cap/relay-target": [{}]}}]"#,
+        r#"grants[0].app["tailscale.com/cap/relay-target"]"#,
+        "capability name must not be in the tailscale.com domain",
+    );
+    ok(
+        r#""grants": [{"src": ["*"], "dst": ["tag:web"], "app": {"tailscale.com/cap/drive": [{}], "tailscale.com/cap/kubernetes": [{}]}}]"#,
+    );
     // An app-only grant opens no network access.
     let p =
         ok(r#""grants": [{"src": ["*"], "dst": ["tag:web"], "app": {"example.com/cap/x": [{}]}}]"#);
@@ -530,6 +644,17 @@ fn test_entry_rules() {
         r#""tests": [{"src": "a@x.com", "accept": ["10.0.0.0/8:80"]}]"#,
         "tests[0].accept[0]",
         "not prefixes",
+    );
+    // A prefix of one address is still a prefix.
+    refused(
+        r#""tests": [{"src": "a@x.com", "accept": ["100.64.0.16/32:22"]}]"#,
+        "tests[0].accept[0]",
+        "not prefixes",
+    );
+    refused(
+        r#""tests": [{"src": "user:*@x.com", "accept": ["db:22"]}]"#,
+        "tests[0].src",
+        "one user",
     );
     refused(
         r#""tests": [{"src": "a@x.com", "accept": ["autogroup:internet:80"]}]"#,
