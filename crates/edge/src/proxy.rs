@@ -576,6 +576,14 @@ pub fn http_answer(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusal_reasons_are_escaped_in_the_page() {
+        assert_eq!(
+            super::html_text(&"a <b> & \"c\" 'ı'"),
+            "a &lt;b&gt; &amp; &quot;c&quot; 'ı'"
+        );
+    }
+
     use super::*;
 
     fn forwarded(prev_xff: Option<&str>, peer: &str) -> HeaderMap {

@@ -27,7 +27,8 @@ pub enum PathError {
     /// A `%` not followed by two hex digits.
     #[error("invalid percent-encoding")]
     BadEscape,
-    /// A control character, raw or encoded, or a raw non-ASCII byte.
+    /// A control character (C0, DEL, or C1: `U+0080`–`U+009F`), raw or
+    /// encoded, or a raw non-ASCII byte.
     #[error("control or non-ASCII character in the path")]
     Control,
     /// The decoded bytes are not UTF-8 (for example overlong encodings).
