@@ -94,6 +94,21 @@ fn page(status: StatusCode, title: &str, detail: &str, request_id: &str) -> Resp
     r
 }
 
+/// `text` with the characters HTML gives a meaning to escaped.
+fn html_text(text: &impl std::fmt::Display) -> String {
+    let mut out = String::new();
+    for c in text.to_string().chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// The host a request is for: `:authority` (HTTP/2) or `Host`, lower-cased,
 /// without port.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {
@@ -202,7 +217,7 @@ impl Public {
                 return page(
                     StatusCode::BAD_REQUEST,
                     "Bad Request",
-                    "The request path is not acceptable.",
+                    &format!("The request path is not acceptable: {}.", html_text(&e)),
                     id,
                 );
             }
@@ -561,6 +576,14 @@ pub fn http_answer(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refusal_reasons_are_escaped_in_the_page() {
+        assert_eq!(
+            super::html_text(&"a <b> & \"c\" 'ı'"),
+            "a &lt;b&gt; &amp; &quot;c&quot; 'ı'"
+        );
+    }
+
     use super::*;
 
     fn forwarded(prev_xff: Option<&str>, peer: &str) -> HeaderMap {

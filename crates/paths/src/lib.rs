@@ -5,11 +5,16 @@
 //! The edge computes [`canonicalize`] once per request; rules match that
 //! string (ignoring ASCII case) and the origin receives exactly that string,
 //! so the edge and the origin cannot disagree about which path was asked for.
-//! What cannot be put in canonical form safely is refused (HTTP 400).
+//! What cannot be put in canonical form safely is refused (HTTP 400),
+//! including every character some common origin would read as ASCII (case
+//! mappings, case folding, NFKC): matching ignoring ASCII case then covers
+//! every spelling such an origin reads as a denied path.
 //! The decisions are written down in `docs/decisions/0006-canonical-paths.md`.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::map_err_ignore)]
+
+mod tables;
 
 use std::fmt;
 
@@ -22,7 +27,8 @@ pub enum PathError {
     /// A `%` not followed by two hex digits.
     #[error("invalid percent-encoding")]
     BadEscape,
-    /// A control character, raw or encoded, or a raw non-ASCII byte.
+    /// A control character (C0, DEL, or C1: `U+0080`–`U+009F`), raw or
+    /// encoded, or a raw non-ASCII byte.
     #[error("control or non-ASCII character in the path")]
     Control,
     /// The decoded bytes are not UTF-8 (for example overlong encodings).
@@ -44,6 +50,124 @@ pub enum PathError {
     /// A segment ending in `.` or a space, which some origins strip.
     #[error("a path segment ends with '.' or a space")]
     TrailingDot,
+    /// A `?` or `#` inside the path (encoded, as `%3F` or `%23`): a layer
+    /// that decodes and parses the path again ends the path there.
+    #[error(
+        "'?' or '#' inside the path (%3F, %23): it would end the path for an origin that decodes it"
+    )]
+    Delimiter,
+    /// A non-ASCII character that some case mapping, case folding or NFKC
+    /// normalisation turns into something containing ASCII (`ı` is `I` in
+    /// upper case, `ﬀ` is `FF`, `ａ` is `a` in NFKC, `‥` is `..`).
+    #[error(
+        "{} in the path reads as ASCII under common case mappings or Unicode (NFKC) normalisation",
+        CodePoint(*.0)
+    )]
+    ReadsAsAscii(char),
+    /// A non-ASCII space (`U+00A0`, `U+2028`, `U+3000`, …), which origins
+    /// trim or split on.
+    #[error("non-ASCII space {} in the path", CodePoint(*.0))]
+    Space(char),
+    /// A code point that the Unicode version the edge knows does not
+    /// assign: an origin on a later version may read it as ASCII.
+    #[error("{} in the path is not assigned in Unicode {}", CodePoint(*.0), tables::UNICODE_VERSION)]
+    Unassigned(char),
+    /// An invisible, default-ignorable character (joiner, variation
+    /// selector, bidi mark, soft hyphen) that does not follow another
+    /// non-ASCII character: an origin that drops such characters would
+    /// read the ASCII around it as one word (`/ad\u{200D}min` as `/admin`).
+    #[error(
+        "invisible character {} in the path after an ASCII character or '/'",
+        CodePoint(*.0)
+    )]
+    StrayIgnorable(char),
+}
+
+/// `U+0131 'ı'`, or `U+00A0` alone for a character that does not print.
+struct CodePoint(char);
+
+impl fmt::Display for CodePoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        write!(f, "U+{:04X}", u32::from(c))?;
+        if !c.is_whitespace() && !c.is_control() && !is_default_ignorable(c) {
+            write!(f, " {c:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a non-ASCII character is refused in a path (the generated table in
+/// `tables.rs` gives one per range; `scripts/gen-path-tables` derives them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// Not assigned in [`tables::UNICODE_VERSION`].
+    Unassigned,
+    /// A control character (C1: `U+0080`–`U+009F`).
+    Control,
+    /// A space other than U+0020.
+    Space,
+    /// Some case mapping, folding or NFKC gives something containing ASCII.
+    ReadsAsAscii,
+}
+
+/// The entry of a table of sorted inclusive ranges that holds `c`.
+fn lookup<T>(table: &[T], range: impl Fn(&T) -> (u32, u32), c: char) -> Option<&T> {
+    let cp = u32::from(c);
+    let i = table
+        .binary_search_by(|e| {
+            let (lo, hi) = range(e);
+            if hi < cp {
+                std::cmp::Ordering::Less
+            } else if lo > cp {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .ok()?;
+    table.get(i)
+}
+
+/// Why `c` (non-ASCII) may not appear in a path, if it may not.
+fn refused(c: char) -> Option<PathError> {
+    let &(_, _, why) = lookup(tables::REFUSED, |&(lo, hi, _)| (lo, hi), c)?;
+    Some(match why {
+        Why::Unassigned => PathError::Unassigned(c),
+        Why::Control => PathError::Control,
+        Why::Space => PathError::Space(c),
+        Why::ReadsAsAscii => PathError::ReadsAsAscii(c),
+    })
+}
+
+fn is_default_ignorable(c: char) -> bool {
+    lookup(tables::DEFAULT_IGNORABLE, |&r| r, c).is_some()
+}
+
+/// Checks the non-ASCII characters of a decoded path: none that an origin
+/// could read as ASCII or as a space, none unassigned, and invisible
+/// (default-ignorable) ones only right after another non-ASCII character
+/// (skipping other invisible ones), so that an origin dropping them can
+/// never join ASCII into a new word, segment or dot-segment.
+fn check_characters(text: &str) -> Result<(), PathError> {
+    let mut after_non_ascii = false;
+    for c in text.chars() {
+        if c.is_ascii() {
+            after_non_ascii = false;
+            continue;
+        }
+        if let Some(e) = refused(c) {
+            return Err(e);
+        }
+        if is_default_ignorable(c) {
+            if !after_non_ascii {
+                return Err(PathError::StrayIgnorable(c));
+            }
+        } else {
+            after_non_ascii = true;
+        }
+    }
+    Ok(())
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -76,8 +200,11 @@ fn is_raw_ok(b: u8) -> bool {
 /// 2. every character allowed raw in an RFC 3986 segment (`pchar` without
 ///    `;`) is written raw, whether it came encoded or not; every other byte
 ///    is percent-encoded with upper-case hex;
-/// 3. control characters, `%2F`, `\` and `%5C`, `;`, and double encoding
-///    (`%25` followed by two hex digits) are refused;
+/// 3. control characters, `%2F`, `\` and `%5C`, `;`, `%3F` and `%23`, and
+///    double encoding (`%25` followed by two hex digits) are refused; so are
+///    non-ASCII characters that some origin could read as ASCII or as a
+///    space, unassigned code points, and invisible characters that do not
+///    follow another non-ASCII character (see [`check_characters`]);
 /// 4. empty segments (`//`) are dropped and dot-segments resolved; `..`
 ///    above the root is refused; a trailing `/` is kept;
 /// 5. a segment ending in `.` or space is refused.
@@ -146,9 +273,9 @@ fn rewrite(path: &str) -> Result<String, PathError> {
             return Err(PathError::DoubleEncoding);
         }
     }
-    if std::str::from_utf8(&bytes).is_err() {
+    let Ok(text) = std::str::from_utf8(&bytes) else {
         return Err(PathError::NotUtf8);
-    }
+    };
     for &(b, encoded) in &decoded {
         if b < 0x20 || b == 0x7f {
             return Err(PathError::Control);
@@ -162,7 +289,11 @@ fn rewrite(path: &str) -> Result<String, PathError> {
         if b == b';' {
             return Err(PathError::Parameter);
         }
+        if b == b'?' || b == b'#' {
+            return Err(PathError::Delimiter);
+        }
     }
+    check_characters(text)?;
     // Split on raw slashes into segments of (byte, keep-encoded).
     let mut segments: Vec<&[(u8, bool)]> = Vec::new();
     let trailing_slash = decoded.last().is_some_and(|&(b, e)| b == b'/' && !e);
@@ -429,7 +560,6 @@ mod tests {
         ok("/a%21%7e", "/a!~");
         ok("/a/%2e%2e/b", "/b");
         ok("/caf%c3%a9", "/caf%C3%A9");
-        ok("/a%3fb", "/a%3Fb");
         ok("/a%20b", "/a%20b");
         ok("/a\"b", "/a%22b");
         ok("/~user/x-y_z", "/~user/x-y_z");
@@ -457,6 +587,103 @@ mod tests {
         bad("/admin.", PathError::TrailingDot);
         bad("/admin%20", PathError::TrailingDot);
         bad("/admin%2e/", PathError::TrailingDot);
+        bad("/a%3fb", PathError::Delimiter);
+        bad("/admin%3F.css", PathError::Delimiter);
+        bad("/admin%23x", PathError::Delimiter);
+        bad("/admin%23", PathError::Delimiter);
+        bad("/a#b", PathError::Delimiter);
+    }
+
+    /// Non-ASCII characters: the ones some origin reads as ASCII, spaces,
+    /// C1 controls and unassigned code points are refused, with the
+    /// character named; the rest are kept, percent-encoded.
+    #[test]
+    fn non_ascii_characters() {
+        let bad = |a: &str, e: PathError| assert_eq!(canonicalize(a), Err(e), "{a}");
+        // Case mappings (Python's upper, Java's equalsIgnoreCase) and folding.
+        bad("/adm%C4%B1n", PathError::ReadsAsAscii('ı'));
+        bad("/adm%C4%B0n", PathError::ReadsAsAscii('İ'));
+        bad("/%C5%BFecret", PathError::ReadsAsAscii('ſ'));
+        bad("/%E2%84%AAey", PathError::ReadsAsAscii('\u{212A}'));
+        bad("/ki%C3%9F", PathError::ReadsAsAscii('ß'));
+        bad("/%EF%AC%80", PathError::ReadsAsAscii('ﬀ'));
+        bad("/%EF%AC%81le", PathError::ReadsAsAscii('ﬁ'));
+        bad("/%EF%AC%86op", PathError::ReadsAsAscii('ﬆ'));
+        bad("/%C5%89", PathError::ReadsAsAscii('ŉ'));
+        // NFKC: fullwidth and mathematical letters, ligatures of punctuation.
+        bad("/%EF%BD%81dmin", PathError::ReadsAsAscii('ａ'));
+        bad("/admin%EF%BC%8Fsecret", PathError::ReadsAsAscii('／'));
+        bad("/x/%E2%80%A5/admin", PathError::ReadsAsAscii('‥'));
+        bad("/admin%EF%BC%9Fx", PathError::ReadsAsAscii('？'));
+        bad("/%F0%9D%90%9Adm", PathError::ReadsAsAscii('𝐚'));
+        bad("/%E2%85%B0", PathError::ReadsAsAscii('ⅰ'));
+        // NFKC, then upper case: mathematical dotless i is ı, then I.
+        bad("/%F0%9D%9A%A4", PathError::ReadsAsAscii('\u{1D6A4}'));
+        // Unicode 16 added letters whose NFKC form is ASCII.
+        bad("/%F0%9C%B3%96", PathError::ReadsAsAscii('\u{1CCD6}'));
+        bad("/admin%C2%A0", PathError::Space('\u{A0}'));
+        bad("/admin%E2%80%A8", PathError::Space('\u{2028}'));
+        bad("/admin%E3%80%80", PathError::Space('\u{3000}'));
+        bad("/admin%C2%85", PathError::Control);
+        bad("/%CD%B8", PathError::Unassigned('\u{378}'));
+        bad("/%F4%8F%BF%BF", PathError::Unassigned('\u{10FFFF}'));
+        // Invisible characters only right after another non-ASCII one.
+        bad("/ad%E2%80%8Dmin", PathError::StrayIgnorable('\u{200D}'));
+        bad("/%E2%80%8Badmin", PathError::StrayIgnorable('\u{200B}'));
+        bad("/admin%C2%AD", PathError::StrayIgnorable('\u{AD}'));
+        bad(
+            "/x/.%E2%80%8C./admin",
+            PathError::StrayIgnorable('\u{200C}'),
+        );
+        bad("/admin%EF%B8%8F", PathError::StrayIgnorable('\u{FE0F}'));
+        let ok = |a: &str| assert_eq!(canonicalize(a).as_deref(), Ok(a), "{a}");
+        ok("/caf%C3%A9");
+        ok("/%E6%96%87%E6%A1%A3");
+        ok("/g%C3%BCzel/%C5%9Fi%C5%9F/%C4%9F");
+        ok("/%C3%A5/%CE%A9/%E2%84%AB");
+        // Persian with a zero-width non-joiner, an emoji with its variation
+        // selector, a joined emoji sequence, a flag with tag characters.
+        ok("/%D9%85%DB%8C%E2%80%8C%D8%B1%D9%88%D9%85");
+        ok("/%E2%9D%A4%EF%B8%8F");
+        ok("/%F0%9F%91%A8%E2%80%8D%F0%9F%91%A9");
+        ok("/%F0%9F%8F%B4%F3%A0%81%A7%F3%A0%81%A2%F3%A0%81%BF");
+        ok("/%EE%80%80");
+        assert_eq!(
+            PathError::ReadsAsAscii('ı').to_string(),
+            "U+0131 'ı' in the path reads as ASCII under common case mappings or Unicode (NFKC) normalisation"
+        );
+        assert_eq!(
+            PathError::StrayIgnorable('\u{200D}').to_string(),
+            "invisible character U+200D in the path after an ASCII character or '/'"
+        );
+    }
+
+    /// A second oracle for the generated table: Rust's own case mappings
+    /// (of its Unicode version): no non-ASCII character whose lower or
+    /// upper case contains ASCII, and no space or control, is accepted.
+    #[test]
+    fn the_table_covers_rusts_case_mappings() {
+        let mut missed = Vec::new();
+        for c in (0x80..=0x10FFFF_u32).filter_map(char::from_u32) {
+            let ascii_case = c
+                .to_lowercase()
+                .chain(c.to_uppercase())
+                .any(|m| m.is_ascii());
+            if (ascii_case || c.is_whitespace() || c.is_control()) && refused(c).is_none() {
+                missed.push(format!("U+{:04X}", u32::from(c)));
+            }
+        }
+        assert!(missed.is_empty(), "accepted: {missed:?}");
+        assert_eq!(
+            tables::UNICODE_VERSION,
+            format!(
+                "{}.{}.{}",
+                char::UNICODE_VERSION.0,
+                char::UNICODE_VERSION.1,
+                char::UNICODE_VERSION.2
+            ),
+            "regenerate the table for the Unicode version of Rust's char methods"
+        );
     }
 
     fn rules() -> PathRules {
@@ -514,6 +741,84 @@ mod tests {
         assert_eq!(Pattern::parse("/*").unwrap(), Pattern::Prefix("/".into()));
     }
 
+    /// Percent-encoded characters of the classes an origin may read as
+    /// something else, and ones it may not.
+    const UNICODE_PIECES: &[&str] = &[
+        "%C4%B1",
+        "%C4%B0",
+        "%C5%BF",
+        "%E2%84%AA",
+        "%C3%9F",
+        "%EF%AC%80",
+        "%EF%AC%81",
+        "%EF%BD%81",
+        "%EF%BC%8F",
+        "%EF%BC%8E",
+        "%E2%80%A5",
+        "%E2%80%A4",
+        "%E3%80%80",
+        "%C2%A0",
+        "%C2%85",
+        "%E2%80%A8",
+        "%E2%80%8B",
+        "%E2%80%8C",
+        "%E2%80%8D",
+        "%EF%B8%8F",
+        "%C2%AD",
+        "%CD%B8",
+        "%F0%9D%90%9A",
+        "%F0%9C%B3%96",
+        "%C3%A9",
+        "%E6%96%87",
+        "%D9%85",
+        "%F0%9F%91%A8",
+        "%CE%A9",
+        "%3F",
+        "%3f",
+        "%23",
+    ];
+
+    /// Any character, percent-encoded.
+    fn encoded_char() -> impl Strategy<Value = String> {
+        any::<char>().prop_map(|c| {
+            let mut s = String::new();
+            for b in c.to_string().bytes() {
+                push_escape(&mut s, b);
+            }
+            s
+        })
+    }
+
+    fn percent_decode(c: &str) -> String {
+        let b = c.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                out.push(hex(b[i + 1]).unwrap() * 16 + hex(b[i + 2]).unwrap());
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// How an origin may read a decoded path: as is, upper- or lower-cased
+    /// (full case mappings), or with invisible characters dropped.
+    fn readings(decoded: &str) -> Vec<String> {
+        vec![
+            decoded.to_owned(),
+            decoded.to_lowercase(),
+            decoded.to_uppercase(),
+            decoded
+                .chars()
+                .filter(|&c| !is_default_ignorable(c))
+                .collect(),
+        ]
+    }
+
     proptest! {
         #[test]
         fn canonicalizing_twice_changes_nothing(
@@ -524,6 +829,8 @@ mod tests {
                     Just("%c3%a9".to_string()), Just("%zz".to_string()), Just(";".to_string()),
                     Just("\\".to_string()), Just("%20".to_string()), Just("a".to_string()),
                     "[a-zA-Z0-9._~!$&'()*+,=:@ \"<>-]{0,4}",
+                    proptest::sample::select(UNICODE_PIECES).prop_map(str::to_owned),
+                    encoded_char(),
                 ],
                 0..12,
             )
@@ -532,6 +839,43 @@ mod tests {
             if let Ok(c) = canonicalize(&path) {
                 prop_assert!(already_canonical(&c) || c.contains('%'), "{c}");
                 prop_assert_eq!(rewrite(&c), Ok(c.clone()));
+            }
+        }
+
+        /// What an accepted path means to an origin does not depend on how
+        /// the origin reads it: decoded (and parsed again), lower- or
+        /// upper-cased, or with invisible characters dropped, it has the
+        /// same segments, no `?` or `#`, and its ASCII segments are the
+        /// same ignoring case; so matching the canonical path ignoring ASCII
+        /// case decides for every such reading.
+        #[test]
+        fn no_reading_of_an_accepted_path_changes_its_ascii(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("/".to_string()), Just(".".to_string()), Just("..".to_string()),
+                    "[a-zA-Z]{1,3}",
+                    proptest::sample::select(UNICODE_PIECES).prop_map(str::to_owned),
+                    encoded_char(),
+                ],
+                0..10,
+            )
+        ) {
+            let path = format!("/{}", parts.concat());
+            let Ok(c) = canonicalize(&path) else { return Ok(()); };
+            let decoded = percent_decode(&c);
+            prop_assert!(!decoded.contains(['?', '#']), "{c}");
+            let segments: Vec<&str> = decoded.split('/').collect();
+            for r in readings(&decoded) {
+                let read: Vec<&str> = r.split('/').collect();
+                prop_assert_eq!(read.len(), segments.len(), "{} read as {}", c, r);
+                for (a, b) in segments.iter().zip(&read) {
+                    prop_assert_eq!(a.is_ascii(), b.is_ascii(), "{} read as {}", c, r);
+                    if a.is_ascii() {
+                        prop_assert!(a.eq_ignore_ascii_case(b), "{} read as {}", c, r);
+                    } else {
+                        prop_assert!(!b.is_empty() && *b != "." && *b != "..", "{} read as {}", c, r);
+                    }
+                }
             }
         }
 

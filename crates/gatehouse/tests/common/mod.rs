@@ -59,6 +59,19 @@ pub const HOSTS: &[&str] = &[
     "wsgi.test",
 ];
 
+/// wsgi.test's path rules: app.test's `/admin` rules, and more denied
+/// paths for the characters that read as other ASCII letters (`K` is `k`,
+/// `ſ` and `ß` are `s` and `ss`, `ﬆ` is `st`).
+pub const WSGI_RULES: &str = "      - {path: /admin, action: deny}
+      - {path: /admin/*, action: deny}
+      - {path: /admin/health, methods: [GET], action: allow}
+      - {path: /staff, action: deny}
+      - {path: /staff/*, action: deny}
+      - {path: /keys, action: deny}
+      - {path: /keys/*, action: deny}
+      - {path: /passwd, action: deny}
+";
+
 impl Stack {
     pub async fn new() -> Self {
         let pki = Pki::new();
@@ -137,16 +150,13 @@ impl Stack {
         y += &format!(
             "  - hostname: app.test\n    tunnel: t1\n    tls: {tls}\n    default: allow\n    rules:\n      - {{path: /admin, action: deny}}\n      - {{path: /admin/*, action: deny}}\n      - {{path: /admin/health, methods: [GET], action: allow}}\n{extra}"
         );
-        for h in [
-            "grpc.test",
-            "tcp.test",
-            "misc.test",
-            "localhost",
-            "wsgi.test",
-        ] {
+        for h in ["grpc.test", "tcp.test", "misc.test", "localhost"] {
             y +=
                 &format!("  - hostname: {h}\n    tunnel: t1\n    tls: {tls}\n    default: allow\n");
         }
+        y += &format!(
+            "  - hostname: wsgi.test\n    tunnel: t1\n    tls: {tls}\n    default: allow\n    rules:\n{WSGI_RULES}"
+        );
         y += &format!(
             "  - hostname: orphan.test\n    tunnel: t2\n    tls: {tls}\n    rules: [{{path: /*, action: allow}}]\n"
         );
