@@ -5,8 +5,11 @@
 //! echo, a Python WSGI backend), child processes that die with the test,
 //! polling with a deadline, an in-process Kubernetes object tracker standing
 //! in for the API server, a real Kubernetes API server
-//! (`kube_apiserver`), and real Tailscale clients (`tailscale`: tailscaled
-//! and a tsnet program). It never fakes the component under test.
+//! (`kube_apiserver`), real Tailscale clients (`tailscale`: tailscaled
+//! and a tsnet program), and a real OpenID Connect provider
+//! (`oidc_provider`: Ory Hydra with a login app of its own and a browser
+//! that follows redirects by hand). It never fakes the component under
+//! test.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
@@ -19,6 +22,7 @@ pub mod kube_pods;
 pub mod kube_realiser;
 pub mod kube_tracker;
 pub mod nat;
+pub mod oidc_provider;
 pub mod origin;
 pub mod pki;
 pub mod process;

@@ -76,20 +76,7 @@ impl HttpOrigin {
 
     /// Starts an HTTPS origin on 127.0.0.1 with the given certificate.
     pub async fn start_tls(name: &str, leaf: &crate::pki::Leaf) -> Self {
-        use rustls::pki_types::pem::PemObject;
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&leaf.cert)
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+        let cfg = leaf.server_config(&[]);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let o = Self::new(name, listener.local_addr().unwrap());

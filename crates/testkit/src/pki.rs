@@ -28,6 +28,29 @@ pub struct Leaf {
     pub key: PathBuf,
 }
 
+impl Leaf {
+    /// A rustls server configuration serving this certificate, offering
+    /// `alpn`.
+    pub fn server_config(&self, alpn: &[&[u8]]) -> rustls::ServerConfig {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(&self.cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&self.key).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        cfg
+    }
+}
+
 impl Pki {
     /// Creates a CA.
     pub fn new() -> Self {
