@@ -1,10 +1,16 @@
 //! Joining without a pre-auth key: `gatehouse node up` (a real process)
 //! prints the URL where it is approved and waits; an administrator's
-//! `gatehouse admin nodes approve` lets it in.
+//! `gatehouse admin nodes approve` lets it in, or the person who signs in
+//! on that page through a real OpenID provider (Ory Hydra, from testkit's
+//! `oidc_provider`, over HTTPS) does. The browser is testkit's: cookies
+//! kept, every redirect followed by hand.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use gatehouse_testkit::TestControl;
+use gatehouse_control::signin::OidcConfig;
+use gatehouse_testkit::oidc_provider::{self, Browser, ClientSpec, OidcProvider, Person};
+use gatehouse_testkit::tailscale::{self, Options, Tailscaled};
+use gatehouse_testkit::{TestControl, free_port};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -163,4 +169,366 @@ async fn a_node_without_a_key_waits_and_joins_once_approved() {
     .await;
     assert!(matches!(ready, Ok(true)));
     assert_eq!(c.admin.nodes().await.unwrap().len(), 1);
+}
+
+/// Control (in process, on a port chosen first so the provider knows its
+/// redirect URI) signing people in through a fresh Hydra.
+struct Net {
+    c: TestControl,
+    idp: OidcProvider,
+}
+
+async fn net(configure: impl FnOnce(&mut OidcConfig)) -> Option<Net> {
+    oidc_provider::hydra_or_skip()?;
+    let idp = OidcProvider::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = gatehouse_testkit::control::config(tmp.path());
+    let port = free_port();
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let callback = format!("https://127.0.0.1:{port}/oidc/callback");
+    let client = idp
+        .create_client(&ClientSpec::confidential("gatehouse", &[&callback]))
+        .await;
+    let mut o = OidcConfig::new(&idp.issuer(), &client.id, client.secret.as_deref().unwrap());
+    o.ca_file = Some(idp.ca_file().to_path_buf());
+    configure(&mut o);
+    cfg.oidc = Some(o);
+    let c = TestControl::start_with(cfg, Some(tmp)).await;
+    assert_eq!(c.info.url, format!("https://127.0.0.1:{port}"));
+    Some(Net { c, idp })
+}
+
+impl Net {
+    fn browser(&self) -> Browser {
+        Browser::new(&[self.idp.ca_file(), &self.c.dir.join("ca.crt")])
+    }
+
+    /// Opens the device's page and presses its sign-in button: the answer
+    /// to the form's POST (a redirect to the provider, or a refusal).
+    async fn press_sign_in(&self, b: &Browser, url: &str) -> reqwest::Response {
+        let page = b.client().get(url).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        let html = page.text().await.unwrap();
+        let csrf = field(&html, "csrf").unwrap_or_else(|| panic!("no sign-in form: {html}"));
+        b.client()
+            .post(format!("{url}/sign-in"))
+            .form(&[("csrf", csrf)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The whole sign-in on the device's page, up to the provider's redirect
+    /// back to control (not followed): the callback URL.
+    async fn sign_in_until_callback(&self, b: &Browser, url: &str) -> String {
+        let r = self.press_sign_in(b, url).await;
+        assert_eq!(r.status(), 303, "{}", r.text().await.unwrap_or_default());
+        let to = location(&r);
+        let cb = format!("{}/oidc/callback", self.c.info.url);
+        let f = b.follow(&to, |u| u.as_str().starts_with(&cb)).await;
+        f.stopped_at
+            .unwrap_or_else(|| {
+                panic!(
+                    "the provider did not send the browser back: {} {}",
+                    f.status, f.body
+                )
+            })
+            .to_string()
+    }
+
+    async fn nodes(&self) -> Vec<(String, Option<String>)> {
+        self.c
+            .admin
+            .nodes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.node.name, n.node.user))
+            .collect()
+    }
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The value of the hidden form field `name`.
+fn field(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name={name} value=\""))?;
+    let rest = &html[at + name.len() + 13..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+async fn get(b: &Browser, url: &str) -> (u16, String) {
+    let r = b.client().get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_and_their_node_joins_as_them() {
+    let Some(n) = net(|_| {}).await else { return };
+    n.idp
+        .sign_in_as(Person::new("erin-1", "Erin@Example.com").name("Erin"));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = node_up_without_key(&n.c, "erins-laptop", tmp.path()).await;
+    let b = n.browser();
+    let (status, page) = get(&b, &w.url).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("erins-laptop") && page.contains("Sign in"),
+        "{page}"
+    );
+    let callback = n.sign_in_until_callback(&b, &w.url).await;
+    let (status, done) = get(&b, &callback).await;
+    assert_eq!(status, 200, "{done}");
+    assert!(
+        done.contains("erin@example.com") && done.contains("erins-laptop"),
+        "{done}"
+    );
+    w.ready().await;
+    assert_eq!(
+        n.nodes().await,
+        [(
+            "erins-laptop".to_string(),
+            Some("erin@example.com".to_string())
+        )]
+    );
+    // The user was made by the sign-in, and the audit log says who did it.
+    let users = n.c.admin.users().await.unwrap();
+    assert!(users.iter().any(|u| u.login == "erin@example.com"));
+    // The callback cannot be used again, here or anywhere.
+    let (status, again) = get(&b, &callback).await;
+    assert_eq!(status, 400, "{again}");
+    assert!(again.contains("already finished"), "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailscale_client_joins_through_a_sign_in() {
+    let Some(_) = tailscale::tools_or_skip() else {
+        return;
+    };
+    let Some(n) = net(|o| o.allowed_domains = vec!["example.com".into()]).await else {
+        return;
+    };
+    n.idp.sign_in_as(Person::new("finn-1", "finn@example.com"));
+    let phone = Tailscaled::start(Options {
+        hostname: "finns-phone".into(),
+        ca_file: Some(n.c.dir.join("ca.crt")),
+        ..Options::default()
+    })
+    .await;
+    let login = phone.up_interactive(&n.c.info.url, &[]).await.unwrap();
+    let b = n.browser();
+    let callback = n.sign_in_until_callback(&b, &login.auth_url).await;
+    let (status, done) = get(&b, &callback).await;
+    assert_eq!(status, 200, "{done}");
+    let finished = login.wait(DEADLINE).await;
+    assert!(finished.success(), "{finished:?}");
+    let st = phone.wait_state("Running", DEADLINE).await;
+    assert_eq!(
+        st["Self"]["DNSName"],
+        "finns-phone.test.gatehouse.internal."
+    );
+    assert_eq!(
+        n.nodes().await,
+        [(
+            "finns-phone".to_string(),
+            Some("finn@example.com".to_string())
+        )]
+    );
+}
+
+/// Each way a sign-in can go wrong approves nothing and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_that_must_not_approve_anything() {
+    let Some(mut n) = net(|o| {
+        o.allowed_domains = vec!["example.com".into()];
+        o.allowed_users = vec!["guest@partner.example".into()];
+    })
+    .await
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let w = node_up_without_key(&n.c, "target", tmp.path()).await;
+    let url = w.url.clone();
+
+    // A form posted without the page's cookie (a cross-site form): refused
+    // before anything else.
+    let stranger = n.browser();
+    let r = stranger
+        .client()
+        .post(format!("{url}/sign-in"))
+        .form(&[("csrf", "guess")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("not started from the device")
+    );
+
+    // An address the provider has not verified; a domain not allowed.
+    for (person, why) in [
+        (
+            Person::new("u-1", "una@example.com").unverified(),
+            "has not verified",
+        ),
+        (
+            Person::new("m-1", "mallory@elsewhere.example"),
+            "may not join",
+        ),
+        (Person::new("n-1", "x").without_email(), "no email claim"),
+    ] {
+        n.idp.sign_in_as(person);
+        let b = n.browser();
+        let cb = n.sign_in_until_callback(&b, &url).await;
+        let (status, page) = get(&b, &cb).await;
+        assert_eq!(status, 403, "{page}");
+        assert!(
+            page.contains(why) && page.contains("Nothing was approved"),
+            "{why}: {page}"
+        );
+    }
+    // The provider refuses the person: its error is shown.
+    n.idp.refuse_login("account locked");
+    let b = n.browser();
+    let cb = n.sign_in_until_callback(&b, &url).await;
+    let (status, page) = get(&b, &cb).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("did not sign you in"), "{page}");
+
+    // A sign-in finished in another browser than the one that started it.
+    n.idp
+        .sign_in_as(Person::new("g-1", "guest@partner.example"));
+    let a = n.browser();
+    let cb = n.sign_in_until_callback(&a, &url).await;
+    let (status, page) = get(&n.browser(), &cb).await;
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("another browser"), "{page}");
+    // ... and that flow is spent for its own browser too.
+    assert_eq!(get(&a, &cb).await.0, 400);
+
+    // A code already redeemed, replayed under a new flow's state.
+    let first = n.browser();
+    let cb1 = n.sign_in_until_callback(&first, &url).await;
+    let tmp2 = tempfile::tempdir().unwrap();
+    let w2 = node_up_without_key(&n.c, "other", tmp2.path()).await;
+    let other_url = w2.url.clone();
+    let second = n.browser();
+    let cb2 = n.sign_in_until_callback(&second, &other_url).await;
+    let (status, page) = get(&first, &cb1).await;
+    assert_eq!(status, 200, "{page}");
+    let code1 = reqwest::Url::parse(&cb1)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let mut swapped = reqwest::Url::parse(&cb2).unwrap();
+    let state2 = swapped
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    swapped
+        .query_pairs_mut()
+        .clear()
+        .append_pair("code", &code1)
+        .append_pair("state", &state2);
+    let (status, page) = get(&second, swapped.as_str()).await;
+    assert_eq!(status, 502, "{page}");
+    assert!(page.contains("could not be exchanged"), "{page}");
+    assert_eq!(
+        n.nodes().await,
+        [(
+            "target".to_string(),
+            Some("guest@partner.example".to_string())
+        )],
+        "only the one good sign-in registered a node"
+    );
+
+    // The provider down: the page says so; the administrator still can.
+    n.idp.stop();
+    let tmp3 = tempfile::tempdir().unwrap();
+    let w3 = node_up_without_key(&n.c, "while-down", tmp3.path()).await;
+    let b = n.browser();
+    let r = n.press_sign_in(&b, &w3.url).await;
+    // Discovery was cached while the provider was up: the sign-in starts,
+    // and the provider is unreachable for the browser.
+    assert_eq!(r.status(), 303);
+    let code = w3.url.rsplit('/').next().unwrap().to_string();
+    n.c.admin.create_user("ops@example.com").await.unwrap();
+    let ok = admin(
+        &n.c,
+        &["nodes", "approve", &code, "--user", "ops@example.com"],
+    )
+    .await;
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    drop((w, w2));
+}
+
+/// A provider control cannot use (down from the start, or another issuer
+/// than configured) approves nothing, and the page says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_control_cannot_use_approves_nothing() {
+    let Some(n) = net(|o| o.issuer.push('/')).await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let w = node_up_without_key(&n.c, "box", tmp.path()).await;
+    let b = n.browser();
+    let r = n.press_sign_in(&b, &w.url).await;
+    assert_eq!(r.status(), 502);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("cannot be used") && page.contains("issuer"),
+        "{page}"
+    );
+    let Some(down) = net(|_| {}).await else {
+        return;
+    };
+    let mut idp = down.idp;
+    idp.stop();
+    let w2 = node_up_without_key(&down.c, "box2", tmp.path().join("2").as_path()).await;
+    let b = Browser::new(&[idp.ca_file(), &down.c.dir.join("ca.crt")]);
+    let page = b
+        .client()
+        .get(&w2.url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = field(&page, "csrf").unwrap();
+    let r = b
+        .client()
+        .post(format!("{}/sign-in", w2.url))
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("cannot be used") && page.contains("Nothing was approved"),
+        "{page}"
+    );
+    assert!(down.c.admin.nodes().await.unwrap().is_empty());
+    assert!(n.c.admin.nodes().await.unwrap().is_empty());
 }
