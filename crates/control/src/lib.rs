@@ -242,6 +242,8 @@ pub(crate) struct App {
     pub pending: waiting::Pending,
     /// Sign-ins through the OpenID provider in progress.
     pub signins: signin::SignIns,
+    /// The key that signs Access grants for the edge.
+    pub access_key: gatehouse_oidc::Signer,
     /// Control's URL, once it listens.
     pub url: std::sync::OnceLock<String>,
 }
@@ -305,6 +307,7 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
         tailscale::KEY_FILE,
         || tailscale::MachinePrivateKey::generate().to_bytes(),
     )?);
+    let access_key = signin::load_access_key(&config.state_dir)?;
     let app = Arc::new_cyclic(|me: &std::sync::Weak<App>| {
         let relay = relay_key.and_then(|key| relay::embedded(key, me.clone()));
         App {
@@ -321,6 +324,7 @@ pub async fn start(config: ControlConfig) -> Result<(Running, StartInfo), Contro
             noise_key,
             pending: waiting::Pending::default(),
             signins: signin::SignIns::default(),
+            access_key,
             url: std::sync::OnceLock::new(),
         }
     });

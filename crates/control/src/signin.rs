@@ -10,6 +10,10 @@
 //! `/oidc/callback`; the flow is taken (once), the cookie must be the one
 //! that started it, the code is exchanged, the ID token verified, and the
 //! device approved for the signed-in person.
+//!
+//! Access on public hostnames uses the same flow, started by the edge
+//! (`/access/login`), and ends with a short grant signed by control's access
+//! key, handed to the edge's callback (the decision's wire section).
 
 use crate::App;
 use crate::audit::audit;
@@ -48,6 +52,12 @@ pub struct OidcConfig {
     /// Only these logins may sign in (empty: any). With both lists, a
     /// login in either is allowed.
     pub allowed_users: Vec<String>,
+    /// The claim holding the person's groups (handed to the edge for
+    /// Access rules).
+    pub groups_claim: String,
+    /// Host names (`*.` matches one or more leading labels) whose edge may
+    /// send people here to sign in for Access; empty: Access is off.
+    pub access_hosts: Vec<String>,
 }
 
 impl OidcConfig {
@@ -62,6 +72,8 @@ impl OidcConfig {
             scopes: vec!["email".into(), "profile".into()],
             allowed_domains: Vec::new(),
             allowed_users: Vec::new(),
+            groups_claim: "groups".into(),
+            access_hosts: Vec::new(),
         }
     }
 }
@@ -76,11 +88,23 @@ const MAX_FLOWS: usize = 1024;
 /// this often.
 const KEYS_REFRESH: Duration = Duration::from_secs(60);
 
+/// How long a grant for the edge is valid.
+const GRANT_LIFETIME: i64 = 120;
+/// Control's Access signing key, in its state directory.
+pub const ACCESS_KEY_FILE: &str = "access.key";
+
 /// What a sign-in is for.
 #[derive(Debug, Clone)]
 enum Purpose {
     /// Approving the device waiting under this code.
     Device { code: String },
+    /// A grant for the edge serving `host` (`name[:port]`), carrying its
+    /// nonce and the path to return to.
+    Access {
+        host: String,
+        nonce: String,
+        rd: String,
+    },
 }
 
 #[derive(Debug)]
@@ -263,6 +287,169 @@ pub(crate) fn routes(router: axum::Router<Arc<App>>) -> axum::Router<Arc<App>> {
             axum::routing::post(start_device),
         )
         .route("/oidc/callback", axum::routing::get(callback))
+        .route("/access/login", axum::routing::get(access_login))
+        .route("/access/jwks", axum::routing::get(access_jwks))
+}
+
+/// Loads control's Access signing key (PKCS#8, hex, 0600), made on first
+/// start.
+pub(crate) fn load_access_key(
+    state_dir: &std::path::Path,
+) -> Result<gatehouse_oidc::Signer, crate::ControlError> {
+    let path = state_dir.join(ACCESS_KEY_FILE);
+    let bad = |why: String| crate::ControlError::State(format!("{}: {why}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let der = hex::decode(text.trim()).map_err(|e| bad(e.to_string()))?;
+            gatehouse_oidc::Signer::from_pkcs8(&der).map_err(|e| bad(e.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let signer = gatehouse_oidc::Signer::generate().map_err(|e| bad(e.to_string()))?;
+            crate::ca::write_private(&path, &hex::encode(signer.pkcs8())).map_err(|source| {
+                crate::ControlError::Io {
+                    what: format!("writing {}", path.display()),
+                    source,
+                }
+            })?;
+            Ok(signer)
+        }
+        Err(source) => Err(crate::ControlError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        }),
+    }
+}
+
+/// `GET /access/jwks`: the keys that verify control's grants.
+async fn access_jwks(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        app.access_key.jwks_document().to_string(),
+    )
+        .into_response()
+}
+
+/// Whether `hostname` matches a pattern of `--access-hosts`.
+fn access_host_allowed(patterns: &[String], hostname: &str) -> bool {
+    let h = hostname.to_ascii_lowercase();
+    patterns.iter().any(|p| {
+        let p = p.to_ascii_lowercase();
+        match p.strip_prefix("*.") {
+            Some(suffix) => h.len() > suffix.len() + 1 && h.ends_with(&format!(".{suffix}")),
+            None => h == p,
+        }
+    })
+}
+
+/// `name` or `name:port`, a DNS name and a port number.
+fn split_authority(host: &str) -> Option<(&str, Option<u16>)> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p.parse::<u16>().ok().filter(|p| *p != 0)?)),
+        None => (host, None),
+    };
+    (gatehouse_names::is_name(name) && name.contains('.') || name == "localhost")
+        .then_some((name, port))
+}
+
+/// A local path to return to: one leading `/`, no scheme, no `//` or `/\`.
+fn local_path(rd: &str) -> bool {
+    rd.starts_with('/')
+        && !rd.starts_with("//")
+        && !rd.starts_with("/\\")
+        && rd.len() <= 2048
+        && !rd.chars().any(|c| c.is_control() || c == '\\')
+}
+
+#[derive(serde::Deserialize)]
+struct AccessLogin {
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    nonce: String,
+    #[serde(default)]
+    rd: String,
+}
+
+/// `GET /access/login`: the edge sends a browser here to sign in.
+async fn access_login(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<AccessLogin>,
+) -> Response {
+    match start_access(&app, &headers, q).await {
+        Ok((url, cookie)) => {
+            let mut r = Redirect::to(&url).into_response();
+            if let Some(c) = cookie
+                && let Ok(v) = axum::http::HeaderValue::from_str(&c)
+            {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(r) => error_page(&r),
+    }
+}
+
+async fn start_access(
+    app: &App,
+    headers: &HeaderMap,
+    q: AccessLogin,
+) -> Result<(String, Option<String>), Refused> {
+    let Some(cfg) = app.config.oidc.as_ref() else {
+        return Err(refused(
+            StatusCode::NOT_FOUND,
+            "this network has no identity provider",
+        ));
+    };
+    let Some((name, _)) = split_authority(&q.host) else {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "the sign-in names no valid host",
+        ));
+    };
+    if !access_host_allowed(&cfg.access_hosts, name) {
+        return Err(refused(
+            StatusCode::FORBIDDEN,
+            format!("{name} is not a host this network signs people in for"),
+        ));
+    }
+    if q.nonce.len() < 16
+        || q.nonce.len() > 128
+        || !q
+            .nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "the sign-in carries no valid nonce",
+        ));
+    }
+    let rd = if local_path(&q.rd) {
+        q.rd
+    } else {
+        "/".to_string()
+    };
+    let (browser, new_cookie) = match cookie(headers) {
+        Some(v) => (v, None),
+        None => {
+            let v = gatehouse_oidc::random_token(32)
+                .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            (v.clone(), Some(set_cookie(&v, 1800)))
+        }
+    };
+    let url = begin(
+        app,
+        cfg,
+        &browser,
+        Purpose::Access {
+            host: q.host.to_ascii_lowercase(),
+            nonce: q.nonce,
+            rd,
+        },
+    )
+    .await?;
+    Ok((url, new_cookie))
 }
 
 /// What the device page adds when a provider is configured: the cookie to
@@ -337,6 +524,25 @@ async fn start(app: &App, code: &str, headers: &HeaderMap, csrf: &str) -> Result
             "no device waits under this code (codes expire after 30 minutes); start again on the device",
         ));
     }
+    begin(
+        app,
+        cfg,
+        &browser,
+        Purpose::Device {
+            code: code.to_string(),
+        },
+    )
+    .await
+}
+
+/// Records a flow for `purpose`, bound to the browser's cookie value, and
+/// returns the provider's URL to send the browser to.
+async fn begin(
+    app: &App,
+    cfg: &OidcConfig,
+    browser: &str,
+    purpose: Purpose,
+) -> Result<String, Refused> {
     let (_, meta) = app.signins.metadata(cfg).await?;
     let internal =
         |e: gatehouse_oidc::Error| refused(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
@@ -366,10 +572,8 @@ async fn start(app: &App, code: &str, headers: &HeaderMap, csrf: &str) -> Result
         Flow {
             nonce,
             verifier: pkce.verifier,
-            browser: hash(&browser),
-            purpose: Purpose::Device {
-                code: code.to_string(),
-            },
+            browser: hash(browser),
+            purpose,
             since: Instant::now(),
         },
     )?;
@@ -470,13 +674,60 @@ async fn finish(app: &App, headers: &HeaderMap, q: CallbackQuery) -> Result<Resp
         leeway: LEEWAY,
     };
     let claims = app.signins.verify(cfg, &token, &want).await?;
-    let login = login_of(cfg, &claims)?;
-    let Purpose::Device { code } = flow.purpose;
-    approve_device(app, &code, &login, &claims.sub).await
+    match flow.purpose {
+        Purpose::Device { code } => {
+            let login = login_of(cfg, &claims, true)?;
+            approve_device(app, &code, &login, &claims.sub).await
+        }
+        Purpose::Access { host, nonce, rd } => {
+            // Who may pass is the edge's rules' business, not the joining
+            // lists'.
+            let login = login_of(cfg, &claims, false)?;
+            grant(app, cfg, &claims, &login, &host, &nonce, &rd)
+        }
+    }
+}
+
+/// The edge's callback URL with a grant for `login`.
+fn grant(
+    app: &App,
+    cfg: &OidcConfig,
+    claims: &IdClaims,
+    login: &str,
+    host: &str,
+    nonce: &str,
+    rd: &str,
+) -> Result<Response, Refused> {
+    let now = app.now();
+    let internal =
+        |e: gatehouse_oidc::Error| refused(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let mut c = serde_json::Map::new();
+    c.insert("iss".into(), app.url().into());
+    c.insert("aud".into(), format!("https://{host}").into());
+    c.insert("sub".into(), login.into());
+    c.insert("email".into(), login.into());
+    c.insert("groups".into(), claims.strings(&cfg.groups_claim).into());
+    if let Some(name) = claims.string("name") {
+        c.insert("name".into(), name.into());
+    }
+    c.insert("nonce".into(), nonce.into());
+    c.insert("rd".into(), rd.into());
+    c.insert("iat".into(), now.into());
+    c.insert("exp".into(), (now + GRANT_LIFETIME).into());
+    c.insert(
+        "jti".into(),
+        gatehouse_oidc::random_token(16).map_err(internal)?.into(),
+    );
+    let jwt = app.access_key.sign(&c).map_err(internal)?;
+    tracing::info!(%login, %host, "signed in for Access");
+    Ok(Redirect::to(&format!(
+        "https://{host}/.gatehouse/access/callback?grant={jwt}"
+    ))
+    .into_response())
 }
 
 /// The login the claims name, if this network lets that person in.
-fn login_of(cfg: &OidcConfig, c: &IdClaims) -> Result<String, Refused> {
+fn login_of(cfg: &OidcConfig, c: &IdClaims, joining: bool) -> Result<String, Refused> {
     let claim = cfg.login_claim.as_str();
     let login = c
         .string(claim)
@@ -500,7 +751,7 @@ fn login_of(cfg: &OidcConfig, c: &IdClaims) -> Result<String, Refused> {
             format!("{login:?} is not a usable login (expected name@domain)"),
         ));
     }
-    let restricted = !cfg.allowed_domains.is_empty() || !cfg.allowed_users.is_empty();
+    let restricted = joining && (!cfg.allowed_domains.is_empty() || !cfg.allowed_users.is_empty());
     let domain = login.rsplit_once('@').map_or("", |(_, d)| d);
     let allowed = cfg
         .allowed_users

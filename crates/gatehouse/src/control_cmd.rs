@@ -95,6 +95,15 @@ pub struct ControlArgs {
     /// Only these logins may sign in (comma-separated).
     #[arg(long, value_delimiter = ',')]
     oidc_allowed_users: Vec<String>,
+    /// The ID-token claim holding the person's groups (handed to the edge
+    /// for Access rules).
+    #[arg(long, default_value = "groups")]
+    oidc_groups_claim: String,
+    /// Public host names whose edge may send people here to sign in for
+    /// Access rules (comma-separated; `*.example.com` matches any name
+    /// below example.com). Empty: no Access sign-ins.
+    #[arg(long, value_delimiter = ',', requires = "oidc_issuer")]
+    access_hosts: Vec<String>,
     /// Print the admin API's OpenAPI document and exit.
     #[arg(long)]
     openapi: bool,
@@ -170,6 +179,8 @@ pub async fn run(a: ControlArgs) -> Result<()> {
         oidc.scopes = a.oidc_scopes;
         oidc.allowed_domains = a.oidc_allowed_domains;
         oidc.allowed_users = a.oidc_allowed_users;
+        oidc.groups_claim = a.oidc_groups_claim;
+        oidc.access_hosts = a.access_hosts;
         cfg.oidc = Some(oidc);
     }
     cfg.serving_cert_lifetime = Duration::from_secs(a.cert_hours * 3600);

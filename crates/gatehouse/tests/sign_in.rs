@@ -532,3 +532,105 @@ async fn a_provider_control_cannot_use_approves_nothing() {
     assert!(down.c.admin.nodes().await.unwrap().is_empty());
     assert!(n.c.admin.nodes().await.unwrap().is_empty());
 }
+
+/// Access on public hostnames, control's half: `/access/login` signs the
+/// person in and sends the browser to the edge's callback with a grant
+/// signed by control's access key (checked here against `/access/jwks`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_grants_access_sign_ins_only_for_its_hosts() {
+    use gatehouse_oidc::idtoken::{self, Expect};
+    let Some(n) = net(|o| {
+        o.access_hosts = vec!["*.apps.example.test".into()];
+        // Joining is restricted; Access sign-ins are judged by the edge.
+        o.allowed_domains = vec!["example.com".into()];
+    })
+    .await
+    else {
+        return;
+    };
+    n.idp.sign_in_as(
+        Person::new("h-1", "hana@partner.example")
+            .groups(&["eng", "ops"])
+            .name("Hana"),
+    );
+    let b = n.browser();
+    let nonce = "n0nce-0123456789abcdef";
+    let host = "grafana.apps.example.test:8443";
+    let login = |host: &str, rd: &str| {
+        let mut u = reqwest::Url::parse(&format!("{}/access/login", n.c.info.url)).unwrap();
+        u.query_pairs_mut()
+            .append_pair("host", host)
+            .append_pair("nonce", nonce)
+            .append_pair("rd", rd);
+        u.to_string()
+    };
+    let edge = "https://grafana.apps.example.test:8443/.gatehouse/access/callback";
+    let f = b
+        .follow(&login(host, "/d/home?x=1"), |u| {
+            u.as_str().starts_with(edge)
+        })
+        .await;
+    let grant = f
+        .param("grant")
+        .unwrap_or_else(|| panic!("{} {}", f.status, f.body));
+
+    let jwks = b
+        .client()
+        .get(format!("{}/access/jwks", n.c.info.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let keys = gatehouse_oidc::Jwks::parse(&jwks).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let token = gatehouse_oidc::Token::parse(&grant).unwrap();
+    let c = idtoken::verify(
+        &token,
+        &keys,
+        &Expect {
+            issuer: &n.c.info.url,
+            client_id: "https://grafana.apps.example.test:8443",
+            nonce: Some(nonce),
+            now,
+            leeway: 60,
+        },
+    )
+    .unwrap();
+    assert_eq!(c.sub, "hana@partner.example");
+    assert_eq!(c.strings("groups"), ["eng", "ops"]);
+    assert_eq!(c.string("name"), Some("Hana"));
+    assert_eq!(c.string("rd"), Some("/d/home?x=1"));
+    assert!(c.exp - now <= 120);
+
+    // Another site's redirect target is replaced by "/".
+    let f = b
+        .follow(&login(host, "//evil.example/x"), |u| {
+            u.as_str().starts_with(edge)
+        })
+        .await;
+    let t = gatehouse_oidc::Token::parse(&f.param("grant").unwrap()).unwrap();
+    assert_eq!(t.unverified_claims()["rd"], "/");
+
+    // A host outside --access-hosts, a missing nonce: refused, no grant.
+    for (url, status) in [
+        (login("evil.example", "/"), 403),
+        (login("apps.example.test", "/"), 403),
+        (
+            format!(
+                "{}/access/login?host=grafana.apps.example.test",
+                n.c.info.url
+            ),
+            400,
+        ),
+    ] {
+        let r = b.client().get(&url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{url}");
+    }
+    // Nothing joined the mesh through these sign-ins.
+    assert!(n.nodes().await.is_empty());
+}
