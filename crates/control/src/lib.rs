@@ -145,6 +145,23 @@ impl ControlConfig {
     }
 }
 
+/// A node key lifetime as `--key-expiry` and `gatehouse.yaml` write it:
+/// `180d`, or a duration (`720h`, `90m`). Zero is refused: it would expire
+/// every device at once.
+pub fn parse_key_lifetime(s: &str) -> Result<Duration, String> {
+    let d = match s.strip_suffix('d') {
+        Some(days) => days
+            .parse::<u64>()
+            .map(|n| Duration::from_secs(n.saturating_mul(86_400)))
+            .map_err(|e| format!("invalid number of days {days:?}: {e}"))?,
+        None => gatehouse_ops::parse_duration(s).map_err(|e| e.to_string())?,
+    };
+    if d.is_zero() {
+        return Err("a key lifetime of zero would expire every device at once".into());
+    }
+    Ok(d)
+}
+
 /// Why control could not start or act.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

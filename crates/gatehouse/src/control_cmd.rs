@@ -38,7 +38,7 @@ pub struct ControlArgs {
     no_relay: bool,
     /// Node key lifetime: `180d`, `720h`, … A device whose key expired
     /// registers again (a key-less device signs in again).
-    #[arg(long, default_value = "180d", value_parser = parse_key_expiry)]
+    #[arg(long, default_value = "180d", value_parser = gatehouse_control::parse_key_lifetime)]
     key_expiry: Duration,
     /// Node key lifetime in days (older spelling of --key-expiry).
     #[arg(long, hide = true, conflicts_with = "key_expiry")]
@@ -238,19 +238,4 @@ pub async fn run(a: ControlArgs) -> Result<()> {
     println!("gatehouse control: stopping");
     running.shutdown().await;
     Ok(())
-}
-
-/// `180d`, or any duration `--key-expiry` takes (`720h`, `90m`).
-fn parse_key_expiry(s: &str) -> Result<Duration, String> {
-    let d = match s.strip_suffix('d') {
-        Some(days) => days
-            .parse::<u64>()
-            .map(|n| Duration::from_secs(n.saturating_mul(86_400)))
-            .map_err(|e| format!("invalid number of days {days:?}: {e}"))?,
-        None => gatehouse_ops::parse_duration(s).map_err(|e| e.to_string())?,
-    };
-    if d.is_zero() {
-        return Err("a key lifetime of zero would expire every device at once".into());
-    }
-    Ok(d)
 }

@@ -88,6 +88,13 @@ pub struct StackConfig {
     /// Users to create in control.
     #[serde(default)]
     pub users: Vec<String>,
+    /// Sign-in through an OpenID provider (devices without a key join for
+    /// the person who signs in).
+    #[serde(default)]
+    pub sign_in: Option<SignIn>,
+    /// Node key lifetime (`180d`, `720h`); default 180 days.
+    #[serde(default)]
+    pub key_expiry: Option<String>,
     /// The exposed services.
     pub services: Vec<Service>,
 }
@@ -100,6 +107,34 @@ fn default_domain() -> String {
 }
 fn default_state() -> String {
     ".gatehouse".into()
+}
+
+/// `sign_in:` — control's OpenID provider (the flags `--oidc-*` of
+/// `gatehouse control`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    /// The provider's issuer URL.
+    pub issuer: String,
+    /// Control's client id at the provider.
+    pub client_id: String,
+    /// File holding the client secret, relative to the config file.
+    pub client_secret_file: String,
+    /// CA bundle to trust for the provider, relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// The claim naming the person (default `email`).
+    #[serde(default)]
+    pub login_claim: Option<String>,
+    /// The claim holding groups (default `groups`).
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Only logins in these domains may join.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Only these logins may join.
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
 }
 
 /// Listening addresses (loopback by default).
@@ -347,6 +382,8 @@ impl StackConfig {
             state: default_state(),
             listen: Listen::default(),
             users: Vec::new(),
+            sign_in: None,
+            key_expiry: None,
             services: Vec::new(),
         })
     }

@@ -283,6 +283,10 @@ pub async fn start(plan: Plan) -> Result<RunningStack, UpError> {
     let mut ccfg = ControlConfig::new(state.control(), listen.control);
     ccfg.network = plan.config.network.clone();
     ccfg.suffix = plan.config.domain.clone();
+    ccfg.oidc = plan.oidc.clone();
+    if let Some(k) = plan.key_lifetime {
+        ccfg.node_key_lifetime = k;
+    }
     let (control, info) =
         gatehouse_control::start(ccfg)
             .await

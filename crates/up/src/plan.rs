@@ -43,6 +43,10 @@ pub struct Plan {
     pub state: PathBuf,
     /// Listening addresses (port 0: chosen at start).
     pub listen: Listen,
+    /// Control's sign-in provider, secrets read.
+    pub oidc: Option<gatehouse_control::signin::OidcConfig>,
+    /// Node key lifetime.
+    pub key_lifetime: Option<std::time::Duration>,
 }
 
 fn located(file: &str, line: Option<usize>, key: &str, message: &str) -> UpError {
@@ -115,6 +119,57 @@ fn service_nodes(cfg: &StackConfig) -> Vec<Node> {
 
 fn any(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip(), 0)
+}
+
+/// The `sign_in:` section with its files read.
+fn sign_in(
+    si: &gatehouse_stack::SignIn,
+    base: &std::path::Path,
+    at: &dyn Fn(&str, &str) -> UpError,
+) -> Result<gatehouse_control::signin::OidcConfig, UpError> {
+    if !si.issuer.starts_with("https://") {
+        return Err(at(
+            "sign_in.issuer",
+            &format!("{:?} is not an https URL", si.issuer),
+        ));
+    }
+    if si.client_id.trim().is_empty() {
+        return Err(at("sign_in.client_id", "must not be empty"));
+    }
+    let f = base.join(&si.client_secret_file);
+    let secret = std::fs::read_to_string(&f).map_err(|e| {
+        at(
+            "sign_in.client_secret_file",
+            &format!("cannot read {}: {e}", f.display()),
+        )
+    })?;
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err(at(
+            "sign_in.client_secret_file",
+            &format!("{} is empty", f.display()),
+        ));
+    }
+    let mut o = gatehouse_control::signin::OidcConfig::new(&si.issuer, &si.client_id, secret);
+    if let Some(ca) = &si.ca_file {
+        let ca = base.join(ca);
+        if !ca.is_file() {
+            return Err(at(
+                "sign_in.ca_file",
+                &format!("{} is not a file", ca.display()),
+            ));
+        }
+        o.ca_file = Some(ca);
+    }
+    if let Some(c) = &si.login_claim {
+        o.login_claim = c.clone();
+    }
+    if let Some(c) = &si.groups_claim {
+        o.groups_claim = c.clone();
+    }
+    o.allowed_domains = si.allowed_domains.clone();
+    o.allowed_users = si.allowed_users.clone();
+    Ok(o)
 }
 
 impl Plan {
@@ -211,6 +266,16 @@ impl Plan {
                 })?
                 .join(state)
         };
+        let oidc = match &config.sign_in {
+            None => None,
+            Some(si) => Some(sign_in(si, &base, &at)?),
+        };
+        let key_lifetime = match &config.key_expiry {
+            None => None,
+            Some(k) => {
+                Some(gatehouse_control::parse_key_lifetime(k).map_err(|e| at("key_expiry", &e))?)
+            }
+        };
         let mut listen = config.listen.clone();
         if opts.any_ports {
             listen = Listen {
@@ -228,6 +293,8 @@ impl Plan {
             policy_label,
             policy,
             matrix,
+            oidc,
+            key_lifetime,
             state,
             listen,
         })
@@ -271,6 +338,55 @@ mod tests {
             config: Some(p),
             ..Options::default()
         })
+    }
+
+    #[test]
+    fn sign_in_reads_its_secret_and_is_refused_whole_when_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("gatehouse.yaml").display().to_string();
+        write(dir.path(), "secret", "s3cr3t-value\n");
+        let base = "services: []\nkey_expiry: 30d\nsign_in:\n  issuer: https://id.example.com\n  client_id: gh\n  client_secret_file: secret\n  allowed_domains: [example.com]\n";
+        let plan = load(dir.path(), base).unwrap();
+        let o = plan.oidc.unwrap();
+        assert_eq!(
+            (
+                o.issuer.as_str(),
+                o.client_id.as_str(),
+                o.client_secret.as_str()
+            ),
+            ("https://id.example.com", "gh", "s3cr3t-value")
+        );
+        assert_eq!(o.allowed_domains, ["example.com"]);
+        assert_eq!(
+            plan.key_lifetime,
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        for (yaml, want) in [
+            (
+                base.replace("client_secret_file: secret", "client_secret_file: missing"),
+                format!("{f}:6: sign_in.client_secret_file: cannot read"),
+            ),
+            (
+                base.replace("https://id", "http://id"),
+                format!("{f}:4: sign_in.issuer: "),
+            ),
+            (base.replace("30d", "0"), format!("{f}:2: key_expiry: ")),
+            (
+                base.replace("  allowed_domains", "  allowed_domain"),
+                format!("{f}:"),
+            ),
+        ] {
+            let e = load(dir.path(), &yaml).unwrap_err().to_string();
+            assert!(e.starts_with(&want), "{e}");
+        }
+        write(dir.path(), "empty", " \n");
+        let e = load(
+            dir.path(),
+            &base.replace("client_secret_file: secret", "client_secret_file: empty"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("is empty"), "{e}");
     }
 
     #[test]
