@@ -304,6 +304,7 @@ pub fn edge_rules(public: &Public) -> Vec<PathRuleSpec> {
                 path,
                 methods: Vec::new(),
                 action,
+                identity: None,
             });
         }
     };
