@@ -467,23 +467,21 @@ fn forged_session(_c: &Control) -> String {
         .unwrap()
 }
 
-/// A session of one hostname does not open another.
+/// A session of one hostname does not open another: neither when first
+/// seen (verification) nor once verified on its own hostname (the cache).
 async fn other_hostnames(s: &Stack, c: &Control) {
     let misc = sign_in(s, c, "misc.test", "/secure/a", "carol@corp.test").await;
-    let r = get(s, "misc.test", "/secure/a", &["-b", &session(&misc)]).await;
-    assert_ne!(r.code, 401, "{}", r.body);
-    assert_ne!(r.code, 403, "{}", r.body);
     let app = sign_in(s, c, "app.test", "/team/z", "alice@corp.test").await;
-    assert_eq!(
-        get(s, "app.test", "/team/z", &["-b", &session(&app)])
-            .await
-            .code,
-        200
-    );
-    let r = get(s, "misc.test", "/secure/a", &["-b", &session(&app)]).await;
-    assert_eq!(r.code, 401, "app.test's session on misc.test: {}", r.body);
-    let r = get(s, "app.test", "/team/z", &["-b", &session(&misc)]).await;
-    assert_eq!(r.code, 401, "misc.test's session on app.test");
+    for _ in 0..2 {
+        let r = get(s, "misc.test", "/secure/a", &["-b", &session(&app)]).await;
+        assert_eq!(r.code, 401, "app.test's session on misc.test: {}", r.body);
+        let r = get(s, "app.test", "/team/z", &["-b", &session(&misc)]).await;
+        assert_eq!(r.code, 401, "misc.test's session on app.test");
+        let r = get(s, "misc.test", "/secure/a", &["-b", &session(&misc)]).await;
+        assert!(![401, 403].contains(&r.code), "{} {}", r.code, r.body);
+        let r = get(s, "app.test", "/team/z", &["-b", &session(&app)]).await;
+        assert_eq!(r.code, 200, "{}", r.body);
+    }
 }
 
 async fn service_tokens(s: &Stack) {
