@@ -38,6 +38,146 @@ pub enum ConfigError {
     /// The heartbeat is not a duration.
     #[error("invalid edge config: heartbeat")]
     Heartbeat(#[source] gatehouse_ops::DurationError),
+    /// The access section is invalid.
+    #[error("invalid edge config: access: {0}")]
+    Access(String),
+    /// The access session lifetime is not a duration.
+    #[error("invalid edge config: access: session_lifetime")]
+    SessionLifetime(#[source] gatehouse_ops::DurationError),
+}
+
+/// One service token: machines present its id and secret in
+/// `Gatehouse-Access-Client-Id` and `Gatehouse-Access-Client-Secret`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTokenConfig {
+    /// The id rules name it by.
+    pub id: String,
+    /// SHA-256 of the secret, hex.
+    pub secret_sha256: String,
+}
+
+/// Identity requirements on public hostnames (Access): where control signs
+/// people in, and the edge's own sessions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Control's URL (`https://…`): where browsers sign in, and the `iss`
+    /// of the grants control signs.
+    pub control: String,
+    /// Where control's access key set is fetched (default
+    /// `<control>/access/jwks`).
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// CA bundle to trust for control's HTTPS (default: the system's).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// How long a session lasts (default `24h`).
+    #[serde(default)]
+    pub session_lifetime: Option<String>,
+    /// The edge's session signing key (PKCS#8, created on first start;
+    /// default `access.key` beside the tunnel store).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Service tokens.
+    #[serde(default)]
+    pub service_tokens: Vec<ServiceTokenConfig>,
+}
+
+/// The access section, checked and resolved.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// Control's URL, without a trailing `/`.
+    pub control: String,
+    /// The URL of control's access key set.
+    pub jwks: String,
+    /// CA bundle for control's HTTPS.
+    pub ca: Option<PathBuf>,
+    /// Session lifetime.
+    pub session_lifetime: Duration,
+    /// The edge's signing key file.
+    pub key: PathBuf,
+    /// Service tokens: id and SHA-256 of the secret.
+    pub service_tokens: Vec<(String, [u8; 32])>,
+}
+
+/// Default session lifetime.
+pub const DEFAULT_SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+fn https_url(what: &str, url: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::Access(format!("{what} {url:?} {why}"));
+    let uri: http::Uri = url.parse().map_err(|_parse| bad("is not a URL"))?;
+    if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+        return Err(bad("must be an https:// URL"));
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err(bad("must not have a query or fragment"));
+    }
+    Ok(())
+}
+
+impl AccessConfig {
+    /// Checks the section; `tokens` is the tunnel store (the key's
+    /// default directory).
+    pub fn resolve(&self, tokens: &std::path::Path) -> Result<AccessSettings, ConfigError> {
+        https_url("control", &self.control)?;
+        let control = self.control.trim_end_matches('/').to_owned();
+        let jwks = match &self.jwks {
+            Some(u) => {
+                https_url("jwks", u)?;
+                u.clone()
+            }
+            None => format!("{control}/access/jwks"),
+        };
+        let session_lifetime = match &self.session_lifetime {
+            None => DEFAULT_SESSION_LIFETIME,
+            Some(s) => {
+                let d = gatehouse_ops::parse_duration(s).map_err(ConfigError::SessionLifetime)?;
+                if d < Duration::from_secs(60) || d > Duration::from_secs(366 * 24 * 3600) {
+                    return Err(ConfigError::Access(
+                        "session_lifetime must be between 1m and 366d".into(),
+                    ));
+                }
+                d
+            }
+        };
+        let mut service_tokens: Vec<(String, [u8; 32])> = Vec::new();
+        for t in &self.service_tokens {
+            let id = &t.id;
+            if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::Access(format!(
+                    "service token id {id:?} must be 1 to 128 printable ASCII characters"
+                )));
+            }
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(t.secret_sha256.trim(), &mut hash).map_err(|e| {
+                ConfigError::Access(format!(
+                    "service token {id}: secret_sha256 must be 64 hex digits ({e})"
+                ))
+            })?;
+            if service_tokens.iter().any(|(have, _)| have == id) {
+                return Err(ConfigError::Access(format!(
+                    "service token {id} is listed twice"
+                )));
+            }
+            service_tokens.push((id.clone(), hash));
+        }
+        let key = match &self.key {
+            Some(k) => k.clone(),
+            None => tokens
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("access.key"),
+        };
+        Ok(AccessSettings {
+            control,
+            jwks,
+            ca: self.ca.clone(),
+            session_lifetime,
+            key,
+            service_tokens,
+        })
+    }
 }
 
 /// Listening addresses.
@@ -138,6 +278,9 @@ pub struct EdgeConfig {
     /// Connection limits of the public and route API listeners.
     #[serde(default)]
     pub limits: gatehouse_limits::LimitsConfig,
+    /// Identity requirements (Access): needed by any rule with `identity`.
+    #[serde(default)]
+    pub access: Option<AccessConfig>,
 }
 
 /// A hostname's compiled route.
@@ -163,6 +306,7 @@ impl EdgeConfig {
                 "acme challenge http-01 needs listen.http (port 80)".into(),
             ));
         }
+        cfg.access()?;
         cfg.routes()?;
         cfg.heartbeat()?;
         cfg.limits()?;
@@ -183,6 +327,14 @@ impl EdgeConfig {
             source,
         })?;
         Self::parse(&text)
+    }
+
+    /// The access section, resolved (`None` without one).
+    pub fn access(&self) -> Result<Option<AccessSettings>, ConfigError> {
+        self.access
+            .as_ref()
+            .map(|a| a.resolve(&self.tokens))
+            .transpose()
     }
 
     /// The heartbeat interval.
@@ -223,6 +375,7 @@ impl EdgeConfig {
                         source,
                     }
                 })?;
+            self.check_identities(name, &rules)?;
             let route = Route {
                 tunnel: h.tunnel.clone(),
                 rules,
@@ -234,6 +387,31 @@ impl EdgeConfig {
             }
         }
         Ok(out)
+    }
+}
+
+impl EdgeConfig {
+    /// Identity requirements need the access section, and name only its
+    /// service tokens.
+    fn check_identities(&self, host: &str, rules: &PathRules) -> Result<(), ConfigError> {
+        if !rules.needs_identity() {
+            return Ok(());
+        }
+        let Some(access) = &self.access else {
+            return Err(ConfigError::Invalid(format!(
+                "hostname {host}: a rule has an identity requirement but the edge has no access section"
+            )));
+        };
+        for id in rules.identities() {
+            for t in &id.service_tokens {
+                if !access.service_tokens.iter().any(|have| &have.id == t) {
+                    return Err(ConfigError::Invalid(format!(
+                        "hostname {host}: a rule names service token {t:?}, which access.service_tokens does not list"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -284,6 +462,86 @@ mod tests {
         );
         let typo = ok.replace("rules:", "rulez:");
         assert!(EdgeConfig::parse(&typo).is_err());
+    }
+
+    #[test]
+    fn access_section() {
+        let host = |rules: &str| {
+            format!(
+                "hostnames:\n  - hostname: a.test\n    tunnel: t\n    tls: {{cert: c, key: k}}\n    rules: [{rules}]\n"
+            )
+        };
+        let who =
+            "{path: /*, action: allow, identity: {domains: [corp.test], service_tokens: [ci]}}";
+        let access = format!(
+            "access:\n  control: https://control.test/\n  service_tokens: [{{id: ci, secret_sha256: {}}}]\n",
+            "ab".repeat(32)
+        );
+        let cfg = EdgeConfig::parse(&format!("{BASE}{access}{}", host(who))).unwrap();
+        let a = cfg.access().unwrap().unwrap();
+        assert_eq!(a.control, "https://control.test");
+        assert_eq!(a.jwks, "https://control.test/access/jwks");
+        assert_eq!(a.session_lifetime, DEFAULT_SESSION_LIFETIME);
+        assert_eq!(a.key, std::path::Path::new("access.key"));
+        assert_eq!(a.service_tokens, vec![("ci".to_string(), [0xab; 32])]);
+
+        let refused = |text: String, says: &str| {
+            let e = gatehouse_ops::chain(&EdgeConfig::parse(&text).unwrap_err());
+            assert!(e.contains(says), "{text}\n{e}");
+        };
+        refused(
+            format!("{BASE}{}", host(who)),
+            "hostname a.test: a rule has an identity requirement but the edge has no access section",
+        );
+        refused(
+            format!(
+                "{BASE}{access}{}",
+                host("{path: /x, action: deny, identity: {any: true}}")
+            ),
+            "rule /x: an identity requirement needs action: allow",
+        );
+        refused(
+            format!(
+                "{BASE}{access}{}",
+                host("{path: /x, action: allow, identity: {service_tokens: [cd]}}")
+            ),
+            "service token \"cd\"",
+        );
+        refused(
+            format!(
+                "{BASE}{}{}",
+                access.replace("https://control.test/", "http://control.test"),
+                host(who)
+            ),
+            "must be an https:// URL",
+        );
+        refused(
+            format!(
+                "{BASE}{}{}",
+                access.replace(&"ab".repeat(32), "abc"),
+                host(who)
+            ),
+            "64 hex digits",
+        );
+        refused(
+            format!("{BASE}{access}  session_lifetime: 10s\n{}", host(who)),
+            "between 1m and 366d",
+        );
+        refused(
+            format!("{BASE}{access}  session: 1h\n{}", host(who)),
+            "unknown field",
+        );
+        refused(
+            format!(
+                "{BASE}{}{}",
+                access.replace(
+                    "[{id: ci",
+                    &format!("[{{id: ci, secret_sha256: {}}}, {{id: ci", "0".repeat(64))
+                ),
+                host(who)
+            ),
+            "service token ci is listed twice",
+        );
     }
 
     #[test]

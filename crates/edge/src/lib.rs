@@ -13,6 +13,7 @@
 /// Canonical paths and path rules (re-exported from `gatehouse-paths`).
 pub use gatehouse_paths as path;
 
+pub mod access;
 pub mod acme;
 pub mod certs;
 pub mod config;

@@ -45,6 +45,8 @@ pub struct Public {
     pub metrics: ProxyMetrics,
     /// Requests whose response has not ended yet.
     pub inflight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Identity requirements (Access), when configured.
+    pub access: Option<Arc<crate::access::Access>>,
 }
 
 /// A response body that counts as in flight until it ends or is dropped.
@@ -183,7 +185,7 @@ impl Public {
 
     async fn route(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
         scheme: &'static str,
         host: &str,
@@ -222,7 +224,16 @@ impl Public {
                 );
             }
         };
-        if route.rules.decide(req.method(), &canonical) == Action::Deny {
+        if let Some(access) = &self.access
+            && let Some(rest) = canonical.strip_prefix(crate::access::core::PREFIX)
+        {
+            let a = access
+                .endpoint(rest, req.method(), req.headers(), req.uri().query(), host)
+                .await;
+            return answer(a, id);
+        }
+        let (action, identity) = route.rules.requirement(req.method(), &canonical);
+        if action == Action::Deny {
             debug!(path = canonical, "denied by path rules");
             return page(
                 StatusCode::FORBIDDEN,
@@ -235,7 +246,27 @@ impl Public {
             Some(q) => format!("{canonical}?{q}"),
             None => canonical,
         };
-        self.forward(req, peer, scheme, host, &route.tunnel, path, id)
+        let mut assertion = None;
+        if let Some(access) = &self.access {
+            if let Some(rule) = identity {
+                match access.check(req.method(), req.headers(), host, &path, rule) {
+                    crate::access::Verdict::Admit(v) => assertion = Some(v),
+                    crate::access::Verdict::Answer(a) => return answer(a, id),
+                }
+            }
+            crate::access::core::strip_cookies(req.headers_mut());
+        } else if identity.is_some() {
+            // A reload added identity rules to an edge started without
+            // Access: nobody passes until it restarts with it.
+            warn!("identity rule on an edge without access configured");
+            return page(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "This path needs a sign-in, which this edge is not configured for.",
+                id,
+            );
+        }
+        self.forward(req, peer, scheme, host, &route.tunnel, path, id, assertion)
             .await
     }
 
@@ -249,6 +280,7 @@ impl Public {
         tunnel: &str,
         path: String,
         id: &str,
+        assertion: Option<HeaderValue>,
     ) -> Response<TunnelBody> {
         self.metrics.forwarded.inc();
         gatehouse_ops::heap::keep_freed_buffers();
@@ -258,7 +290,10 @@ impl Public {
         let slot = req.extensions().get::<gatehouse_limits::Slot>().cloned();
         let (parts, body) = req.into_parts();
         let retryable_method = is_idempotent(&parts.method);
-        let head = tunnel_head(parts, upgrade, peer, scheme, host, path, id);
+        let mut head = tunnel_head(parts, upgrade, peer, scheme, host, path, id);
+        if let (Some(v), Frame::RequestHead(h)) = (assertion, &mut head) {
+            h.headers.insert(ASSERTION, v);
+        }
         let no_body = upgrade || body.is_end_stream();
         let retryable = no_body && retryable_method;
         let mut body = Some(body);
@@ -472,6 +507,28 @@ const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-for
 const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
 const CLIENT_IP: http::HeaderName = http::HeaderName::from_static(CLIENT_IP_HEADER);
 const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
+const ASSERTION: http::HeaderName =
+    http::HeaderName::from_static(crate::access::core::ASSERTION_HEADER);
+
+/// The edge's own answer (Access): a page, or the key set.
+fn answer(a: crate::access::Answer, id: &str) -> Response<TunnelBody> {
+    let mut r = match a.json {
+        Some(json) => {
+            let mut r = Response::new(full(json));
+            *r.status_mut() = a.status;
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        None => page(a.status, a.title, &html_text(&a.detail), id),
+    };
+    for (name, value) in &a.headers {
+        r.headers_mut().append(name, value.clone());
+    }
+    r
+}
 
 fn respond(
     head: ResponseHead,

@@ -77,8 +77,22 @@ fn pattern_allows(pattern: &str, host: &str) -> bool {
     }
 }
 
-fn compile(r: &Registered) -> Result<Route, RuleError> {
+/// Why a registration's rules are refused.
+#[derive(Debug, thiserror::Error)]
+enum CompileError {
+    /// A path rule is invalid.
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// Identity requirements come only from the config file.
+    #[error("identity requirements are set in the edge's config file, not through the route API")]
+    Identity,
+}
+
+fn compile(r: &Registered) -> Result<Route, CompileError> {
     let rules = PathRules::new(&r.rules, r.default)?;
+    if rules.needs_identity() {
+        return Err(CompileError::Identity);
+    }
     Ok(Route {
         tunnel: r.tunnel.clone(),
         rules,

@@ -48,6 +48,9 @@ pub enum EdgeError {
     /// The QUIC stateless reset key could not be derived.
     #[error(transparent)]
     ResetKey(#[from] crate::quic_reset::ResetKeyError),
+    /// Access could not be set up.
+    #[error(transparent)]
+    Access(#[from] crate::access::AccessError),
 }
 
 /// How long in-flight public requests may run after a shutdown signal.
@@ -198,7 +201,12 @@ pub async fn start(
     let store = Arc::new(CertStore::default());
     load_cert_files(&cfg, &store)?;
     let registry = Arc::new(Registry::default());
+    let access = match cfg.access()? {
+        Some(settings) => Some(Arc::new(crate::access::Access::new(settings)?)),
+        None => None,
+    };
     let public = Arc::new(Public {
+        access,
         routes: RwLock::new(Arc::new(routes)),
         registry: registry.clone(),
         metrics: Default::default(),

@@ -395,6 +395,20 @@ pub enum RuleError {
     /// A method name that is not a token.
     #[error("invalid method {0:?}")]
     Method(String),
+    /// An identity requirement on a rule that does not allow.
+    #[error("rule {pattern}: an identity requirement needs action: allow")]
+    IdentityOnDeny {
+        /// The rule's path pattern.
+        pattern: String,
+    },
+    /// An identity requirement that admits nobody.
+    #[error(
+        "rule {pattern}: the identity requirement admits nobody (give emails, domains, groups, any: true or service_tokens)"
+    )]
+    EmptyIdentity {
+        /// The rule's path pattern.
+        pattern: String,
+    },
 }
 
 impl Pattern {
@@ -459,6 +473,79 @@ pub struct PathRuleSpec {
     pub methods: Vec<String>,
     /// What to do.
     pub action: Action,
+    /// Who may pass (only with `action: allow`): without it, anybody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+}
+
+/// Who an allow rule admits: a signed-in person matching any of the lists
+/// (or anybody signed in, with `any`), or a listed service token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// E-mail addresses (compared ignoring ASCII case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<String>,
+    /// E-mail domains: `example.com` admits `anyone@example.com`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// Groups, as the identity provider names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Any signed-in person.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any: bool,
+    /// Service tokens, by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_tokens: Vec<String>,
+}
+
+/// Who is asking, once the edge has verified it.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    /// A signed-in person.
+    Person {
+        /// The e-mail address (the login), if any.
+        email: Option<&'a str>,
+        /// The groups.
+        groups: &'a [String],
+    },
+    /// A service token, by id.
+    ServiceToken(&'a str),
+}
+
+impl Identity {
+    fn admits_nobody(&self) -> bool {
+        !self.any
+            && self.emails.is_empty()
+            && self.domains.is_empty()
+            && self.groups.is_empty()
+            && self.service_tokens.is_empty()
+    }
+
+    /// Whether `who` is admitted.
+    pub fn admits(&self, who: Who<'_>) -> bool {
+        match who {
+            Who::ServiceToken(id) => self.service_tokens.iter().any(|t| t == id),
+            Who::Person { email, groups } => {
+                if self.any {
+                    return true;
+                }
+                if groups.iter().any(|g| self.groups.contains(g)) {
+                    return true;
+                }
+                let Some(email) = email else {
+                    return false;
+                };
+                if self.emails.iter().any(|e| e.eq_ignore_ascii_case(email)) {
+                    return true;
+                }
+                email.rsplit_once('@').is_some_and(|(_, d)| {
+                    self.domains.iter().any(|want| want.eq_ignore_ascii_case(d))
+                })
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -466,6 +553,19 @@ struct PathRule {
     pattern: Pattern,
     methods: Vec<http::Method>,
     action: Action,
+    identity: Option<std::sync::Arc<Identity>>,
+}
+
+impl PathRule {
+    /// On a tie between rules, the stricter wins: deny, then an allow
+    /// with an identity requirement, then a plain allow.
+    fn strictness(&self) -> u8 {
+        match (self.action, &self.identity) {
+            (Action::Deny, _) => 2,
+            (Action::Allow, Some(_)) => 1,
+            (Action::Allow, None) => 0,
+        }
+    }
 }
 
 /// The compiled path rules of one hostname.
@@ -490,19 +590,54 @@ impl PathRules {
                             .map_err(|_invalid| RuleError::Method(m.clone()))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                if let Some(id) = &s.identity {
+                    let pattern = s.path.clone();
+                    if s.action != Action::Allow {
+                        return Err(RuleError::IdentityOnDeny { pattern });
+                    }
+                    if id.admits_nobody() {
+                        return Err(RuleError::EmptyIdentity { pattern });
+                    }
+                }
                 Ok(PathRule {
                     pattern: Pattern::parse(&s.path)?,
                     methods,
                     action: s.action,
+                    identity: s.identity.clone().map(std::sync::Arc::new),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { rules, default })
     }
 
+    /// Whether any rule carries an identity requirement.
+    pub fn needs_identity(&self) -> bool {
+        self.rules.iter().any(|r| r.identity.is_some())
+    }
+
+    /// The identity requirements of the rules, for checking them against
+    /// what the edge knows (its service tokens).
+    pub fn identities(&self) -> impl Iterator<Item = &Identity> {
+        self.rules.iter().filter_map(|r| r.identity.as_deref())
+    }
+
+    /// The decision for a canonical path, with the deciding rule's identity
+    /// requirement (only ever on an allow).
+    pub fn requirement(
+        &self,
+        method: &http::Method,
+        canonical: &str,
+    ) -> (Action, Option<&Identity>) {
+        match self.decide_explained(method, canonical) {
+            (a, Some(i)) => (a, self.rules.get(i).and_then(|r| r.identity.as_deref())),
+            (a, None) => (a, None),
+        }
+    }
+
     /// The decision for a canonical path. The most specific matching pattern
     /// wins; a rule naming methods beats one for every method at the same
-    /// pattern; on a remaining tie, deny wins.
+    /// pattern; on a remaining tie, deny wins, then an allow with an
+    /// identity requirement.
     pub fn decide(&self, method: &http::Method, canonical: &str) -> Action {
         self.decide_explained(method, canonical).0
     }
@@ -514,7 +649,7 @@ impl PathRules {
         method: &http::Method,
         canonical: &str,
     ) -> (Action, Option<usize>) {
-        let mut best: Option<((u8, usize), bool, Action, usize)> = None;
+        let mut best: Option<((u8, usize), bool, u8, usize)> = None;
         for (i, r) in self.rules.iter().enumerate() {
             if !r.pattern.matches(canonical) {
                 continue;
@@ -526,18 +661,19 @@ impl PathRules {
             let key = (r.pattern.specificity(), by_method);
             let better = match &best {
                 None => true,
-                Some((spec, bm, action, _)) => {
+                Some((spec, bm, strict, _)) => {
                     (key.0, key.1) > (*spec, *bm)
-                        || ((key.0, key.1) == (*spec, *bm)
-                            && r.action == Action::Deny
-                            && *action == Action::Allow)
+                        || ((key.0, key.1) == (*spec, *bm) && r.strictness() > *strict)
                 }
             };
             if better {
-                best = Some((key.0, key.1, r.action, i));
+                best = Some((key.0, key.1, r.strictness(), i));
             }
         }
-        best.map_or((self.default, None), |(_, _, a, i)| (a, Some(i)))
+        best.map_or((self.default, None), |(_, _, _, i)| {
+            let action = self.rules.get(i).map_or(Action::Deny, |r| r.action);
+            (action, Some(i))
+        })
     }
 }
 
@@ -691,6 +827,7 @@ mod tests {
             path: p.into(),
             methods: m.iter().map(|s| s.to_string()).collect(),
             action: a,
+            identity: None,
         };
         PathRules::new(
             &[
@@ -729,6 +866,60 @@ mod tests {
         assert_eq!(r.decide(&get, "/x/y"), Action::Deny);
         let empty = PathRules::new(&[], Action::Deny).unwrap();
         assert_eq!(empty.decide(&get, "/"), Action::Deny, "default deny");
+    }
+
+    #[test]
+    fn identity_requirements() {
+        let y = "- {path: /*, action: allow}
+- {path: /team/*, action: allow, identity: {emails: [Alice@Example.com], domains: [corp.test], groups: [ops]}}
+- {path: /team/*, action: allow}
+- {path: /bots/*, action: allow, identity: {service_tokens: [ci]}}
+- {path: /any, action: allow, identity: {any: true}}
+";
+        let specs: Vec<PathRuleSpec> = serde_yaml_ng::from_str(y).unwrap();
+        let r = PathRules::new(&specs, Action::Deny).unwrap();
+        assert!(r.needs_identity());
+        let get = http::Method::GET;
+        assert_eq!(r.requirement(&get, "/"), (Action::Allow, None));
+        let (a, team) = r.requirement(&get, "/team/x");
+        assert_eq!(a, Action::Allow);
+        let team = team.expect("the stricter of two equal allows wins");
+        let person =
+            |email: Option<&'static str>, groups: &'static [String]| Who::Person { email, groups };
+        assert!(team.admits(person(Some("alice@example.com"), &[])));
+        assert!(team.admits(person(Some("bob@CORP.test"), &[])));
+        assert!(!team.admits(person(Some("bob@evil.corp.test"), &[])));
+        assert!(!team.admits(person(Some("corp.test@evil.test"), &[])));
+        assert!(!team.admits(person(None, &[])));
+        let ops = vec!["ops".to_string()];
+        let ops: &'static [String] = Box::leak(ops.into_boxed_slice());
+        assert!(team.admits(person(None, ops)));
+        assert!(!team.admits(Who::ServiceToken("ci")));
+        let (_, bots) = r.requirement(&get, "/bots/x");
+        let bots = bots.unwrap();
+        assert!(bots.admits(Who::ServiceToken("ci")));
+        assert!(!bots.admits(Who::ServiceToken("other")));
+        assert!(!bots.admits(person(Some("alice@example.com"), ops)));
+        let (_, any) = r.requirement(&get, "/any");
+        assert!(any.unwrap().admits(person(None, &[])));
+        assert!(!any.unwrap().admits(Who::ServiceToken("ci")));
+
+        let deny: Vec<PathRuleSpec> =
+            serde_yaml_ng::from_str("- {path: /x, action: deny, identity: {any: true}}").unwrap();
+        let e = PathRules::new(&deny, Action::Deny).unwrap_err();
+        assert!(e.to_string().contains("rule /x"), "{e}");
+        assert!(e.to_string().contains("action: allow"), "{e}");
+        let empty: Vec<PathRuleSpec> =
+            serde_yaml_ng::from_str("- {path: /x, action: allow, identity: {}}").unwrap();
+        let e = PathRules::new(&empty, Action::Deny).unwrap_err();
+        assert!(e.to_string().contains("admits nobody"), "{e}");
+        assert!(
+            serde_yaml_ng::from_str::<Vec<PathRuleSpec>>(
+                "- {path: /x, action: allow, identity: {email: [a]}}"
+            )
+            .is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]

@@ -339,6 +339,7 @@ pub fn edge_rules(public: &Public) -> Vec<PathRuleSpec> {
                 path,
                 methods: Vec::new(),
                 action,
+                identity: None,
             });
         }
     };

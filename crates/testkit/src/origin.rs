@@ -6,7 +6,8 @@
 //! - `/bulk/N`: N bytes, streamed in 64 KiB chunks;
 //! - `/upload`: reads the whole request body and answers its length;
 //! - `/ws`: WebSocket echo;
-//! - anything else: a text echo of what it received (one `key=value` a line).
+//! - anything else: a text echo of what it received (one `key=value` a line,
+//!   including the Access assertion and the cookies).
 //!
 //! Every request's raw target is recorded for the path-bypass tests.
 
@@ -149,7 +150,7 @@ impl HttpOrigin {
                 .to_owned()
         };
         let body = format!(
-            "origin={}\nmethod={}\ntarget={}\nhost={}\nx-forwarded-for={}\nx-forwarded-proto={}\nx-forwarded-host={}\nclient-ip={}\nrequest-id={}\nuser-login={}\n",
+            "origin={}\nmethod={}\ntarget={}\nhost={}\nx-forwarded-for={}\nx-forwarded-proto={}\nx-forwarded-host={}\nclient-ip={}\nrequest-id={}\nuser-login={}\naccess-assertion={}\ncookie={}\n",
             self.name,
             req.method(),
             target,
@@ -160,6 +161,13 @@ impl HttpOrigin {
             h("gatehouse-client-ip"),
             h("gatehouse-request-id"),
             h("gatehouse-user-login"),
+            h("gatehouse-access-jwt-assertion"),
+            req.headers()
+                .get_all("cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(" | "),
         );
         text(StatusCode::OK, body)
     }

@@ -146,6 +146,7 @@ pub async fn start(
         hostnames,
         route_api: None,
         limits: Default::default(),
+        access: None,
     };
     cfg.routes()
         .map_err(|e| UpError::state("the edge's configuration", e))?;

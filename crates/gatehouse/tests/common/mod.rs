@@ -47,6 +47,8 @@ pub struct Stack {
     pub hosts: Vec<&'static str>,
     /// Extra top-level lines of the edge config (e.g. `limits: {...}`).
     pub edge_extra: String,
+    /// Path rules of misc.test (lines of a YAML list, indented 6).
+    pub misc_rules: String,
 }
 
 pub const HOSTS: &[&str] = &[
@@ -123,6 +125,7 @@ impl Stack {
             wsgi,
             hosts: HOSTS.to_vec(),
             edge_extra: String::new(),
+            misc_rules: String::new(),
         };
         s.write_edge_cfg("");
         s.write_conn_cfg(418);
@@ -153,6 +156,9 @@ impl Stack {
         for h in ["grpc.test", "tcp.test", "misc.test", "localhost"] {
             y +=
                 &format!("  - hostname: {h}\n    tunnel: t1\n    tls: {tls}\n    default: allow\n");
+            if h == "misc.test" && !self.misc_rules.is_empty() {
+                y += &format!("    rules:\n{}", self.misc_rules);
+            }
         }
         y += &format!(
             "  - hostname: wsgi.test\n    tunnel: t1\n    tls: {tls}\n    default: allow\n    rules:\n{WSGI_RULES}"

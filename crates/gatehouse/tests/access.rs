@@ -1,0 +1,539 @@
+//! Access on public hostnames against a real edge process: identity rules,
+//! the sign-in redirect, grants checked at the callback, sessions, the
+//! origin's signed assertion, and service tokens. Control's side is played
+//! by a real HTTPS server publishing the key set of a signer the test
+//! holds: the grants are the ones control would sign.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod common;
+
+use base64::Engine as _;
+use common::Stack;
+use gatehouse_oidc::{Jwks, Signer, Token};
+use gatehouse_testkit::free_port;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Map, Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SECRET: &str = "s3cret-of-the-ci-token";
+
+/// Serves `jwks` at `/access/jwks` over HTTPS on `addr`.
+async fn serve_jwks(s: &Stack, addr: SocketAddr, jwks: String) {
+    let cfg = s.pki.leaf(&["127.0.0.1"]).server_config(&[]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, jwks) = (acceptor.clone(), jwks.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let body = if req.uri().path() == "/access/jwks" {
+                        jwks.clone()
+                    } else {
+                        String::new()
+                    };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Control {
+    url: String,
+    signer: Signer,
+}
+
+impl Control {
+    fn claims(&self, host: &str, email: &str, nonce: &str, rd: &str) -> Map<String, Value> {
+        let t = now();
+        let jti = gatehouse_oidc::random_token(16).unwrap();
+        json!({"iss": self.url, "aud": format!("https://{host}"), "sub": email, "email": email,
+            "groups": ["staff"], "name": "A Person", "nonce": nonce, "rd": rd,
+            "iat": t, "exp": t + 120, "jti": jti})
+        .as_object()
+        .cloned()
+        .unwrap()
+    }
+    fn grant(&self, host: &str, email: &str, nonce: &str, rd: &str) -> String {
+        self.signer
+            .sign(&self.claims(host, email, nonce, rd))
+            .unwrap()
+    }
+}
+
+/// A response as curl saw it: status, header lines (lower-cased names), body.
+struct Got {
+    code: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn cookies(&self) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "set-cookie")
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+    /// The value a `Set-Cookie` gives `name`.
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies().into_iter().find_map(|c| {
+            c.strip_prefix(&format!("{name}="))
+                .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        })
+    }
+    fn line(&self, key: &str) -> Option<&str> {
+        self.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+    }
+}
+
+async fn get(s: &Stack, host: &str, path: &str, args: &[&str]) -> Got {
+    let out = s
+        .curl()
+        .args(["--path-as-is", "-D", "-"])
+        .args(args)
+        .arg(s.url(host, path))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Got {
+        code,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn callback(s: &Stack, host: &str, grant: &str, nonce: &str) -> Got {
+    let cookie = format!("__Host-gatehouse-access-nonce={nonce}");
+    get(
+        s,
+        host,
+        &format!("/.gatehouse/access/callback?grant={grant}"),
+        &["-b", &cookie],
+    )
+    .await
+}
+
+/// Signs in on `host` as `email`: redirect, grant, callback; the session.
+async fn sign_in(s: &Stack, c: &Control, host: &str, path: &str, email: &str) -> String {
+    let r = get(s, host, path, &["-H", "Accept: text/html"]).await;
+    assert_eq!(r.code, 302, "{}", r.body);
+    let nonce = r.cookie("__Host-gatehouse-access-nonce").unwrap();
+    let back = callback(s, host, &c.grant(host, email, &nonce, path), &nonce).await;
+    assert_eq!(back.code, 302, "{}", back.body);
+    assert_eq!(back.header("location"), Some(path));
+    back.cookie("__Host-gatehouse-access").unwrap()
+}
+
+fn session(v: &str) -> String {
+    format!("__Host-gatehouse-access={v}; other=kept")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_on_public_hostnames() {
+    let mut s = Stack::new().await;
+    let control_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let control = Control {
+        url: format!("https://{control_addr}"),
+        signer: Signer::generate().unwrap(),
+    };
+    let hash = hex_sha256(SECRET);
+    s.edge_extra = format!(
+        "access:\n  control: {}\n  ca: {}\n  session_lifetime: 2h\n  service_tokens:\n    - {{id: ci, secret_sha256: {hash}}}\n    - {{id: other, secret_sha256: {}}}\n",
+        control.url,
+        s.pki.ca.display(),
+        hex_sha256("other-secret"),
+    );
+    s.misc_rules = "      - {path: /secure/*, action: allow, identity: {any: true}}\n".into();
+    s.write_edge_cfg(
+        "      - {path: /team/*, action: allow, identity: {emails: [alice@corp.test]}}\n      - {path: /bots/*, action: allow, identity: {service_tokens: [ci]}}\n",
+    );
+    s.start_edge().await;
+    s.start_connector(0, "quic").await;
+    let result = tokio::time::timeout(Duration::from_secs(180), async {
+        control_unreachable(&s, &control).await;
+        serve_jwks(&s, control_addr, control.signer.jwks_document().to_string()).await;
+        browsers_and_api_clients(&s, &control).await;
+        refused_grants(&s, &control).await;
+        other_hostnames(&s, &control).await;
+        service_tokens(&s).await;
+    })
+    .await;
+    if result.is_err() {
+        s.dump();
+        panic!("access checks timed out");
+    }
+    let key = s.path().join("access.key");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the edge's key is kept private");
+}
+
+fn hex_sha256(s: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Control's keys cannot be fetched: the sign-in fails closed, saying why.
+async fn control_unreachable(s: &Stack, c: &Control) {
+    let r = get(s, "app.test", "/team/x", &["-H", "Accept: text/html"]).await;
+    let nonce = r.cookie("__Host-gatehouse-access-nonce").unwrap();
+    let back = callback(
+        s,
+        "app.test",
+        &c.grant("app.test", "alice@corp.test", &nonce, "/"),
+        &nonce,
+    )
+    .await;
+    assert_eq!(back.code, 502, "{}", back.body);
+    assert!(
+        back.body.contains("control&#39;s keys") || back.body.contains("control's keys"),
+        "{}",
+        back.body
+    );
+    assert!(back.cookie("__Host-gatehouse-access").is_none());
+}
+
+async fn browsers_and_api_clients(s: &Stack, c: &Control) {
+    // A browser is sent to control with a nonce cookie; an API client gets 401.
+    let r = get(
+        s,
+        "app.test",
+        "/team/x?y=1",
+        &["-H", "Accept: text/html,*/*"],
+    )
+    .await;
+    assert_eq!(r.code, 302, "{}", r.body);
+    let nonce = r.cookie("__Host-gatehouse-access-nonce").unwrap();
+    assert!(nonce.len() >= 32, "{nonce}");
+    let set = r.cookies().join("\n");
+    for attr in [
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Max-Age=600",
+    ] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert_eq!(
+        r.header("location").unwrap(),
+        format!(
+            "{}/access/login?host=app.test&nonce={nonce}&rd=%2Fteam%2Fx%3Fy%3D1",
+            c.url
+        )
+    );
+    let api = get(s, "app.test", "/team/x", &[]).await;
+    assert_eq!(api.code, 401, "{}", api.body);
+    let post = get(
+        s,
+        "app.test",
+        "/team/x",
+        &["-X", "POST", "-H", "Accept: text/html"],
+    )
+    .await;
+    assert_eq!(post.code, 401, "a POST is not redirected");
+    // An unprotected path needs nothing.
+    assert_eq!(get(s, "app.test", "/who", &[]).await.code, 200);
+
+    // The grant completes the sign-in; the origin gets the assertion, not the session.
+    let back = callback(
+        s,
+        "app.test",
+        &c.grant("app.test", "alice@corp.test", &nonce, "/team/x?y=1"),
+        &nonce,
+    )
+    .await;
+    assert_eq!(back.code, 302, "{}", back.body);
+    assert_eq!(back.header("location"), Some("/team/x?y=1"));
+    let sess = back.cookie("__Host-gatehouse-access").unwrap();
+    let set = back.cookies().join("\n");
+    assert!(
+        set.contains("Max-Age=7200") && set.contains("HttpOnly") && set.contains("Secure"),
+        "{set}"
+    );
+    assert_eq!(
+        back.cookie("__Host-gatehouse-access-nonce").as_deref(),
+        Some("")
+    );
+    let ok = get(s, "app.test", "/team/x?y=1", &["-b", &session(&sess)]).await;
+    assert_eq!(ok.code, 200, "{}", ok.body);
+    assert_eq!(ok.line("cookie"), Some("other=kept"), "{}", ok.body);
+    let assertion = ok.line("access-assertion").unwrap();
+    let certs = get(s, "app.test", "/.gatehouse/access/certs", &[]).await;
+    assert_eq!(certs.code, 200);
+    let keys = Jwks::parse(certs.body.as_bytes()).unwrap();
+    let claims = Token::parse(assertion)
+        .unwrap()
+        .verify(&keys)
+        .unwrap()
+        .clone();
+    assert_eq!(claims["email"], "alice@corp.test");
+    assert_eq!(claims["aud"], "https://app.test");
+    assert_eq!(claims["iss"], "https://app.test");
+    assert_eq!(claims["groups"], json!(["staff"]));
+    assert!(
+        Token::parse(assertion)
+            .unwrap()
+            .verify(&c.signer.jwks().unwrap())
+            .is_err()
+    );
+    // Clients' own assertions never reach the origin.
+    let forged = get(
+        s,
+        "app.test",
+        "/who",
+        &["-H", "Gatehouse-Access-Jwt-Assertion: forged"],
+    )
+    .await;
+    assert_eq!(forged.line("access-assertion"), Some(""));
+
+    // Signed in but not admitted: 403.
+    let bob = sign_in(s, c, "app.test", "/team/y", "bob@corp.test").await;
+    let r = get(s, "app.test", "/team/y", &["-b", &session(&bob)]).await;
+    assert_eq!(r.code, 403, "{}", r.body);
+    assert!(r.body.contains("bob@corp.test"), "{}", r.body);
+
+    // Logout clears the session cookie.
+    let out = get(
+        s,
+        "app.test",
+        "/.gatehouse/access/logout",
+        &["-b", &session(&sess)],
+    )
+    .await;
+    assert_eq!(out.code, 200);
+    assert_eq!(out.cookie("__Host-gatehouse-access").as_deref(), Some(""));
+    assert!(out.cookies().join("").contains("Max-Age=0"));
+}
+
+fn b64(v: &Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+async fn refused_grants(s: &Stack, c: &Control) {
+    let start = get(s, "app.test", "/team/x", &["-H", "Accept: text/html"]).await;
+    let nonce = start.cookie("__Host-gatehouse-access-nonce").unwrap();
+    let base = c.claims("app.test", "alice@corp.test", &nonce, "/team/x");
+    let with = |k: &str, v: Value| {
+        let mut m = base.clone();
+        m.insert(k.into(), v);
+        m.insert(
+            "jti".into(),
+            gatehouse_oidc::random_token(16).unwrap().into(),
+        );
+        c.signer.sign(&m).unwrap()
+    };
+    let forged = Signer::generate().unwrap().sign(&base).unwrap();
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&Value::Object(base.clone()))
+    );
+    let none_sig = format!("{none}AAAA");
+    let cases = [
+        ("forged", forged),
+        ("expired", with("exp", json!(now() - 200))),
+        ("wrong aud", with("aud", json!("https://misc.test"))),
+        ("wrong iss", with("iss", json!("https://evil.test"))),
+        (
+            "wrong nonce",
+            with("nonce", json!("another-browsers-nonce")),
+        ),
+        ("alg none", none),
+        ("alg none with a signature", none_sig),
+        ("garbage", "%00%ff..".to_string()),
+    ];
+    for (what, grant) in cases {
+        let r = callback(s, "app.test", &grant, &nonce).await;
+        assert!(
+            r.code == 403 || r.code == 400,
+            "{what}: {} {}",
+            r.code,
+            r.body
+        );
+        assert!(r.cookie("__Host-gatehouse-access").is_none(), "{what}");
+    }
+    // A valid grant without the browser's nonce cookie.
+    let good = c.grant("app.test", "alice@corp.test", &nonce, "/team/x");
+    let r = get(
+        s,
+        "app.test",
+        &format!("/.gatehouse/access/callback?grant={good}"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 403, "{}", r.body);
+    // Used once, then replayed.
+    assert_eq!(callback(s, "app.test", &good, &nonce).await.code, 302);
+    let again = callback(s, "app.test", &good, &nonce).await;
+    assert_eq!(again.code, 403, "{}", again.body);
+    assert!(again.body.contains("already been used"), "{}", again.body);
+    // `rd` elsewhere than a local path goes to `/`.
+    for rd in [
+        "//evil.test/x",
+        "/\\evil.test/x",
+        "https://evil.test/",
+        "evil",
+    ] {
+        let r = callback(s, "app.test", &with("rd", json!(rd)), &nonce).await;
+        assert_eq!(r.code, 302, "{rd}: {}", r.body);
+        assert_eq!(r.header("location"), Some("/"), "{rd}");
+    }
+    // A forged session cookie is no session.
+    let r = get(
+        s,
+        "app.test",
+        "/team/x",
+        &["-b", &session(&forged_session(c))],
+    )
+    .await;
+    assert_eq!(r.code, 401);
+    // Cookie and query garbage never hurts.
+    for junk in [
+        "__Host-gatehouse-access=",
+        "__Host-gatehouse-access=a.b.c",
+        "=;;=",
+        "__Host-gatehouse-access=\"x",
+    ] {
+        let r = get(s, "app.test", "/team/x", &["-b", junk]).await;
+        assert_eq!(r.code, 401, "{junk}");
+    }
+    let r = get(
+        s,
+        "app.test",
+        "/.gatehouse/access/callback?grant",
+        &["-b", "__Host-gatehouse-access-nonce=x"],
+    )
+    .await;
+    assert_eq!(r.code, 400);
+}
+
+/// A session as the edge would write it, signed by another key.
+fn forged_session(_c: &Control) -> String {
+    let t = now();
+    Signer::generate()
+        .unwrap()
+        .sign(
+            json!({"iss": "https://app.test", "aud": "https://app.test", "sub": "alice@corp.test",
+                "email": "alice@corp.test", "iat": t, "exp": t + 3600})
+            .as_object()
+            .unwrap(),
+        )
+        .unwrap()
+}
+
+/// A session of one hostname does not open another: neither when first
+/// seen (verification) nor once verified on its own hostname (the cache).
+async fn other_hostnames(s: &Stack, c: &Control) {
+    let misc = sign_in(s, c, "misc.test", "/secure/a", "carol@corp.test").await;
+    let app = sign_in(s, c, "app.test", "/team/z", "alice@corp.test").await;
+    for _ in 0..2 {
+        let r = get(s, "misc.test", "/secure/a", &["-b", &session(&app)]).await;
+        assert_eq!(r.code, 401, "app.test's session on misc.test: {}", r.body);
+        let r = get(s, "app.test", "/team/z", &["-b", &session(&misc)]).await;
+        assert_eq!(r.code, 401, "misc.test's session on app.test");
+        let r = get(s, "misc.test", "/secure/a", &["-b", &session(&misc)]).await;
+        assert!(![401, 403].contains(&r.code), "{} {}", r.code, r.body);
+        let r = get(s, "app.test", "/team/z", &["-b", &session(&app)]).await;
+        assert_eq!(r.code, 200, "{}", r.body);
+    }
+}
+
+async fn service_tokens(s: &Stack) {
+    let id = |v: &str| format!("Gatehouse-Access-Client-Id: {v}");
+    let secret = |v: &str| format!("Gatehouse-Access-Client-Secret: {v}");
+    let ok = get(
+        s,
+        "app.test",
+        "/bots/deploy",
+        &["-H", &id("ci"), "-H", &secret(SECRET)],
+    )
+    .await;
+    assert_eq!(ok.code, 200, "{}", ok.body);
+    let assertion = ok.line("access-assertion").unwrap();
+    let certs = get(s, "app.test", "/.gatehouse/access/certs", &[]).await;
+    let keys = Jwks::parse(certs.body.as_bytes()).unwrap();
+    let claims = Token::parse(assertion)
+        .unwrap()
+        .verify(&keys)
+        .unwrap()
+        .clone();
+    assert_eq!(claims["service_token"], "ci");
+    assert_eq!(claims["aud"], "https://app.test");
+    for (what, args, want) in [
+        ("wrong secret", [id("ci"), secret("nope")], 401),
+        ("not listed", [id("nobody"), secret(SECRET)], 401),
+        (
+            "another token's secret",
+            [id("ci"), secret("other-secret")],
+            401,
+        ),
+        (
+            "a token the rule does not name",
+            [id("other"), secret("other-secret")],
+            403,
+        ),
+    ] {
+        let r = get(
+            s,
+            "app.test",
+            "/bots/deploy",
+            &["-H", &args[0], "-H", &args[1]],
+        )
+        .await;
+        assert_eq!(r.code, want, "{what}: {}", r.body);
+    }
+    let r = get(
+        s,
+        "app.test",
+        "/team/x",
+        &["-H", &id("ci"), "-H", &secret(SECRET)],
+    )
+    .await;
+    assert_eq!(r.code, 403, "a token on a people-only path");
+}
