@@ -537,3 +537,79 @@ async fn service_tokens(s: &Stack) {
     .await;
     assert_eq!(r.code, 403, "a token on a people-only path");
 }
+
+/// The whole chain with the real parts: a browser (testkit's, redirects by
+/// hand) is sent by a real edge to a real control, which signs the person
+/// in at a real provider (Hydra) and hands the edge a grant; the origin
+/// then sees who is asking, and a person outside the rule's group is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_through_real_control_and_provider() {
+    use gatehouse_testkit::TestControl;
+    use gatehouse_testkit::oidc_provider::{self, Browser, OidcProvider, Person};
+    if oidc_provider::hydra_or_skip().is_none() {
+        return;
+    }
+    let idp = OidcProvider::start().await;
+    let control = TestControl::start_signing_in(&idp, |o| {
+        o.access_hosts = vec!["app.test".into()];
+    })
+    .await;
+    let mut s = Stack::new().await;
+    s.edge_extra = format!(
+        "access:\n  control: {}\n  ca: {}\n",
+        control.info.url,
+        control.dir.join("ca.crt").display()
+    );
+    s.write_edge_cfg("      - {path: /team/*, action: allow, identity: {groups: [staff]}}\n");
+    s.start_edge().await;
+    s.start_connector(0, "quic").await;
+    let browser = Browser::new(&[idp.ca_file(), &control.dir.join("ca.crt")]);
+
+    // Signs in as `person` from the edge's redirect to the session cookie.
+    let sign_in = async |person: Person| -> Option<String> {
+        idp.sign_in_as(person);
+        let r = get(&s, "app.test", "/team/board", &["-H", "Accept: text/html"]).await;
+        assert_eq!(r.code, 302, "{}", r.body);
+        let login = r.header("location").unwrap().to_string();
+        assert!(
+            login.starts_with(&format!("{}/access/login?", control.info.url)),
+            "{login}"
+        );
+        let nonce = r.cookie("__Host-gatehouse-access-nonce").unwrap();
+        let f = browser
+            .follow(&login, |u| u.as_str().starts_with("https://app.test/"))
+            .await;
+        let grant = f
+            .param("grant")
+            .unwrap_or_else(|| panic!("{} {}", f.status, f.body));
+        let back = callback(&s, "app.test", &grant, &nonce).await;
+        assert_eq!(back.code, 302, "{}", back.body);
+        assert_eq!(back.header("location"), Some("/team/board"));
+        back.cookie("__Host-gatehouse-access")
+    };
+
+    let staff = sign_in(Person::new("ida-1", "ida@corp.test").groups(&["staff"]))
+        .await
+        .unwrap();
+    let ok = get(&s, "app.test", "/team/board", &["-b", &session(&staff)]).await;
+    assert_eq!(ok.code, 200, "{}", ok.body);
+    let assertion = ok.line("access-assertion").unwrap();
+    let certs = get(&s, "app.test", "/.gatehouse/access/certs", &[]).await;
+    let claims = Token::parse(assertion)
+        .unwrap()
+        .verify(&Jwks::parse(certs.body.as_bytes()).unwrap())
+        .unwrap()
+        .clone();
+    assert_eq!(claims["email"], "ida@corp.test");
+    assert_eq!(claims["groups"], json!(["staff"]));
+
+    let other = sign_in(Person::new("jo-1", "jo@corp.test").groups(&["sales"]))
+        .await
+        .unwrap();
+    let refused = get(&s, "app.test", "/team/board", &["-b", &session(&other)]).await;
+    assert_eq!(refused.code, 403, "{}", refused.body);
+    assert_eq!(refused.line("access-assertion"), None);
+    // Nobody joined the mesh by signing in for Access.
+    assert!(control.admin.nodes().await.unwrap().is_empty());
+}

@@ -8,9 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gatehouse_control::signin::OidcConfig;
-use gatehouse_testkit::oidc_provider::{self, Browser, ClientSpec, OidcProvider, Person};
+use gatehouse_testkit::TestControl;
+use gatehouse_testkit::oidc_provider::{self, Browser, OidcProvider, Person};
 use gatehouse_testkit::tailscale::{self, Options, Tailscaled};
-use gatehouse_testkit::{TestControl, free_port};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -171,8 +171,7 @@ async fn a_node_without_a_key_waits_and_joins_once_approved() {
     assert_eq!(c.admin.nodes().await.unwrap().len(), 1);
 }
 
-/// Control (in process, on a port chosen first so the provider knows its
-/// redirect URI) signing people in through a fresh Hydra.
+/// Control (in process) signing people in through a fresh Hydra.
 struct Net {
     c: TestControl,
     idp: OidcProvider,
@@ -181,20 +180,7 @@ struct Net {
 async fn net(configure: impl FnOnce(&mut OidcConfig)) -> Option<Net> {
     oidc_provider::hydra_or_skip()?;
     let idp = OidcProvider::start().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = gatehouse_testkit::control::config(tmp.path());
-    let port = free_port();
-    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let callback = format!("https://127.0.0.1:{port}/oidc/callback");
-    let client = idp
-        .create_client(&ClientSpec::confidential("gatehouse", &[&callback]))
-        .await;
-    let mut o = OidcConfig::new(&idp.issuer(), &client.id, client.secret.as_deref().unwrap());
-    o.ca_file = Some(idp.ca_file().to_path_buf());
-    configure(&mut o);
-    cfg.oidc = Some(o);
-    let c = TestControl::start_with(cfg, Some(tmp)).await;
-    assert_eq!(c.info.url, format!("https://127.0.0.1:{port}"));
+    let c = TestControl::start_signing_in(&idp, configure).await;
     Some(Net { c, idp })
 }
 

@@ -58,6 +58,35 @@ impl TestControl {
         Self::start_with(config(&dir), Some(tmp)).await
     }
 
+    /// Starts control signing people in through `idp` (on a port chosen
+    /// first, so the provider is given its redirect URI), after
+    /// `configure` has had its say on the sign-in settings (allowed lists,
+    /// Access hosts).
+    pub async fn start_signing_in(
+        idp: &crate::oidc_provider::OidcProvider,
+        configure: impl FnOnce(&mut gatehouse_control::signin::OidcConfig),
+    ) -> Self {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut cfg = config(tmp.path());
+        let port = crate::free_port();
+        cfg.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let callback = format!("https://127.0.0.1:{port}/oidc/callback");
+        let client = idp
+            .create_client(&crate::oidc_provider::ClientSpec::confidential(
+                "gatehouse",
+                &[&callback],
+            ))
+            .await;
+        let secret = client.secret.unwrap_or_default();
+        let mut o = gatehouse_control::signin::OidcConfig::new(&idp.issuer(), &client.id, &secret);
+        o.ca_file = Some(idp.ca_file().to_path_buf());
+        configure(&mut o);
+        cfg.oidc = Some(o);
+        let c = Self::start_with(cfg, Some(tmp)).await;
+        assert_eq!(c.info.url, format!("https://127.0.0.1:{port}"));
+        c
+    }
+
     /// Starts control with a configuration (its state dir is kept by the caller).
     pub async fn start_with(cfg: ControlConfig, tmp: Option<tempfile::TempDir>) -> Self {
         let dir = cfg.state_dir.clone();
