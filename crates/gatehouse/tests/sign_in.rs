@@ -3,16 +3,19 @@
 //! `gatehouse admin nodes approve` lets it in, or the person who signs in
 //! on that page through a real OpenID provider (Ory Hydra, from testkit's
 //! `oidc_provider`, over HTTPS) does. The browser is testkit's: cookies
-//! kept, every redirect followed by hand.
+//! kept, every redirect followed by hand; and once a real one, headless
+//! Chromium (testkit's `chromium`), clicking the page's button and
+//! following the provider's pages itself.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use gatehouse_control::signin::OidcConfig;
 use gatehouse_testkit::TestControl;
+use gatehouse_testkit::chromium::{self, Chromium};
 use gatehouse_testkit::oidc_provider::{self, Browser, OidcProvider, Person};
 use gatehouse_testkit::tailscale::{self, Options, Tailscaled};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -327,6 +330,81 @@ async fn a_tailscale_client_joins_through_a_sign_in() {
             Some("finn@example.com".to_string())
         )]
     );
+}
+
+/// The sign-in in a real browser: headless Chromium opens the page `node
+/// up` printed, a mouse click on its button submits the form, and the
+/// browser goes through the provider's login and consent pages and back to
+/// control on its own: its cookies, its redirects, its content security
+/// policy checks, its TLS verification against the two test CAs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_in_chromium_and_their_node_joins() {
+    let began = Instant::now();
+    let Some(_) = chromium::browser_or_skip() else {
+        return;
+    };
+    let Some(n) = net(|_| {}).await else { return };
+    n.idp
+        .sign_in_as(Person::new("gina-1", "Gina@Example.com").name("Gina"));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = node_up_without_key(&n.c, "ginas-laptop", tmp.path()).await;
+
+    let browser = Chromium::start(&[n.idp.ca_file(), &n.c.dir.join("ca.crt")]).await;
+    eprintln!("chromium started in {:?}", browser.started_in());
+    let page = browser.new_page().await;
+    page.navigate(&w.url).await;
+    let text = page.text().await;
+    assert!(
+        text.contains("ginas-laptop") && text.contains("Sign in"),
+        "{text}"
+    );
+    assert!(n.nodes().await.is_empty());
+
+    page.click(&format!(
+        "form[action='{}/sign-in'] button[type=submit]",
+        w.url.strip_prefix(&n.c.info.url).unwrap()
+    ))
+    .await;
+    let callback = format!("{}/oidc/callback", n.c.info.url);
+    page.wait_for_url(&callback).await;
+    let done = page.wait_for_text("device added").await;
+    assert!(
+        done.contains("ginas-laptop joined") && done.contains("as gina@example.com"),
+        "{done}"
+    );
+
+    // The browser went the whole way: the form, the provider, its login
+    // and consent pages, the provider again, control's callback.
+    let docs = page.documents();
+    let issuer = n.idp.issuer();
+    let app = n.idp.app_url();
+    let steps = [
+        format!("POST {}/sign-in", w.url),
+        format!("GET {issuer}/oauth2/auth?"),
+        format!("GET {app}/login?login_challenge="),
+        format!("GET {issuer}/oauth2/auth?"),
+        format!("GET {app}/consent?consent_challenge="),
+        format!("GET {issuer}/oauth2/auth?"),
+        format!("GET {callback}?"),
+    ];
+    let mut at = 0;
+    for step in &steps {
+        at += docs[at..]
+            .iter()
+            .position(|d| d.starts_with(step.as_str()))
+            .unwrap_or_else(|| panic!("no {step} in order in {docs:#?}"))
+            + 1;
+    }
+
+    w.ready().await;
+    assert_eq!(
+        n.nodes().await,
+        [(
+            "ginas-laptop".to_string(),
+            Some("gina@example.com".to_string())
+        )]
+    );
+    eprintln!("signed in through chromium in {:?}", began.elapsed());
 }
 
 /// Each way a sign-in can go wrong approves nothing and says why.
