@@ -368,7 +368,12 @@ impl Chromium {
             cdp: self.cdp.clone(),
             session,
         };
-        for domain in ["Page.enable", "Network.enable", "Runtime.enable"] {
+        for domain in [
+            "Page.enable",
+            "Network.enable",
+            "Runtime.enable",
+            "Log.enable",
+        ] {
             page.call(domain, json!({})).await;
         }
         page
@@ -632,22 +637,57 @@ impl Page {
                 }
                 if url.starts_with("chrome-error://") {
                     panic!(
-                        "waiting for {what}, chromium showed an error page:\n{text}\ndocuments: {:#?}",
-                        self.documents()
+                        "waiting for {what}, chromium showed an error page:\n{text}\ndocuments: {:#?}\nmessages: {:#?}",
+                        self.documents(),
+                        self.messages()
                     );
                 }
                 last = (url, text);
             }
             if Instant::now() > end {
                 panic!(
-                    "no {what} within {DEADLINE:?}; at {} reading:\n{}\ndocuments: {:#?}",
+                    "no {what} within {DEADLINE:?}; at {} reading:\n{}\ndocuments: {:#?}\nmessages: {:#?}",
                     last.0,
                     last.1,
-                    self.documents()
+                    self.documents(),
+                    self.messages()
                 );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// What the browser reported about this tab so far (its console and
+    /// log: refused content security policies, blocked requests, script
+    /// errors), as `"<source> <level>: <text>"`.
+    pub fn messages(&self) -> Vec<String> {
+        self.cdp
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["sessionId"] == self.session.as_str())
+            .filter_map(|e| match e["method"].as_str()? {
+                "Log.entryAdded" => {
+                    let l = &e["params"]["entry"];
+                    Some(format!(
+                        "{} {}: {}",
+                        l["source"].as_str().unwrap_or_default(),
+                        l["level"].as_str().unwrap_or_default(),
+                        l["text"].as_str().unwrap_or_default()
+                    ))
+                }
+                "Runtime.consoleAPICalled" => Some(format!(
+                    "console {}: {}",
+                    e["params"]["type"].as_str().unwrap_or_default(),
+                    e["params"]["args"]
+                )),
+                "Runtime.exceptionThrown" => {
+                    Some(format!("exception: {}", e["params"]["exceptionDetails"]))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every document request of this tab so far, in order, as
