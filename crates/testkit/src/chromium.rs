@@ -7,16 +7,20 @@
 //! Debian's `libnss3-tools`), which Chromium on Linux reads for locally
 //! trusted roots, so every certificate is still verified in full (chain,
 //! names, dates) against those CAs and nothing else is waived. The browser
-//! reaches loopback only (every other host name resolves to nothing), runs
-//! no background services (updates, sync, safe browsing), and as root needs
-//! `--no-sandbox`.
+//! reaches loopback only (every other host name resolves to nothing, but
+//! names a test maps to a loopback address and port with
+//! [`Chromium::start_with_hosts`]: a public hostname in front of a local
+//! edge), runs no background services (updates, sync, safe browsing), and
+//! as root needs `--no-sandbox`.
 //!
 //! A [`Page`] is one tab: [`Page::navigate`] (waits for the load event),
 //! [`Page::click`] (a mouse press and release at the element's centre, as
 //! a person's click: the page's own handlers and forms do the rest),
 //! [`Page::wait_for_url`], [`Page::wait_for_text`], [`Page::text`],
-//! [`Page::evaluate`], and [`Page::documents`]: every document request the
-//! tab made, redirects included, to show which sites a flow went through.
+//! [`Page::evaluate`], [`Page::documents`]: every document request the
+//! tab made, redirects included, to show which sites a flow went through,
+//! and [`Page::messages`]: what the browser reported (a refused content
+//! security policy, a blocked request, a script error).
 //!
 //! ```no_run
 //! # async fn f(ca: &std::path::Path) {
