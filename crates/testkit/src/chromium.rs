@@ -502,21 +502,30 @@ impl Page {
     /// cannot load it (a certificate it does not trust, a refused
     /// connection), with the browser's reason.
     pub async fn navigate(&self, url: &str) {
+        if let Err(e) = self.try_navigate(url).await {
+            panic!("chromium could not open {url}: {e}");
+        }
+    }
+
+    /// Opens `url` and waits for its load event; the browser's reason
+    /// (`net::ERR_CERT_AUTHORITY_INVALID`, `net::ERR_NAME_NOT_RESOLVED`, …)
+    /// when it cannot load it.
+    pub async fn try_navigate(&self, url: &str) -> Result<(), String> {
         let from = self.cdp.event_count();
         let r = self.call("Page.navigate", json!({ "url": url })).await;
         if let Some(e) = r.get("errorText").and_then(Value::as_str) {
-            panic!("chromium could not open {url}: {e}");
+            return Err(e.to_owned());
         }
-        if self
+        match self
             .cdp
             .wait_event(&self.session, "Page.loadEventFired", from, DEADLINE)
             .await
-            .is_none()
         {
-            panic!(
-                "{url} did not load within {DEADLINE:?}: {:?}",
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "no load event within {DEADLINE:?}; documents: {:?}",
                 self.documents()
-            );
+            )),
         }
     }
 
@@ -583,7 +592,7 @@ impl Page {
                 }})()"
             ))
             .await;
-        if let Some(e) = at.get("error") {
+        if let Some(e) = at.get("error").and_then(Value::as_str) {
             panic!(
                 "cannot click {selector} on {}: {e}; the page reads:\n{}",
                 self.url().await,
