@@ -613,3 +613,96 @@ async fn access_through_real_control_and_provider() {
     // Nobody joined the mesh by signing in for Access.
     assert!(control.admin.nodes().await.unwrap().is_empty());
 }
+
+/// Access in a real browser: headless Chromium opens a protected page of
+/// a public hostname (`app.test`, which the browser resolves to the edge
+/// on loopback) and does the rest itself: the edge sends it to control,
+/// control to Hydra's login and consent, and back through control to the
+/// edge's callback with the grant (the nonce cookie from the first
+/// redirect, `SameSite=Lax`, must come back on that cross-site
+/// navigation), then to the page, where the origin sees who signed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_in_chromium() {
+    use gatehouse_testkit::TestControl;
+    use gatehouse_testkit::chromium::{self, Chromium};
+    use gatehouse_testkit::oidc_provider::{self, OidcProvider, Person};
+    let began = std::time::Instant::now();
+    if chromium::browser_or_skip().is_none() || oidc_provider::hydra_or_skip().is_none() {
+        return;
+    }
+    let idp = OidcProvider::start().await;
+    let control = TestControl::start_signing_in(&idp, |o| {
+        o.access_hosts = vec!["app.test".into()];
+    })
+    .await;
+    let mut s = Stack::new().await;
+    s.edge_extra = format!(
+        "access:\n  control: {}\n  ca: {}\n",
+        control.info.url,
+        control.dir.join("ca.crt").display()
+    );
+    s.write_edge_cfg("      - {path: /team/*, action: allow, identity: {groups: [staff]}}\n");
+    s.start_edge().await;
+    s.start_connector(0, "quic").await;
+    idp.sign_in_as(Person::new("kim-1", "kim@corp.test").groups(&["staff"]));
+
+    let edge = s.https.to_string();
+    let browser = Chromium::start_with_hosts(
+        &[idp.ca_file(), &control.dir.join("ca.crt"), &s.pki.ca],
+        &[("app.test", &edge)],
+    )
+    .await;
+    eprintln!("chromium started in {:?}", browser.started_in());
+    let page = browser.new_page().await;
+    let board = "https://app.test/team/board?x=1";
+    page.navigate(board).await;
+    let text = page.wait_for_text("origin=").await;
+    let line = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_owned()
+    };
+    assert_eq!(page.url().await, board);
+    assert_eq!(line("target"), "/team/board?x=1", "{text}");
+    // The origin gets the edge's assertion naming the person, and never
+    // the session cookie.
+    let (code, certs) = s.get("app.test", "/.gatehouse/access/certs", &[]).await;
+    assert_eq!(code, 200);
+    let claims = Token::parse(&line("access-assertion"))
+        .unwrap()
+        .verify(&Jwks::parse(certs.as_bytes()).unwrap())
+        .unwrap()
+        .clone();
+    assert_eq!(claims["email"], "kim@corp.test");
+    assert_eq!(claims["groups"], json!(["staff"]));
+    assert!(
+        !line("cookie").contains("__Host-gatehouse-access"),
+        "{text}"
+    );
+
+    // The browser went the whole way, in order.
+    let docs = page.documents();
+    let (c, issuer, app) = (&control.info.url, idp.issuer(), idp.app_url());
+    let steps = [
+        format!("GET {board}"),
+        format!("GET {c}/access/login?host=app.test&"),
+        format!("GET {issuer}/oauth2/auth?"),
+        format!("GET {app}/login?login_challenge="),
+        format!("GET {app}/consent?consent_challenge="),
+        format!("GET {c}/oidc/callback?"),
+        "GET https://app.test/.gatehouse/access/callback?grant=".to_string(),
+        format!("GET {board}"),
+    ];
+    let mut at = 0;
+    for step in &steps {
+        at += docs[at..]
+            .iter()
+            .position(|d| d.starts_with(step.as_str()))
+            .unwrap_or_else(|| panic!("no {step} in order in {docs:#?}"))
+            + 1;
+    }
+    // Nobody joined the mesh by signing in for Access.
+    assert!(control.admin.nodes().await.unwrap().is_empty());
+    eprintln!("Access through chromium in {:?}", began.elapsed());
+}
