@@ -618,9 +618,11 @@ async fn access_through_real_control_and_provider() {
 /// a public hostname (`app.test`, which the browser resolves to the edge
 /// on loopback) and does the rest itself: the edge sends it to control,
 /// control to Hydra's login and consent, and back through control to the
-/// edge's callback with the grant (the nonce cookie from the first
-/// redirect, `SameSite=Lax`, must come back on that cross-site
-/// navigation), then to the page, where the origin sees who signed in.
+/// edge's callback with the grant, then to the page, where the origin sees
+/// who signed in. The browser keeps the edge's cookies by its own rules
+/// (the `__Host-` nonce cookie of the first redirect must come back to the
+/// callback): a cookie it would refuse fails here, not in the tests whose
+/// client passes cookies by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn access_in_chromium() {
     use gatehouse_testkit::TestControl;

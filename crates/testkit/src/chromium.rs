@@ -651,7 +651,7 @@ impl Page {
                 if url.starts_with("chrome-error://") {
                     panic!(
                         "waiting for {what}, chromium showed an error page:\n{text}\ndocuments: {:#?}\nmessages: {:#?}",
-                        self.documents(),
+                        short(&self.documents()),
                         self.messages()
                     );
                 }
@@ -662,7 +662,7 @@ impl Page {
                     "no {what} within {DEADLINE:?}; at {} reading:\n{}\ndocuments: {:#?}\nmessages: {:#?}",
                     last.0,
                     last.1,
-                    self.documents(),
+                    short(&self.documents()),
                     self.messages()
                 );
             }
@@ -726,4 +726,15 @@ impl Page {
             })
             .collect()
     }
+}
+
+/// Documents for a failure message: each cut to its first 200 characters
+/// (providers' URLs carry kilobytes of challenge).
+fn short(docs: &[String]) -> Vec<String> {
+    docs.iter()
+        .map(|d| match d.char_indices().nth(200) {
+            Some((i, _)) => format!("{}…", &d[..i]),
+            None => d.clone(),
+        })
+        .collect()
 }
