@@ -66,9 +66,6 @@ pub enum OriginError {
     /// The request target does not make a valid URI on the origin.
     #[error("origin: invalid request target")]
     Target(#[source] http::uri::InvalidUri),
-    /// `unix+tls:` is not supported.
-    #[error("unix+tls origins are not supported")]
-    UnixTls,
 }
 
 enum Client1 {
@@ -93,20 +90,23 @@ impl std::fmt::Debug for Origins {
 }
 
 impl Origins {
-    /// Builds the clients of every rule.
+    /// Builds the clients of every rule the connector serves (none for a
+    /// rule it refuses).
     pub fn build(ing: &Ingress) -> Result<Self, OriginError> {
         let clients = ing
             .rules
             .iter()
             .enumerate()
             .map(|(i, r)| match &r.service {
-                Service::Http { scheme, authority } => {
+                _ if r.refusal.is_some() => Ok(Client1::None),
+                Service::Http {
+                    scheme, authority, ..
+                } => {
                     let plain = (scheme == "http" && !r.origin.http2_origin)
                         .then(|| Arc::new(H1Pool::new(authority, &r.origin)));
                     let base = format!("{scheme}://{authority}");
                     http_client(i, &r.origin).map(|c| Client1::Http(Box::new(c), base, plain))
                 }
-                Service::Unix { tls: true, .. } => Err(OriginError::UnixTls),
                 Service::Unix { path, tls: false } => {
                     Ok(Client1::Unix(path.clone(), r.origin.connect_timeout))
                 }
