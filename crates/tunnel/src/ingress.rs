@@ -237,9 +237,7 @@ fn parse_rule(
     for k in m.keys() {
         let key = k.as_str().unwrap_or("");
         if !RULE_KEYS.contains(&key) {
-            return Err(IngressError::Shape(format!(
-                "Rule #{index} has an unknown key {k:?}"
-            )));
+            return Err(origin_request::unknown_key(&format!("Rule #{index}"), k));
         }
     }
     let text = |key: &str| -> Result<String, IngressError> {
@@ -504,7 +502,14 @@ ingress:
         );
         assert!(err("ingress:\n  - service: http://x:1/p\n").contains("different path"));
         assert!(err("ingress:\n  - service: http_status:99\n").contains("invalid HTTP status"));
-        assert!(err("ingress:\n  - service: http://x\n    hostnmae: a\n").contains("unknown key"));
+        assert_eq!(
+            err("ingress:\n  - service: http://x\n    hostnmae: a\n"),
+            "Rule #1 has an unknown key \"hostnmae\""
+        );
+        assert_eq!(
+            err("ingress:\n  - service: http://x\n    originRequest: {noTLSVerfy: true}\n"),
+            "Rule #1 originRequest has an unknown key \"noTLSVerfy\""
+        );
         assert!(
             err("ingress:\n  - service: http://x\n    originRequest: {connectTimeout: soon}\n")
                 .contains("invalid duration")

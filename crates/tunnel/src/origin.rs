@@ -100,7 +100,9 @@ impl Origins {
             .map(|(i, r)| match &r.service {
                 _ if r.refusal.is_some() => Ok(Client1::None),
                 Service::Http {
-                    scheme, authority, ..
+                    scheme,
+                    authority: Some(authority),
+                    ..
                 } => {
                     let plain = (scheme == "http" && !r.origin.http2_origin)
                         .then(|| Arc::new(H1Pool::new(authority, &r.origin)));

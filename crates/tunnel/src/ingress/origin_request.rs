@@ -211,9 +211,7 @@ pub(crate) fn read(v: &Value, what: &str) -> Result<Overrides, IngressError> {
                     .ok_or_else(|| shape("a port number"))?;
             }
             _ => {
-                return Err(IngressError::Shape(format!(
-                    "{what} has an unknown key {k:?}"
-                )));
+                return Err(unknown_key(what, k));
             }
         }
     }
@@ -244,9 +242,7 @@ fn read_access(v: &Value, what: &str) -> Result<Access, IngressError> {
                 };
             }
             _ => {
-                return Err(IngressError::Shape(format!(
-                    "{what} has an unknown key {k:?}"
-                )));
+                return Err(unknown_key(what, k));
             }
         }
     }
@@ -280,9 +276,7 @@ fn read_ip_rules(v: &Value, what: &str) -> Result<Vec<IpRule>, IngressError> {
                     };
                 }
                 _ => {
-                    return Err(IngressError::Shape(format!(
-                        "{what} has an unknown key {k:?}"
-                    )));
+                    return Err(unknown_key(&what, k));
                 }
             }
         }
@@ -291,13 +285,22 @@ fn read_ip_rules(v: &Value, what: &str) -> Result<Vec<IpRule>, IngressError> {
     Ok(out)
 }
 
-fn mapping<'a>(v: &'a Value, what: &str) -> Result<&'a Mapping, IngressError> {
-    static EMPTY: std::sync::OnceLock<Mapping> = std::sync::OnceLock::new();
+/// The entries of a mapping; none for null.
+fn mapping<'a>(
+    v: &'a Value,
+    what: &str,
+) -> Result<impl Iterator<Item = (&'a Value, &'a Value)>, IngressError> {
     match v {
-        Value::Mapping(m) => Ok(m),
-        Value::Null => Ok(EMPTY.get_or_init(Mapping::new)),
+        Value::Mapping(m) => Ok(Some(m).into_iter().flatten()),
+        Value::Null => Ok(None::<&Mapping>.into_iter().flatten()),
         _ => Err(IngressError::Shape(format!("{what} must be a mapping"))),
     }
+}
+
+/// An unknown key's error; the key quoted as written.
+pub(crate) fn unknown_key(what: &str, key: &Value) -> IngressError {
+    let key = text(key).unwrap_or_else(|| format!("{key:?}"));
+    IngressError::Shape(format!("{what} has an unknown key {key:?}"))
 }
 
 /// A scalar as text, as a YAML string field takes it; `None` for a list

@@ -13,8 +13,9 @@ pub enum Service {
         /// `http` or `https` (`ws` and `wss` are the same origins).
         scheme: String,
         /// `host:port` to connect to: the host in ASCII (punycode), the
-        /// port given or the scheme's default.
-        authority: String,
+        /// port given or the scheme's default; `None` when the port is
+        /// beyond 65535 or the host has no ASCII form.
+        authority: Option<String>,
         /// The URL as cloudflared prints it.
         url: String,
     },
@@ -133,10 +134,9 @@ pub fn parse_service(s: &str, bastion_mode: bool) -> Result<Service, ServiceErro
     };
     if let Some((scheme, port)) = http_default {
         // cloudflared prints the URL as given; the port is only the dial's.
-        let authority = dial_address(&url, Some(port)).unwrap_or_default();
         return Ok(Service::Http {
             scheme: scheme.into(),
-            authority,
+            authority: dial_address(&url, Some(port)),
             url: url.to_string(),
         });
     }
@@ -258,7 +258,9 @@ pub(crate) fn refusal(service: &Service, proxy_type: Option<&str>) -> Option<Ref
         Service::Unix { tls: true, .. } => Some(Refusal::UnixTls),
         Service::Tcp { .. } if proxy_type == Some("socks") => Some(Refusal::SocksProxy),
         Service::Tcp { address: None, .. } => Some(Refusal::NoPort),
-        Service::Http { authority, .. } if authority.is_empty() => Some(Refusal::BadAddress),
+        Service::Http {
+            authority: None, ..
+        } => Some(Refusal::BadAddress),
         _ => None,
     }
 }
@@ -301,7 +303,7 @@ mod tests {
             svc("HTTPS://api.internal"),
             Service::Http {
                 scheme: "https".into(),
-                authority: "api.internal:443".into(),
+                authority: Some("api.internal:443".into()),
                 url: "https://api.internal".into()
             }
         );
@@ -309,14 +311,14 @@ mod tests {
             svc("ws://[::1]:8080"),
             Service::Http {
                 scheme: "http".into(),
-                authority: "[::1]:8080".into(),
+                authority: Some("[::1]:8080".into()),
                 url: "ws://[::1]:8080".into()
             }
         );
         let Service::Http { authority, .. } = svc("http://bücher.example") else {
             panic!()
         };
-        assert_eq!(authority, "xn--bcher-kva.example:80");
+        assert_eq!(authority.as_deref(), Some("xn--bcher-kva.example:80"));
         assert_eq!(svc("http://x:99999").to_string(), "http://x:99999");
         assert_eq!(
             refusal(&svc("http://x:99999"), None),
