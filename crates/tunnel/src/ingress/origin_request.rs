@@ -32,6 +32,9 @@ pub struct OriginRequest {
     pub bastion_mode: bool,
     /// `proxyType` (`socks` makes a TCP rule a SOCKS proxy).
     pub proxy_type: Option<String>,
+    /// `matchSNItoHost`: the TLS server name (and the name the origin's
+    /// certificate is checked against) is the request's host.
+    pub match_sni_to_host: bool,
     /// `access`: the Cloudflare Access settings, when given.
     pub access: Option<Access>,
 }
@@ -50,6 +53,7 @@ impl Default for OriginRequest {
             keep_alive_timeout: Duration::from_secs(90),
             bastion_mode: false,
             proxy_type: None,
+            match_sni_to_host: false,
             access: None,
         }
     }
@@ -123,6 +127,7 @@ pub(crate) struct Overrides {
     no_tls_verify: Option<bool>,
     http2_origin: Option<bool>,
     bastion_mode: Option<bool>,
+    match_sni_to_host: Option<bool>,
     http_host_header: Option<String>,
     origin_server_name: Option<String>,
     ca_pool: Option<String>,
@@ -145,6 +150,7 @@ impl Overrides {
         o.no_tls_verify = self.no_tls_verify.unwrap_or(o.no_tls_verify);
         o.http2_origin = self.http2_origin.unwrap_or(o.http2_origin);
         o.bastion_mode = self.bastion_mode.unwrap_or(o.bastion_mode);
+        o.match_sni_to_host = self.match_sni_to_host.unwrap_or(o.match_sni_to_host);
         o.http_host_header = or(&self.http_host_header, &o.http_host_header);
         o.origin_server_name = or(&self.origin_server_name, &o.origin_server_name);
         if let Some(p) = &self.ca_pool {
@@ -183,6 +189,7 @@ pub(crate) fn read(v: &Value, what: &str) -> Result<Overrides, IngressError> {
             "noTLSVerify" => o.no_tls_verify = Some(as_bool()?),
             "http2Origin" => o.http2_origin = Some(as_bool()?),
             "bastionMode" => o.bastion_mode = Some(as_bool()?),
+            "matchSNItoHost" => o.match_sni_to_host = Some(as_bool()?),
             "httpHostHeader" => o.http_host_header = Some(as_text()?),
             "originServerName" => o.origin_server_name = Some(as_text()?),
             "caPool" => o.ca_pool = Some(as_text()?),
@@ -199,7 +206,7 @@ pub(crate) fn read(v: &Value, what: &str) -> Result<Overrides, IngressError> {
             "tcpKeepAlive" => {
                 as_dur()?;
             }
-            "noHappyEyeballs" | "disableChunkedEncoding" | "matchSNItoHost" => {
+            "noHappyEyeballs" | "disableChunkedEncoding" => {
                 as_bool()?;
             }
             "proxyAddress" => {

@@ -1,14 +1,16 @@
-//! Rules that validate but that the connector cannot serve (bastion, SOCKS
-//! proxies, bastion mode, a TCP origin without a port, TLS over a Unix
-//! socket, Cloudflare Access): through a real edge and connector, each
-//! answers its own clear error, reaches no origin, and the other rules of
-//! the same tunnel keep serving.
+//! Ingress services through a real edge and connector. Rules that validate
+//! but that the connector cannot serve (bastion, SOCKS proxies, bastion
+//! mode, a TCP origin without a port, TLS over a Unix socket, Cloudflare
+//! Access) each answer their own clear error, reach no origin, and the
+//! other rules of the same tunnel keep serving. `matchSNItoHost` checks the
+//! origin's certificate against the request's host.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod common;
 
 use common::{Stack, http_get, metric};
+use gatehouse_testkit::origin::HttpOrigin;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -92,4 +94,46 @@ async fn checks(s: &Stack) {
             .any(|l| l.contains("will not be served") && l.contains("\"rule\":6,")),
         "{log}"
     );
+}
+
+/// The origin's certificate names the public host `misc.test`, not the
+/// origin's address: with `matchSNItoHost` it verifies for requests to
+/// `misc.test` (and to a host whose `httpHostHeader` is `misc.test`), and
+/// not for another host; without it, never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn match_sni_to_host_checks_the_request_host() {
+    let mut s = Stack::new().await;
+    let origin = HttpOrigin::start_tls("public-name", &s.pki.leaf(&["misc.test"])).await;
+    let (addr, ca) = (origin.addr, s.pki.ca.display());
+    let cfg = format!(
+        "tunnel: t1\ningress:\n  - hostname: misc.test\n    path: ^/sni\n    service: https://{addr}\n    originRequest: {{caPool: {ca}, matchSNItoHost: true}}\n  - hostname: misc.test\n    service: https://{addr}\n    originRequest: {{caPool: {ca}}}\n  - hostname: app.test\n    service: https://{addr}\n    originRequest: {{caPool: {ca}, matchSNItoHost: true, httpHostHeader: misc.test}}\n  - hostname: wsgi.test\n    service: https://{addr}\n    originRequest: {{caPool: {ca}, matchSNItoHost: true}}\n  - service: http_status:503\n"
+    );
+    std::fs::write(&s.conn_cfg, cfg).unwrap();
+    s.start_edge().await;
+    s.start_connector(0, "tcp").await;
+    let result = tokio::time::timeout(Duration::from_secs(120), async {
+        for _ in 0..3 {
+            let (code, body) = s.get("misc.test", "/sni/x", &[]).await;
+            assert_eq!(code, 200, "{body}");
+            assert!(body.contains("origin=public-name\n"), "{body}");
+            let (code, body) = s.get("app.test", "/y", &[]).await;
+            assert_eq!(code, 200, "{body}");
+            assert!(body.contains("host=misc.test\n"), "{body}");
+        }
+        assert_eq!(
+            s.get("misc.test", "/other", &[]).await.0,
+            502,
+            "no matchSNItoHost"
+        );
+        assert_eq!(
+            s.get("wsgi.test", "/", &[]).await.0,
+            502,
+            "a name the certificate lacks"
+        );
+    })
+    .await;
+    if result.is_err() {
+        s.dump();
+        panic!("timed out");
+    }
 }
