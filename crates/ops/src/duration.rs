@@ -55,11 +55,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
             "h" => 3_600_000_000_000,
             _ => return Err(bad()),
         };
-        // Digits beyond what fits are an invalid duration, as in Go.
+        // Only ASCII digits reach the parse, so it fails only on overflow:
+        // an invalid duration (as in Go), and the message says so.
         let whole: u128 = if whole.is_empty() {
             0
         } else {
-            whole.parse().map_err(|_overflow| bad())?
+            whole.parse().ok().ok_or_else(bad)?
         };
         let mut part = whole.checked_mul(unit).ok_or_else(bad)?;
         // The fraction's digits past nanosecond precision change nothing.
@@ -80,8 +81,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     if negative && total > 0 {
         return Err(bad());
     }
-    let nanos = u64::try_from(total).map_err(|_overflow| bad())?;
-    Ok(Duration::from_nanos(nanos))
+    // At most i64::MAX (checked above), so it fits.
+    Ok(Duration::from_nanos(
+        u64::try_from(total).unwrap_or(u64::MAX),
+    ))
 }
 
 #[cfg(test)]
