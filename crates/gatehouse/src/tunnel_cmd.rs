@@ -6,6 +6,7 @@ use gatehouse_ops::Backoff;
 use gatehouse_ops::parse_duration;
 use gatehouse_proto::Token;
 use gatehouse_tunnel::ingress::Ingress;
+use gatehouse_tunnel::ingress::url::Url;
 use gatehouse_tunnel::{ConnectorConfig, Transport};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -135,11 +136,29 @@ fn read_ingress(config: &PathBuf) -> Result<Result<Ingress, String>> {
     Ok(Ingress::parse(&text).map_err(|e| gatehouse_ops::chain(&e)))
 }
 
+/// On stderr, so that stdout stays cloudflared's: the rules that validate
+/// but that `gatehouse tunnel run` answers with an error.
+fn warn_refused(ing: &Ingress) {
+    for (i, r, why) in ing.refused() {
+        let host = if r.hostname.is_empty() {
+            String::new()
+        } else {
+            format!("hostname {}, ", r.hostname)
+        };
+        eprintln!(
+            "warning: Rule #{} ({host}service {}) will not be served: {why}",
+            i + 1,
+            r.service
+        );
+    }
+}
+
 fn validate(config: &PathBuf) -> Result<ExitCode> {
     println!("Validating rules from {}", config.display());
     match read_ingress(config)? {
-        Ok(_) => {
+        Ok(ing) => {
             println!("OK");
+            warn_refused(&ing);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -150,6 +169,14 @@ fn validate(config: &PathBuf) -> Result<ExitCode> {
 }
 
 fn rule(config: &PathBuf, url: &str) -> Result<ExitCode> {
+    // Read as cloudflared reads it: Go's URL syntax, so a host name may be
+    // Unicode (`https://môô.example.com`), matched as written and, through
+    // the rules' punycode forms, as its ASCII spelling.
+    let parsed = Url::parse(url).with_context(|| format!("{url} is not a valid URL"))?;
+    if parsed.hostname().is_empty() && parsed.scheme.is_empty() {
+        bail!("{url} doesn't have a hostname, consider adding a scheme");
+    }
+    println!("Using rules from {}", config.display());
     let ing = match read_ingress(config)? {
         Ok(i) => i,
         Err(e) => {
@@ -157,20 +184,19 @@ fn rule(config: &PathBuf, url: &str) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let uri: http::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
-    let Some(host) = uri.host() else {
-        bail!("{url} has no hostname");
-    };
-    println!("Using rules from {}", config.display());
-    let (idx, r) = ing.find(host, uri.path());
+    let path = if parsed.opaque { "" } else { &parsed.raw_path };
+    let (idx, r) = ing.find(parsed.hostname(), path);
     println!("Matched rule #{idx}");
-    if let Some(h) = &r.hostname {
-        println!("\thostname: {h}");
+    if !r.hostname.is_empty() {
+        println!("\thostname: {}", r.hostname);
     }
     if let Some(p) = &r.path {
         println!("\tpath: {}", p.as_str());
     }
     println!("\tservice: {}", r.service);
+    if let Some(why) = &r.refusal {
+        eprintln!("warning: gatehouse tunnel run will not serve this rule: {why}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -101,6 +101,8 @@ pub struct Metrics {
     pub requests: Counter,
     /// Requests whose origin could not be reached.
     pub origin_errors: Counter,
+    /// Requests matched by a rule the connector does not serve.
+    pub refused: Counter,
     /// Successful config reloads.
     pub reloads: Counter,
     /// Refused config reloads.
@@ -115,7 +117,8 @@ pub(crate) struct Shared {
     cfg: ConnectorConfig,
 }
 
-/// Reads and validates a config file into rules and origin clients.
+/// Reads and validates a config file into rules and origin clients; logs
+/// the rules that validate but will be refused.
 pub fn load(path: &std::path::Path) -> Result<(Ingress, Origins, String), ConnectorError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConnectorError::Read {
         path: path.display().to_string(),
@@ -123,6 +126,9 @@ pub fn load(path: &std::path::Path) -> Result<(Ingress, Origins, String), Connec
     })?;
     let ing = Ingress::parse(&text)?;
     let origins = Origins::build(&ing)?;
+    for (i, rule, why) in ing.refused() {
+        warn!(rule = i, hostname = rule.hostname, service = %rule.service, reason = %why, "ingress rule will not be served");
+    }
     Ok((ing, origins, text))
 }
 
@@ -162,6 +168,11 @@ pub async fn run(
         "origin_errors",
         "Requests whose origin failed",
         metrics.origin_errors.clone(),
+    );
+    registry.register(
+        "refused_requests",
+        "Requests matched by an ingress rule the connector does not serve",
+        metrics.refused.clone(),
     );
     registry.register(
         "reloads",

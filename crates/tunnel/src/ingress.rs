@@ -1,11 +1,18 @@
 //! cloudflared-compatible `ingress:` rules: parsing, validation and matching.
-//! Pure: the caller reads the file.
+//! Pure: the caller reads the file. cloudflared's own validation is the
+//! reference: what it accepts validates here, what it refuses is refused,
+//! with its messages (and the rule's number where it gives none).
+
+mod origin_request;
+mod service;
+pub mod url;
+
+pub use origin_request::{Access, IpRule, OriginRequest};
+pub use service::{Refusal, Service, ServiceError, parse_service};
 
 use regex::Regex;
 use serde_yaml_ng::{Mapping, Value};
-use std::fmt;
-use std::path::PathBuf;
-use std::time::Duration;
+use url::split_host_port_strict;
 
 /// Why a configuration's ingress rules are not valid. The messages follow
 /// cloudflared's so that existing habits carry over (rule numbers in errors
@@ -36,14 +43,6 @@ pub enum IngressError {
         /// The hostname as written.
         hostname: String,
     },
-    /// A `*` elsewhere than as the first label.
-    #[error(
-        "Hostname patterns can have at most one wildcard character (\"*\") and it can only be used for subdomains, e.g. \"*.example.com\""
-    )]
-    BadWildcard,
-    /// A hostname with a port.
-    #[error("Hostname cannot contain a port")]
-    HostnameContainsPort,
     /// The path is not a valid regular expression.
     #[error("Rule #{index} has an invalid regex")]
     BadRegex {
@@ -52,107 +51,51 @@ pub enum IngressError {
         /// The regex error.
         source: Box<regex::Error>,
     },
-    /// The service is not a URL with scheme and host.
-    #[error("{0} is an invalid address, please make sure it has a scheme and a hostname")]
-    BadService(String),
-    /// The service URL has a path.
-    #[error(
-        "{0} is an invalid address, ingress rules don't support proxying to a different path on the origin service. The path will be the same as the eyeball request's path"
-    )]
-    ServiceHasPath(String),
-    /// `http_status:` with something other than a status.
-    #[error("invalid HTTP status: {0}")]
-    BadStatus(String),
+    /// Another check of one rule failed.
+    #[error("Rule #{index}")]
+    Rule {
+        /// 1-based rule number.
+        index: usize,
+        /// What is wrong with it.
+        #[source]
+        source: RuleError,
+    },
     /// A duration such as `30s` that does not parse.
     #[error("invalid duration {0:?} (use e.g. 30s, 1m30s, 500ms)")]
     BadDuration(String),
 }
 
-/// Per-origin settings (`originRequest`); rule keys override the root's.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OriginRequest {
-    /// Timeout for the TCP connection to the origin (default 30 s).
-    pub connect_timeout: Duration,
-    /// Timeout for the TLS handshake with the origin (default 10 s).
-    pub tls_timeout: Duration,
-    /// Skip verification of the origin's certificate.
-    pub no_tls_verify: bool,
-    /// Host header sent to the origin instead of the client's.
-    pub http_host_header: Option<String>,
-    /// Server name expected in the origin's certificate (and sent as SNI).
-    pub origin_server_name: Option<String>,
-    /// Speak HTTP/2 (h2c for `http://`) to the origin; needed for gRPC.
-    pub http2_origin: bool,
-    /// PEM file of CAs to trust for the origin.
-    pub ca_pool: Option<PathBuf>,
-    /// Idle connections kept per origin (default 100).
-    pub keep_alive_connections: usize,
-    /// How long an idle origin connection is kept (default 90 s).
-    pub keep_alive_timeout: Duration,
-}
-
-impl Default for OriginRequest {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(30),
-            tls_timeout: Duration::from_secs(10),
-            no_tls_verify: false,
-            http_host_header: None,
-            origin_server_name: None,
-            http2_origin: false,
-            ca_pool: None,
-            keep_alive_connections: 100,
-            keep_alive_timeout: Duration::from_secs(90),
-        }
-    }
-}
-
-/// Where a rule sends requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Service {
-    /// An HTTP(S) origin: `scheme` is `http` or `https`, `authority` is `host:port`.
-    Http {
-        /// `http` or `https`.
-        scheme: String,
-        /// `host[:port]`.
-        authority: String,
-    },
-    /// HTTP over a Unix socket (`unix:` / `unix+tls:`).
-    Unix {
-        /// Socket path.
-        path: PathBuf,
-        /// Whether TLS runs over the socket (`unix+tls:`); not supported yet.
-        tls: bool,
-    },
-    /// A fixed answer (`http_status:NNN`).
-    Status(u16),
-    /// The built-in test page (`hello_world`).
-    HelloWorld,
-    /// A raw TCP origin (`tcp://`, `ssh://`, `rdp://`, `smb://`).
-    Tcp {
-        /// `host:port`.
-        address: String,
-    },
-}
-
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Service::Http { scheme, authority } => write!(f, "{scheme}://{authority}"),
-            Service::Unix { path, tls: false } => write!(f, "unix:{}", path.display()),
-            Service::Unix { path, tls: true } => write!(f, "unix+tls:{}", path.display()),
-            Service::Status(s) => write!(f, "http_status:{s}"),
-            Service::HelloWorld => f.write_str("hello_world"),
-            Service::Tcp { address } => write!(f, "tcp://{address}"),
-        }
-    }
+/// What is wrong with one rule (cloudflared's messages).
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    /// The service does not validate.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// A `*` elsewhere than as the first character.
+    #[error(
+        "Hostname patterns can have at most one wildcard character (\"*\") and it can only be used for subdomains, e.g. \"*.example.com\""
+    )]
+    BadWildcard,
+    /// A hostname with a port.
+    #[error("Hostname cannot contain a port")]
+    HostnameContainsPort,
+    /// An `ipRules` entry of a `socks-proxy` rule is invalid.
+    #[error("unable to create ip rule for socks-proxy: {0}")]
+    IpRule(String),
+    /// `access.audTag` without `access.teamName`.
+    #[error("access.TeamName cannot be blank when access.audTags are present")]
+    AccessTeamName,
 }
 
 /// One validated rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
-    /// Hostname pattern as written (lowercased); `None` matches every host.
-    pub hostname: Option<String>,
+    /// The hostname as written; empty when the rule has none.
+    pub hostname: String,
+    /// The hostname lowercased, as matched.
+    pattern: String,
+    /// The hostname's ASCII (punycode) form when it differs, as cloudflared
+    /// computes it (none for a pattern with `*`).
     punycode: Option<String>,
     /// Path regex (unanchored), as written.
     pub path: Option<Regex>,
@@ -160,34 +103,34 @@ pub struct Rule {
     pub service: Service,
     /// Effective origin settings (root merged with the rule's).
     pub origin: OriginRequest,
+    /// Why the connector answers this rule's requests with an error, when
+    /// it cannot serve them.
+    pub refusal: Option<Refusal>,
 }
 
 impl Rule {
-    /// Whether this rule matches `host` (no port) and the decoded `path`.
+    /// Whether this rule matches `host` (lowercase, no port) and the
+    /// decoded `path`.
     pub fn matches(&self, host: &str, path: &str) -> bool {
-        let host_ok = match &self.hostname {
-            None => true,
-            Some(h) => {
-                match_host(h, host)
-                    || self
-                        .punycode
-                        .as_deref()
-                        .is_some_and(|p| match_host(p, host))
-            }
-        };
+        let host_ok = self.pattern.is_empty()
+            || self.pattern == "*"
+            || match_host(&self.pattern, host)
+            || self
+                .punycode
+                .as_deref()
+                .is_some_and(|p| match_host(p, host));
         host_ok && self.path.as_ref().is_none_or(|re| re.is_match(path))
     }
 }
 
+/// cloudflared's host match: equal, or a `*.` pattern whose suffix (from
+/// the dot) ends the host: any depth of subdomain, never the apex. A `*`
+/// glued to a label (`*example.com`) is a literal character.
 fn match_host(rule: &str, host: &str) -> bool {
-    if rule == "*" || rule == host {
-        return true;
-    }
-    match rule.strip_prefix("*.") {
-        // Any depth of subdomain, never the apex.
-        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
-        None => false,
-    }
+    rule == host
+        || rule
+            .strip_prefix('*')
+            .is_some_and(|suffix| suffix.starts_with('.') && host.ends_with(suffix))
 }
 
 /// A validated list of rules; the last one matches everything.
@@ -202,10 +145,13 @@ pub struct Ingress {
 impl Ingress {
     /// Parses and validates a cloudflared-style config file's text.
     pub fn parse(yaml: &str) -> Result<Self, IngressError> {
-        let doc: Value = serde_yaml_ng::from_str(yaml)?;
-        let root = match doc {
+        let mut doc: Value = serde_yaml_ng::from_str(yaml)?;
+        // `<<: *anchor` merge keys, which cloudflared's YAML reader applies.
+        doc.apply_merge()?;
+        let empty = Mapping::new();
+        let root = match &doc {
             Value::Mapping(m) => m,
-            Value::Null => Mapping::new(),
+            Value::Null => &empty,
             _ => {
                 return Err(IngressError::Shape(
                     "the config file must be a mapping".into(),
@@ -213,7 +159,7 @@ impl Ingress {
             }
         };
         let defaults = match root.get("originRequest") {
-            Some(v) => merge_origin(&OriginRequest::default(), v, "originRequest")?,
+            Some(v) => origin_request::read(v, "originRequest")?.apply(&OriginRequest::default()),
             None => OriginRequest::default(),
         };
         let list = match root.get("ingress") {
@@ -238,10 +184,11 @@ impl Ingress {
     }
 
     /// The first rule matching `host` and `path`, top-down; the last rule
-    /// when none does. `host` may carry a port, which is ignored; `path` is
-    /// percent-decoded before the regexes see it.
+    /// when none does. `host` may carry a port, which is ignored; it is
+    /// compared without regard to ASCII case. `path` is percent-decoded
+    /// before the regexes see it.
     pub fn find(&self, host: &str, path: &str) -> (usize, &Rule) {
-        let host = strip_port(host);
+        let host = split_host_port_strict(host).map_or(host, |(h, _)| h);
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             std::borrow::Cow::Owned(host.to_ascii_lowercase())
         } else {
@@ -256,15 +203,14 @@ impl Ingress {
         }
         (last, &self.rules[last])
     }
-}
 
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
+    /// The rules the connector answers with an error: (0-based index,
+    /// rule, why).
+    pub fn refused(&self) -> impl Iterator<Item = (usize, &Rule, &Refusal)> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.refusal.as_ref().map(|why| (i, r, why)))
     }
 }
 
@@ -276,60 +222,100 @@ fn parse_rule(
     v: &Value,
     defaults: &OriginRequest,
 ) -> Result<Rule, IngressError> {
-    let Value::Mapping(m) = v else {
-        return Err(IngressError::Shape(format!(
-            "Rule #{} must be a mapping",
-            i + 1
-        )));
+    let index = i + 1;
+    let rule_err = |source: RuleError| IngressError::Rule { index, source };
+    let empty = Mapping::new();
+    let m = match v {
+        Value::Mapping(m) => m,
+        Value::Null => &empty,
+        _ => {
+            return Err(IngressError::Shape(format!(
+                "Rule #{index} must be a mapping"
+            )));
+        }
     };
     for k in m.keys() {
         let key = k.as_str().unwrap_or("");
         if !RULE_KEYS.contains(&key) {
-            return Err(IngressError::Shape(format!(
-                "Rule #{} has an unknown key {k:?}",
-                i + 1
-            )));
+            return Err(origin_request::unknown_key(&format!("Rule #{index}"), k));
         }
     }
     let text = |key: &str| -> Result<String, IngressError> {
         match m.get(key) {
             None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(IngressError::Shape(format!(
-                "Rule #{}: {key} must be a string",
-                i + 1
-            ))),
+            Some(v) => origin_request::text(v).ok_or_else(|| {
+                IngressError::Shape(format!("Rule #{index}: {key} must be a string"))
+            }),
         }
     };
-    let hostname = text("hostname")?.to_ascii_lowercase();
+    let hostname = text("hostname")?;
     let path = text("path")?;
     let service_text = text("service")?;
-    let origin = match m.get("originRequest") {
-        Some(v) => merge_origin(defaults, v, &format!("Rule #{} originRequest", i + 1))?,
-        None => defaults.clone(),
+    let own = match m.get("originRequest") {
+        Some(v) => origin_request::read(v, &format!("Rule #{index} originRequest"))?,
+        None => origin_request::Overrides::default(),
     };
-    let service = parse_service(&service_text)?;
+    let origin = own.apply(defaults);
+    let service = parse_service(&service_text, origin.bastion_mode)
+        .map_err(|e| rule_err(RuleError::Service(e)))?;
+    if service == Service::SocksProxy {
+        for r in &own.ip_rules {
+            r.validate().map_err(|e| rule_err(RuleError::IpRule(e)))?;
+        }
+    }
+    if let Some(a) = &own.access
+        && a.required
+        && a.team_name.is_empty()
+        && !a.aud_tag.is_empty()
+    {
+        return Err(rule_err(RuleError::AccessTeamName));
+    }
     validate_hostname(&hostname, &path, i, total)?;
     let path = if path.is_empty() {
         None
     } else {
         Some(Regex::new(&path).map_err(|e| IngressError::BadRegex {
-            index: i + 1,
+            index,
             source: Box::new(e),
         })?)
     };
-    let punycode = if hostname.is_ascii() {
+    let catch_all = (hostname.is_empty() || hostname == "*") && path.is_none();
+    let pattern = hostname.to_ascii_lowercase();
+    let punycode = if catch_all {
         None
     } else {
-        idna::domain_to_ascii(&hostname).ok()
+        to_ascii(&hostname).filter(|p| *p != hostname && *p != pattern)
+    };
+    let refusal = if origin.access.as_ref().is_some_and(|a| a.required) {
+        Some(Refusal::AccessRequired)
+    } else {
+        service::refusal(&service, origin.proxy_type.as_deref())
     };
     Ok(Rule {
-        hostname: (!hostname.is_empty() && hostname != "*").then_some(hostname),
+        hostname,
+        pattern,
         punycode,
         path,
         service,
         origin,
+        refusal,
     })
+}
+
+/// A hostname's ASCII form as cloudflared computes it (UTS #46 lookup with
+/// STD3 rules and hyphen checks, as Go's `idna.Lookup`); `None` when that
+/// refuses it, as it does every pattern with `*`.
+fn to_ascii(hostname: &str) -> Option<String> {
+    use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+    Uts46::new()
+        .to_ascii(
+            hostname.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::Check,
+            DnsLength::Ignore,
+        )
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 fn validate_hostname(
@@ -338,13 +324,20 @@ fn validate_hostname(
     i: usize,
     total: usize,
 ) -> Result<(), IngressError> {
-    if strip_port(hostname) != hostname || hostname.ends_with(']') {
-        return Err(IngressError::HostnameContainsPort);
+    let index = i + 1;
+    if split_host_port_strict(hostname).is_some() {
+        return Err(IngressError::Rule {
+            index,
+            source: RuleError::HostnameContainsPort,
+        });
     }
-    if hostname.rfind('*').is_some_and(|p| p > 0)
-        || (hostname.starts_with('*') && hostname != "*" && !hostname.starts_with("*."))
-    {
-        return Err(IngressError::BadWildcard);
+    // Only a leading `*` is allowed; `*.` makes it a wildcard, anything
+    // else after it is literal.
+    if hostname.rfind('*').is_some_and(|p| p > 0) {
+        return Err(IngressError::Rule {
+            index,
+            source: RuleError::BadWildcard,
+        });
     }
     let catch_all = (hostname.is_empty() || hostname == "*") && path.is_empty();
     let last = i == total - 1;
@@ -353,161 +346,17 @@ fn validate_hostname(
     }
     if !last && catch_all {
         return Err(IngressError::RuleShouldNotBeCatchAll {
-            index: i + 1,
+            index,
             hostname: hostname.to_owned(),
         });
     }
     Ok(())
 }
 
-/// Parses a `service:` value.
-pub fn parse_service(s: &str) -> Result<Service, IngressError> {
-    if let Some(p) = s.strip_prefix("unix+tls:") {
-        return Ok(Service::Unix {
-            path: p.into(),
-            tls: true,
-        });
-    }
-    if let Some(p) = s.strip_prefix("unix:") {
-        return Ok(Service::Unix {
-            path: p.into(),
-            tls: false,
-        });
-    }
-    if let Some(code) = s.strip_prefix("http_status:") {
-        return match code.parse::<u16>() {
-            Ok(n) if (100..=999).contains(&n) => Ok(Service::Status(n)),
-            _ => Err(IngressError::BadStatus(code.to_owned())),
-        };
-    }
-    if matches!(s, "hello_world" | "hello-world" | "helloworld") {
-        return Ok(Service::HelloWorld);
-    }
-    let bad = || IngressError::BadService(s.to_owned());
-    let (scheme, rest) = s.split_once("://").ok_or_else(bad)?;
-    let scheme = scheme.to_ascii_lowercase();
-    let (authority, path) = match rest.find(['/', '?', '#']) {
-        Some(p) => (&rest[..p], &rest[p..]),
-        None => (rest, ""),
-    };
-    if scheme.is_empty() || authority.is_empty() || authority.contains('@') {
-        return Err(bad());
-    }
-    let host = strip_port(authority);
-    if host.is_empty() {
-        return Err(bad());
-    }
-    if !path.is_empty() && path != "/" {
-        return Err(IngressError::ServiceHasPath(s.to_owned()));
-    }
-    let has_port = host.len() != authority.len() && !authority.ends_with(']');
-    let with_default = |port: u16| {
-        if has_port {
-            authority.to_owned()
-        } else {
-            format!("{authority}:{port}")
-        }
-    };
-    Ok(match scheme.as_str() {
-        "http" | "ws" => Service::Http {
-            scheme: "http".into(),
-            authority: with_default(80),
-        },
-        "https" | "wss" => Service::Http {
-            scheme: "https".into(),
-            authority: with_default(443),
-        },
-        "tcp" => Service::Tcp {
-            address: with_default(7864),
-        },
-        "ssh" => Service::Tcp {
-            address: with_default(22),
-        },
-        "rdp" => Service::Tcp {
-            address: with_default(3389),
-        },
-        "smb" => Service::Tcp {
-            address: with_default(445),
-        },
-        _ => return Err(bad()),
-    })
-}
-
-/// originRequest keys cloudflared knows that Gatehouse accepts and ignores.
-const IGNORED_ORIGIN_KEYS: &[&str] = &[
-    "tcpKeepAlive",
-    "noHappyEyeballs",
-    "disableChunkedEncoding",
-    "proxyAddress",
-    "proxyPort",
-    "proxyType",
-    "bastionMode",
-    "ipRules",
-    "access",
-    "matchSNItoHost",
-];
-
-fn merge_origin(
-    base: &OriginRequest,
-    v: &Value,
-    what: &str,
-) -> Result<OriginRequest, IngressError> {
-    let mut o = base.clone();
-    let Value::Mapping(m) = v else {
-        return Err(IngressError::Shape(format!("{what} must be a mapping")));
-    };
-    for (k, val) in m {
-        let key = k.as_str().unwrap_or("");
-        let shape = |t: &str| IngressError::Shape(format!("{what}.{key} must be {t}"));
-        let boolean = || val.as_bool().ok_or_else(|| shape("true or false"));
-        let string = || {
-            val.as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| shape("a string"))
-        };
-        let duration = || match val {
-            Value::String(s) => parse_duration(s),
-            Value::Number(n) => n
-                .as_u64()
-                .map(Duration::from_secs)
-                .ok_or_else(|| IngressError::BadDuration(n.to_string())),
-            _ => Err(shape("a duration")),
-        };
-        match key {
-            "connectTimeout" => o.connect_timeout = duration()?,
-            "tlsTimeout" => o.tls_timeout = duration()?,
-            "keepAliveTimeout" => o.keep_alive_timeout = duration()?,
-            "noTLSVerify" => o.no_tls_verify = boolean()?,
-            "http2Origin" => o.http2_origin = boolean()?,
-            "httpHostHeader" => o.http_host_header = Some(string()?),
-            "originServerName" => o.origin_server_name = Some(string()?),
-            "caPool" => o.ca_pool = Some(PathBuf::from(string()?)),
-            "keepAliveConnections" => {
-                o.keep_alive_connections = val
-                    .as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| shape("a number"))?;
-            }
-            k if IGNORED_ORIGIN_KEYS.contains(&k) => {}
-            _ => {
-                return Err(IngressError::Shape(format!(
-                    "{what} has an unknown key {k:?}"
-                )));
-            }
-        }
-    }
-    Ok(o)
-}
-
-/// Parses a Go-style duration (`gatehouse_ops::parse_duration`) for an
-/// ingress rule.
-pub fn parse_duration(s: &str) -> Result<Duration, IngressError> {
-    gatehouse_ops::parse_duration(s).map_err(|e| IngressError::BadDuration(e.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const GOOD: &str = r#"
 tunnel: prod
@@ -526,37 +375,56 @@ ingress:
     service: ssh://10.0.0.5
   - hostname: bücher.example
     service: http_status:418
+  - hostname: "*example.com"
+    service: http_status:419
+  - hostname: "*.bücher.example"
+    service: http_status:420
+  - hostname: Mixed.Example.org
+    service: http_status:421
   - service: http_status:404
 "#;
 
     #[test]
     fn matching_follows_cloudflared() {
         let ing = Ingress::parse(GOOD).unwrap();
-        assert_eq!(ing.find("app.example.com", "/").0, 0);
-        assert_eq!(ing.find("APP.example.com:443", "/x").0, 0);
-        assert_eq!(ing.find("a.example.com", "/api/v1").0, 1);
+        let find = |h: &str, p: &str| ing.find(h, p).0;
+        assert_eq!(find("app.example.com", "/"), 0);
+        assert_eq!(find("APP.example.com:443", "/x"), 0);
+        assert_eq!(find("app.example.com:x", "/x"), 0, "any port text");
+        assert_eq!(find("a.example.com", "/api/v1"), 1);
         assert_eq!(
-            ing.find("a.b.example.com", "/v2/api/").0,
-            4,
+            find("a.b.example.com", "/v2/api/"),
+            7,
             "regex is unanchored but ^ anchors"
         );
         assert_eq!(
-            ing.find("example.com", "/api/").0,
-            4,
+            find("example.com", "/api/"),
+            7,
             "wildcard does not cover the apex"
         );
-        assert_eq!(ing.find("badexample.com", "/api/").0, 4);
+        assert_eq!(find("badexample.com", "/api/"), 7);
         assert_eq!(
-            ing.find("a.example.com", "/%61pi/").0,
+            find("a.example.com", "/%61pi/"),
             1,
             "path is percent-decoded"
         );
         assert_eq!(
-            ing.find("xn--bcher-kva.example", "/").0,
+            find("xn--bcher-kva.example", "/"),
             3,
             "punycode of a Unicode rule"
         );
-        assert_eq!(ing.find("other.org", "/").0, 4);
+        assert_eq!(find("bücher.example", "/"), 3, "the rule as written");
+        assert_eq!(find("other.org", "/"), 7);
+        // A `*` glued to a label is a literal character: only the host
+        // `*example.com` itself matches.
+        assert_eq!(find("www.example.com", "/x"), 7);
+        assert_eq!(find("xexample.com", "/"), 7);
+        assert_eq!(find("*example.com", "/"), 4);
+        // cloudflared does not convert a wildcard pattern to punycode (the
+        // conversion refuses `*`), so it matches only the Unicode spelling.
+        assert_eq!(find("a.xn--bcher-kva.example", "/"), 7);
+        assert_eq!(find("a.bücher.example", "/"), 5);
+        assert_eq!(find("mixed.example.ORG", "/"), 6);
         let r = &ing.rules[1];
         assert!(r.origin.no_tls_verify);
         assert_eq!(
@@ -564,29 +432,26 @@ ingress:
             Duration::from_secs(10),
             "root keys inherited"
         );
+        assert_eq!(ing.rules[2].service.to_string(), "ssh://10.0.0.5:22");
+        assert_eq!(ing.rules[1].service.to_string(), "https://api.internal");
         assert_eq!(
-            ing.rules[2].service,
-            Service::Tcp {
-                address: "10.0.0.5:22".into()
-            }
+            ing.rules[6].hostname, "Mixed.Example.org",
+            "kept as written"
         );
-        assert_eq!(
-            ing.rules[1].service,
-            Service::Http {
-                scheme: "https".into(),
-                authority: "api.internal:443".into()
-            }
-        );
+        assert!(ing.refused().next().is_none());
     }
 
     fn err(yaml: &str) -> String {
-        Ingress::parse(yaml).unwrap_err().to_string()
+        gatehouse_ops::chain(&Ingress::parse(yaml).unwrap_err())
     }
+
+    const LAST: &str = "  - service: http_status:404\n";
 
     #[test]
     fn validation_messages() {
         assert!(err("ingress: []").contains("doesn't contain any ingress rules"));
         assert!(err("tunnel: x").contains("doesn't contain any ingress rules"));
+        assert!(err("").contains("doesn't contain any ingress rules"));
         assert!(
             err("ingress:\n  - hostname: a.com\n    service: http://x:1\n")
                 .starts_with("The last ingress rule must match all URLs")
@@ -596,72 +461,120 @@ ingress:
                 .starts_with("The last ingress rule must match all URLs")
         );
         assert!(
-            err("ingress:\n  - service: http://x:1\n  - service: http_status:404\n")
+            err(&format!("ingress:\n  - service: http://x:1\n{LAST}"))
                 .starts_with("Rule #1 is matching the hostname ''")
         );
+        for bad in ["a.*.com", "**.a.com", "a*"] {
+            assert!(
+                err(&format!(
+                    "ingress:\n  - hostname: \"{bad}\"\n    service: http://x:1\n{LAST}"
+                ))
+                .starts_with("Rule #1: Hostname patterns can have at most one wildcard"),
+                "{bad}"
+            );
+        }
+        for bad in ["a.com:443", "a.com:", "a:b", "[::1]:1"] {
+            assert_eq!(
+                err(&format!(
+                    "ingress:\n  - hostname: \"{bad}\"\n    service: http://x:1\n{LAST}"
+                )),
+                "Rule #1: Hostname cannot contain a port",
+                "{bad}"
+            );
+        }
         assert!(
-            err("ingress:\n  - hostname: a.*.com\n    service: http://x:1\n  - service: http_status:404\n")
-                .starts_with("Hostname patterns can have at most one wildcard")
+            err(&format!(
+                "ingress:\n  - hostname: a.com\n    path: \"*\"\n    service: http://x:1\n{LAST}"
+            ))
+            .starts_with("Rule #1 has an invalid regex")
+        );
+        assert!(
+            err(&format!(
+                "ingress:\n  - hostname: a.com\n    service: localhost:8080\n{LAST}"
+            ))
+            .starts_with("Rule #1: localhost:8080 is an invalid address")
         );
         assert_eq!(
-            err(
-                "ingress:\n  - hostname: a.com:443\n    service: http://x:1\n  - service: http_status:404\n"
-            ),
-            "Hostname cannot contain a port"
+            err(&format!(
+                "ingress:\n  - hostname: a.com\n    service: \"https://local host:8000\"\n{LAST}"
+            )),
+            "Rule #1: \"https://local host:8000\" is not a valid URL: invalid character \" \" in host name"
         );
-        assert!(
-            err("ingress:\n  - hostname: a.com\n    path: \"*\"\n    service: http://x:1\n  - service: http_status:404\n")
-                .starts_with("Rule #1 has an invalid regex")
-        );
-        assert!(err("ingress:\n  - service: localhost:8080\n").contains("is an invalid address"));
         assert!(err("ingress:\n  - service: http://x:1/p\n").contains("different path"));
         assert!(err("ingress:\n  - service: http_status:99\n").contains("invalid HTTP status"));
-        assert!(err("ingress:\n  - service: http_status:abc\n").contains("invalid HTTP status"));
-        assert!(err("ingress:\n  - service: http://x\n    hostnmae: a\n").contains("unknown key"));
+        assert_eq!(
+            err("ingress:\n  - service: http://x\n    hostnmae: a\n"),
+            "Rule #1 has an unknown key \"hostnmae\""
+        );
+        assert_eq!(
+            err("ingress:\n  - service: http://x\n    originRequest: {noTLSVerfy: true}\n"),
+            "Rule #1 originRequest has an unknown key \"noTLSVerfy\""
+        );
         assert!(
             err("ingress:\n  - service: http://x\n    originRequest: {connectTimeout: soon}\n")
                 .contains("invalid duration")
         );
+        assert_eq!(
+            err(
+                "ingress:\n  - service: socks-proxy\n    originRequest: {ipRules: [{prefix: 10.0.0.0/33}]}\n"
+            ),
+            "Rule #1: unable to create ip rule for socks-proxy: unable to parse cidr: 10.0.0.0/33"
+        );
+        assert_eq!(
+            err(
+                "ingress:\n  - service: http://x\n    originRequest: {access: {required: true, audTag: [a]}}\n"
+            ),
+            "Rule #1: access.TeamName cannot be blank when access.audTags are present"
+        );
+        assert!(err("ingress:\n  - service: [http://x]\n").contains("service must be a string"));
     }
 
     #[test]
-    fn services_and_durations() {
+    fn what_cloudflared_accepts_validates() {
+        for ok in [
+            "ingress:\n  - service: bastion\n",
+            "ingress:\n  - service: socks-proxy\n",
+            "ingress:\n  - originRequest: {bastionMode: true}\n",
+            "ingress:\n  - service: http://x\n    originRequest: {bastionMode: yes}\n",
+            "ingress:\n  - service: ftp://127.0.0.1\n",
+            "ingress:\n  - service: unix+tls:/run/x.sock\n",
+            "ingress:\n  - service: \"http://x:\"\n",
+            "ingress:\n  - service: \"http://x?a=1\"\n",
+            "ingress:\n  - service: http://u:p@x\n",
+            "ingress:\n  - service: hello-world\n",
+            "ingress:\n  - service: http://x\n    originRequest: null\n",
+            "ingress:\n  - service: http://x\n    originRequest: {ipRules: [{prefix: bad}]}\n",
+            "ingress:\n  - service: socks-proxy\n    originRequest: {ipRules: [{prefix: 10.0.0.0/8, ports: [80], allow: true}]}\n",
+            "ingress:\n  - service: http://x\n    originRequest: {access: {required: true, teamName: t, audTag: [a]}}\n",
+            "originRequest: {connectTimeout: 1.5s, noTLSVerify: on}\ningress:\n  - service: http://x\n",
+            "x: &o {noTLSVerify: true}\ningress:\n  - service: http://x\n    originRequest:\n      <<: *o\n",
+            "ingress:\n  - hostname: 123\n    service: http://x\n  - service: http://x\n",
+            "ingress:\n  - hostname: \"[::1]\"\n    service: http://x\n  - service: http://x\n",
+        ] {
+            assert!(Ingress::parse(ok).is_ok(), "{ok}: {}", err(ok));
+        }
+    }
+
+    #[test]
+    fn unsupported_services_are_refused_per_rule() {
+        let ing = Ingress::parse(
+            "originRequest: {connectTimeout: 5s}\ningress:\n  - hostname: b.example\n    service: bastion\n  - hostname: m.example\n    service: http://x\n    originRequest: {bastionMode: true}\n  - hostname: s.example\n    service: socks-proxy\n  - hostname: f.example\n    service: ftp://127.0.0.1\n  - hostname: f2.example\n    service: ftp://127.0.0.1:21\n  - hostname: u.example\n    service: unix+tls:/x\n  - hostname: a.example\n    service: http://x\n    originRequest: {access: {required: true}}\n  - hostname: ok.example\n    service: http://x\n  - service: http_status:404\n",
+        )
+        .unwrap();
+        let refused: Vec<_> = ing
+            .refused()
+            .map(|(i, r, why)| (i, r.service.to_string(), why.clone()))
+            .collect();
         assert_eq!(
-            parse_service("tcp://db").unwrap(),
-            Service::Tcp {
-                address: "db:7864".into()
-            }
+            refused,
+            [
+                (0, "bastion".into(), Refusal::Bastion),
+                (1, "bastion".into(), Refusal::Bastion),
+                (2, "socks-proxy".into(), Refusal::SocksProxy),
+                (3, "ftp://127.0.0.1".into(), Refusal::NoPort),
+                (5, "unix+tls:/x".into(), Refusal::UnixTls),
+                (6, "http://x".into(), Refusal::AccessRequired),
+            ]
         );
-        assert_eq!(
-            parse_service("rdp://h:1").unwrap(),
-            Service::Tcp {
-                address: "h:1".into()
-            }
-        );
-        assert_eq!(
-            parse_service("smb://h").unwrap(),
-            Service::Tcp {
-                address: "h:445".into()
-            }
-        );
-        assert_eq!(
-            parse_service("unix:/run/x.sock").unwrap(),
-            Service::Unix {
-                path: "/run/x.sock".into(),
-                tls: false
-            }
-        );
-        assert_eq!(parse_service("hello_world").unwrap(), Service::HelloWorld);
-        assert_eq!(
-            parse_service("http://[::1]:8080").unwrap(),
-            Service::Http {
-                scheme: "http".into(),
-                authority: "[::1]:8080".into()
-            }
-        );
-        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("s").is_err());
     }
 }

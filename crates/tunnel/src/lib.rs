@@ -12,6 +12,7 @@
 pub mod access;
 pub mod connector;
 pub mod control;
+pub mod fuzzing;
 pub mod ingress;
 pub mod origin;
 mod proxy;

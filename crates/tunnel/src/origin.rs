@@ -8,6 +8,12 @@
 //! sit between the tunnel stream and the origin socket; with one small
 //! request per tunnel stream those hops cost as much as the proxying itself.
 //! Upgrades, TLS and HTTP/2 origins keep hyper-util's pooled client.
+//!
+//! An `https://` rule with `matchSNItoHost` sends the request's host name
+//! as TLS server name and checks the origin's certificate against it: the
+//! URI given to hyper-util names the request's host (so its pool keeps one
+//! set of connections per host name), and the resolver sends every name
+//! to the rule's origin.
 
 use crate::ingress::{Ingress, OriginRequest, Service};
 use gatehouse_ops::Chain;
@@ -18,6 +24,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiAddrs, GaiFuture, GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use std::collections::VecDeque;
@@ -29,7 +36,9 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, TunnelBody>;
+type Https<R> = hyper_rustls::HttpsConnector<HttpConnector<R>>;
+type HttpsClient = Client<Https<GaiResolver>, TunnelBody>;
+type SniClient = Client<Https<OriginResolver>, TunnelBody>;
 
 /// Why an origin could not be reached or configured.
 #[derive(Debug, thiserror::Error)]
@@ -66,15 +75,27 @@ pub enum OriginError {
     /// The request target does not make a valid URI on the origin.
     #[error("origin: invalid request target")]
     Target(#[source] http::uri::InvalidUri),
-    /// `unix+tls:` is not supported.
-    #[error("unix+tls origins are not supported")]
-    UnixTls,
+    /// With `matchSNItoHost`, the request's host is not a DNS name (an IP
+    /// address would be dialled instead of the origin).
+    #[error("matchSNItoHost: the request's host {0:?} is not a DNS name")]
+    SniHost(String),
+    /// The origin's host name cannot be resolved.
+    #[error("rule #{rule}: invalid origin host name")]
+    Name {
+        /// 0-based rule index.
+        rule: usize,
+        /// Why.
+        #[source]
+        source: hyper_util::client::legacy::connect::dns::InvalidNameError,
+    },
 }
 
 enum Client1 {
     /// hyper-util's client with the `scheme://authority` it is for, and
     /// the leased connections of a plain HTTP/1.1 origin.
     Http(Box<HttpsClient>, String, Option<Arc<H1Pool>>),
+    /// `matchSNItoHost`: the client and the origin's port.
+    HttpSni(Box<SniClient>, u16),
     Unix(PathBuf, Duration),
     None,
 }
@@ -93,20 +114,33 @@ impl std::fmt::Debug for Origins {
 }
 
 impl Origins {
-    /// Builds the clients of every rule.
+    /// Builds the clients of every rule the connector serves (none for a
+    /// rule it refuses).
     pub fn build(ing: &Ingress) -> Result<Self, OriginError> {
         let clients = ing
             .rules
             .iter()
             .enumerate()
             .map(|(i, r)| match &r.service {
-                Service::Http { scheme, authority } => {
+                _ if r.refusal.is_some() => Ok(Client1::None),
+                Service::Http {
+                    scheme,
+                    authority: Some(authority),
+                    ..
+                } if scheme == "https" && r.origin.match_sni_to_host => {
+                    sni_client(i, &r.origin, authority)
+                        .map(|(c, port)| Client1::HttpSni(Box::new(c), port))
+                }
+                Service::Http {
+                    scheme,
+                    authority: Some(authority),
+                    ..
+                } => {
                     let plain = (scheme == "http" && !r.origin.http2_origin)
                         .then(|| Arc::new(H1Pool::new(authority, &r.origin)));
                     let base = format!("{scheme}://{authority}");
                     http_client(i, &r.origin).map(|c| Client1::Http(Box::new(c), base, plain))
                 }
-                Service::Unix { tls: true, .. } => Err(OriginError::UnixTls),
                 Service::Unix { path, tls: false } => {
                     Ok(Client1::Unix(path.clone(), r.origin.connect_timeout))
                 }
@@ -140,6 +174,10 @@ impl Origins {
                 let req = absolute(base, req)?;
                 Ok((Box::pin(c.request(req)).await?, Lease::none()))
             }
+            Some(Client1::HttpSni(c, port)) => {
+                let req = sni_target(*port, req)?;
+                Ok((Box::pin(c.request(req)).await?, Lease::none()))
+            }
             Some(Client1::Unix(path, timeout)) => Box::pin(unix(path, *timeout, req)).await,
             _ => Err(OriginError::Connect(std::io::Error::other(
                 "rule has no HTTP origin",
@@ -156,6 +194,47 @@ fn absolute(base: &str, mut req: Request<TunnelBody>) -> Result<Request<TunnelBo
         .parse()
         .map_err(OriginError::Target)?;
     Ok(req)
+}
+
+/// The request with an absolute `https://` target on its own host name
+/// (from the `Host` header the proxy set) and the origin's port.
+fn sni_target(port: u16, mut req: Request<TunnelBody>) -> Result<Request<TunnelBody>, OriginError> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let host = crate::ingress::url::split_host_port_strict(host).map_or(host, |(h, _)| h);
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() || host.contains(['[', ']']) {
+        return Err(OriginError::SniHost(host.to_owned()));
+    }
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    *req.uri_mut() = format!("https://{host}:{port}{target}")
+        .parse()
+        .map_err(OriginError::Target)?;
+    Ok(req)
+}
+
+/// Resolves every name to the rule's origin host (see the module's notes
+/// on `matchSNItoHost`).
+#[derive(Clone, Debug)]
+struct OriginResolver {
+    origin: Name,
+    gai: GaiResolver,
+}
+
+impl tower::Service<Name> for OriginResolver {
+    type Response = GaiAddrs;
+    type Error = std::io::Error;
+    type Future = GaiFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.gai.poll_ready(cx)
+    }
+
+    fn call(&mut self, _requested: Name) -> Self::Future {
+        self.gai.call(self.origin.clone())
+    }
 }
 
 async fn unix(
@@ -177,7 +256,36 @@ async fn unix(
 }
 
 fn http_client(i: usize, o: &OriginRequest) -> Result<HttpsClient, OriginError> {
-    let mut http = HttpConnector::new();
+    let conn = https_connector(i, o, HttpConnector::new(), o.origin_server_name.as_deref())?;
+    Ok(pool_builder(o).build(conn))
+}
+
+/// The `matchSNItoHost` client of an origin `authority`, and its port.
+fn sni_client(
+    i: usize,
+    o: &OriginRequest,
+    authority: &str,
+) -> Result<(SniClient, u16), OriginError> {
+    let (host, port) = crate::ingress::url::split_host_port_strict(authority)
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .unwrap_or((authority, 443));
+    let origin = host
+        .parse()
+        .map_err(|source| OriginError::Name { rule: i, source })?;
+    let resolver = OriginResolver {
+        origin,
+        gai: GaiResolver::new(),
+    };
+    let conn = https_connector(i, o, HttpConnector::new_with_resolver(resolver), None)?;
+    Ok((pool_builder(o).build(conn), port))
+}
+
+fn https_connector<R>(
+    i: usize,
+    o: &OriginRequest,
+    mut http: HttpConnector<R>,
+    server_name: Option<&str>,
+) -> Result<Https<R>, OriginError> {
     http.enforce_http(false);
     http.set_connect_timeout(Some(o.connect_timeout));
     http.set_nodelay(true);
@@ -194,25 +302,28 @@ fn http_client(i: usize, o: &OriginRequest) -> Result<HttpsClient, OriginError> 
     let b = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(cfg)
         .https_or_http();
-    let b = match &o.origin_server_name {
+    let b = match server_name {
         Some(name) => {
-            let sn = ServerName::try_from(name.clone())
+            let sn = ServerName::try_from(name.to_owned())
                 .map_err(|source| OriginError::ServerName { rule: i, source })?;
             b.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sn))
         }
         None => b,
     };
-    let conn = if o.http2_origin {
+    Ok(if o.http2_origin {
         b.enable_http2().wrap_connector(http)
     } else {
         b.enable_http1().wrap_connector(http)
-    };
+    })
+}
+
+fn pool_builder(o: &OriginRequest) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(o.keep_alive_timeout)
         .pool_max_idle_per_host(o.keep_alive_connections)
         .http2_only(o.http2_origin);
-    Ok(builder.build(conn))
+    builder
 }
 
 type H1Send = http1::SendRequest<TunnelBody>;
@@ -492,6 +603,25 @@ mod tests {
             lease.release();
         }
         String::from_utf8(body.to_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn match_sni_to_host_targets_the_request_host() {
+        let req = |host: &str| {
+            Request::get("/x?y=1")
+                .header(http::header::HOST, host)
+                .body(gatehouse_tunnel_io::stream::empty())
+                .unwrap()
+        };
+        let r = sni_target(8443, req("App.Example:443")).unwrap();
+        assert_eq!(r.uri().to_string(), "https://App.Example:8443/x?y=1");
+        // An address would be dialled directly instead of the origin.
+        for host in ["10.0.0.5", "10.0.0.5:443", "[::1]:443", "::1", ""] {
+            assert!(
+                matches!(sni_target(443, req(host)), Err(OriginError::SniHost(_))),
+                "{host}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! proxy to the origin, streaming both ways.
 
 use crate::connector::Shared;
-use crate::ingress::{Ingress, Service};
+use crate::ingress::{Ingress, Refusal, Service};
 use crate::origin::Origins;
 use gatehouse_ops::Chain;
 use gatehouse_proto::headers::{is_upgrade, strip_hop_by_hop};
@@ -73,6 +73,9 @@ async fn proxy(shared: &Arc<Shared>, head: RequestHead, mut w: FrameWriter, r: F
     let path_only = head.path.split('?').next().unwrap_or("/");
     let (idx, rule) = loaded.ingress.find(&head.authority, path_only);
     info!(rule = idx, service = %rule.service, "matched ingress rule");
+    if let Some(why) = &rule.refusal {
+        return Box::pin(refuse(shared, idx, rule, why, w)).await;
+    }
     match &rule.service {
         Service::Status(code) => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::NOT_FOUND);
@@ -83,7 +86,10 @@ async fn proxy(shared: &Arc<Shared>, head: RequestHead, mut w: FrameWriter, r: F
         }
         // Boxed, as is every rare path below: the future of a stream is
         // moved whole into its task, so its size is paid on every request.
-        Service::Tcp { address } => {
+        Service::Tcp {
+            address: Some(address),
+            ..
+        } => {
             Box::pin(tcp(
                 shared,
                 &head,
@@ -98,7 +104,26 @@ async fn proxy(shared: &Arc<Shared>, head: RequestHead, mut w: FrameWriter, r: F
             let host = rule.origin.http_host_header.clone();
             http(shared, head, host, loaded.origins.clone(), idx, w, r).await;
         }
+        // Refused above; never served whatever happens to the refusals.
+        Service::Tcp { address: None, .. } | Service::Bastion | Service::SocksProxy => {
+            respond(&mut w, StatusCode::NOT_IMPLEMENTED, "not served\n").await
+        }
     }
+}
+
+/// Answers a request whose rule the connector does not serve: the status
+/// and message of the reason; the log names the rule.
+async fn refuse(
+    shared: &Arc<Shared>,
+    idx: usize,
+    rule: &crate::ingress::Rule,
+    why: &Refusal,
+    mut w: FrameWriter,
+) {
+    shared.metrics.refused.inc();
+    warn!(rule = idx, service = %rule.service, reason = %why, "ingress rule not served");
+    let status = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    respond(&mut w, status, why.public_message()).await;
 }
 
 #[allow(clippy::too_many_arguments)]
