@@ -345,14 +345,25 @@ impl Net {
             .unwrap()
     }
 
-    /// A small request from `from` to `to` succeeds.
+    /// A small request from `from` to `to` succeeds. A peer that has just
+    /// joined may not have announced its home relay or endpoints yet (a
+    /// request in that window finds no path to it), so failed attempts are
+    /// repeated for a while before the test gives up.
     pub async fn fetch_small(&self, from: usize, to: usize) {
         let out = self.dir.path().join(format!("small-{from}-{to}"));
         let _ = std::fs::write(self.dir.path().join("files").join("hello"), "hello\n");
-        let status = self.curl(from, to, "/hello", &out).wait().await.unwrap();
-        if !status.success() {
-            self.dump();
-            panic!("h{from} → h{to}: curl failed");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = self.curl(from, to, "/hello", &out).wait().await.unwrap();
+            if status.success() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.dump();
+                panic!("h{from} → h{to}: curl failed");
+            }
+            eprintln!("h{from} → h{to}: curl failed; trying again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\n");
     }
