@@ -21,9 +21,19 @@
 //! `target/roles/release/gatehouse-{edge,connector}`; relative paths are
 //! taken from the workspace root) a third edge and connector pair, over QUIC, runs those binaries.
 //!
+//! Last, what Access costs: on one edge, wrk rounds alternate between an
+//! open path and a path whose rule needs anybody signed in, both with the
+//! same valid session cookie (signed in through the edge's real callback,
+//! with a grant signed by control's stand-in, `gatehouse_testkit::access`);
+//! it reports the edge's and the connector's CPU time per request, req/s
+//! and p99 of each, and the ratios. `BENCH_ONLY=access` runs only that part
+//! (it needs `nginx` and `wrk`), `BENCH_ROUNDS` sets its rounds (3).
+//!
 //! Without `--bench` (as `cargo test --benches` runs it) it only checks its
 //! own harness quickly: the gatehouse path against an in-process origin,
-//! one second of wrk with no errors, one bulk transfer of the right size.
+//! one second of wrk with no errors, one bulk transfer of the right size,
+//! a sign-in for Access (no session is `401`, the session reaches the
+//! origin as an assertion) and one short round of each Access path.
 
 #![allow(
     clippy::unwrap_used,
@@ -32,6 +42,7 @@
     clippy::print_stderr
 )]
 
+use gatehouse_testkit::access::GrantSigner;
 use gatehouse_testkit::pki::Pki;
 use gatehouse_testkit::process::Proc;
 use gatehouse_testkit::{free_port, wait_for};
@@ -42,6 +53,10 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 const HOST: &str = "localhost";
+/// The prefix of the paths Access protects when an edge has `access`.
+const PROTECTED: &str = "/p/";
+/// An unprotected path of the same shape.
+const OPEN: &str = "/o/";
 
 fn addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
@@ -79,6 +94,11 @@ fn parse_ms(s: &str) -> f64 {
 }
 
 async fn wrk(url: &str, secs: u32, conns: u32) -> Load {
+    wrk_with(url, secs, conns, &[]).await
+}
+
+/// [`wrk`], sending `headers` (`Name: value`) with every request.
+async fn wrk_with(url: &str, secs: u32, conns: u32, headers: &[String]) -> Load {
     let out = tokio::process::Command::new("bash")
         .args([
             "-c",
@@ -88,8 +108,9 @@ async fn wrk(url: &str, secs: u32, conns: u32) -> Load {
             &format!("-c{conns}"),
             &format!("-d{secs}s"),
             "--latency",
-            url,
         ])
+        .args(headers.iter().flat_map(|h| ["-H", h.as_str()]))
+        .arg(url)
         .output()
         .await
         .expect("wrk");
@@ -299,13 +320,16 @@ struct Gatehouse {
 }
 
 /// An edge and a connector; `label` names their files, `bins` the edge's
-/// and the connector's binaries.
+/// and the connector's binaries. With `access` the edge checks identity
+/// for Access against that control, and [`PROTECTED`] needs anybody
+/// signed in.
 async fn start_gatehouse(
     dir: &Path,
     pki: &Pki,
     origin: SocketAddr,
     (label, transport): (&str, &str),
     (edge_bin, conn_bin): (&str, &str),
+    access: Option<&GrantSigner>,
 ) -> Gatehouse {
     let site = pki.leaf(&[HOST]);
     let tunnel_leaf = pki.leaf(&["edge.test"]);
@@ -318,10 +342,21 @@ async fn start_gatehouse(
         .unwrap();
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let edge_cfg = dir.join(format!("edge-{label}.yaml"));
+    let (access_cfg, access_rule) = match access {
+        Some(c) => (
+            format!(
+                "access:\n  control: {}\n  ca: {}\n",
+                c.url,
+                pki.ca.display()
+            ),
+            format!("      - {{path: {PROTECTED}*, action: allow, identity: {{any: true}}}}\n"),
+        ),
+        None => Default::default(),
+    };
     std::fs::write(
         &edge_cfg,
         format!(
-            "listen: {{https: {https}, tunnel: {tunnel}}}\ntunnel_tls: {{cert: {}, key: {}}}\ntokens: {}\nhostnames:\n  - hostname: {HOST}\n    tunnel: bench\n    tls: {{cert: {}, key: {}}}\n    default: allow\n    rules:\n      - {{path: /admin, action: deny}}\n      - {{path: /admin/*, action: deny}}\n",
+            "listen: {{https: {https}, tunnel: {tunnel}}}\ntunnel_tls: {{cert: {}, key: {}}}\ntokens: {}\n{access_cfg}hostnames:\n  - hostname: {HOST}\n    tunnel: bench\n    tls: {{cert: {}, key: {}}}\n    default: allow\n    rules:\n      - {{path: /admin, action: deny}}\n      - {{path: /admin/*, action: deny}}\n{access_rule}",
             tunnel_leaf.cert.display(),
             tunnel_leaf.key.display(),
             tokens.display(),
@@ -365,6 +400,193 @@ async fn start_gatehouse(
     }
 }
 
+/// A response as curl saw it: status, header lines (names lower-cased),
+/// body.
+async fn curl_full(url: &str, ca: &Path, args: &[&str]) -> (u16, Vec<(String, String)>, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-D", "-", "--cacert"])
+        .arg(ca)
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (code, headers, body.to_owned())
+}
+
+/// The value a `Set-Cookie` among `headers` gives `name`.
+fn set_cookie(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == "set-cookie")
+        .find_map(|(_, v)| {
+            v.strip_prefix(&format!("{name}="))
+                .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        })
+}
+
+/// Signs a person in for Access at the edge serving `base`, as a browser
+/// would: the protected path sends it to control with a nonce cookie,
+/// control's grant (signed here by `control`) goes to the edge's callback
+/// with that cookie. Returns the `Cookie` header of the session.
+async fn sign_in(base: &str, ca: &Path, control: &GrantSigner) -> String {
+    let path = format!("{PROTECTED}x");
+    let (code, h, body) =
+        curl_full(&format!("{base}{path}"), ca, &["-H", "Accept: text/html"]).await;
+    assert_eq!(code, 302, "the sign-in redirect: {body}");
+    let nonce = set_cookie(&h, "__Host-gatehouse-access-nonce").expect("the nonce cookie");
+    let grant = control.grant(HOST, "bench@corp.test", &nonce, &path);
+    let (code, h, body) = curl_full(
+        &format!("{base}/.gatehouse/access/callback?grant={grant}"),
+        ca,
+        &["-b", &format!("__Host-gatehouse-access-nonce={nonce}")],
+    )
+    .await;
+    assert_eq!(code, 302, "the callback: {body}");
+    let session = set_cookie(&h, "__Host-gatehouse-access").expect("the session cookie");
+    format!("Cookie: __Host-gatehouse-access={session}")
+}
+
+/// Load on one path over rounds: the sums, and each round's p99.
+#[derive(Default)]
+struct Rounds {
+    requests: u64,
+    errors: u64,
+    rps: Vec<f64>,
+    p99_ms: Vec<f64>,
+    edge_ticks: u64,
+    conn_ticks: u64,
+}
+
+impl Rounds {
+    fn add(&mut self, l: &Load, (edge, conn): (u64, u64)) {
+        self.requests += l.requests;
+        self.errors += l.errors;
+        self.rps.push(l.rps);
+        self.p99_ms.push(l.p99_ms);
+        self.edge_ticks += edge;
+        self.conn_ticks += conn;
+    }
+    fn mean_rps(&self) -> f64 {
+        self.rps.iter().sum::<f64>() / self.rps.len().max(1) as f64
+    }
+    fn median_p99(&self) -> f64 {
+        let mut v = self.p99_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+}
+
+/// Access's cost on the edge `g` (started with `access`): wrk rounds
+/// alternating between an open path and a protected one, both with the
+/// session's `cookie`, and the CPU time the edge and the connector spent
+/// per request on each. Prints a row per round and the totals; returns
+/// (open, protected).
+async fn access_rounds(
+    g: &Gatehouse,
+    cookie: &str,
+    secs: u32,
+    conns: u32,
+    rounds: u32,
+) -> (Rounds, Rounds) {
+    let base = format!("https://{HOST}:{}", g.https.port());
+    let tick_us = 1e6 / clock_ticks();
+    let headers = [cookie.to_owned()];
+    let (mut open, mut protected) = (Rounds::default(), Rounds::default());
+    println!("| round | path | req/s | p99 | edge CPU per request | connector | errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for round in 1..=rounds {
+        // Which path goes first alternates, so a drift in the machine's
+        // load does not favour either.
+        let mut order = [(OPEN, false), (PROTECTED, true)];
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for (prefix, is_protected) in order {
+            let before = (cpu_ticks(g.edge_pid), cpu_ticks(g.conn_pid));
+            let l = wrk_with(&format!("{base}{prefix}x"), secs, conns, &headers).await;
+            let used = (
+                cpu_ticks(g.edge_pid) - before.0,
+                cpu_ticks(g.conn_pid) - before.1,
+            );
+            let n = l.requests.max(1) as f64;
+            println!(
+                "| {round} | `{prefix}x`{} | {:.0} | {:.2} ms | {:.1} µs | {:.1} µs | {} |",
+                if is_protected { " (Access)" } else { "" },
+                l.rps,
+                l.p99_ms,
+                used.0 as f64 * tick_us / n,
+                used.1 as f64 * tick_us / n,
+                l.errors
+            );
+            if is_protected {
+                &mut protected
+            } else {
+                &mut open
+            }
+            .add(&l, used);
+        }
+    }
+    let per = |r: &Rounds, ticks: u64| ticks as f64 * tick_us / r.requests.max(1) as f64;
+    for (name, r) in [("open", &open), ("Access", &protected)] {
+        println!(
+            "| all | {name} | {:.0} (mean) | {:.2} ms (median) | {:.1} µs | {:.1} µs | {} |",
+            r.mean_rps(),
+            r.median_p99(),
+            per(r, r.edge_ticks),
+            per(r, r.conn_ticks),
+            r.errors
+        );
+    }
+    println!(
+        "\nAccess / open: edge CPU per request ×{:.3}, connector ×{:.3}, req/s ×{:.3}, p99 ×{:.3}",
+        per(&protected, protected.edge_ticks) / per(&open, open.edge_ticks).max(f64::MIN_POSITIVE),
+        per(&protected, protected.conn_ticks) / per(&open, open.conn_ticks).max(f64::MIN_POSITIVE),
+        protected.mean_rps() / open.mean_rps().max(f64::MIN_POSITIVE),
+        protected.median_p99() / open.median_p99().max(f64::MIN_POSITIVE),
+    );
+    (open, protected)
+}
+
+/// An edge with Access and its connector in front of `origin`, a person
+/// signed in, and [`access_rounds`] on it.
+async fn access_bench(dir: &Path, pki: &Pki, origin: SocketAddr, secs: u32, conns: u32) {
+    let rounds: u32 = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let control = GrantSigner::new();
+    control.serve_jwks(pki).await;
+    let g = start_gatehouse(
+        dir,
+        pki,
+        origin,
+        ("access", "quic"),
+        (BIN, BIN),
+        Some(&control),
+    )
+    .await;
+    let base = format!("https://{HOST}:{}", g.https.port());
+    let cookie = sign_in(&base, &pki.ca, &control).await;
+    println!(
+        "\nAccess: one edge (QUIC), {rounds} rounds alternating, wrk -t2 -c{conns} -d{secs}s --latency -H \"Cookie: __Host-gatehouse-access=…\" on both paths; `{PROTECTED}*` needs {{any: true}}\n"
+    );
+    let (open, protected) = access_rounds(&g, &cookie, secs, conns, rounds).await;
+    assert_eq!(open.errors + protected.errors, 0, "errors under load");
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -379,7 +601,17 @@ async fn quick_check() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let origin = gatehouse_testkit::origin::HttpOrigin::start("bench").await;
-    let g = start_gatehouse(dir.path(), &pki, origin.addr, ("quic", "quic"), (BIN, BIN)).await;
+    let control = GrantSigner::new();
+    control.serve_jwks(&pki).await;
+    let g = start_gatehouse(
+        dir.path(),
+        &pki,
+        origin.addr,
+        ("quic", "quic"),
+        (BIN, BIN),
+        Some(&control),
+    )
+    .await;
     let base = format!("https://{HOST}:{}", g.https.port());
     let l = wrk(&format!("{base}/"), 1, 4).await;
     assert_eq!(l.errors, 0, "errors through the tunnel");
@@ -390,6 +622,29 @@ async fn quick_check() {
     assert!(b.client_cpu_s > 0.0, "curl's CPU time was not read");
     let (_, rss) = wrk_with_rss(&format!("{base}/"), 1, 4, &[g.edge_pid, g.conn_pid]).await;
     assert!(rss.iter().all(|r| *r > 0), "RSS sampling failed");
+    // Access: the protected path refuses a request without a session and
+    // admits the signed-in one, whose assertion reaches the origin; then
+    // one short round of each path.
+    let cookie = sign_in(&base, &pki.ca, &control).await;
+    let protected = format!("{base}{PROTECTED}x");
+    let (code, _, body) = curl_full(&protected, &pki.ca, &[]).await;
+    assert_eq!(code, 401, "no session: {body}");
+    let (code, _, body) = curl_full(&protected, &pki.ca, &["-H", &cookie]).await;
+    assert_eq!(code, 200, "with the session: {body}");
+    assert!(
+        body.lines().any(|l| l
+            .strip_prefix("access-assertion=")
+            .is_some_and(|a| !a.is_empty())),
+        "no assertion at the origin: {body}"
+    );
+    let (open, protected) = access_rounds(&g, &cookie, 1, 4, 1).await;
+    for (name, r) in [("open", &open), ("Access", &protected)] {
+        assert_eq!(r.errors, 0, "{name}: errors");
+        assert!(
+            r.requests > 0 && r.edge_ticks > 0,
+            "{name}: nothing measured"
+        );
+    }
     println!(
         "public_tier bench harness ok ({:.0} req/s in quick mode)",
         l.rps
@@ -449,6 +704,11 @@ async fn full_run() {
             bulk_file.display()
         ),
     );
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "access") {
+        wait_http(&format!("http://{origin}/"), &pki.ca).await;
+        access_bench(d, &pki, origin, secs, conns).await;
+        return;
+    }
     // A TLS-terminating reverse proxy to `upstream` (`http` or `https`) over
     // keep-alive connections, streaming (no buffering); `h2` lets clients
     // speak HTTP/2 to it.
@@ -498,14 +758,14 @@ async fn full_run() {
     for u in [&direct, &nginx, &two_hops, &rathole] {
         wait_http(&format!("{u}/"), &pki.ca).await;
     }
-    let quic = start_gatehouse(d, &pki, origin, ("quic", "quic"), (BIN, BIN)).await;
-    let tcp = start_gatehouse(d, &pki, origin, ("tcp", "tcp"), (BIN, BIN)).await;
+    let quic = start_gatehouse(d, &pki, origin, ("quic", "quic"), (BIN, BIN), None).await;
+    let tcp = start_gatehouse(d, &pki, origin, ("tcp", "tcp"), (BIN, BIN), None).await;
     let roles = match (
         gatehouse_testkit::roles::from_env("BENCH_EDGE_BIN"),
         gatehouse_testkit::roles::from_env("BENCH_CONNECTOR_BIN"),
     ) {
         (Some(e), Some(c)) => {
-            Some(start_gatehouse(d, &pki, origin, ("quic-roles", "quic"), (&e, &c)).await)
+            Some(start_gatehouse(d, &pki, origin, ("quic-roles", "quic"), (&e, &c), None).await)
         }
         _ => None,
     };
@@ -660,4 +920,5 @@ async fn full_run() {
     }
     println!("| rathole server | | {:.1} MiB |", mib(rows[RATHOLE].1[0]));
     println!("| rathole client | | {:.1} MiB |", mib(rows[RATHOLE].1[1]));
+    access_bench(d, &pki, origin, secs, conns).await;
 }

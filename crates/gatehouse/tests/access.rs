@@ -11,78 +11,11 @@ mod common;
 use base64::Engine as _;
 use common::Stack;
 use gatehouse_oidc::{Jwks, Signer, Token};
-use gatehouse_testkit::free_port;
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{Map, Value, json};
-use std::net::SocketAddr;
-use std::sync::Arc;
+use gatehouse_testkit::access::{GrantSigner as Control, unix_now as now};
+use serde_json::{Value, json};
 use std::time::Duration;
 
 const SECRET: &str = "s3cret-of-the-ci-token";
-
-/// Serves `jwks` at `/access/jwks` over HTTPS on `addr`.
-async fn serve_jwks(s: &Stack, addr: SocketAddr, jwks: String) {
-    let cfg = s.pki.leaf(&["127.0.0.1"]).server_config(&[]);
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, jwks) = (acceptor.clone(), jwks.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                    let body = if req.uri().path() == "/access/jwks" {
-                        jwks.clone()
-                    } else {
-                        String::new()
-                    };
-                    async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::from(body),
-                        )))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-struct Control {
-    url: String,
-    signer: Signer,
-}
-
-impl Control {
-    fn claims(&self, host: &str, email: &str, nonce: &str, rd: &str) -> Map<String, Value> {
-        let t = now();
-        let jti = gatehouse_oidc::random_token(16).unwrap();
-        json!({"iss": self.url, "aud": format!("https://{host}"), "sub": email, "email": email,
-            "groups": ["staff"], "name": "A Person", "nonce": nonce, "rd": rd,
-            "iat": t, "exp": t + 120, "jti": jti})
-        .as_object()
-        .cloned()
-        .unwrap()
-    }
-    fn grant(&self, host: &str, email: &str, nonce: &str, rd: &str) -> String {
-        self.signer
-            .sign(&self.claims(host, email, nonce, rd))
-            .unwrap()
-    }
-}
 
 /// A response as curl saw it: status, header lines (lower-cased names), body.
 struct Got {
@@ -176,11 +109,7 @@ fn session(v: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn access_on_public_hostnames() {
     let mut s = Stack::new().await;
-    let control_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let control = Control {
-        url: format!("https://{control_addr}"),
-        signer: Signer::generate().unwrap(),
-    };
+    let control = Control::new();
     let hash = hex_sha256(SECRET);
     s.edge_extra = format!(
         "access:\n  control: {}\n  ca: {}\n  session_lifetime: 2h\n  service_tokens:\n    - {{id: ci, secret_sha256: {hash}}}\n    - {{id: other, secret_sha256: {}}}\n",
@@ -196,7 +125,7 @@ async fn access_on_public_hostnames() {
     s.start_connector(0, "quic").await;
     let result = tokio::time::timeout(Duration::from_secs(180), async {
         control_unreachable(&s, &control).await;
-        serve_jwks(&s, control_addr, control.signer.jwks_document().to_string()).await;
+        control.serve_jwks(&s.pki).await;
         browsers_and_api_clients(&s, &control).await;
         refused_grants(&s, &control).await;
         other_hostnames(&s, &control).await;

@@ -8,13 +8,15 @@
 //! (`kube_apiserver`), real Tailscale clients (`tailscale`: tailscaled
 //! and a tsnet program), and a real OpenID Connect provider
 //! (`oidc_provider`: Ory Hydra with a login app of its own and a browser
-//! that follows redirects by hand), and a real browser (`chromium`:
-//! headless Chromium driven through the DevTools protocol). It never fakes
-//! the component under test.
+//! that follows redirects by hand), a real browser (`chromium`: headless
+//! Chromium driven through the DevTools protocol), and control's side of
+//! Access for an edge (`access`: a grant signer with its key set served
+//! over HTTPS). It never fakes the component under test.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stderr)]
 
+pub mod access;
 pub mod chromium;
 pub mod control;
 pub mod gotools;
