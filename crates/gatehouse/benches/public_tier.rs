@@ -411,19 +411,7 @@ async fn curl_full(url: &str, ca: &Path, args: &[&str]) -> (u16, Vec<(String, St
         .output()
         .await
         .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let code = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (code, headers, body.to_owned())
+    gatehouse_testkit::access::parse_curl_response(&out.stdout)
 }
 
 /// The value a `Set-Cookie` among `headers` gives `name`.

@@ -61,22 +61,11 @@ async fn get(s: &Stack, host: &str, path: &str, args: &[&str]) -> Got {
         .output()
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let code = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
+    let (code, headers, body) = gatehouse_testkit::access::parse_curl_response(&out.stdout);
     Got {
         code,
         headers,
-        body: body.to_owned(),
+        body,
     }
 }
 
