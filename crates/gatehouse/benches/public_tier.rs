@@ -42,7 +42,7 @@
     clippy::print_stderr
 )]
 
-use gatehouse_testkit::access::GrantSigner;
+use gatehouse_testkit::access::{CurlResponse, GrantSigner};
 use gatehouse_testkit::pki::Pki;
 use gatehouse_testkit::process::Proc;
 use gatehouse_testkit::{free_port, wait_for};
@@ -402,7 +402,7 @@ async fn start_gatehouse(
 
 /// A response as curl saw it: status, header lines (names lower-cased),
 /// body.
-async fn curl_full(url: &str, ca: &Path, args: &[&str]) -> (u16, Vec<(String, String)>, String) {
+async fn curl_full(url: &str, ca: &Path, args: &[&str]) -> CurlResponse {
     let out = tokio::process::Command::new("curl")
         .args(["-s", "-D", "-", "--cacert"])
         .arg(ca)
@@ -414,36 +414,28 @@ async fn curl_full(url: &str, ca: &Path, args: &[&str]) -> (u16, Vec<(String, St
     gatehouse_testkit::access::parse_curl_response(&out.stdout)
 }
 
-/// The value a `Set-Cookie` among `headers` gives `name`.
-fn set_cookie(headers: &[(String, String)], name: &str) -> Option<String> {
-    headers
-        .iter()
-        .filter(|(n, _)| n == "set-cookie")
-        .find_map(|(_, v)| {
-            v.strip_prefix(&format!("{name}="))
-                .map(|v| v.split(';').next().unwrap_or("").to_owned())
-        })
-}
-
 /// Signs a person in for Access at the edge serving `base`, as a browser
 /// would: the protected path sends it to control with a nonce cookie,
 /// control's grant (signed here by `control`) goes to the edge's callback
 /// with that cookie. Returns the `Cookie` header of the session.
 async fn sign_in(base: &str, ca: &Path, control: &GrantSigner) -> String {
     let path = format!("{PROTECTED}x");
-    let (code, h, body) =
-        curl_full(&format!("{base}{path}"), ca, &["-H", "Accept: text/html"]).await;
-    assert_eq!(code, 302, "the sign-in redirect: {body}");
-    let nonce = set_cookie(&h, "__Host-gatehouse-access-nonce").expect("the nonce cookie");
+    let r = curl_full(&format!("{base}{path}"), ca, &["-H", "Accept: text/html"]).await;
+    assert_eq!(r.code, 302, "the sign-in redirect: {}", r.body);
+    let nonce = r
+        .cookie("__Host-gatehouse-access-nonce")
+        .expect("the nonce cookie");
     let grant = control.grant(HOST, "bench@corp.test", &nonce, &path);
-    let (code, h, body) = curl_full(
+    let back = curl_full(
         &format!("{base}/.gatehouse/access/callback?grant={grant}"),
         ca,
         &["-b", &format!("__Host-gatehouse-access-nonce={nonce}")],
     )
     .await;
-    assert_eq!(code, 302, "the callback: {body}");
-    let session = set_cookie(&h, "__Host-gatehouse-access").expect("the session cookie");
+    assert_eq!(back.code, 302, "the callback: {}", back.body);
+    let session = back
+        .cookie("__Host-gatehouse-access")
+        .expect("the session cookie");
     format!("Cookie: __Host-gatehouse-access={session}")
 }
 
@@ -615,15 +607,14 @@ async fn quick_check() {
     // one short round of each path.
     let cookie = sign_in(&base, &pki.ca, &control).await;
     let protected = format!("{base}{PROTECTED}x");
-    let (code, _, body) = curl_full(&protected, &pki.ca, &[]).await;
-    assert_eq!(code, 401, "no session: {body}");
-    let (code, _, body) = curl_full(&protected, &pki.ca, &["-H", &cookie]).await;
-    assert_eq!(code, 200, "with the session: {body}");
+    let r = curl_full(&protected, &pki.ca, &[]).await;
+    assert_eq!(r.code, 401, "no session: {}", r.body);
+    let r = curl_full(&protected, &pki.ca, &["-H", &cookie]).await;
+    assert_eq!(r.code, 200, "with the session: {}", r.body);
     assert!(
-        body.lines().any(|l| l
-            .strip_prefix("access-assertion=")
-            .is_some_and(|a| !a.is_empty())),
-        "no assertion at the origin: {body}"
+        r.line("access-assertion").is_some_and(|a| !a.is_empty()),
+        "no assertion at the origin: {}",
+        r.body
     );
     let (open, protected) = access_rounds(&g, &cookie, 1, 4, 1).await;
     for (name, r) in [("open", &open), ("Access", &protected)] {

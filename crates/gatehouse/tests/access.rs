@@ -17,40 +17,7 @@ use std::time::Duration;
 
 const SECRET: &str = "s3cret-of-the-ci-token";
 
-/// A response as curl saw it: status, header lines (lower-cased names), body.
-struct Got {
-    code: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-    fn cookies(&self) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == "set-cookie")
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-    /// The value a `Set-Cookie` gives `name`.
-    fn cookie(&self, name: &str) -> Option<String> {
-        self.cookies().into_iter().find_map(|c| {
-            c.strip_prefix(&format!("{name}="))
-                .map(|v| v.split(';').next().unwrap_or("").to_owned())
-        })
-    }
-    fn line(&self, key: &str) -> Option<&str> {
-        self.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-    }
-}
+use gatehouse_testkit::access::CurlResponse as Got;
 
 async fn get(s: &Stack, host: &str, path: &str, args: &[&str]) -> Got {
     let out = s
@@ -61,12 +28,7 @@ async fn get(s: &Stack, host: &str, path: &str, args: &[&str]) -> Got {
         .output()
         .await
         .unwrap();
-    let (code, headers, body) = gatehouse_testkit::access::parse_curl_response(&out.stdout);
-    Got {
-        code,
-        headers,
-        body,
-    }
+    gatehouse_testkit::access::parse_curl_response(&out.stdout)
 }
 
 async fn callback(s: &Stack, host: &str, grant: &str, nonce: &str) -> Got {

@@ -665,3 +665,267 @@ fn bad_configs_name_file_line_and_key_and_start_nothing() {
     );
     assert!(!dir.join(".gatehouse").exists());
 }
+
+/// The policy of the sign-in stack: `group:staff` is the provider's
+/// `staff`.
+const ACCESS_POLICY: &str = r#"{
+  "groups": {"group:staff": ["ida@corp.test"]},
+  "tagOwners": {"tag:k8s": []},
+  "acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}],
+}"#;
+
+/// Signs `person` in for Access on `host` through the live stack: the
+/// edge's redirect to control, the provider (Hydra) and back to the edge's
+/// callback with the grant. Returns the session cookie's value.
+async fn access_session(
+    dir: &Path,
+    edge: u16,
+    host: &str,
+    idp: &gatehouse_testkit::oidc_provider::OidcProvider,
+    person: gatehouse_testkit::oidc_provider::Person,
+) -> String {
+    use gatehouse_testkit::access::parse_curl_response;
+    let curl = |path: String, extra: String| async move {
+        let (_, out, _) = sh(
+            dir,
+            &format!(
+                "curl -sS --max-time 20 -D - --resolve {host}:{edge}:127.0.0.1 --cacert state/public/ca.pem {extra} 'https://{host}:{edge}{path}'"
+            ),
+        )
+        .await;
+        parse_curl_response(out.as_bytes())
+    };
+    idp.sign_in_as(person);
+    let r = curl("/".into(), "-H 'Accept: text/html'".into()).await;
+    assert_eq!(r.code, 302, "{host}: {}", r.body);
+    let login = r.header("location").unwrap().to_string();
+    let nonce = r.cookie("__Host-gatehouse-access-nonce").unwrap();
+    let browser = gatehouse_testkit::oidc_provider::Browser::new(&[
+        idp.ca_file(),
+        &dir.join("state/control/ca.crt"),
+    ]);
+    let f = browser.follow(&login, |u| u.host_str() == Some(host)).await;
+    let grant = f
+        .param("grant")
+        .unwrap_or_else(|| panic!("{host}: no grant: {} {}", f.status, f.body));
+    let back = curl(
+        format!("/.gatehouse/access/callback?grant={grant}"),
+        format!("-b __Host-gatehouse-access-nonce={nonce}"),
+    )
+    .await;
+    assert_eq!(back.code, 302, "{}", back.body);
+    back.cookie("__Host-gatehouse-access").unwrap()
+}
+
+/// `identity:` on public sides of gatehouse.yaml: `up` runs control with
+/// the `sign_in:` provider (a real Hydra) and the edge with Access for
+/// those hostnames only. Every public cell of `gatehouse reach matrix` is
+/// then probed for real, each row signed in as the person (or group
+/// member) it stands for, the internet and tagged devices without a
+/// session: the matrix and the live edge must agree, and `gatehouse status`
+/// names who may reach each path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn up_puts_sign_in_in_front_of_public_hostnames_as_the_matrix_says() {
+    use gatehouse_testkit::oidc_provider::{self, ClientSpec, OidcProvider, Person};
+    if oidc_provider::hydra_or_skip().is_none() {
+        return;
+    }
+    let idp = OidcProvider::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let client = idp
+        .create_client(&ClientSpec::confidential(
+            "gatehouse-up",
+            &[&format!("https://127.0.0.1:{}/oidc/callback", ports[0])],
+        ))
+        .await;
+    write(&dir, "secret", &client.secret.unwrap());
+    write(&dir, "policy.hujson", ACCESS_POLICY);
+    let cfg = format!(
+        "network: demo
+policy: policy.hujson
+state: state
+users: [ida@corp.test, jo@corp.test]
+listen: {{control: '127.0.0.1:{}', https: '127.0.0.1:{}', http: '127.0.0.1:{}', tunnel: '127.0.0.1:{}'}}
+sign_in:
+  issuer: {}
+  client_id: {}
+  client_secret_file: secret
+  ca_file: {}
+services:
+  - name: team
+    backend: builtin:echo
+    public: {{hostname: team.example.com, denyPaths: [/admin], identity: {{groups: [staff], emails: [max@partner.test]}}}}
+  - name: docs
+    backend: builtin:echo
+    public: {{hostname: docs.example.com, identity: {{domains: [corp.test]}}}}
+  - name: blog
+    backend: builtin:echo
+    public: {{hostname: blog.example.com}}
+",
+        ports[0],
+        ports[1],
+        ports[2],
+        ports[3],
+        idp.issuer(),
+        client.id,
+        idp.ca_file().display()
+    );
+    write(&dir, "gatehouse.yaml", &cfg);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["up", "-c", "gatehouse.yaml"])
+        .current_dir(&dir)
+        .env("RUST_LOG", "warn");
+    let up = Proc::start("up", &dir, cmd);
+    let printed = wait_ready(&up).await;
+    let edge = printed.edge_port();
+
+    let out = Command::new(BIN)
+        .args([
+            "reach",
+            "matrix",
+            "-c",
+            "gatehouse.yaml",
+            "--format",
+            "json",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<String> = m["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let want = |row: &str, col: &str| {
+        let r = rows.iter().position(|x| x == row).unwrap();
+        let c = m["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|x| x["id"] == col)
+            .unwrap_or_else(|| panic!("no column {col}"));
+        m["cells"][r][c]["allow"].as_bool().unwrap()
+    };
+    // The matrix itself, from the rules written above.
+    assert!(rows.contains(&"max@partner.test".to_string()), "{rows:?}");
+    for (row, col, allow) in [
+        ("ida@corp.test", "team.example.com/", true),
+        ("max@partner.test", "team.example.com/", true),
+        ("group:staff", "team.example.com/", true),
+        ("jo@corp.test", "team.example.com/", false),
+        ("internet", "team.example.com/", false),
+        ("tag:k8s", "team.example.com/", false),
+        ("ida@corp.test", "team.example.com/admin", false),
+        ("jo@corp.test", "docs.example.com/", true),
+        ("max@partner.test", "docs.example.com/", false),
+        ("internet", "blog.example.com/", true),
+    ] {
+        assert_eq!(want(row, col), allow, "matrix: {row} -> {col}");
+    }
+
+    // Each row for real: a person signs in once per protected hostname.
+    let policy = gatehouse_policy::parse_policy(ACCESS_POLICY).unwrap();
+    let protected = ["team.example.com", "docs.example.com"];
+    let mut wrong = Vec::new();
+    let mut cells = 0;
+    for (i, row) in rows.iter().enumerate() {
+        let person = if let Some(g) = row.strip_prefix("group:") {
+            // A member known only by the group.
+            Some(
+                Person::new(
+                    &format!("member-{g}"),
+                    &format!("member-{g}@elsewhere.test"),
+                )
+                .groups(&[g]),
+            )
+        } else if row.contains('@') {
+            let groups: Vec<&str> = policy
+                .groups
+                .iter()
+                .filter(|(_, members)| members.contains(row))
+                .filter_map(|(g, _)| g.strip_prefix("group:"))
+                .collect();
+            Some(Person::new(&format!("sub-{i}"), row).groups(&groups))
+        } else {
+            // The internet and tagged devices: nobody signed in.
+            None
+        };
+        let mut sessions = BTreeMap::new();
+        if let Some(p) = &person {
+            for host in protected {
+                let s = access_session(&dir, edge, host, &idp, p.clone()).await;
+                sessions.insert(host, s);
+            }
+        }
+        for col in m["columns"].as_array().unwrap() {
+            let host = col["hostname"].as_str().unwrap();
+            let path = col["path"].as_str().unwrap();
+            let cookie = sessions
+                .get(host)
+                .map(|s| format!("-b __Host-gatehouse-access={s}"))
+                .unwrap_or_default();
+            let (code, http, body) = public_get(&dir, edge, host, path, &cookie).await;
+            assert_eq!(code, 0, "{row} -> {host}{path}: {body}");
+            let got = match http.as_str() {
+                "200" => {
+                    assert!(
+                        body.contains(&format!("service={}\n", col["service"].as_str().unwrap())),
+                        "{body}"
+                    );
+                    // The origin learns who signs in, never the session.
+                    let assertion = body
+                        .lines()
+                        .find_map(|l| l.strip_prefix("gatehouse-access-jwt-assertion="));
+                    assert_eq!(
+                        assertion.is_some(),
+                        protected.contains(&host),
+                        "{row} -> {host}{path}: {body}"
+                    );
+                    assert!(!body.contains("__Host-gatehouse-access"), "{body}");
+                    true
+                }
+                // Refused: no session (401), not admitted (403), a denied path.
+                "401" | "403" | "404" => false,
+                other => panic!("{row} -> {host}{path}: HTTP {other}: {body}"),
+            };
+            cells += 1;
+            if got != want(row, col["id"].as_str().unwrap()) {
+                wrong.push(format!(
+                    "{row} -> {host}{path}: matrix says {}, live says {got}",
+                    !got
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {cells} cells disagree:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(cells, rows.len() * m["columns"].as_array().unwrap().len());
+
+    // `gatehouse status`: who may reach each path.
+    let st = status_json(&dir).await;
+    let team = service(&st, "team");
+    let reach = team["reach"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["column"] == "team.example.com/")
+        .unwrap();
+    assert_eq!(
+        reach["allowed"],
+        serde_json::json!(["ida@corp.test", "max@partner.test", "group:staff"])
+    );
+    drop(up);
+}

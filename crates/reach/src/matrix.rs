@@ -9,7 +9,7 @@
 //! business (`gatehouse-stack` builds one from its config).
 
 use crate::{Analysis, Proto, Side};
-use gatehouse_paths::{Action, PathRuleSpec, PathRules};
+use gatehouse_paths::{Action, Identity, PathRuleSpec, PathRules, Who};
 use gatehouse_policy::{Engine, Node, Policy, QueryProto, Target};
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 /// The row of anyone on the internet.
 pub const INTERNET: &str = "internet";
+/// The prefix of a service token's row (`service-token:ci`): a machine
+/// holding that token of the edge's Access.
+pub const SERVICE_TOKEN: &str = "service-token:";
 /// The port mesh clients use for a service (its HTTPS).
 pub const MESH_PORT: u16 = 443;
 
@@ -202,8 +205,10 @@ fn service_node(i: usize, s: &MatrixService, host: String) -> Node {
     }
 }
 
-/// Row labels: every user the policy or the config names, every group,
-/// every tag, and the internet.
+/// Row labels: every user the policy or the config names (with the
+/// e-mail addresses the public sides' identity rules name), every group,
+/// every tag, every service token the identity rules name, and the
+/// internet.
 fn rows(policy: &Policy, cfg: &MatrixInput) -> Vec<String> {
     let mut users: BTreeSet<String> = cfg.users.iter().cloned().collect();
     for members in policy.groups.values() {
@@ -216,11 +221,29 @@ fn rows(policy: &Policy, cfg: &MatrixInput) -> Vec<String> {
             }
         }
     }
+    let mut tokens = BTreeSet::new();
+    for id in public_identities(cfg) {
+        users.extend(id.emails.iter().cloned());
+        tokens.extend(
+            id.service_tokens
+                .iter()
+                .map(|t| format!("{SERVICE_TOKEN}{t}")),
+        );
+    }
     let mut out: Vec<String> = users.into_iter().collect();
     out.extend(policy.groups.keys().cloned());
     out.extend(policy.tag_owners.keys().cloned());
+    out.extend(tokens);
     out.push(INTERNET.into());
     out
+}
+
+/// The identity requirements of every public side's rules.
+fn public_identities(cfg: &MatrixInput) -> impl Iterator<Item = &Identity> {
+    cfg.services
+        .iter()
+        .filter_map(|s| s.public.as_ref())
+        .flat_map(|p| p.rules.iter().filter_map(|r| r.identity.as_ref()))
 }
 
 fn network_verdict(
@@ -362,10 +385,11 @@ fn columns(cfg: &MatrixInput) -> (Vec<Node>, Vec<Column>) {
     (nodes, columns)
 }
 
-/// The mesh identities among the rows (every row but the internet's).
+/// The mesh identities among the rows (every row but the internet's and
+/// the service tokens').
 fn identities(rows: &[String]) -> Vec<Target> {
     rows.iter()
-        .filter(|r| *r != INTERNET)
+        .filter(|r| !not_in_mesh(r))
         .map(|r| {
             if r.starts_with("group:") {
                 Target::Group(r.clone())
@@ -405,7 +429,7 @@ fn cell(
             }
         }
         ColumnKind::Public { hostname, path } => {
-            layers.push(edge_verdict(service, hostname, path)?);
+            layers.push(edge_verdict(engine.policy(), service, hostname, path, row)?);
             if let Some(a) = network {
                 layers.extend(network_verdict(
                     a,
@@ -425,11 +449,21 @@ fn cell(
     })
 }
 
-/// The edge's verdict on `GET hostname path`, by the service's path rules.
+/// Whether a row stands for no mesh identity (the internet, a service
+/// token).
+fn not_in_mesh(row: &str) -> bool {
+    row == INTERNET || row.starts_with(SERVICE_TOKEN)
+}
+
+/// The edge's verdict on `GET hostname path` from `row`, by the service's
+/// path rules and, on a rule with an identity requirement, by who the row
+/// signs in as.
 fn edge_verdict(
+    policy: &Policy,
     service: &MatrixService,
     hostname: &str,
     path: &str,
+    row: &str,
 ) -> Result<LayerVerdict, MatrixError> {
     let public = service
         .public
@@ -441,27 +475,109 @@ fn edge_verdict(
         source,
     })?;
     let (action, by) = rules.decide_explained(&http::Method::GET, path);
-    let reason = match by {
-        Some(i) => format!(
-            "GET {hostname}{path}: rule {} {}",
-            specs[i].path,
-            if action == Action::Allow {
-                "allow"
-            } else {
-                "deny"
-            }
-        ),
-        None => format!("GET {hostname}{path}: no rule matches, default deny"),
+    let at = format!("GET {hostname}{path}");
+    let Some(spec) = by.and_then(|i| specs.get(i)) else {
+        return Ok(LayerVerdict {
+            layer: Layer::Edge,
+            allow: false,
+            reason: format!("{at}: no rule matches, default deny"),
+        });
     };
+    if action == Action::Deny {
+        return Ok(LayerVerdict {
+            layer: Layer::Edge,
+            allow: false,
+            reason: format!("{at}: rule {} deny", spec.path),
+        });
+    }
+    let Some(id) = &spec.identity else {
+        return Ok(LayerVerdict {
+            layer: Layer::Edge,
+            allow: true,
+            reason: format!("{at}: rule {} allow", spec.path),
+        });
+    };
+    let (allow, who) = signed_in_as(policy, id, row);
     Ok(LayerVerdict {
         layer: Layer::Edge,
-        allow: action == Action::Allow,
-        reason,
+        allow,
+        reason: format!("{at}: rule {} allow for {}; {who}", spec.path, describe(id)),
     })
 }
 
-fn mesh_verdict(engine: &Engine, row: &str, hostname: &str) -> LayerVerdict {
+/// Whether an identity requirement admits a row, and why. A person's
+/// groups at the provider are taken to be the policy's groups that list
+/// them (`group:ops` is the provider's `ops`), as control maps them.
+fn signed_in_as(policy: &Policy, id: &Identity, row: &str) -> (bool, String) {
     if row == INTERNET {
+        return (
+            false,
+            "without signing in a browser is sent to sign in and an API client gets 401".into(),
+        );
+    }
+    if let Some(token) = row.strip_prefix(SERVICE_TOKEN) {
+        let ok = id.admits(Who::ServiceToken(token));
+        return (
+            ok,
+            format!(
+                "service token {token} {}",
+                if ok { "is listed" } else { "is not listed" }
+            ),
+        );
+    }
+    if row.starts_with("tag:") {
+        return (
+            false,
+            "a tagged device is no person: it cannot sign in".into(),
+        );
+    }
+    let (email, groups) = if let Some(g) = row.strip_prefix("group:") {
+        (None, vec![g.to_string()])
+    } else {
+        let groups = policy
+            .groups
+            .iter()
+            .filter(|(_, members)| members.iter().any(|m| m == row))
+            .filter_map(|(g, _)| g.strip_prefix("group:").map(str::to_string))
+            .collect();
+        (row.contains('@').then_some(row), groups)
+    };
+    let ok = id.admits(Who::Person {
+        email,
+        groups: &groups,
+    });
+    let as_whom = match (email, groups.is_empty()) {
+        (Some(e), true) => format!("{e} signed in"),
+        (Some(e), false) => format!("{e} signed in, in groups {}", groups.join(", ")),
+        (None, _) => format!("a member of group {} signed in", groups.join(", ")),
+    };
+    (
+        ok,
+        format!("{as_whom}: {}", if ok { "admitted" } else { "403" }),
+    )
+}
+
+/// An identity requirement in words.
+fn describe(id: &Identity) -> String {
+    let mut parts = Vec::new();
+    if id.any {
+        parts.push("anyone signed in".to_string());
+    }
+    for (what, list) in [
+        ("emails", &id.emails),
+        ("domains", &id.domains),
+        ("groups", &id.groups),
+        ("service tokens", &id.service_tokens),
+    ] {
+        if !list.is_empty() {
+            parts.push(format!("{what} {}", list.join(", ")));
+        }
+    }
+    parts.join(" or ")
+}
+
+fn mesh_verdict(engine: &Engine, row: &str, hostname: &str) -> LayerVerdict {
+    if not_in_mesh(row) {
         return LayerVerdict {
             layer: Layer::Mesh,
             allow: false,

@@ -236,6 +236,11 @@ pub struct Public {
     /// Path prefixes never served; they win over `paths`.
     #[serde(default, rename = "denyPaths")]
     pub deny_paths: Vec<String>,
+    /// Who may pass the served paths (Access): people signed in through
+    /// `sign_in:` by e-mail, domain or group, or anyone signed in; absent:
+    /// anybody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<gatehouse_paths::Identity>,
 }
 
 fn default_paths() -> Vec<String> {
@@ -327,6 +332,10 @@ fn check_prefix(p: &str) -> Result<(), String> {
 pub fn edge_rules(public: &Public) -> Vec<PathRuleSpec> {
     let mut out = Vec::new();
     let mut add = |p: &str, action: Action| {
+        let identity = match action {
+            Action::Allow => public.identity.clone(),
+            Action::Deny => None,
+        };
         let specs: Vec<String> = if p == "/" {
             vec!["/*".into()]
         } else if let Some(base) = p.strip_suffix('/') {
@@ -339,7 +348,7 @@ pub fn edge_rules(public: &Public) -> Vec<PathRuleSpec> {
                 path,
                 methods: Vec::new(),
                 action,
-                identity: None,
+                identity: identity.clone(),
             });
         }
     };
@@ -481,6 +490,12 @@ impl StackConfig {
                     ));
                 }
                 p.validate(&at)?;
+                if p.identity.is_some() && self.sign_in.is_none() {
+                    return Err(invalid(
+                        at("public.identity"),
+                        "needs sign_in: (people sign in through control at your OpenID provider)",
+                    ));
+                }
             }
             if let Some(k) = &s.kubernetes {
                 k.validate(&at)?;
@@ -513,6 +528,14 @@ impl Public {
                     "denying / leaves nothing public",
                 ));
             }
+        }
+        if let Some(id) = &self.identity
+            && !id.service_tokens.is_empty()
+        {
+            return Err(invalid(
+                at("public.identity.service_tokens"),
+                "gatehouse up defines no service tokens; run gatehouse edge with access.service_tokens for machines",
+            ));
         }
         PathRules::new(&edge_rules(self), Action::Deny)
             // A located diagnostic: the message is the rule error's text.
@@ -575,6 +598,7 @@ mod tests {
             hostname: "a.example.com".into(),
             paths: vec!["/api/event".into(), "/js/".into()],
             deny_paths: vec!["/api/event/debug".into()],
+            identity: None,
         };
         let rules = PathRules::new(&edge_rules(&p), Action::Deny).unwrap();
         let get = http::Method::GET;
@@ -594,6 +618,7 @@ mod tests {
             hostname: "b.example.com".into(),
             paths: vec!["/".into()],
             deny_paths: vec!["/ghost".into()],
+            identity: None,
         };
         let rules = PathRules::new(&edge_rules(&all), Action::Deny).unwrap();
         assert_eq!(rules.decide(&get, "/"), Action::Allow);
@@ -634,6 +659,18 @@ mod tests {
             (
                 "services:\n  - {name: a, backend: 'builtin:echo', public: {hostname: x.y, denyPaths: ['/']}}\n",
                 "nothing public",
+            ),
+            (
+                "services:\n  - {name: a, backend: 'builtin:echo', public: {hostname: x.y, identity: {any: true}}}\n",
+                "services[0].public.identity: needs sign_in:",
+            ),
+            (
+                "sign_in: {issuer: 'https://id.x.y', client_id: c, client_secret_file: s}\nservices:\n  - {name: a, backend: 'builtin:echo', public: {hostname: x.y, identity: {service_tokens: [ci]}}}\n",
+                "services[0].public.identity.service_tokens: gatehouse up defines no service tokens",
+            ),
+            (
+                "sign_in: {issuer: 'https://id.x.y', client_id: c, client_secret_file: s}\nservices:\n  - {name: a, backend: 'builtin:echo', public: {hostname: x.y, identity: {}}}\n",
+                "admits nobody",
             ),
             (
                 "services:\n  - {name: a, backend: 'builtin:echo', private: {}}\n  - {name: a, backend: 'builtin:echo', private: {hostname: b}}\n",

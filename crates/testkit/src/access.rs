@@ -12,9 +12,54 @@ use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// A response as `curl -D -` prints it (headers, blank line, body): the
-/// status, the header lines (names lower-cased) and the body.
-pub fn parse_curl_response(stdout: &[u8]) -> (u16, Vec<(String, String)>, String) {
+/// A response as `curl -D -` prints it (headers, blank line, body).
+#[derive(Debug, Clone)]
+pub struct CurlResponse {
+    /// The status (0 when curl printed none).
+    pub code: u16,
+    /// The header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl CurlResponse {
+    /// The first value of a header (lower-case name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every `Set-Cookie` value.
+    pub fn cookies(&self) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "set-cookie")
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The value a `Set-Cookie` gives `name`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies().into_iter().find_map(|c| {
+            c.strip_prefix(&format!("{name}="))
+                .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        })
+    }
+
+    /// The value of a `key=value` line of the body (as the echo backends
+    /// print what they received).
+    pub fn line(&self, key: &str) -> Option<&str> {
+        self.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+    }
+}
+
+/// Parses what `curl -D -` printed.
+pub fn parse_curl_response(stdout: &[u8]) -> CurlResponse {
     let text = String::from_utf8_lossy(stdout).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();
@@ -27,7 +72,11 @@ pub fn parse_curl_response(stdout: &[u8]) -> (u16, Vec<(String, String)>, String
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    (code, headers, body.to_owned())
+    CurlResponse {
+        code,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// Seconds since the Unix epoch.

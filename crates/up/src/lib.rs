@@ -363,7 +363,9 @@ async fn start_rest(
         .collect();
     let (nodes, public) = tokio::join!(nodes::start(&admin, state, &info.join, &private), async {
         if plan.has_public() {
-            public::start(state, listen, &services).await.map(Some)
+            public::start(state, listen, &services, &info.url)
+                .await
+                .map(Some)
         } else {
             Ok(None)
         }

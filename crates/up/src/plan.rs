@@ -268,7 +268,19 @@ impl Plan {
         };
         let oidc = match &config.sign_in {
             None => None,
-            Some(si) => Some(sign_in(si, &base, &at)?),
+            Some(si) => {
+                let mut o = sign_in(si, &base, &at)?;
+                // Control signs people in for the public hostnames with an
+                // identity rule, and for no other.
+                o.access_hosts = config
+                    .services
+                    .iter()
+                    .filter_map(|s| s.public.as_ref())
+                    .filter(|p| p.identity.is_some())
+                    .map(|p| p.hostname.clone())
+                    .collect();
+                Some(o)
+            }
         };
         let key_lifetime = match &config.key_expiry {
             None => None,

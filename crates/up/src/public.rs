@@ -8,7 +8,9 @@ use crate::UpError;
 use crate::pki::{Leaf, PublicCa, TUNNEL_NAME};
 use crate::state::{StateDir, write, write_private};
 use gatehouse_edge::RunningEdge;
-use gatehouse_edge::config::{CertFiles, EdgeConfig, HostConfig, Listen as EdgeListen};
+use gatehouse_edge::config::{
+    AccessConfig, CertFiles, EdgeConfig, HostConfig, Listen as EdgeListen,
+};
 use gatehouse_edge::tokens::{TokenStore, now_unix};
 use gatehouse_proto::Token;
 use gatehouse_stack::{Listen, Service, edge_rules};
@@ -93,12 +95,34 @@ fn ingress_yaml(services: &[(Service, String)]) -> String {
     y
 }
 
+/// The edge's Access section when a public side has an identity rule:
+/// people sign in at control (trusted through the mesh CA), the edge's
+/// session key lives beside its other state.
+fn access(
+    state: &StateDir,
+    services: &[(Service, String)],
+    control_url: &str,
+) -> Option<AccessConfig> {
+    let needed = services
+        .iter()
+        .any(|(s, _)| s.public.as_ref().is_some_and(|p| p.identity.is_some()));
+    needed.then(|| AccessConfig {
+        control: control_url.to_string(),
+        jwks: None,
+        ca: Some(state.mesh_ca()),
+        session_lifetime: None,
+        key: Some(state.public().join("access.key")),
+        service_tokens: Vec::new(),
+    })
+}
+
 /// Starts the edge and the connector; returns once the edge listens (the
 /// connector connects in the background: see [`PublicTier::live`]).
 pub async fn start(
     state: &StateDir,
     listen: &Listen,
     services: &[(Service, String)],
+    control_url: &str,
 ) -> Result<PublicTier, UpError> {
     let dir = state.public();
     let mut names: BTreeSet<String> = services
@@ -146,7 +170,7 @@ pub async fn start(
         hostnames,
         route_api: None,
         limits: Default::default(),
-        access: None,
+        access: access(state, services, control_url),
     };
     cfg.routes()
         .map_err(|e| UpError::state("the edge's configuration", e))?;
