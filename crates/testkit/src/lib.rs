@@ -26,6 +26,7 @@ pub mod kube_pods;
 pub mod kube_realiser;
 pub mod kube_tracker;
 pub mod nat;
+pub mod node_up;
 pub mod oidc_provider;
 pub mod origin;
 pub mod pki;

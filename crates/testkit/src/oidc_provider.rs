@@ -921,6 +921,53 @@ impl Browser {
         }
         panic!("more than {MAX_REDIRECTS} redirects: {visited:?}");
     }
+
+    /// Opens a waiting device's page at control (`url`, as the device
+    /// printed it) and presses its Sign-in button: the answer to the
+    /// form's POST (a redirect to the provider, or a refusal).
+    pub async fn press_device_sign_in(&self, url: &str) -> reqwest::Response {
+        let page = self.client.get(url).send().await.unwrap();
+        assert_eq!(page.status(), 200, "the device's page");
+        let html = page.text().await.unwrap();
+        let csrf = form_field(&html, "csrf").unwrap_or_else(|| panic!("no sign-in form: {html}"));
+        self.client
+            .post(format!("{url}/sign-in"))
+            .form(&[("csrf", csrf)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The whole sign-in on a device's page, up to the provider's redirect
+    /// back to control at `control_url` (not requested): the callback URL.
+    pub async fn device_sign_in_until_callback(&self, url: &str, control_url: &str) -> String {
+        let r = self.press_device_sign_in(url).await;
+        let status = r.status();
+        let to = r
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|l| l.to_str().unwrap().to_owned());
+        let Some(to) = to.filter(|_| status == StatusCode::SEE_OTHER) else {
+            panic!("{status}: {}", r.text().await.unwrap_or_default());
+        };
+        let cb = format!("{control_url}/oidc/callback");
+        let f = self.follow(&to, |u| u.as_str().starts_with(&cb)).await;
+        f.stopped_at
+            .unwrap_or_else(|| {
+                panic!(
+                    "the provider did not send the browser back: {} {}",
+                    f.status, f.body
+                )
+            })
+            .to_string()
+    }
+}
+
+/// The value of the hidden form field `name` of one of control's pages.
+pub fn form_field(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name={name} value=\""))?;
+    let rest = &html[at + name.len() + 13..];
+    Some(rest[..rest.find('"')?].to_string())
 }
 
 /// The provider's discovery document (the fields the tests use).
