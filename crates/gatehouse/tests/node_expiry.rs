@@ -189,7 +189,10 @@ impl Node {
         match found {
             Ok(Some(v)) => v,
             Ok(None) => panic!("node up ended before {what}:\n{}", self.lines.join("\n")),
-            Err(_) => panic!("no {what} within the deadline:\n{}", self.lines.join("\n")),
+            Err(_) => panic!(
+                "{what}: not seen within the deadline:\n{}",
+                self.lines.join("\n")
+            ),
         }
     }
 
