@@ -82,6 +82,33 @@ pub enum ClientError {
     Decode(String),
 }
 
+impl ClientError {
+    /// Whether control refused the caller's credential (`401`). For a node
+    /// this means control no longer knows its key: the key expired (its
+    /// lifetime ended or an administrator expired it) or the node was
+    /// deleted. Nothing else answers `401` behind the pinned CA, so a node
+    /// stops using its identity on it; every other failure is transient.
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, ClientError::Api { status: 401, .. })
+    }
+
+    /// Whether trying again later may succeed: control could not be
+    /// reached, the connection or handshake broke, or it answered `429` or
+    /// a server error. Not when it refused the request (any other `4xx`)
+    /// or the request could not be made at all.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. }
+            | ClientError::ConnectTimeout { .. }
+            | ClientError::Transport(_)
+            | ClientError::Http(_)
+            | ClientError::Tls(TlsError::Handshake(_) | TlsError::HandshakeTimeout) => true,
+            ClientError::Api { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
 /// What went wrong with TLS towards control.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -714,5 +741,56 @@ impl AdminClient {
     /// Any GET, raw (for documents such as the OpenAPI description).
     pub async fn get_raw(&self, path: &str) -> Result<Bytes, ClientError> {
         call(&self.join, &self.cfg, Method::GET, path, &self.auth(), None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16) -> ClientError {
+        ClientError::Api {
+            status,
+            message: "x".into(),
+        }
+    }
+
+    #[test]
+    fn only_a_401_refuses_the_credential() {
+        assert!(api(401).is_unauthorized());
+        for s in [400, 403, 404, 409, 429, 500, 503] {
+            assert!(!api(s).is_unauthorized(), "{s}");
+        }
+        let refused = ClientError::Connect {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(!refused.is_unauthorized());
+        assert!(!ClientError::Http("silent".into()).is_unauthorized());
+    }
+
+    #[test]
+    fn unreachable_throttled_or_failing_control_is_transient_a_refusal_is_not() {
+        let refused = ClientError::Connect {
+            addr: "127.0.0.1:1".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(refused.is_transient());
+        assert!(
+            ClientError::ConnectTimeout {
+                addr: "10.0.0.1:443".into()
+            }
+            .is_transient()
+        );
+        assert!(ClientError::Tls(TlsError::HandshakeTimeout).is_transient());
+        assert!(ClientError::Http("silent".into()).is_transient());
+        for s in [429, 500, 502, 503] {
+            assert!(api(s).is_transient(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 409] {
+            assert!(!api(s).is_transient(), "{s}");
+        }
+        assert!(!ClientError::Tls(TlsError::NoPin).is_transient());
+        assert!(!ClientError::Decode("bad".into()).is_transient());
     }
 }

@@ -14,7 +14,7 @@ mod join;
 mod tls;
 
 pub use http::{AdminClient, ClientError, MapStream, NodeClient, TlsError, register};
-pub use identity::{Identity, IdentityError, PendingIdentity};
+pub use identity::{IDENTITY_FILE, Identity, IdentityError, PendingIdentity};
 pub use join::{Join, JoinError};
 pub use tls::{ca_fingerprint, fetch_pinned_ca};
 

@@ -174,9 +174,100 @@ async fn up(a: UpArgs) -> Result<()> {
         PlaneKind::Loopback => SocketAddr::from(([127, 0, 0, 1], 0)),
         _ => SocketAddr::from(([0, 0, 0, 0], 0)),
     });
-    let node = gatehouse_node::start(cfg)
-        .await
-        .context("starting the node")?;
+    // Control refusing the node's key (expired, or the node deleted) ends
+    // one run: the node registers again, as at its first start, and runs
+    // anew, in this process. A run that never got ready waits before the
+    // next registration; registering again also waits out control being
+    // unreachable (the first start fails at once instead).
+    let mut again = gatehouse_ops::Retries::new(REREGISTER_BASE, REREGISTER_CAP);
+    let mut registering_again = false;
+    loop {
+        let started = tokio::select! {
+            r = gatehouse_node::start(cfg.clone()) => r,
+            () = crate::logging::shutdown_signal() => return Ok(()),
+        };
+        let node = match started {
+            Ok(node) => node,
+            Err(e) if registering_again && e.is_transient() => {
+                let delay = again.next_delay();
+                tracing::warn!(error = %gatehouse_ops::chain(&e), retry_in_ms = delay.as_millis(), "registering again: control is not reachable");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = crate::logging::shutdown_signal() => return Ok(()),
+                }
+                continue;
+            }
+            Err(e) => return Err(e).context("starting the node"),
+        };
+        banner(&node, &a.state);
+        let (end, was_ready) = run_node(&node).await;
+        node.shutdown().await;
+        let refused = match end {
+            RunEnd::Stopped => {
+                if was_ready {
+                    println!("gatehouse node: stopping");
+                }
+                return Ok(());
+            }
+            RunEnd::Refused(r) => r,
+        };
+        if let Some(e) = &refused.unmarked {
+            bail!(
+                "control no longer accepts this node's key ({}), and its saved identity could not be marked expired ({e}): remove it from {} and start the node again to register anew",
+                refused.reason,
+                a.state.display()
+            );
+        }
+        println!("gatehouse node: control no longer accepts this node's key; registering again");
+        registering_again = true;
+        if was_ready {
+            again.reset();
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(again.next_delay()) => {}
+                () = crate::logging::shutdown_signal() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// First wait before registering again after a run that never got ready
+/// (control refused the new identity too) or while control is not
+/// reachable; doubles up to the cap.
+const REREGISTER_BASE: std::time::Duration = std::time::Duration::from_secs(1);
+const REREGISTER_CAP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How one run of a node ended.
+enum RunEnd {
+    /// Stopped: a signal or `gatehouse node down`.
+    Stopped,
+    /// Control refused the node's identity.
+    Refused(gatehouse_node::Refused),
+}
+
+/// Waits for the node to get ready (printing `ready`), then for its end;
+/// also says whether it got ready.
+async fn run_node(node: &gatehouse_node::RunningNode) -> (RunEnd, bool) {
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            r = node.ready(), if !ready => {
+                if !r {
+                    return (RunEnd::Stopped, ready);
+                }
+                println!("ready");
+                ready = true;
+            }
+            r = node.refused() => return (RunEnd::Refused(r), ready),
+            () = node.stopped() => return (RunEnd::Stopped, ready),
+            () = crate::logging::shutdown_signal() => return (RunEnd::Stopped, ready),
+        }
+    }
+}
+
+/// What `node up` prints once the node runs: its name and addresses, and
+/// each listener.
+fn banner(node: &gatehouse_node::RunningNode, state: &std::path::Path) {
     let id = &node.identity;
     let addrs: Vec<String> = id.addresses.iter().map(ToString::to_string).collect();
     println!("gatehouse node: {} ({})", id.fqdn, addrs.join(", "));
@@ -193,25 +284,7 @@ async fn up(a: UpArgs) -> Result<()> {
         println!("  metrics      http://{m}/metrics");
     }
     println!("  data plane   {}", plane_line(&node.status().plane));
-    println!("  state        {}", a.state.display());
-    tokio::select! {
-        r = node.ready() => {
-            if r {
-                println!("ready");
-            }
-        }
-        () = crate::logging::shutdown_signal() => {
-            node.shutdown().await;
-            return Ok(());
-        }
-    }
-    tokio::select! {
-        () = node.stopped() => {}
-        () = crate::logging::shutdown_signal() => {}
-    }
-    println!("gatehouse node: stopping");
-    node.shutdown().await;
-    Ok(())
+    println!("  state        {}", state.display());
 }
 
 async fn call(local: &LocalArgs, req: ApiRequest) -> Result<ApiResponse> {

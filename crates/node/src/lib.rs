@@ -28,6 +28,6 @@ pub mod socks;
 pub use gatehouse_limits as limits;
 pub use netmap::{Caller, Lookup, MapView, Names, Netmap};
 pub use node::{
-    Bound, NodeConfig, NodeError, PlaneInputs, PlaneKind, RunningNode, start, start_with,
+    Bound, NodeConfig, NodeError, PlaneInputs, PlaneKind, Refused, RunningNode, start, start_with,
 };
 pub use plane::{Connection, DataPlane, Dial, PlaneStatus};

@@ -3,8 +3,9 @@
 //! yet), identity kept in `<state>/nodes/<service>/`, serving HTTPS on its
 //! mesh name in front of the service's backend. A second `up` reuses the
 //! identities: no registration, same names and addresses. A node whose
-//! identity no longer fits the config (other tags or host name) or that
-//! control no longer knows is registered again.
+//! identity no longer fits the config (other tags or host name), whose key
+//! expired (or was expired by an administrator) or that control no longer
+//! knows is registered again.
 
 use crate::UpError;
 use crate::state::StateDir;
@@ -30,12 +31,15 @@ fn sorted(v: &[String]) -> Vec<String> {
     v
 }
 
-/// Whether a saved identity still fits the service, as control knows it.
-fn fits(id: &Identity, host: &str, s: &Service, known: &[NodeInfo]) -> bool {
-    known
-        .iter()
-        .any(|n| n.node.id == id.node_id && sorted(&n.node.tags) == sorted(&s.tags))
-        && id.name == host
+/// Whether a saved identity still fits the service, as control knows it
+/// (a node whose key expired does not: control refuses it).
+fn fits(id: &Identity, host: &str, s: &Service, known: &[NodeInfo], now: i64) -> bool {
+    known.iter().any(|n| {
+        n.node.id == id.node_id
+            && sorted(&n.node.tags) == sorted(&s.tags)
+            && n.node.key_expiry > now
+    }) && id.name == host
+        && id.key_expiry > now
 }
 
 /// Prepares a service's node: drops an identity that no longer fits and
@@ -50,10 +54,10 @@ async fn prepare(
     let dir = state.node(&s.name);
     let saved = Identity::load(&dir).map_err(|e| UpError::state("a node's identity", e))?;
     if let Some(id) = &saved {
-        if fits(id, host, s, known) {
+        if fits(id, host, s, known, crate::status::unix_now()) {
             return Ok(None);
         }
-        tracing::info!(service = %s.name, node = %id.fqdn, "the saved node no longer fits the config; registering again");
+        tracing::info!(service = %s.name, node = %id.fqdn, "the saved node no longer fits the config, or its key expired; registering again");
         if known.iter().any(|n| n.node.id == id.node_id) {
             admin
                 .delete_node(&id.node_id)

@@ -119,7 +119,7 @@ pub fn reach_of(m: &Matrix, service: &str) -> Vec<Reach> {
     out
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

@@ -2,7 +2,8 @@
 //! backoff, or after control's hint), endpoint announcements, and the map
 //! applied to the data plane and the applications.
 
-use super::Inner;
+use super::state::{mark_expired, unix};
+use super::{Inner, Refused};
 use crate::api::ControlStatus;
 use crate::netmap::Netmap;
 use crate::plane::DataPlane;
@@ -40,11 +41,13 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
         f(&mut c);
     }
 
-    /// Ready once a map arrived and the certificate in use is valid.
+    /// Ready once a map arrived and the certificate in use is valid, until
+    /// control refuses the node's identity.
     pub(super) fn update_ready(&self) {
         let now = SystemTime::now();
         let cert_ok = self.certs.info().is_some_and(|i| i.not_after > now);
-        let ready = cert_ok && self.map.current().is_some();
+        let refused = self.refused_tx.borrow().is_some();
+        let ready = cert_ok && self.map.current().is_some() && !refused;
         self.ready_tx.send_if_modified(|r| {
             let changed = *r != ready;
             *r = ready;
@@ -74,6 +77,10 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
                     (e, backoff.next_delay())
                 }
                 Err(e) => {
+                    if let Some(reason) = self.refusal(&e) {
+                        self.identity_refused(reason);
+                        return;
+                    }
                     let e = gatehouse_ops::chain(&e);
                     tracing::warn!(error = %e, "control: map stream lost; reconnecting");
                     (e, backoff.next_delay())
@@ -88,6 +95,71 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Whether a failed call means control no longer accepts the node's
+    /// identity: control answered `401` (an administrator expired the key
+    /// or deleted the node), or the call failed after the key's lifetime
+    /// ended (control then refuses the machine certificate in the TLS
+    /// handshake, which says no more than that). Any other failure is
+    /// transient and retried.
+    pub(super) fn refusal(&self, e: &ClientError) -> Option<String> {
+        if e.is_unauthorized() {
+            return Some(gatehouse_ops::chain(e));
+        }
+        let expiry = self
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .key_expiry;
+        (expiry <= unix(SystemTime::now())).then(|| {
+            format!(
+                "the node's key expired (at {expiry}, unix time); control refuses it: {}",
+                gatehouse_ops::chain(e)
+            )
+        })
+    }
+
+    /// Control refused the node's identity: stop using it (the control
+    /// loop ends, the node is no longer ready), mark the saved identity
+    /// expired so no start loads it again, and tell the owner of the
+    /// [`RunningNode`](super::RunningNode), which registers again. Once.
+    pub(super) fn identity_refused(&self, reason: String) {
+        let first = self.refused_tx.send_if_modified(|r| {
+            if r.is_some() {
+                return false;
+            }
+            let unmarked = {
+                let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+                mark_expired(&self.cfg.state_dir, &mut id, unix(SystemTime::now())).err()
+            };
+            *r = Some(Refused {
+                reason: reason.clone(),
+                unmarked,
+            });
+            true
+        });
+        if !first {
+            return;
+        }
+        tracing::warn!(
+            %reason,
+            "control: the node's key was expired or the node removed by control; its saved identity is marked expired"
+        );
+        if let Some(Some(e)) = self
+            .refused_tx
+            .borrow()
+            .as_ref()
+            .map(|r| r.unmarked.clone())
+        {
+            tracing::error!(error = %e, "the refused identity could not be marked expired in the state directory");
+        }
+        self.metrics.control_connected.set(0);
+        self.set_control(|c| {
+            c.connected = false;
+            c.last_error = Some(reason);
+        });
+        self.update_ready();
     }
 
     async fn run_stream(

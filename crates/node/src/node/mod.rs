@@ -123,9 +123,10 @@ pub enum NodeError {
     /// The join string.
     #[error(transparent)]
     Join(#[from] gatehouse_client::JoinError),
-    /// Not registered, and no join string or key to register with.
+    /// Not registered (or its key expired), and no join string or key to
+    /// register with.
     #[error(
-        "this node is not registered yet: give --control (and --authkey, or approve it at the URL it prints)"
+        "this node is not registered (or its key expired): give --control (and --authkey, or approve it at the URL it prints)"
     )]
     NeedsRegistration,
     /// The serving certificate.
@@ -152,6 +153,20 @@ pub enum NodeError {
     Api(#[from] api::ApiError),
 }
 
+impl NodeError {
+    /// Whether starting again later may succeed: talking to control (to
+    /// register, or to fetch its CA) failed in a way that may pass (see
+    /// [`ClientError::is_transient`]).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            NodeError::Client(e) | NodeError::Register(IdentityOrClientError::Client(e)) => {
+                e.is_transient()
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What a data plane is made from.
 #[derive(Debug, Clone)]
 pub struct PlaneInputs {
@@ -163,6 +178,20 @@ pub struct PlaneInputs {
     pub listen: SocketAddr,
     /// Ports the node's applications accept connections on from the mesh.
     pub ports: Vec<u16>,
+}
+
+/// Control no longer accepts a running node's identity: it answered `401`
+/// (an administrator expired the node's key or deleted the node), or the
+/// key's lifetime ended. The node has stopped talking to control and marked
+/// its saved identity expired, so the next [`start`] registers again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Why (control's answer, or the lifetime's end).
+    pub reason: String,
+    /// Set when the saved identity could not be marked expired (nor
+    /// removed): a new start would load it again, so the caller must stop
+    /// and say so rather than start again.
+    pub unmarked: Option<String>,
 }
 
 /// Addresses the node's listeners got.
@@ -198,6 +227,8 @@ struct Inner<P: DataPlane> {
     announcing: Arc<tokio::sync::Mutex<()>>,
     renewals: AtomicU64,
     ready_tx: watch::Sender<bool>,
+    /// Set once control refused the identity (see [`Refused`]).
+    refused_tx: watch::Sender<Option<Refused>>,
     cancel: CancellationToken,
     bound: Bound,
 }
@@ -206,6 +237,7 @@ struct Inner<P: DataPlane> {
 pub struct RunningNode {
     handle: Arc<dyn Handle>,
     ready: watch::Receiver<bool>,
+    refused: watch::Receiver<Option<Refused>>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     socket: PathBuf,
@@ -243,6 +275,21 @@ impl RunningNode {
     /// The node's status.
     pub fn status(&self) -> NodeStatus {
         self.handle.status()
+    }
+
+    /// Resolves once control refused the node's identity (see [`Refused`]):
+    /// the node no longer talks to control and is not ready; shut it down
+    /// and [`start`] again to register anew. Never resolves otherwise.
+    pub async fn refused(&self) -> Refused {
+        let mut rx = self.refused.clone();
+        let refused = match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        match refused {
+            Some(r) => r,
+            None => std::future::pending().await,
+        }
     }
 
     /// Resolves once the node was asked to stop (`gatehouse node down`).
@@ -521,6 +568,7 @@ where
 
     let (map_tx, map) = MapView::channel();
     let (ready_tx, ready) = watch::channel(false);
+    let (refused_tx, refused) = watch::channel(None);
     let cancel = CancellationToken::new();
     let inner = Arc::new(Inner {
         announcing: Arc::new(tokio::sync::Mutex::new(())),
@@ -539,6 +587,7 @@ where
         metrics: Arc::clone(&metrics),
         renewals: AtomicU64::new(0),
         ready_tx,
+        refused_tx,
         cancel: cancel.clone(),
         bound,
     });
@@ -558,6 +607,7 @@ where
     Ok(RunningNode {
         handle: inner as Arc<dyn Handle>,
         ready,
+        refused,
         cancel,
         tasks,
         socket,

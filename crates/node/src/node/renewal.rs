@@ -77,10 +77,17 @@ impl<P: DataPlane + std::fmt::Debug> Inner<P> {
                 () = self.cancel.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
+            if self.refused_tx.borrow().is_some() {
+                return;
+            }
             match self.renew_once().await {
                 Ok(()) => {
                     just_renewed = true;
                     retry.reset();
+                }
+                Err(NodeError::Client(e)) if e.is_unauthorized() => {
+                    self.identity_refused(gatehouse_ops::chain(&e));
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "renewing the serving certificate");
