@@ -12,73 +12,20 @@
 use gatehouse_control::signin::OidcConfig;
 use gatehouse_testkit::TestControl;
 use gatehouse_testkit::chromium::{self, Chromium};
-use gatehouse_testkit::oidc_provider::{self, Browser, OidcProvider, Person};
+use gatehouse_testkit::node_up::NodeUp;
+use gatehouse_testkit::oidc_provider::{self, Browser, OidcProvider, Person, form_field};
 use gatehouse_testkit::tailscale::{self, Options, Tailscaled};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A `gatehouse node up` without `--authkey`, and the approval URL it printed.
-struct Waiting {
-    child: Child,
-    url: String,
-    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-}
-
-async fn node_up_without_key(c: &TestControl, host: &str, state: &std::path::Path) -> Waiting {
-    let mut child = Command::new(BIN)
-        .args(["node", "up", "--control", &c.info.join, "--hostname", host])
-        .args([
-            "--socks5",
-            "127.0.0.1:0",
-            "--dns",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--state")
-        .arg(state)
-        .env("RUST_LOG", "warn")
-        .env_remove("GATEHOUSE_AUTHKEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let prefix = format!("{}/register/", c.info.url);
-    let url = tokio::time::timeout(DEADLINE, async {
-        while let Some(l) = stderr.next_line().await.unwrap() {
-            if let Some(at) = l.find(&prefix) {
-                return l[at..].trim().to_string();
-            }
-        }
-        panic!("node up ended without printing an approval URL");
-    })
-    .await
-    .expect("an approval URL within the deadline");
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-    let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    Waiting { child, url, stdout }
-}
-
-impl Waiting {
-    async fn ready(&mut self) {
-        tokio::time::timeout(DEADLINE, async {
-            while let Some(l) = self.stdout.next_line().await.unwrap() {
-                if l == "ready" {
-                    return;
-                }
-            }
-            panic!("node up ended before it was ready");
-        })
-        .await
-        .expect("ready within the deadline");
-    }
+/// `gatehouse node up` without a key for `c`: the process and its URL.
+async fn node_up_without_key(c: &TestControl, host: &str, state: &std::path::Path) -> NodeUp {
+    NodeUp::keyless(BIN, &c.info.join, &c.info.url, host, state).await
 }
 
 async fn admin(c: &TestControl, args: &[&str]) -> std::process::Output {
@@ -195,34 +142,13 @@ impl Net {
     /// Opens the device's page and presses its sign-in button: the answer
     /// to the form's POST (a redirect to the provider, or a refusal).
     async fn press_sign_in(&self, b: &Browser, url: &str) -> reqwest::Response {
-        let page = b.client().get(url).send().await.unwrap();
-        assert_eq!(page.status(), 200);
-        let html = page.text().await.unwrap();
-        let csrf = field(&html, "csrf").unwrap_or_else(|| panic!("no sign-in form: {html}"));
-        b.client()
-            .post(format!("{url}/sign-in"))
-            .form(&[("csrf", csrf)])
-            .send()
-            .await
-            .unwrap()
+        b.press_device_sign_in(url).await
     }
 
     /// The whole sign-in on the device's page, up to the provider's redirect
     /// back to control (not followed): the callback URL.
     async fn sign_in_until_callback(&self, b: &Browser, url: &str) -> String {
-        let r = self.press_sign_in(b, url).await;
-        assert_eq!(r.status(), 303, "{}", r.text().await.unwrap_or_default());
-        let to = location(&r);
-        let cb = format!("{}/oidc/callback", self.c.info.url);
-        let f = b.follow(&to, |u| u.as_str().starts_with(&cb)).await;
-        f.stopped_at
-            .unwrap_or_else(|| {
-                panic!(
-                    "the provider did not send the browser back: {} {}",
-                    f.status, f.body
-                )
-            })
-            .to_string()
+        b.device_sign_in_until_callback(url, &self.c.info.url).await
     }
 
     async fn nodes(&self) -> Vec<(String, Option<String>)> {
@@ -235,22 +161,6 @@ impl Net {
             .map(|n| (n.node.name, n.node.user))
             .collect()
     }
-}
-
-fn location(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("location")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-/// The value of the hidden form field `name`.
-fn field(html: &str, name: &str) -> Option<String> {
-    let at = html.find(&format!("name={name} value=\""))?;
-    let rest = &html[at + name.len() + 13..];
-    Some(rest[..rest.find('"')?].to_string())
 }
 
 async fn get(b: &Browser, url: &str) -> (u16, String) {
@@ -579,7 +489,7 @@ async fn a_provider_control_cannot_use_approves_nothing() {
         .text()
         .await
         .unwrap();
-    let csrf = field(&page, "csrf").unwrap();
+    let csrf = form_field(&page, "csrf").unwrap();
     let r = b
         .client()
         .post(format!("{}/sign-in", w2.url))
