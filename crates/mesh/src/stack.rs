@@ -33,8 +33,11 @@ pub const MTU: usize = 1280;
 /// Number of smoltcp interfaces in user-space mode.
 pub const SHARDS: usize = 256;
 /// Receive and send buffer of each TCP socket. Allocated zeroed, so pages an
-/// idle connection never touches cost address space only.
-pub const TCP_BUFFER: usize = 256 * 1024;
+/// idle connection never touches cost address space only. 512 KiB keeps a
+/// flow to or from a peer whose stack acknowledges later (a `tailscaled`)
+/// from waiting on the window; 256 KiB held those flows below the
+/// `tailscaled` pair (docs/benchmarks.md, "TCP buffers of 512 KiB").
+pub const TCP_BUFFER: usize = 512 * 1024;
 /// A connection whose peer acknowledges nothing for this long, while data
 /// waits to be sent, is reset (idle connections are not).
 pub const TCP_TIMEOUT: Duration = Duration::from_secs(30);
