@@ -128,6 +128,7 @@ const APPROVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
     responses((status = 200, body = InteractiveRegisterResponse), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 409, body = ApiError)))]
 pub(crate) async fn register_interactive(
     State(app): AppState,
+    Extension(from): Extension<PeerAddr>,
     JsonBody(req): JsonBody<InteractiveRegisterRequest>,
 ) -> ApiResult<Json<InteractiveRegisterResponse>> {
     check_shape(&RegisterRequest {
@@ -152,9 +153,13 @@ pub(crate) async fn register_interactive(
         os: "linux".into(),
         version: req.version.clone(),
     };
-    let code = app
-        .pending
-        .code_for(proof, &req.wireguard_key, &req.hostname, client)?;
+    let code = app.pending.code_for(
+        proof,
+        &req.wireguard_key,
+        &req.hostname,
+        client,
+        from.0.ip(),
+    )?;
     let auth_url = format!("{}/register/{code}", app.url());
     let mut node = None;
     if !req.wait.is_empty() {

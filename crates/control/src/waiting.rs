@@ -27,6 +27,25 @@ const APPROVED_LIFETIME: Duration = Duration::from_secs(120);
 /// Most registrations waiting at once (each costs a little memory; a flood
 /// of key-less registrations must not grow control without bound).
 const MAX_WAITING: usize = 1024;
+/// Most registrations waiting at once from one source (an IPv4 address or
+/// an IPv6 /64), so that one flooding host cannot take every slot; room
+/// for an office behind one NAT enrolling its devices.
+const MAX_WAITING_PER_SOURCE: usize = 64;
+
+/// The source a waiting registration is counted under: the IPv4 address,
+/// or the /64 of an IPv6 one (a host usually holds a whole /64).
+fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(_) => ip,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
 
 /// What became of a waiting registration.
 #[derive(Debug, Clone)]
@@ -72,6 +91,7 @@ impl Proof {
 #[derive(Debug)]
 struct Waiting {
     credential: String,
+    source: std::net::IpAddr,
     proof: Proof,
     wg_key: String,
     hostname: String,
@@ -103,13 +123,15 @@ impl Pending {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The code of the machine's waiting registration, made if it has none.
+    /// The code of the machine's waiting registration, made if it has none;
+    /// `from` is the address the request came from.
     pub fn code_for(
         &self,
         proof: Proof,
         wg_key: &str,
         hostname: &str,
         client: ClientInfo,
+        from: std::net::IpAddr,
     ) -> Result<String, ApiErr> {
         let credential = proof.id();
         let mut map = self.lock();
@@ -130,11 +152,18 @@ impl Pending {
                 "too many devices are waiting for approval; try again later",
             ));
         }
+        let source = source_of(from);
+        if map.values().filter(|w| w.source == source).count() >= MAX_WAITING_PER_SOURCE {
+            return Err(ApiErr::conflict(
+                "too many devices from this address are waiting for approval; try again later",
+            ));
+        }
         let code = crate::secret::random_hex(12);
         map.insert(
             code.clone(),
             Waiting {
                 credential,
+                source,
                 proof,
                 wg_key: wg_key.to_string(),
                 hostname: hostname.to_string(),
@@ -283,4 +312,68 @@ pub(crate) async fn page(
         resp.headers_mut().append(axum::http::header::SET_COOKIE, v);
     }
     resp.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ClientKind;
+
+    fn proof(i: usize) -> Proof {
+        Proof::MachineKey(format!("mkey:{i:064x}"))
+    }
+
+    fn client() -> ClientInfo {
+        ClientInfo {
+            kind: ClientKind::Gatehouse,
+            os: "linux".into(),
+            version: "test".into(),
+        }
+    }
+
+    /// One source fills its share of the waiting slots and no more; the
+    /// same machine asking again takes no new slot; other sources (another
+    /// address, another /64) still get codes; a v4-mapped address counts
+    /// as its v4 address.
+    #[test]
+    fn one_source_cannot_take_every_waiting_slot() {
+        let p = Pending::default();
+        let a: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+        for i in 0..MAX_WAITING_PER_SOURCE {
+            p.code_for(proof(i), "k", "h", client(), a).unwrap();
+        }
+        let again = p.code_for(proof(0), "k2", "h", client(), a);
+        assert!(again.is_ok(), "{again:?}");
+        let e = p
+            .code_for(proof(10_000), "k", "h", client(), a)
+            .unwrap_err();
+        assert!(format!("{e:?}").contains("from this address"), "{e:?}");
+        let mapped: std::net::IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert!(
+            p.code_for(proof(10_001), "k", "h", client(), mapped)
+                .is_err()
+        );
+        let b: std::net::IpAddr = "198.51.100.8".parse().unwrap();
+        p.code_for(proof(10_002), "k", "h", client(), b).unwrap();
+        let v6 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        for i in 0..MAX_WAITING_PER_SOURCE {
+            // Different hosts of one /64 share its count.
+            let ip = v6(&format!("2001:db8:1:2::{:x}", i + 1));
+            p.code_for(proof(20_000 + i), "k", "h", client(), ip)
+                .unwrap();
+        }
+        assert!(
+            p.code_for(
+                proof(30_000),
+                "k",
+                "h",
+                client(),
+                v6("2001:db8:1:2:ffff::1")
+            )
+            .is_err()
+        );
+        p.code_for(proof(30_001), "k", "h", client(), v6("2001:db8:1:3::1"))
+            .unwrap();
+        assert_eq!(p.list().len(), 2 * MAX_WAITING_PER_SOURCE + 2);
+    }
 }

@@ -98,6 +98,7 @@ async fn interactive(
         wg_key,
         hostname,
         client_info(hostinfo),
+        session.remote.ip(),
     )?;
     let url = format!("{}/register/{code}", app.url());
     if req.followup.is_empty() {
