@@ -780,6 +780,29 @@ services:
     let up = Proc::start("up", &dir, cmd);
     let printed = wait_ready(&up).await;
     let edge = printed.edge_port();
+    // The summary says which public URLs sign people in first.
+    let team = printed.command("curl", "https://team.example.com:");
+    let after: Vec<&str> = printed
+        .text
+        .lines()
+        .skip_while(|l| l.trim() != team)
+        .collect();
+    assert!(
+        after.get(1).is_some_and(|l| l.contains("behind a sign-in")),
+        "{}",
+        printed.text
+    );
+    let blog = printed.command("curl", "https://blog.example.com:");
+    assert!(
+        !printed
+            .text
+            .lines()
+            .skip_while(|l| l.trim() != blog)
+            .nth(1)
+            .is_some_and(|l| l.contains("behind a sign-in")),
+        "{}",
+        printed.text
+    );
 
     let out = Command::new(BIN)
         .args([

@@ -654,6 +654,11 @@ impl RunningStack {
                     pubs.hostname,
                     plan.show(&p.ca_cert)
                 ));
+                if pubs.identity.is_some() {
+                    o.push_str(
+                        "    (behind a sign-in: a browser is sent to sign in, curl gets 401)\n",
+                    );
+                }
             }
         }
         o
