@@ -24,6 +24,11 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// and given up after 10 s by the WireGuard one; curl's own limit is above.
 const CURL_MAX: &str = "40";
 
+/// Held by the tests that start a whole stack: the demo's second `up`
+/// binds again the ports its first one chose and released, which a test
+/// asking the kernel for free ports at the same moment could be given.
+static PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What `gatehouse up` printed.
 struct Printed {
     text: String,
@@ -211,6 +216,7 @@ async fn public_get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn demo_up_reaches_every_cell_of_the_matrix_for_real() {
+    let _ports = PORTS.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let mut up = Proc::start("up", &dir, up_cmd(&dir));
@@ -730,6 +736,7 @@ async fn up_puts_sign_in_in_front_of_public_hostnames_as_the_matrix_says() {
     if oidc_provider::hydra_or_skip().is_none() {
         return;
     }
+    let _ports = PORTS.lock().await;
     let idp = OidcProvider::start().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();

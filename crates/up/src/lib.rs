@@ -377,9 +377,11 @@ async fn start_rest(
             echoes,
         },
         (nodes, public) => {
+            // The whole chain: "starting the edge" alone does not say why.
             let err = match (&nodes, &public) {
-                (Err(_), _) => nodes.as_ref().err().map(ToString::to_string),
-                _ => public.as_ref().err().map(ToString::to_string),
+                (Err(e), _) => Some(gatehouse_ops::error::chain(e)),
+                (_, Err(e)) => Some(gatehouse_ops::error::chain(e)),
+                _ => None,
             };
             stop_live(Live {
                 nodes: nodes.unwrap_or_default(),
