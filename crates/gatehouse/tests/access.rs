@@ -418,20 +418,12 @@ async fn service_tokens(s: &Stack) {
     assert_eq!(r.code, 403, "a token on a people-only path");
 }
 
-/// The whole chain with the real parts: a browser (testkit's, redirects by
-/// hand) is sent by a real edge to a real control, which signs the person
-/// in at a real provider (Hydra) and hands the edge a grant; the origin
-/// then sees who is asking, and a person outside the rule's group is
-/// refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn access_through_real_control_and_provider() {
-    use gatehouse_testkit::TestControl;
-    use gatehouse_testkit::oidc_provider::{self, Browser, OidcProvider, Person};
-    if oidc_provider::hydra_or_skip().is_none() {
-        return;
-    }
-    let idp = OidcProvider::start().await;
-    let control = TestControl::start_signing_in(&idp, |o| {
+/// A real control signing people in at `idp` for `app.test`, and an edge
+/// and connector whose `/team/*` admits the provider's group `staff`.
+async fn with_real_control(
+    idp: &gatehouse_testkit::oidc_provider::OidcProvider,
+) -> (gatehouse_testkit::TestControl, Stack) {
+    let control = gatehouse_testkit::TestControl::start_signing_in(idp, |o| {
         o.access_hosts = vec!["app.test".into()];
     })
     .await;
@@ -444,6 +436,22 @@ async fn access_through_real_control_and_provider() {
     s.write_edge_cfg("      - {path: /team/*, action: allow, identity: {groups: [staff]}}\n");
     s.start_edge().await;
     s.start_connector(0, "quic").await;
+    (control, s)
+}
+
+/// The whole chain with the real parts: a browser (testkit's, redirects by
+/// hand) is sent by a real edge to a real control, which signs the person
+/// in at a real provider (Hydra) and hands the edge a grant; the origin
+/// then sees who is asking, and a person outside the rule's group is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn access_through_real_control_and_provider() {
+    use gatehouse_testkit::oidc_provider::{self, Browser, OidcProvider, Person};
+    if oidc_provider::hydra_or_skip().is_none() {
+        return;
+    }
+    let idp = OidcProvider::start().await;
+    let (control, s) = with_real_control(&idp).await;
     let browser = Browser::new(&[idp.ca_file(), &control.dir.join("ca.crt")]);
 
     // Signs in as `person` from the edge's redirect to the session cookie.
@@ -505,7 +513,6 @@ async fn access_through_real_control_and_provider() {
 /// client passes cookies by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn access_in_chromium() {
-    use gatehouse_testkit::TestControl;
     use gatehouse_testkit::chromium::{self, Chromium};
     use gatehouse_testkit::oidc_provider::{self, OidcProvider, Person};
     let began = std::time::Instant::now();
@@ -513,19 +520,7 @@ async fn access_in_chromium() {
         return;
     }
     let idp = OidcProvider::start().await;
-    let control = TestControl::start_signing_in(&idp, |o| {
-        o.access_hosts = vec!["app.test".into()];
-    })
-    .await;
-    let mut s = Stack::new().await;
-    s.edge_extra = format!(
-        "access:\n  control: {}\n  ca: {}\n",
-        control.info.url,
-        control.dir.join("ca.crt").display()
-    );
-    s.write_edge_cfg("      - {path: /team/*, action: allow, identity: {groups: [staff]}}\n");
-    s.start_edge().await;
-    s.start_connector(0, "quic").await;
+    let (control, s) = with_real_control(&idp).await;
     idp.sign_in_as(Person::new("kim-1", "kim@corp.test").groups(&["staff"]));
 
     let edge = s.https.to_string();
@@ -564,7 +559,6 @@ async fn access_in_chromium() {
     );
 
     // The browser went the whole way, in order.
-    let docs = page.documents();
     let (c, issuer, app) = (&control.info.url, idp.issuer(), idp.app_url());
     let steps = [
         format!("GET {board}"),
@@ -576,14 +570,7 @@ async fn access_in_chromium() {
         "GET https://app.test/.gatehouse/access/callback?grant=".to_string(),
         format!("GET {board}"),
     ];
-    let mut at = 0;
-    for step in &steps {
-        at += docs[at..]
-            .iter()
-            .position(|d| d.starts_with(step.as_str()))
-            .unwrap_or_else(|| panic!("no {step} in order in {docs:#?}"))
-            + 1;
-    }
+    page.assert_documents_in_order(&steps);
     // Nobody joined the mesh by signing in for Access.
     assert!(control.admin.nodes().await.unwrap().is_empty());
     eprintln!("Access through chromium in {:?}", began.elapsed());

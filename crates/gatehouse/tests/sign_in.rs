@@ -139,18 +139,6 @@ impl Net {
         Browser::new(&[self.idp.ca_file(), &self.c.dir.join("ca.crt")])
     }
 
-    /// Opens the device's page and presses its sign-in button: the answer
-    /// to the form's POST (a redirect to the provider, or a refusal).
-    async fn press_sign_in(&self, b: &Browser, url: &str) -> reqwest::Response {
-        b.press_device_sign_in(url).await
-    }
-
-    /// The whole sign-in on the device's page, up to the provider's redirect
-    /// back to control (not followed): the callback URL.
-    async fn sign_in_until_callback(&self, b: &Browser, url: &str) -> String {
-        b.device_sign_in_until_callback(url, &self.c.info.url).await
-    }
-
     async fn nodes(&self) -> Vec<(String, Option<String>)> {
         self.c
             .admin
@@ -182,7 +170,7 @@ async fn a_person_signs_in_and_their_node_joins_as_them() {
         page.contains("erins-laptop") && page.contains("Sign in"),
         "{page}"
     );
-    let callback = n.sign_in_until_callback(&b, &w.url).await;
+    let callback = b.device_sign_in_until_callback(&w.url, &n.c.info.url).await;
     let (status, done) = get(&b, &callback).await;
     assert_eq!(status, 200, "{done}");
     assert!(
@@ -223,7 +211,9 @@ async fn a_tailscale_client_joins_through_a_sign_in() {
     .await;
     let login = phone.up_interactive(&n.c.info.url, &[]).await.unwrap();
     let b = n.browser();
-    let callback = n.sign_in_until_callback(&b, &login.auth_url).await;
+    let callback = b
+        .device_sign_in_until_callback(&login.auth_url, &n.c.info.url)
+        .await;
     let (status, done) = get(&b, &callback).await;
     assert_eq!(status, 200, "{done}");
     let finished = login.wait(DEADLINE).await;
@@ -285,7 +275,6 @@ async fn a_person_signs_in_in_chromium_and_their_node_joins() {
 
     // The browser went the whole way: the form, the provider, its login
     // and consent pages, the provider again, control's callback.
-    let docs = page.documents();
     let issuer = n.idp.issuer();
     let app = n.idp.app_url();
     let steps = [
@@ -297,14 +286,7 @@ async fn a_person_signs_in_in_chromium_and_their_node_joins() {
         format!("GET {issuer}/oauth2/auth?"),
         format!("GET {callback}?"),
     ];
-    let mut at = 0;
-    for step in &steps {
-        at += docs[at..]
-            .iter()
-            .position(|d| d.starts_with(step.as_str()))
-            .unwrap_or_else(|| panic!("no {step} in order in {docs:#?}"))
-            + 1;
-    }
+    page.assert_documents_in_order(&steps);
 
     w.ready().await;
     assert_eq!(
@@ -364,7 +346,7 @@ async fn sign_ins_that_must_not_approve_anything() {
     ] {
         n.idp.sign_in_as(person);
         let b = n.browser();
-        let cb = n.sign_in_until_callback(&b, &url).await;
+        let cb = b.device_sign_in_until_callback(&url, &n.c.info.url).await;
         let (status, page) = get(&b, &cb).await;
         assert_eq!(status, 403, "{page}");
         assert!(
@@ -375,7 +357,7 @@ async fn sign_ins_that_must_not_approve_anything() {
     // The provider refuses the person: its error is shown.
     n.idp.refuse_login("account locked");
     let b = n.browser();
-    let cb = n.sign_in_until_callback(&b, &url).await;
+    let cb = b.device_sign_in_until_callback(&url, &n.c.info.url).await;
     let (status, page) = get(&b, &cb).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("did not sign you in"), "{page}");
@@ -384,7 +366,7 @@ async fn sign_ins_that_must_not_approve_anything() {
     n.idp
         .sign_in_as(Person::new("g-1", "guest@partner.example"));
     let a = n.browser();
-    let cb = n.sign_in_until_callback(&a, &url).await;
+    let cb = a.device_sign_in_until_callback(&url, &n.c.info.url).await;
     let (status, page) = get(&n.browser(), &cb).await;
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("another browser"), "{page}");
@@ -393,12 +375,16 @@ async fn sign_ins_that_must_not_approve_anything() {
 
     // A code already redeemed, replayed under a new flow's state.
     let first = n.browser();
-    let cb1 = n.sign_in_until_callback(&first, &url).await;
+    let cb1 = first
+        .device_sign_in_until_callback(&url, &n.c.info.url)
+        .await;
     let tmp2 = tempfile::tempdir().unwrap();
     let w2 = node_up_without_key(&n.c, "other", tmp2.path()).await;
     let other_url = w2.url.clone();
     let second = n.browser();
-    let cb2 = n.sign_in_until_callback(&second, &other_url).await;
+    let cb2 = second
+        .device_sign_in_until_callback(&other_url, &n.c.info.url)
+        .await;
     let (status, page) = get(&first, &cb1).await;
     assert_eq!(status, 200, "{page}");
     let code1 = reqwest::Url::parse(&cb1)
@@ -437,7 +423,7 @@ async fn sign_ins_that_must_not_approve_anything() {
     let tmp3 = tempfile::tempdir().unwrap();
     let w3 = node_up_without_key(&n.c, "while-down", tmp3.path()).await;
     let b = n.browser();
-    let r = n.press_sign_in(&b, &w3.url).await;
+    let r = b.press_device_sign_in(&w3.url).await;
     // Discovery was cached while the provider was up: the sign-in starts,
     // and the provider is unreachable for the browser.
     assert_eq!(r.status(), 303);
@@ -466,7 +452,7 @@ async fn a_provider_control_cannot_use_approves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let w = node_up_without_key(&n.c, "box", tmp.path()).await;
     let b = n.browser();
-    let r = n.press_sign_in(&b, &w.url).await;
+    let r = b.press_device_sign_in(&w.url).await;
     assert_eq!(r.status(), 502);
     let page = r.text().await.unwrap();
     assert!(

@@ -22,6 +22,19 @@ fn run3(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Writes an ingress config `name` into `dir`; its path.
+fn config(dir: &std::path::Path, name: &str, yaml: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, yaml).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+/// `gatehouse tunnel ingress validate --config <config>`: exit code and
+/// output (stdout, then stderr).
+fn validate(config: &str) -> (i32, String) {
+    run(&["tunnel", "ingress", "validate", "--config", config])
+}
+
 /// `gatehouse tunnel ingress rule` for `url`: the rule number and the
 /// lines after it.
 fn matched(config: &str, url: &str) -> (usize, Vec<String>) {
@@ -43,13 +56,12 @@ fn matched(config: &str, url: &str) -> (usize, Vec<String>) {
 #[test]
 fn ingress_validate_accepts_what_cloudflared_accepts() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("special.yml");
-    std::fs::write(
-        &cfg,
+    let cfg = config(
+        dir.path(),
+        "special.yml",
         "ingress:\n  - hostname: bastion.example.com\n    service: bastion\n  - hostname: socks.example.com\n    service: socks-proxy\n    originRequest:\n      ipRules:\n        - prefix: 10.0.0.0/8\n          ports: [80, 443]\n          allow: true\n  - hostname: jump.example.com\n    originRequest:\n      bastionMode: true\n  - hostname: jump2.example.com\n    service: http://127.0.0.1:8080\n    originRequest:\n      bastionMode: true\n  - hostname: ftp.example.com\n    service: ftp://127.0.0.1\n  - hostname: ftp2.example.com\n    service: ftp://127.0.0.1:21\n  - hostname: web.example.com\n    service: http://127.0.0.1:8080\n  - service: http_status:404\n",
-    )
-    .unwrap();
-    let c = cfg.to_str().unwrap();
+    );
+    let c = cfg.as_str();
     let (code, out, err) = run3(&["tunnel", "ingress", "validate", "--config", c]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
@@ -82,19 +94,12 @@ fn ingress_validate_accepts_what_cloudflared_accepts() {
     let (n, lines) = matched(c, "https://ftp2.example.com/");
     assert_eq!((n, lines[1].as_str()), (5, "\tservice: ftp://127.0.0.1:21"));
     // An ipRules entry cloudflared refuses is refused, naming the rule.
-    let bad = dir.path().join("bad-iprule.yml");
-    std::fs::write(
-        &bad,
+    let bad = config(
+        dir.path(),
+        "bad-iprule.yml",
         "ingress:\n  - hostname: socks.example.com\n    service: socks-proxy\n    originRequest: {ipRules: [{prefix: 10.0.0.0/33}]}\n  - service: http_status:404\n",
-    )
-    .unwrap();
-    let (code, out) = run(&[
-        "tunnel",
-        "ingress",
-        "validate",
-        "--config",
-        bad.to_str().unwrap(),
-    ]);
+    );
+    let (code, out) = validate(&bad);
     assert_eq!(code, 1);
     assert!(
         out.contains(
@@ -109,14 +114,13 @@ fn ingress_validate_accepts_what_cloudflared_accepts() {
 #[test]
 fn ingress_glued_star_is_literal() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("star.yml");
-    std::fs::write(
-        &cfg,
+    let cfg = config(
+        dir.path(),
+        "star.yml",
         "ingress:\n  - hostname: \"*example.com\"\n    service: http_status:201\n  - hostname: \"*.example.com\"\n    service: http_status:202\n  - service: http_status:404\n",
-    )
-    .unwrap();
-    let c = cfg.to_str().unwrap();
-    let (code, out) = run(&["tunnel", "ingress", "validate", "--config", c]);
+    );
+    let c = cfg.as_str();
+    let (code, out) = validate(c);
     assert_eq!(code, 0, "{out}");
     assert!(out.lines().any(|l| l == "OK"), "{out}");
     for (url, n) in [
@@ -129,19 +133,12 @@ fn ingress_glued_star_is_literal() {
         assert_eq!(matched(c, url).0, n, "{url}");
     }
     // Anywhere after the first character, a `*` is still refused.
-    let bad = dir.path().join("bad.yml");
-    std::fs::write(
-        &bad,
+    let bad = config(
+        dir.path(),
+        "bad.yml",
         "ingress:\n  - hostname: \"a*.example.com\"\n    service: http_status:201\n  - service: http_status:404\n",
-    )
-    .unwrap();
-    let (code, out) = run(&[
-        "tunnel",
-        "ingress",
-        "validate",
-        "--config",
-        bad.to_str().unwrap(),
-    ]);
+    );
+    let (code, out) = validate(&bad);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("Rule #1: Hostname patterns can have at most one wildcard"),
@@ -155,13 +152,12 @@ fn ingress_glued_star_is_literal() {
 #[test]
 fn ingress_rule_takes_internationalised_hosts() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("idn.yml");
-    std::fs::write(
-        &cfg,
+    let cfg = config(
+        dir.path(),
+        "idn.yml",
         "ingress:\n  - hostname: môô.cloudflare.com\n    service: http_status:201\n  - hostname: \"*.bücher.example\"\n    service: http_status:202\n  - hostname: xn--strae-oqa.de\n    service: http_status:203\n  - service: http_status:404\n",
-    )
-    .unwrap();
-    let c = cfg.to_str().unwrap();
+    );
+    let c = cfg.as_str();
     let (n, lines) = matched(c, "https://môô.cloudflare.com");
     assert_eq!(n, 0);
     assert_eq!(
@@ -188,13 +184,12 @@ fn ingress_rule_takes_internationalised_hosts() {
 #[test]
 fn ingress_unparsable_service_url_names_the_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("bad-url.yml");
-    std::fs::write(
-        &cfg,
+    let cfg = config(
+        dir.path(),
+        "bad-url.yml",
         "ingress:\n  - hostname: a.example.com\n    service: http://127.0.0.1:1\n  - hostname: b.example.com\n    service: \"https://local host:8000\"\n  - service: http_status:404\n",
-    )
-    .unwrap();
-    let c = cfg.to_str().unwrap();
+    );
+    let c = cfg.as_str();
     let (code, out, _) = run3(&["tunnel", "ingress", "validate", "--config", c]);
     assert_eq!(code, 1, "{out}");
     assert!(
@@ -217,14 +212,13 @@ fn ingress_unparsable_service_url_names_the_rule() {
 #[test]
 fn ingress_validate_and_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.yml");
-    std::fs::write(
-        &good,
+    let good = config(
+        dir.path(),
+        "good.yml",
         "ingress:\n  - hostname: app.example.com\n    service: http://127.0.0.1:8080\n  - hostname: \"*.example.com\"\n    path: ^/api/\n    service: https://api.internal\n  - service: http_status:404\n",
-    )
-    .unwrap();
-    let g = good.to_str().unwrap();
-    let (code, out) = run(&["tunnel", "ingress", "validate", "--config", g]);
+    );
+    let g = good.as_str();
+    let (code, out) = validate(g);
     assert_eq!(code, 0, "{out}");
     assert!(out.lines().any(|l| l == "OK"), "{out}");
     for (url, n) in [
@@ -241,32 +235,19 @@ fn ingress_validate_and_rule() {
             "{url}: {out}"
         );
     }
-    let bad = dir.path().join("bad.yml");
-    std::fs::write(
-        &bad,
+    let bad = config(
+        dir.path(),
+        "bad.yml",
         "ingress:\n  - hostname: a.example.com\n    service: http://x:1\n",
-    )
-    .unwrap();
-    let (code, out) = run(&[
-        "tunnel",
-        "ingress",
-        "validate",
-        "--config",
-        bad.to_str().unwrap(),
-    ]);
+    );
+    let (code, out) = validate(&bad);
     assert_eq!(code, 1);
     assert!(
         out.contains("The last ingress rule must match all URLs"),
         "{out}"
     );
     assert!(!out.lines().any(|l| l == "OK"));
-    let (code, out) = run(&[
-        "tunnel",
-        "ingress",
-        "validate",
-        "--config",
-        "/nonexistent.yml",
-    ]);
+    let (code, out) = validate("/nonexistent.yml");
     assert_eq!(code, 2, "{out}");
 }
 

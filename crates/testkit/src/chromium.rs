@@ -726,6 +726,20 @@ impl Page {
             })
             .collect()
     }
+
+    /// Panics unless the tab's documents include requests starting with
+    /// each of `steps`, in that order (others may come between).
+    pub fn assert_documents_in_order(&self, steps: &[String]) {
+        let docs = self.documents();
+        let mut at = 0;
+        for step in steps {
+            at += docs[at..]
+                .iter()
+                .position(|d| d.starts_with(step.as_str()))
+                .unwrap_or_else(|| panic!("no {step} in order in {docs:#?}"))
+                + 1;
+        }
+    }
 }
 
 /// Documents for a failure message: each cut to its first 200 characters

@@ -220,26 +220,8 @@ fn parse_authority(url: &mut Url, authority: &str) -> Result<(), UrlError> {
     if let Some(user) = user {
         let valid = user.bytes().all(|b| {
             b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b':'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b'%'
-                        | b'@'
-                )
+                || is_sub_delim(b)
+                || matches!(b, b'-' | b'.' | b'_' | b':' | b'~' | b'%' | b'@')
         });
         if !valid {
             return Err(UrlError::Userinfo);
@@ -360,31 +342,21 @@ enum Mode {
     Fragment,
 }
 
+/// RFC 3986's sub-delims: `! $ & ' ( ) * + , ; =`.
+fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
+}
+
 /// Whether Go escapes byte `c` in this part of a URL (its `shouldEscape`).
 fn should_escape(c: u8, mode: Mode) -> bool {
     if c.is_ascii_alphanumeric() {
         return false;
     }
     if matches!(mode, Mode::Host | Mode::Zone)
-        && matches!(
-            c,
-            b'!' | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'['
-                | b']'
-                | b'<'
-                | b'>'
-                | b'"'
-        )
+        && (is_sub_delim(c) || matches!(c, b':' | b'[' | b']' | b'<' | b'>' | b'"'))
     {
         return false;
     }
